@@ -1,0 +1,307 @@
+//! The one database code path for SQLite (the embedded default) and PostgreSQL.
+//!
+//! A module's repository is written once against [`DbConnection`], diesel's
+//! `MultiConnection` over both backends. Connections come from an r2d2 pool and every
+//! query runs on tokio's blocking threads, never on the async executor. SQLite allows one
+//! writer at a time, so on SQLite [`Database::write`] serializes this process's writers
+//! (readers still run in parallel thanks to WAL); on PostgreSQL writers run concurrently
+//! and correctness comes from the statements themselves (conditional updates, unique keys).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::R2D2Connection;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
+
+use crate::config::DatabaseUrl;
+use crate::problem::ProblemCode;
+
+/// A connection to either backend; repositories take `&mut DbConnection`.
+#[allow(missing_debug_implementations)] // diesel's connections are not `Debug`
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    Postgres(diesel::PgConnection),
+    Sqlite(diesel::SqliteConnection),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// No connection could be had: the server is down, or the pool stayed exhausted.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("migrations failed: {0}")]
+    Migration(String),
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+impl ProblemCode for DbError {
+    fn status(&self) -> u16 {
+        match self {
+            DbError::Unavailable(_) => 503,
+            DbError::Query(_) | DbError::Migration(_) | DbError::Task(_) => 500,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            DbError::Unavailable(_) => crate::problem::codes::DEPENDENCY_UNAVAILABLE,
+            DbError::Query(_) | DbError::Migration(_) | DbError::Task(_) => {
+                crate::problem::codes::INTERNAL_ERROR
+            }
+        }
+    }
+}
+
+/// A module's migrations, one embedded set per backend
+/// (`migrations/<module>/{sqlite,postgres}`).
+#[derive(Clone, Copy)]
+pub struct Migrations {
+    pub sqlite: &'static EmbeddedMigrations,
+    pub postgres: &'static EmbeddedMigrations,
+}
+
+impl std::fmt::Debug for Migrations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Migrations")
+    }
+}
+
+/// Lends a `static` set of embedded migrations to diesel's harness, which wants an owned
+/// source.
+struct Embedded(&'static EmbeddedMigrations);
+
+impl<DB: diesel::backend::Backend> diesel::migration::MigrationSource<DB> for Embedded {
+    fn migrations(
+        &self,
+    ) -> diesel::migration::Result<Vec<Box<dyn diesel::migration::Migration<DB>>>> {
+        <EmbeddedMigrations as diesel::migration::MigrationSource<DB>>::migrations(self.0)
+    }
+}
+
+/// Pool tuning.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolOptions {
+    pub max_size: u32,
+    pub connection_timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            max_size: 8,
+            connection_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One module's database: a pool plus the rules for using it from async code.
+#[derive(Clone)]
+pub struct Database {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: r2d2::Pool<Manager>,
+    backend: Backend,
+    url: DatabaseUrl,
+    /// SQLite only: one writer at a time in this process, so that writers queue here
+    /// instead of failing with SQLITE_BUSY on a stale read snapshot.
+    write_gate: Option<Mutex<()>>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("backend", &self.inner.backend)
+            .field("url", &self.inner.url)
+            .finish()
+    }
+}
+
+impl Database {
+    /// Opens a pool. A SQLite file (and its folder) is created if missing; an unreachable
+    /// PostgreSQL server is an error here, so start-up fails with a clear message.
+    pub fn open(url: &DatabaseUrl, options: PoolOptions) -> Result<Self, DbError> {
+        let backend = if url.is_postgres() {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        };
+        if let Some(path) = url.sqlite_path() {
+            if let Some(parent) = std::path::Path::new(path).parent() {
+                if !parent.as_os_str().is_empty() {
+                    std::fs::create_dir_all(parent).map_err(|error| {
+                        DbError::Unavailable(format!("cannot create {}: {error}", parent.display()))
+                    })?;
+                }
+            }
+        }
+        let pool = r2d2::Pool::builder()
+            .max_size(options.max_size.max(1))
+            .min_idle(Some(1))
+            .connection_timeout(options.connection_timeout)
+            .build(Manager { url: url.clone() })
+            .map_err(|error| DbError::Unavailable(format!("{url}: {error}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                backend,
+                url: url.clone(),
+                write_gate: (backend == Backend::Sqlite).then(|| Mutex::new(())),
+            }),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.inner.url
+    }
+
+    /// Runs `work` with a pooled connection on a blocking thread.
+    pub async fn read<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        spawn_blocking(move || {
+            let mut conn = inner.checkout()?;
+            work(&mut conn)
+        })
+        .await
+    }
+
+    /// Runs `work` inside one transaction on a blocking thread: committed if it returns
+    /// `Ok`, rolled back if it returns `Err`.
+    pub async fn write<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + From<diesel::result::Error> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        spawn_blocking(move || {
+            let mut conn = inner.checkout()?;
+            let _writer = inner
+                .write_gate
+                .as_ref()
+                .map(|gate| gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+            let conn: &mut DbConnection = &mut conn;
+            conn.transaction(work)
+        })
+        .await
+    }
+
+    /// Applies the pending migrations of one module; answers the versions applied.
+    pub async fn migrate(&self, migrations: Migrations) -> Result<Vec<String>, DbError> {
+        let inner = Arc::clone(&self.inner);
+        spawn_blocking(move || {
+            let mut conn = inner.checkout()?;
+            let _writer = inner
+                .write_gate
+                .as_ref()
+                .map(|gate| gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+            let applied = match &mut *conn {
+                DbConnection::Sqlite(conn) => conn.run_pending_migrations(Embedded(migrations.sqlite)),
+                DbConnection::Postgres(conn) => conn.run_pending_migrations(Embedded(migrations.postgres)),
+            }
+            .map_err(|error| DbError::Migration(error.to_string()))?;
+            Ok(applied.iter().map(ToString::to_string).collect())
+        })
+        .await
+    }
+
+    /// Whether the database answers, for `/health/ready`.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        self.read(|conn| conn.batch_execute("SELECT 1").map_err(DbError::from))
+            .await
+    }
+}
+
+impl Inner {
+    fn checkout(&self) -> Result<r2d2::PooledConnection<Manager>, DbError> {
+        self.pool
+            .get()
+            .map_err(|error| DbError::Unavailable(format!("{}: {error}", self.url)))
+    }
+}
+
+async fn spawn_blocking<T, E, F>(work: F) -> Result<T, E>
+where
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: From<DbError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| E::from(DbError::Task(error.to_string())))?
+}
+
+/// Opens connections of the backend the URL names, never guessing: diesel's derived
+/// `establish` would try each backend in turn and could open a SQLite file named after a
+/// PostgreSQL URL that was merely unreachable.
+#[derive(Debug)]
+struct Manager {
+    url: DatabaseUrl,
+}
+
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
+     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = DbConnection;
+    type Error = diesel::ConnectionError;
+
+    fn connect(&self) -> Result<DbConnection, diesel::ConnectionError> {
+        match self.url.sqlite_path() {
+            None => diesel::PgConnection::establish(self.url.expose()).map(DbConnection::Postgres),
+            Some(path) => {
+                let mut conn = diesel::SqliteConnection::establish(path)?;
+                conn.batch_execute(SQLITE_PRAGMAS)
+                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                Ok(DbConnection::Sqlite(conn))
+            }
+        }
+    }
+
+    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), diesel::ConnectionError> {
+        conn.ping()
+            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)
+    }
+
+    fn has_broken(&self, conn: &mut DbConnection) -> bool {
+        conn.is_broken()
+    }
+}
+
+/// Whether a diesel error is a unique-key violation (a duplicate insert).
+pub fn is_unique_violation(error: &diesel::result::Error) -> bool {
+    matches!(
+        error,
+        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
+    )
+}

@@ -1,0 +1,89 @@
+use actix_web::body::MessageBody;
+use actix_web::dev::ServiceResponse;
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::http::header;
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
+use actix_web::web;
+
+use crate::problem::{PROBLEM_JSON, Problem, codes};
+
+/// Largest request body accepted; larger ones get 413.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Registers the JSON, query and path extractor settings so that their errors become
+/// problem documents. Call once per `App` (or scope) that serves module routes.
+pub fn configure_extractors(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(BODY_LIMIT)
+            .error_handler(|error, _req| json_problem(error).into()),
+    )
+    .app_data(web::PayloadConfig::default().limit(BODY_LIMIT))
+    .app_data(web::QueryConfig::default().error_handler(|error, _req| query_problem(error).into()))
+    .app_data(web::PathConfig::default().error_handler(|error, _req| path_problem(error).into()));
+}
+
+fn json_problem(error: JsonPayloadError) -> Problem {
+    match error {
+        JsonPayloadError::OverflowKnownLength { length, limit } => Problem::new(
+            413,
+            codes::PAYLOAD_TOO_LARGE,
+            format!("body is {length} bytes; the limit is {limit}"),
+        ),
+        JsonPayloadError::Overflow { limit } => Problem::new(
+            413,
+            codes::PAYLOAD_TOO_LARGE,
+            format!("body is over the limit of {limit} bytes"),
+        ),
+        JsonPayloadError::ContentType => Problem::new(
+            415,
+            codes::UNSUPPORTED_MEDIA_TYPE,
+            "send the body as Content-Type: application/json",
+        ),
+        JsonPayloadError::Deserialize(error) if error.is_data() => {
+            Problem::validation(error.to_string())
+        }
+        JsonPayloadError::Deserialize(error) => {
+            Problem::malformed(format!("body is not valid JSON: {error}"))
+        }
+        other => Problem::malformed(other.to_string()),
+    }
+}
+
+fn query_problem(error: QueryPayloadError) -> Problem {
+    match error {
+        QueryPayloadError::Deserialize(error) => Problem::validation(format!("query: {error}")),
+        other => Problem::validation(other.to_string()),
+    }
+}
+
+fn path_problem(error: PathError) -> Problem {
+    Problem::new(404, codes::NOT_FOUND, format!("no such resource: {error}"))
+}
+
+/// Middleware that turns every error answer not already a problem document (unknown
+/// routes, wrong methods, actix's own errors) into one, so that clients parse one shape.
+pub fn problem_for_error_responses<B: MessageBody + 'static>() -> ErrorHandlers<B> {
+    ErrorHandlers::new().default_handler(|response: ServiceResponse<B>| {
+        let already_problem = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.starts_with(PROBLEM_JSON));
+        if already_problem {
+            return Ok(ErrorHandlerResponse::Response(response.map_into_left_body()));
+        }
+        let status = response.status();
+        let problem = match status.as_u16() {
+            404 => Problem::new(404, codes::NOT_FOUND, format!("no route for {}", response.request().path())),
+            405 => Problem::new(405, codes::METHOD_NOT_ALLOWED, format!("{} is not allowed here", response.request().method())),
+            413 => Problem::new(413, codes::PAYLOAD_TOO_LARGE, format!("the body limit is {BODY_LIMIT} bytes")),
+            status if status >= 500 => Problem::internal(),
+            status => Problem::new(status, codes::MALFORMED_REQUEST, "the request could not be handled"),
+        };
+        let (request, _) = response.into_parts();
+        let rendered = super::problem_response(&problem);
+        let response = ServiceResponse::new(request, rendered).map_into_boxed_body();
+        Ok(ErrorHandlerResponse::Response(response.map_into_right_body()))
+    })
+}

@@ -1,0 +1,176 @@
+//! Operations endpoints every process serves: `/health/live`, `/health/ready` (per module:
+//! database, remote peers), `/modules`, `/metrics` (Prometheus text), `/openapi.json` and
+//! `/docs` (Swagger UI bundled into the binary: no CDN).
+
+use std::sync::{Arc, OnceLock};
+
+use actix_web::{HttpResponse, web};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::Serialize;
+use url::Url;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::config::Placement;
+use crate::db::Database;
+use crate::remote::RemoteClient;
+
+/// Something `/health/ready` checks for a module.
+#[derive(Debug, Clone)]
+pub enum Probe {
+    Database(Database),
+    Peer(RemoteClient),
+}
+
+/// A module as this process sees it.
+#[derive(Debug, Clone)]
+pub struct ModuleEntry {
+    pub name: &'static str,
+    pub placement: Placement,
+    pub probes: Vec<Probe>,
+}
+
+/// Everything the operations endpoints report on.
+pub struct Operations {
+    pub modules: Vec<ModuleEntry>,
+    pub openapi: utoipa::openapi::OpenApi,
+}
+
+impl std::fmt::Debug for Operations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operations").field("modules", &self.modules).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ModuleView<'a> {
+    name: &'a str,
+    mode: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<&'a Url>,
+}
+
+#[derive(Debug, Serialize)]
+struct ReadyView {
+    status: &'static str,
+    modules: Vec<ModuleReady>,
+}
+
+#[derive(Debug, Serialize)]
+struct ModuleReady {
+    name: &'static str,
+    mode: &'static str,
+    status: &'static str,
+    checks: serde_json::Map<String, serde_json::Value>,
+}
+
+fn mode(placement: &Placement) -> (&'static str, Option<&Url>) {
+    match placement {
+        Placement::Local => ("local", None),
+        Placement::Remote(url) => ("remote", Some(url)),
+        Placement::Absent => ("absent", None),
+    }
+}
+
+impl Operations {
+    /// Mounts the operations endpoints.
+    pub fn configure(self: &Arc<Self>, cfg: &mut web::ServiceConfig) {
+        let data = web::Data::from(Arc::clone(self));
+        cfg.app_data(data)
+            .route("/health/live", web::get().to(live))
+            .route("/health/ready", web::get().to(ready))
+            .route("/modules", web::get().to(modules))
+            .route("/metrics", web::get().to(render_metrics))
+            .route("/docs", web::get().to(docs_redirect))
+            .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", self.openapi.clone()));
+    }
+}
+
+async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn ready(ops: web::Data<Operations>) -> HttpResponse {
+    let mut all_ok = true;
+    let mut reports = Vec::with_capacity(ops.modules.len());
+    for module in &ops.modules {
+        let mut checks = serde_json::Map::new();
+        let mut module_ok = true;
+        for probe in &module.probes {
+            let (key, outcome) = match probe {
+                Probe::Database(db) => ("database", db.ping().await.map_err(|e| e.to_string())),
+                Probe::Peer(client) => ("peer", client.ping().await.map_err(|e| e.to_string())),
+            };
+            module_ok &= outcome.is_ok();
+            checks.insert(
+                key.to_owned(),
+                match outcome {
+                    Ok(()) => serde_json::json!({ "status": "ok" }),
+                    Err(error) => serde_json::json!({ "status": "error", "error": error }),
+                },
+            );
+            if let Probe::Peer(client) = probe {
+                checks.insert("circuit_breaker".into(), client.breaker_state().as_str().into());
+            }
+        }
+        all_ok &= module_ok;
+        reports.push(ModuleReady {
+            name: module.name,
+            mode: mode(&module.placement).0,
+            status: if module_ok { "ok" } else { "error" },
+            checks,
+        });
+    }
+    let view = ReadyView {
+        status: if all_ok { "ok" } else { "error" },
+        modules: reports,
+    };
+    if all_ok {
+        HttpResponse::Ok().json(view)
+    } else {
+        HttpResponse::ServiceUnavailable().json(view)
+    }
+}
+
+async fn modules(ops: web::Data<Operations>) -> HttpResponse {
+    let views: Vec<ModuleView<'_>> = ops
+        .modules
+        .iter()
+        .map(|module| {
+            let (mode, url) = mode(&module.placement);
+            ModuleView { name: module.name, mode, url }
+        })
+        .collect();
+    HttpResponse::Ok().json(serde_json::json!({ "modules": views }))
+}
+
+async fn render_metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(prometheus().render())
+}
+
+async fn docs_redirect() -> HttpResponse {
+    HttpResponse::PermanentRedirect()
+        .insert_header(("Location", "/docs/"))
+        .finish()
+}
+
+/// The process-wide Prometheus recorder. The `metrics` facade is global by design; this
+/// installs it once and hands out the handle that renders it.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        const LATENCY_BUCKETS: &[f64] = &[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let builder = PrometheusBuilder::new();
+        let builder = match builder.set_buckets(LATENCY_BUCKETS) {
+            Ok(builder) => builder,
+            Err(_) => PrometheusBuilder::new(),
+        };
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        let _already_installed = metrics::set_global_recorder(recorder);
+        handle
+    })
+}

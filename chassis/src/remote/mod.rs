@@ -1,0 +1,337 @@
+//! The base every module's remote client is built on (spec §8): a per-call timeout,
+//! retries with jittered exponential backoff for idempotent calls only, a circuit breaker
+//! that opens after consecutive failures and half-opens after a cool-down, a cap on
+//! concurrent calls, the service token, and problem documents handed back to the caller
+//! so that it can rebuild its own error type.
+
+mod breaker;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use url::Url;
+
+pub use breaker::{BreakerState, CircuitBreaker};
+
+use crate::problem::{PROBLEM_JSON, Problem};
+use crate::secret::Secret;
+
+/// Tuning of every remote client; config section `remote`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RemoteSettings {
+    /// Per-call timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Extra attempts for idempotent calls after a transient failure.
+    pub retries: u32,
+    /// First retry delay; doubles each time, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub retry_delay: Duration,
+    /// Consecutive failures that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before letting one probe call through.
+    #[serde(with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
+    /// Calls in flight at once to one peer; more wait, within the timeout.
+    pub max_concurrency: usize,
+}
+
+impl Default for RemoteSettings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(5),
+            retries: 2,
+            retry_delay: Duration::from_millis(50),
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(10),
+            max_concurrency: 64,
+        }
+    }
+}
+
+/// What a remote call can end in, besides success.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RemoteError {
+    /// The peer answered with a problem document; the caller maps its `code` back.
+    #[error("{0}")]
+    Problem(Problem),
+    /// The peer could not be reached, timed out, answered 502/503/504, or the circuit
+    /// breaker is open. Callers see the same `Unavailable` case a local module reports.
+    #[error("{peer} is unavailable: {reason}")]
+    Unavailable { peer: String, reason: String },
+}
+
+/// Whether a call may be repeated after a transient failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idempotency {
+    Idempotent,
+    NotIdempotent,
+}
+
+/// One peer module reached over HTTP.
+#[derive(Debug, Clone)]
+pub struct RemoteClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    peer: String,
+    base_url: Url,
+    http: reqwest::Client,
+    token: Option<Secret>,
+    breaker: CircuitBreaker,
+    permits: Semaphore,
+    settings: RemoteSettings,
+}
+
+/// A failed attempt, before it becomes a [`RemoteError`].
+#[derive(Debug)]
+enum Attempt {
+    /// Worth retrying (if idempotent) and counted by the breaker.
+    Transient(String),
+    /// The peer answered; a 4xx does not count against the breaker.
+    Answered(Problem),
+}
+
+impl RemoteClient {
+    /// `peer` names the module for errors, logs and metrics.
+    pub fn new(
+        peer: &str,
+        base_url: Url,
+        token: Option<Secret>,
+        settings: RemoteSettings,
+    ) -> Result<Self, RemoteError> {
+        // reqwest is built without a bundled crypto provider; ring is the one we ship.
+        let _already_installed = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .pool_max_idle_per_host(settings.max_concurrency)
+            .build()
+            .map_err(|error| RemoteError::Unavailable {
+                peer: peer.to_owned(),
+                reason: format!("cannot build HTTP client: {error}"),
+            })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                peer: peer.to_owned(),
+                base_url,
+                http,
+                token,
+                breaker: CircuitBreaker::new(settings.breaker_failures, settings.breaker_cooldown),
+                permits: Semaphore::new(settings.max_concurrency.max(1)),
+                settings,
+            }),
+        })
+    }
+
+    pub fn peer(&self) -> &str {
+        &self.inner.peer
+    }
+
+    pub fn base_url(&self) -> &Url {
+        &self.inner.base_url
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.inner.breaker.state()
+    }
+
+    /// GET `path` (relative to the base URL) with query pairs; always idempotent.
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, RemoteError> {
+        let body = self
+            .call(reqwest::Method::GET, path, query, None, Idempotency::Idempotent)
+            .await?;
+        self.decode(&body)
+    }
+
+    /// POST a JSON body to `path`.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        idempotency: Idempotency,
+    ) -> Result<T, RemoteError> {
+        let json = serde_json::to_vec(body).map_err(|error| self.unavailable(format!("cannot encode request: {error}")))?;
+        let body = self
+            .call(reqwest::Method::POST, path, &[], Some(json), idempotency)
+            .await?;
+        self.decode(&body)
+    }
+
+    /// Whether the peer answers its liveness endpoint; for `/health/ready`.
+    pub async fn ping(&self) -> Result<(), RemoteError> {
+        self.call(reqwest::Method::GET, "/health/live", &[], None, Idempotency::Idempotent)
+            .await
+            .map(|_| ())
+    }
+
+    fn decode<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T, RemoteError> {
+        // An answer we cannot read means peers disagree on the contract; the caller can do
+        // nothing about it but wait for a fixed peer, so it counts as unavailable.
+        serde_json::from_slice(body)
+            .map_err(|error| self.unavailable(format!("unreadable answer: {error}")))
+    }
+
+    fn unavailable(&self, reason: impl Into<String>) -> RemoteError {
+        RemoteError::Unavailable {
+            peer: self.inner.peer.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Vec<u8>>,
+        idempotency: Idempotency,
+    ) -> Result<Vec<u8>, RemoteError> {
+        let url = self
+            .inner
+            .base_url
+            .join(path.trim_start_matches('/'))
+            .map_err(|error| self.unavailable(format!("bad path {path}: {error}")))?;
+        let started = Instant::now();
+        let attempt = || self.attempt(method.clone(), url.clone(), query, body.clone());
+        let outcome = match idempotency {
+            Idempotency::Idempotent => {
+                let backoff = ExponentialBuilder::default()
+                    .with_min_delay(self.inner.settings.retry_delay)
+                    .with_max_delay(self.inner.settings.timeout)
+                    .with_max_times(self.inner.settings.retries as usize)
+                    .with_jitter();
+                attempt
+                    .retry(backoff)
+                    .when(|failure| matches!(failure, Attempt::Transient(_)) && self.inner.breaker.allows())
+                    .notify(|failure, delay| {
+                        tracing::debug!(peer = %self.inner.peer, ?failure, ?delay, "retrying remote call");
+                    })
+                    .await
+            }
+            Idempotency::NotIdempotent => attempt().await,
+        };
+        let outcome_label = match &outcome {
+            Ok(_) => "ok",
+            Err(Attempt::Answered(_)) => "problem",
+            Err(Attempt::Transient(_)) => "unavailable",
+        };
+        metrics::histogram!(
+            "bazaar_port_call_duration_seconds",
+            "module" => self.inner.peer.clone(),
+            "mode" => "remote",
+            "outcome" => outcome_label,
+        )
+        .record(started.elapsed().as_secs_f64());
+        metrics::gauge!("bazaar_circuit_breaker_open", "peer" => self.inner.peer.clone())
+            .set(f64::from(u8::from(self.inner.breaker.state() != BreakerState::Closed)));
+        outcome.map_err(|failure| match failure {
+            Attempt::Answered(problem) => RemoteError::Problem(problem),
+            Attempt::Transient(reason) => self.unavailable(reason),
+        })
+    }
+
+    async fn attempt(
+        &self,
+        method: reqwest::Method,
+        url: Url,
+        query: &[(&str, String)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, Attempt> {
+        if !self.inner.breaker.try_acquire() {
+            return Err(Attempt::Transient("circuit breaker is open".into()));
+        }
+        let result = self.send(method, url, query, body).await;
+        match &result {
+            Err(Attempt::Transient(_)) => self.inner.breaker.record_failure(),
+            Ok(_) | Err(Attempt::Answered(_)) => self.inner.breaker.record_success(),
+        }
+        result
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: Url,
+        query: &[(&str, String)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, Attempt> {
+        let timeout = self.inner.settings.timeout;
+        let _permit = tokio::time::timeout(timeout, self.inner.permits.acquire())
+            .await
+            .map_err(|_| Attempt::Transient("too many calls in flight".into()))?
+            .map_err(|_| Attempt::Transient("client is shut down".into()))?;
+        let mut request = self
+            .inner
+            .http
+            .request(method, url)
+            .header(reqwest::header::ACCEPT, "application/json");
+        if !query.is_empty() {
+            request = request.query(query);
+        }
+        if let Some(token) = &self.inner.token {
+            request = request.bearer_auth(token.expose());
+        }
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| Attempt::Transient(describe(&error)))?;
+        let status = response.status();
+        let is_problem = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.starts_with(PROBLEM_JSON));
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|error| Attempt::Transient(describe(&error)))?;
+        if status.is_success() {
+            return Ok(bytes.to_vec());
+        }
+        if matches!(status.as_u16(), 502..=504) {
+            return Err(Attempt::Transient(format!("peer answered {status}")));
+        }
+        let problem = if is_problem {
+            serde_json::from_slice::<Problem>(&bytes).ok()
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => Err(Attempt::Answered(problem)),
+            None if status.is_server_error() => {
+                Err(Attempt::Transient(format!("peer answered {status}")))
+            }
+            None => Err(Attempt::Answered(Problem::new(
+                status.as_u16(),
+                "unexpected_answer",
+                format!("peer answered {status} without a problem document"),
+            ))),
+        }
+    }
+}
+
+fn describe(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        "timed out".into()
+    } else if error.is_connect() {
+        "connection failed".into()
+    } else {
+        error.to_string()
+    }
+}

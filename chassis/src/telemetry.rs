@@ -1,0 +1,26 @@
+//! Logging: `tracing` with human or JSON lines. One span per HTTP request comes from
+//! `tracing_actix_web::TracingLogger`, wrapped around the app by the composition root.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{ConfigError, LogFormat, LogSettings};
+
+/// Checks `log.level` without installing anything.
+pub fn validate(settings: &LogSettings) -> Result<(), ConfigError> {
+    EnvFilter::try_new(&settings.level)
+        .map(|_| ())
+        .map_err(|error| ConfigError::key("log.level", error.to_string()))
+}
+
+/// Installs the global subscriber; `RUST_LOG` overrides `log.level`. A second call (tests)
+/// leaves the first subscriber in place.
+pub fn init(settings: &LogSettings) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _already_installed = match settings.format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

@@ -1,0 +1,110 @@
+//! Throw-away databases for tests: a SQLite file in a temporary folder, or a uniquely named
+//! PostgreSQL database created on the local server and dropped afterwards.
+//!
+//! PostgreSQL is found at `BAZAAR_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`). When it cannot be reached, a test run under
+//! CI (`CI=true`) fails loudly; elsewhere the test prints why and skips.
+
+use diesel::connection::SimpleConnection;
+use diesel::{Connection, PgConnection};
+
+use crate::config::DatabaseUrl;
+use crate::db::{Backend, Database, Migrations, PoolOptions};
+
+pub const POSTGRES_URL_VAR: &str = "BAZAAR_TEST_POSTGRES_URL";
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A database that exists for as long as this value.
+#[derive(Debug)]
+pub struct TestDatabase {
+    url: DatabaseUrl,
+    cleanup: Cleanup,
+}
+
+#[derive(Debug)]
+enum Cleanup {
+    /// Held so that the folder (and the SQLite file in it) lives as long as the test.
+    Folder { _dir: tempfile::TempDir },
+    Postgres { admin_url: String, name: String },
+}
+
+impl TestDatabase {
+    /// A database of the given backend, or `None` (after printing why) when PostgreSQL is
+    /// unreachable outside CI.
+    pub fn new(backend: Backend) -> Option<Self> {
+        match backend {
+            Backend::Sqlite => Some(Self::sqlite()),
+            Backend::Postgres => Self::postgres(),
+        }
+    }
+
+    pub fn sqlite() -> Self {
+        let folder = match tempfile::tempdir() {
+            Ok(folder) => folder,
+            Err(error) => panic!("cannot create a temporary folder: {error}"),
+        };
+        let url = DatabaseUrl::sqlite(folder.path().join("test.db"));
+        Self {
+            url,
+            cleanup: Cleanup::Folder { _dir: folder },
+        }
+    }
+
+    pub fn postgres() -> Option<Self> {
+        let admin_url =
+            std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
+        let mut admin = match PgConnection::establish(&admin_url) {
+            Ok(conn) => conn,
+            Err(error) => {
+                let message = format!("PostgreSQL at {admin_url} is unreachable ({error}); set {POSTGRES_URL_VAR}");
+                if std::env::var("CI").is_ok_and(|value| value == "true" || value == "1") {
+                    panic!("{message}: PostgreSQL tests must run in CI");
+                }
+                eprintln!("SKIPPED: {message}");
+                return None;
+            }
+        };
+        let name = format!("bazaar_test_{}", uuid::Uuid::new_v4().simple());
+        if let Err(error) = admin.batch_execute(&format!("CREATE DATABASE {name}")) {
+            panic!("cannot create test database {name}: {error}");
+        }
+        let url = match url::Url::parse(&admin_url) {
+            Ok(mut url) => {
+                url.set_path(&name);
+                url.to_string()
+            }
+            Err(error) => panic!("{POSTGRES_URL_VAR} is not a URL: {error}"),
+        };
+        Some(Self {
+            url: DatabaseUrl::new(url),
+            cleanup: Cleanup::Postgres { admin_url, name },
+        })
+    }
+
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.url
+    }
+
+    /// Opens a pool on this database and applies `migrations`.
+    pub async fn open(&self, migrations: Migrations) -> Database {
+        let options = PoolOptions { max_size: 16, ..PoolOptions::default() };
+        let db = match Database::open(&self.url, options) {
+            Ok(db) => db,
+            Err(error) => panic!("cannot open test database {}: {error}", self.url),
+        };
+        if let Err(error) = db.migrate(migrations).await {
+            panic!("cannot migrate test database {}: {error}", self.url);
+        }
+        db
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Cleanup::Postgres { admin_url, name } = &self.cleanup {
+            if let Ok(mut admin) = PgConnection::establish(admin_url) {
+                let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        }
+    }
+}

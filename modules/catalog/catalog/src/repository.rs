@@ -1,0 +1,275 @@
+//! The catalog's queries, written once for both backends against `DbConnection`.
+//!
+//! Stock moves are single conditional `UPDATE`s (`… WHERE on_hand - reserved >= qty`), so
+//! that no interleaving of concurrent reservations can oversell, on SQLite or PostgreSQL.
+
+use catalog_contract::{Money, Product, ReservationStatus, StockLevels, StockLine};
+use chassis::db::DbConnection;
+use chrono::{NaiveDateTime, Timelike, Utc};
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use crate::schema::{products, reservation_lines, reservations};
+
+diesel::define_sql_function!(fn lower(text: diesel::sql_types::Text) -> diesel::sql_types::Text);
+
+/// Now, at the microsecond precision both backends store.
+pub(crate) fn now() -> NaiveDateTime {
+    let now = Utc::now().naive_utc();
+    now.with_nanosecond(now.nanosecond() / 1_000 * 1_000).unwrap_or(now)
+}
+
+#[derive(Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = products)]
+pub(crate) struct ProductRow {
+    pub(crate) id: String,
+    pub(crate) sku: String,
+    pub(crate) name: String,
+    pub(crate) description: Option<String>,
+    pub(crate) price_amount: i64,
+    pub(crate) currency: String,
+    pub(crate) on_hand: i64,
+    pub(crate) reserved: i64,
+    pub(crate) created_at: NaiveDateTime,
+    pub(crate) updated_at: NaiveDateTime,
+}
+
+impl ProductRow {
+    pub(crate) fn into_product(self) -> Product {
+        Product {
+            // Ids are written by this module only, always as UUIDs.
+            id: Uuid::parse_str(&self.id).unwrap_or_default(),
+            sku: self.sku,
+            name: self.name,
+            description: self.description,
+            price: Money {
+                amount: self.price_amount,
+                currency: self.currency,
+            },
+            stock: StockLevels {
+                on_hand: self.on_hand,
+                reserved: self.reserved,
+                available: self.on_hand - self.reserved,
+            },
+            created_at: self.created_at.and_utc(),
+            updated_at: self.updated_at.and_utc(),
+        }
+    }
+}
+
+#[derive(Debug, Default, AsChangeset)]
+#[diesel(table_name = products)]
+pub(crate) struct ProductChanges {
+    pub(crate) name: Option<String>,
+    pub(crate) description: Option<Option<String>>,
+    pub(crate) price_amount: Option<i64>,
+    pub(crate) currency: Option<String>,
+    pub(crate) updated_at: Option<NaiveDateTime>,
+}
+
+pub(crate) fn insert_product(conn: &mut DbConnection, row: &ProductRow) -> QueryResult<()> {
+    diesel::insert_into(products::table)
+        .values(row)
+        .execute(conn)
+        .map(|_| ())
+}
+
+pub(crate) fn find_product(conn: &mut DbConnection, id: Uuid) -> QueryResult<Option<ProductRow>> {
+    products::table
+        .find(id.to_string())
+        .select(ProductRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub(crate) fn find_products(conn: &mut DbConnection, ids: &[Uuid]) -> QueryResult<Vec<ProductRow>> {
+    let keys: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    products::table
+        .filter(products::id.eq_any(keys))
+        .select(ProductRow::as_select())
+        .load(conn)
+}
+
+/// Up to `limit` products in id order (UUIDv7: creation order), after `after`, whose name
+/// or sku contains `query` (case-insensitive).
+pub(crate) fn list_products(
+    conn: &mut DbConnection,
+    query: Option<&str>,
+    after: Option<&str>,
+    limit: i64,
+) -> QueryResult<Vec<ProductRow>> {
+    let mut select = products::table
+        .select(ProductRow::as_select())
+        .order(products::id.asc())
+        .limit(limit)
+        .into_boxed();
+    if let Some(after) = after {
+        select = select.filter(products::id.gt(after.to_owned()));
+    }
+    if let Some(query) = query {
+        let pattern = format!("%{}%", escape_like(&query.to_lowercase()));
+        select = select.filter(
+            lower(products::name)
+                .like(pattern.clone())
+                .escape('\\')
+                .or(lower(products::sku).like(pattern).escape('\\')),
+        );
+    }
+    select.load(conn)
+}
+
+fn escape_like(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+pub(crate) fn update_product(conn: &mut DbConnection, id: Uuid, changes: &ProductChanges) -> QueryResult<usize> {
+    diesel::update(products::table.find(id.to_string()))
+        .set(changes)
+        .execute(conn)
+}
+
+/// Sets `on_hand` unless it would fall below what is reserved; answers whether it did.
+pub(crate) fn set_on_hand(conn: &mut DbConnection, id: Uuid, on_hand: i64) -> QueryResult<bool> {
+    diesel::update(
+        products::table
+            .find(id.to_string())
+            .filter(products::reserved.le(on_hand)),
+    )
+    .set((products::on_hand.eq(on_hand), products::updated_at.eq(now())))
+    .execute(conn)
+    .map(|rows| rows == 1)
+}
+
+/// Holds `quantity` units if that many are available; answers whether it did.
+pub(crate) fn hold(conn: &mut DbConnection, product_id: Uuid, quantity: i64) -> QueryResult<bool> {
+    diesel::update(
+        products::table
+            .find(product_id.to_string())
+            .filter((products::on_hand - products::reserved).ge(quantity)),
+    )
+    .set((
+        products::reserved.eq(products::reserved + quantity),
+        products::updated_at.eq(now()),
+    ))
+    .execute(conn)
+    .map(|rows| rows == 1)
+}
+
+/// Gives held units back.
+pub(crate) fn unhold(conn: &mut DbConnection, product_id: Uuid, quantity: i64) -> QueryResult<()> {
+    diesel::update(products::table.find(product_id.to_string()))
+        .set((
+            products::reserved.eq(products::reserved - quantity),
+            products::updated_at.eq(now()),
+        ))
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// Sells held units: they leave `reserved` and `on_hand`.
+pub(crate) fn sell(conn: &mut DbConnection, product_id: Uuid, quantity: i64) -> QueryResult<()> {
+    diesel::update(products::table.find(product_id.to_string()))
+        .set((
+            products::reserved.eq(products::reserved - quantity),
+            products::on_hand.eq(products::on_hand - quantity),
+            products::updated_at.eq(now()),
+        ))
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// Puts sold units back on hand.
+pub(crate) fn put_back(conn: &mut DbConnection, product_id: Uuid, quantity: i64) -> QueryResult<()> {
+    diesel::update(products::table.find(product_id.to_string()))
+        .set((
+            products::on_hand.eq(products::on_hand + quantity),
+            products::updated_at.eq(now()),
+        ))
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// An order's reservation as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredReservation {
+    pub(crate) status: ReservationStatus,
+    /// Sorted by product id.
+    pub(crate) lines: Vec<StockLine>,
+}
+
+pub(crate) fn find_reservation(conn: &mut DbConnection, order_id: Uuid) -> QueryResult<Option<StoredReservation>> {
+    let key = order_id.to_string();
+    let status: Option<String> = reservations::table
+        .find(&key)
+        .select(reservations::status)
+        .first(conn)
+        .optional()?;
+    let Some(status) = status else {
+        return Ok(None);
+    };
+    let status = ReservationStatus::parse(&status).ok_or_else(|| {
+        diesel::result::Error::DeserializationError(format!("unknown reservation status {status:?}").into())
+    })?;
+    let rows: Vec<(String, i64)> = reservation_lines::table
+        .filter(reservation_lines::order_id.eq(&key))
+        .select((reservation_lines::product_id, reservation_lines::quantity))
+        .order(reservation_lines::product_id.asc())
+        .load(conn)?;
+    let lines = rows
+        .into_iter()
+        .map(|(product_id, quantity)| StockLine {
+            product_id: Uuid::parse_str(&product_id).unwrap_or_default(),
+            quantity: u32::try_from(quantity).unwrap_or(u32::MAX),
+        })
+        .collect();
+    Ok(Some(StoredReservation { status, lines }))
+}
+
+pub(crate) fn insert_reservation(
+    conn: &mut DbConnection,
+    order_id: Uuid,
+    status: ReservationStatus,
+    lines: &[StockLine],
+) -> QueryResult<()> {
+    let key = order_id.to_string();
+    let at = now();
+    diesel::insert_into(reservations::table)
+        .values((
+            reservations::order_id.eq(&key),
+            reservations::status.eq(status.as_str()),
+            reservations::created_at.eq(at),
+            reservations::updated_at.eq(at),
+        ))
+        .execute(conn)?;
+    for line in lines {
+        diesel::insert_into(reservation_lines::table)
+            .values((
+                reservation_lines::order_id.eq(&key),
+                reservation_lines::product_id.eq(line.product_id.to_string()),
+                reservation_lines::quantity.eq(i64::from(line.quantity)),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn set_reservation_status(
+    conn: &mut DbConnection,
+    order_id: Uuid,
+    status: ReservationStatus,
+) -> QueryResult<()> {
+    diesel::update(reservations::table.find(order_id.to_string()))
+        .set((
+            reservations::status.eq(status.as_str()),
+            reservations::updated_at.eq(now()),
+        ))
+        .execute(conn)
+        .map(|_| ())
+}

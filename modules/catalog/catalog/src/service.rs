@@ -1,0 +1,252 @@
+use async_trait::async_trait;
+use catalog_contract::{Catalog, CatalogError, MAX_LOOKUP_IDS, Product, Reservation, ReservationStatus, StockLine};
+use chassis::db::{Database, DbConnection, DbError, is_unique_violation};
+use chassis::page::{Page, PageRequest};
+use uuid::Uuid;
+
+use crate::domain::{NewProduct, ProductPatch, StockUpdate, normalize_lines};
+use crate::error::Error;
+use crate::repository::{self as repo, ProductChanges, ProductRow, StoredReservation};
+
+/// The catalog's behaviour: the admin operations behind its public routes, and the
+/// [`Catalog`] port other modules call.
+#[derive(Debug, Clone)]
+pub struct CatalogService {
+    db: Database,
+    currency: String,
+}
+
+impl CatalogService {
+    /// `currency` is the shop's one currency (`shop.currency`).
+    pub fn new(db: Database, currency: impl Into<String>) -> Self {
+        Self {
+            db,
+            currency: currency.into(),
+        }
+    }
+
+    pub async fn create_product(&self, input: NewProduct) -> Result<Product, Error> {
+        input.validate(&self.currency)?;
+        let at = repo::now();
+        let row = ProductRow {
+            id: Uuid::now_v7().to_string(),
+            sku: input.sku,
+            name: input.name,
+            description: input.description,
+            price_amount: input.price.amount,
+            currency: input.price.currency,
+            on_hand: input.stock.unwrap_or(0),
+            reserved: 0,
+            created_at: at,
+            updated_at: at,
+        };
+        self.db
+            .write(move |conn| {
+                match repo::insert_product(conn, &row) {
+                    Err(error) if is_unique_violation(&error) => return Err(Error::SkuTaken(row.sku)),
+                    other => other?,
+                }
+                Ok(row.into_product())
+            })
+            .await
+    }
+
+    pub async fn product(&self, id: Uuid) -> Result<Product, Error> {
+        self.db
+            .read(move |conn| {
+                repo::find_product(conn, id)?
+                    .map(ProductRow::into_product)
+                    .ok_or(Error::ProductNotFound(id))
+            })
+            .await
+    }
+
+    pub async fn list_products(&self, query: Option<String>, page: PageRequest) -> Result<Page<Product>, Error> {
+        let query = query.filter(|q| !q.is_empty());
+        self.db
+            .read(move |conn| {
+                let rows = repo::list_products(conn, query.as_deref(), page.after.as_deref(), i64::from(page.limit) + 1)?;
+                Ok(Page::from_rows(rows, page.limit, |row| row.id.clone()).map(ProductRow::into_product))
+            })
+            .await
+    }
+
+    pub async fn update_product(&self, id: Uuid, patch: ProductPatch) -> Result<Product, Error> {
+        patch.validate(&self.currency)?;
+        let changes = ProductChanges {
+            name: patch.name,
+            description: patch.description.map(Some),
+            price_amount: patch.price.as_ref().map(|price| price.amount),
+            currency: patch.price.map(|price| price.currency),
+            updated_at: Some(repo::now()),
+        };
+        self.db
+            .write(move |conn| {
+                if repo::update_product(conn, id, &changes)? == 0 {
+                    return Err(Error::ProductNotFound(id));
+                }
+                repo::find_product(conn, id)?
+                    .map(ProductRow::into_product)
+                    .ok_or(Error::ProductNotFound(id))
+            })
+            .await
+    }
+
+    pub async fn set_stock(&self, id: Uuid, update: StockUpdate) -> Result<Product, Error> {
+        update.validate()?;
+        self.db
+            .write(move |conn| {
+                if !repo::set_on_hand(conn, id, update.on_hand)? {
+                    let current = repo::find_product(conn, id)?.ok_or(Error::ProductNotFound(id))?;
+                    return Err(Error::StockBelowReserved {
+                        on_hand: update.on_hand,
+                        reserved: current.reserved,
+                    });
+                }
+                repo::find_product(conn, id)?
+                    .map(ProductRow::into_product)
+                    .ok_or(Error::ProductNotFound(id))
+            })
+            .await
+    }
+
+    /// Moves an existing reservation from `from` to `to`, applying `apply` to each line;
+    /// answers as is when it is already in `to`.
+    async fn transition(
+        &self,
+        order_id: Uuid,
+        from: ReservationStatus,
+        to: ReservationStatus,
+        apply: fn(&mut DbConnection, Uuid, i64) -> diesel::QueryResult<()>,
+    ) -> Result<Reservation, CatalogError> {
+        self.db
+            .write(move |conn| {
+                let stored = repo::find_reservation(conn, order_id)?
+                    .ok_or(CatalogError::ReservationNotFound(order_id))?;
+                if stored.status == to {
+                    return Ok(reservation(order_id, stored));
+                }
+                if stored.status != from {
+                    return Err(conflict(order_id, stored.status));
+                }
+                for line in &stored.lines {
+                    apply(conn, line.product_id, i64::from(line.quantity))?;
+                }
+                repo::set_reservation_status(conn, order_id, to)?;
+                Ok(reservation(order_id, StoredReservation { status: to, ..stored }))
+            })
+            .await
+            .map_err(CatalogError::from)
+    }
+
+    async fn try_reserve(&self, order_id: Uuid, lines: Vec<StockLine>) -> Result<Reservation, Error> {
+        self.db
+            .write(move |conn| {
+                if let Some(stored) = repo::find_reservation(conn, order_id)? {
+                    return if stored.status != ReservationStatus::Released && stored.lines == lines {
+                        Ok(reservation(order_id, stored))
+                    } else {
+                        Err(conflict(order_id, stored.status))
+                    };
+                }
+                // A concurrent reserve for the same order may have committed first: the
+                // unique-key error rolls this one back and `reserve` looks again.
+                repo::insert_reservation(conn, order_id, ReservationStatus::Reserved, &lines)?;
+                for line in &lines {
+                    if !repo::hold(conn, line.product_id, i64::from(line.quantity))? {
+                        return Err(match repo::find_product(conn, line.product_id)? {
+                            None => CatalogError::ProductNotFound(line.product_id).into(),
+                            Some(_) => CatalogError::OutOfStock { product_id: line.product_id }.into(),
+                        });
+                    }
+                }
+                Ok(reservation(order_id, StoredReservation { status: ReservationStatus::Reserved, lines }))
+            })
+            .await
+    }
+}
+
+fn reservation(order_id: Uuid, stored: StoredReservation) -> Reservation {
+    Reservation {
+        order_id,
+        status: stored.status,
+        lines: stored.lines,
+    }
+}
+
+fn conflict(order_id: Uuid, status: ReservationStatus) -> Error {
+    Error::Port(CatalogError::ReservationConflict { order_id, status })
+}
+
+#[async_trait]
+impl Catalog for CatalogService {
+    async fn products(&self, ids: &[Uuid]) -> Result<Vec<Product>, CatalogError> {
+        if ids.len() > MAX_LOOKUP_IDS {
+            return Err(CatalogError::InvalidRequest(format!("ids: at most {MAX_LOOKUP_IDS} per call")));
+        }
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted = ids.to_vec();
+        self.db
+            .read(move |conn| {
+                let rows = repo::find_products(conn, &wanted)?;
+                let found: std::collections::HashMap<Uuid, Product> = rows
+                    .into_iter()
+                    .map(ProductRow::into_product)
+                    .map(|product| (product.id, product))
+                    .collect();
+                wanted
+                    .iter()
+                    .map(|id| match found.get(id) {
+                        Some(product) => Ok(product.clone()),
+                        None => Err(Error::ProductNotFound(*id)),
+                    })
+                    .collect::<Result<Vec<_>, Error>>()
+            })
+            .await
+            .map_err(CatalogError::from)
+    }
+
+    async fn reserve(&self, order_id: Uuid, lines: &[StockLine]) -> Result<Reservation, CatalogError> {
+        let lines = normalize_lines(lines)?;
+        match self.try_reserve(order_id, lines.clone()).await {
+            // Lost a race with a concurrent reserve for the same order: it has committed
+            // now, so a second look answers it (or the conflict).
+            Err(Error::Database(DbError::Query(error))) if is_unique_violation(&error) => {
+                self.try_reserve(order_id, lines).await.map_err(CatalogError::from)
+            }
+            other => other.map_err(CatalogError::from),
+        }
+    }
+
+    async fn release(&self, order_id: Uuid) -> Result<Reservation, CatalogError> {
+        let released = self
+            .db
+            .write(move |conn| {
+                if repo::find_reservation(conn, order_id)?.is_none() {
+                    // Remember the release, so that a reserve arriving late is refused.
+                    repo::insert_reservation(conn, order_id, ReservationStatus::Released, &[])?;
+                    return Ok(Some(Reservation { order_id, status: ReservationStatus::Released, lines: Vec::new() }));
+                }
+                Ok::<_, Error>(None)
+            })
+            .await;
+        match released {
+            Ok(Some(tombstone)) => Ok(tombstone),
+            Ok(None) => self.transition(order_id, ReservationStatus::Reserved, ReservationStatus::Released, repo::unhold).await,
+            Err(Error::Database(DbError::Query(error))) if is_unique_violation(&error) => {
+                self.transition(order_id, ReservationStatus::Reserved, ReservationStatus::Released, repo::unhold).await
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn commit(&self, order_id: Uuid) -> Result<Reservation, CatalogError> {
+        self.transition(order_id, ReservationStatus::Reserved, ReservationStatus::Committed, repo::sell).await
+    }
+
+    async fn restock(&self, order_id: Uuid) -> Result<Reservation, CatalogError> {
+        self.transition(order_id, ReservationStatus::Committed, ReservationStatus::Restocked, repo::put_back).await
+    }
+}

@@ -1,0 +1,176 @@
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use anyhow::Context as _;
+use catalog_contract::{Catalog, HttpCatalog};
+use chassis::config::Placement;
+use chassis::db::{Backend, Database, PoolOptions};
+use chassis::http::{Tokens, configure_extractors, problem_for_error_responses, record_request_metrics};
+use chassis::module::LocalModule;
+use chassis::ops::{ModuleEntry, Operations, Probe};
+use tracing_actix_web::TracingLogger;
+
+use crate::config::{COMPILED_IN, Config};
+
+/// The modules of one process, wired: the local ones with their databases, the ports
+/// other modules use (local or remote), and what the operations endpoints report.
+pub struct Composition {
+    pub local: Vec<Arc<dyn LocalModule>>,
+    pub entries: Vec<ModuleEntry>,
+    /// The catalog port, wherever the catalog runs; `None` when it is absent.
+    pub catalog: Option<Arc<dyn Catalog>>,
+    #[cfg(feature = "catalog")]
+    pub catalog_module: Option<catalog::CatalogModule>,
+}
+
+impl std::fmt::Debug for Composition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Composition").field("entries", &self.entries).finish_non_exhaustive()
+    }
+}
+
+fn open_database(config: &Config, name: &str) -> anyhow::Result<Database> {
+    let settings = config.module(name);
+    let url = settings.database_url_or_default(name, &config.data_dir);
+    let default_size = if url.is_postgres() { 10 } else { 8 };
+    let options = PoolOptions {
+        max_size: settings.pool_size.unwrap_or(default_size),
+        ..PoolOptions::default()
+    };
+    Database::open(&url, options).with_context(|| format!("module {name}: cannot open its database {url}"))
+}
+
+/// Builds every module this process hosts or reaches, as config and features say.
+pub async fn compose(config: &Config) -> anyhow::Result<Composition> {
+    let mut composition = Composition {
+        local: Vec::new(),
+        entries: Vec::new(),
+        catalog: None,
+        #[cfg(feature = "catalog")]
+        catalog_module: None,
+    };
+    for (name, _) in COMPILED_IN {
+        let placement = config.placement(name)?;
+        let mut probes = Vec::new();
+        match (name, &placement) {
+            #[cfg(feature = "catalog")]
+            ("catalog", Placement::Local) => {
+                let db = open_database(config, name)?;
+                probes.push(Probe::Database(db.clone()));
+                let module = catalog::CatalogModule::new(db, config.shop.currency.clone());
+                composition.catalog = Some(module.port());
+                composition.local.push(Arc::new(module.clone()));
+                composition.catalog_module = Some(module);
+            }
+            ("catalog", Placement::Remote(url)) => {
+                let client = HttpCatalog::new(url.clone(), config.auth.service_token.clone(), config.remote.clone())
+                    .context("module catalog: cannot build its remote client")?;
+                probes.push(Probe::Peer(client.remote().clone()));
+                composition.catalog = Some(Arc::new(client));
+            }
+            // orders, billing and notifications are placeholders until their crates land:
+            // they already take part in placement, `/modules` and the feature matrix.
+            _ => {}
+        }
+        composition.entries.push(ModuleEntry { name, placement, probes });
+    }
+    Ok(composition)
+}
+
+impl Composition {
+    /// Applies the pending migrations of every local module; answers what was applied.
+    pub async fn migrate(&self) -> anyhow::Result<Vec<(&'static str, Vec<String>)>> {
+        let mut applied = Vec::new();
+        for module in &self.local {
+            let versions = module
+                .database()
+                .migrate(module.migrations())
+                .await
+                .with_context(|| format!("module {}: migrations failed", module.name()))?;
+            applied.push((module.name(), versions));
+        }
+        Ok(applied)
+    }
+
+    /// The OpenAPI document of this process: the local modules' routes.
+    pub fn openapi(&self) -> utoipa::openapi::OpenApi {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let mut doc = utoipa::openapi::OpenApiBuilder::new()
+            .info(
+                utoipa::openapi::InfoBuilder::new()
+                    .title("Bazaar")
+                    .version(env!("CARGO_PKG_VERSION"))
+                    .description(Some("E-commerce backend: a modular monolith built for later extraction into services"))
+                    .build(),
+            )
+            .build();
+        for module in &self.local {
+            doc.merge(module.openapi());
+        }
+        let components = doc.components.get_or_insert_with(Default::default);
+        for scheme in ["admin_token", "service_token"] {
+            components.add_security_scheme(scheme, SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        }
+        doc
+    }
+
+    pub fn backend_summary(&self) -> Vec<(&'static str, Backend)> {
+        self.local.iter().map(|module| (module.name(), module.database().backend())).collect()
+    }
+}
+
+/// Migrates, then serves the API on `listener` until SIGTERM / Ctrl-C; in-flight requests
+/// get `server.shutdown_timeout` to finish.
+pub async fn serve(config: Config, listener: TcpListener) -> anyhow::Result<()> {
+    let composition = compose(&config).await?;
+    for (module, versions) in composition.migrate().await? {
+        if !versions.is_empty() {
+            tracing::info!(module, ?versions, "applied migrations");
+        }
+    }
+    if config.auth.admin_token.is_none() {
+        tracing::warn!("auth.admin_token is not set: admin endpoints answer 401; set BAZAAR__AUTH__ADMIN_TOKEN or [auth] admin_token");
+    }
+    if config.auth.service_token.is_none() {
+        tracing::warn!("auth.service_token is not set: /internal endpoints answer 401; set BAZAAR__AUTH__SERVICE_TOKEN or [auth] service_token");
+    }
+    let operations = Arc::new(Operations {
+        modules: composition.entries.clone(),
+        openapi: composition.openapi(),
+    });
+    let tokens = web::Data::new(Tokens::from_settings(&config.auth));
+    let modules = composition.local.clone();
+    let address = listener.local_addr()?;
+    let mut server = HttpServer::new(move || {
+        let operations = Arc::clone(&operations);
+        let modules = modules.clone();
+        App::new()
+            .wrap(problem_for_error_responses())
+            .wrap(from_fn(record_request_metrics))
+            .wrap(TracingLogger::default())
+            .app_data(tokens.clone())
+            .configure(configure_extractors)
+            .configure(move |cfg| operations.configure(cfg))
+            .configure(move |cfg| {
+                for module in &modules {
+                    module.configure(cfg);
+                }
+            })
+    })
+    .listen(listener)?
+    .shutdown_timeout(config.server.shutdown_timeout.as_secs());
+    if let Some(workers) = config.server.workers {
+        server = server.workers(workers);
+    }
+    let local: Vec<String> = composition
+        .backend_summary()
+        .iter()
+        .map(|(name, backend)| format!("{name} ({})", backend.as_str()))
+        .collect();
+    tracing::info!(%address, modules = ?local, "bazaar is serving");
+    server.run().await?;
+    tracing::info!("bazaar stopped");
+    Ok(())
+}

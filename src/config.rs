@@ -1,0 +1,147 @@
+use std::path::{Path, PathBuf};
+
+use chassis::config::{
+    AuthSettings, BusKind, BusSettings, ConfigError, LogSettings, ModuleSettings, Placement,
+    ServerSettings, ShopSettings,
+};
+use chassis::remote::RemoteSettings;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration of one Bazaar process (spec §6), read once at start-up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerSettings,
+    /// Where SQLite files and other local data live.
+    pub data_dir: PathBuf,
+    pub shop: ShopSettings,
+    pub auth: AuthSettings,
+    pub log: LogSettings,
+    pub bus: BusSettings,
+    pub remote: RemoteSettings,
+    pub modules: ModulesConfig,
+}
+
+/// `modules.<name>`, one section per business module.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModulesConfig {
+    pub catalog: ModuleSettings,
+    pub orders: ModuleSettings,
+    pub billing: ModuleSettings,
+    pub notifications: ModuleSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerSettings::default(),
+            data_dir: PathBuf::from("./data"),
+            shop: ShopSettings::default(),
+            auth: AuthSettings::default(),
+            log: LogSettings::default(),
+            bus: BusSettings::default(),
+            remote: RemoteSettings::default(),
+            modules: ModulesConfig::default(),
+        }
+    }
+}
+
+/// Whether each module is compiled into this binary.
+pub(crate) const COMPILED_IN: [(&str, bool); 4] = [
+    ("catalog", cfg!(feature = "catalog")),
+    ("orders", cfg!(feature = "orders")),
+    ("billing", cfg!(feature = "billing")),
+    ("notifications", cfg!(feature = "notifications")),
+];
+
+impl Config {
+    /// Loads defaults < `file` < `BAZAAR__…` environment, then validates.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let config: Config = chassis::config::load(file)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()?;
+        self.shop.validate()?;
+        self.auth.validate()?;
+        self.bus.validate()?;
+        chassis::telemetry::validate(&self.log)?;
+        if self.bus.kind != BusKind::InProcess {
+            return Err(ConfigError::key(
+                "bus.kind",
+                "only \"in_process\" is available in this version; broker transports come with split-mode events",
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::key("data_dir", "must not be empty"));
+        }
+        for (name, _) in COMPILED_IN {
+            self.placement(name)?;
+        }
+        if self.remote.max_concurrency == 0 {
+            return Err(ConfigError::key("remote.max_concurrency", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn module(&self, name: &str) -> &ModuleSettings {
+        match name {
+            "catalog" => &self.modules.catalog,
+            "orders" => &self.modules.orders,
+            "billing" => &self.modules.billing,
+            _ => &self.modules.notifications,
+        }
+    }
+
+    /// Where a module runs for this process.
+    pub fn placement(&self, name: &str) -> Result<Placement, ConfigError> {
+        let compiled_in = COMPILED_IN
+            .iter()
+            .any(|(module, compiled)| *module == name && *compiled);
+        self.module(name).placement(name, compiled_in)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        let config: Config = chassis::config::load_with_env(None, Some(env))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn the_defaults_are_the_embedded_monolith() {
+        let config = load(&[]).expect("defaults are valid");
+        assert_eq!(config.server.bind, "127.0.0.1:8080");
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.shop.currency, "EUR");
+        assert_eq!(config.placement("catalog").expect("valid"), Placement::Local);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let error = load(&[("BAZAAR__MODULES__CATALG__MODE", "local")]).expect_err("typo");
+        assert!(error.to_string().contains("catalg"), "{error}");
+    }
+
+    #[test]
+    fn remote_module_without_url_names_the_key() {
+        let error = load(&[("BAZAAR__MODULES__CATALOG__MODE", "remote")]).expect_err("needs url");
+        assert!(error.to_string().contains("modules.catalog.url"), "{error}");
+    }
+
+    #[test]
+    fn a_bad_mode_names_the_key() {
+        let error = load(&[("BAZAAR__MODULES__CATALOG__MODE", "elsewhere")]).expect_err("bad mode");
+        assert!(error.to_string().contains("modules.catalog.mode"), "{error}");
+    }
+}
