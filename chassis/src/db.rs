@@ -47,11 +47,32 @@ pub enum DbError {
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[error("database error: {0}")]
-    Query(#[from] diesel::result::Error),
+    Query(diesel::result::Error),
     #[error("migrations failed: {0}")]
     Migration(String),
     #[error("database task failed: {0}")]
     Task(String),
+}
+
+impl From<diesel::result::Error> for DbError {
+    fn from(error: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match &error {
+            // The server went away under an open connection: the database is unavailable,
+            // not broken, and the caller should try again later.
+            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
+                DbError::Unavailable(error.to_string())
+            }
+            Error::DatabaseError(DatabaseErrorKind::Unknown, info)
+                if info.message().contains("database is locked")
+                    || info.message().contains("terminating connection")
+                    || info.message().contains("server closed the connection") =>
+            {
+                DbError::Unavailable(error.to_string())
+            }
+            _ => DbError::Query(error),
+        }
+    }
 }
 
 impl ProblemCode for DbError {

@@ -74,6 +74,8 @@ fn mode(placement: &Placement) -> (&'static str, Option<&Url>) {
 impl Operations {
     /// Mounts the operations endpoints.
     pub fn configure(self: &Arc<Self>, cfg: &mut web::ServiceConfig) {
+        // Installs the recorder before the first request is counted.
+        let _ = prometheus();
         let data = web::Data::from(Arc::clone(self));
         cfg.app_data(data)
             .route("/health/live", web::get().to(live))

@@ -81,6 +81,25 @@ impl TestDatabase {
         })
     }
 
+    /// PostgreSQL only: makes the database refuse new connections and ends open ones, as
+    /// if its server went away.
+    pub fn refuse_connections(&self) {
+        let Cleanup::Postgres { admin_url, name } = &self.cleanup else {
+            panic!("refuse_connections needs a PostgreSQL test database");
+        };
+        let mut admin = match PgConnection::establish(admin_url) {
+            Ok(conn) => conn,
+            Err(error) => panic!("cannot reach PostgreSQL: {error}"),
+        };
+        let statements = format!(
+            "ALTER DATABASE {name} ALLOW_CONNECTIONS false; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';"
+        );
+        if let Err(error) = admin.batch_execute(&statements) {
+            panic!("cannot cut {name} off: {error}");
+        }
+    }
+
     pub fn url(&self) -> &DatabaseUrl {
         &self.url
     }

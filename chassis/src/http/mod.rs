@@ -4,10 +4,12 @@
 
 mod auth;
 mod edge;
+mod extract;
 mod metrics;
 
 pub use auth::{Admin, Service, Tokens};
-pub use edge::{configure_extractors, problem_for_error_responses, BODY_LIMIT};
+pub use edge::{BODY_LIMIT, configure_extractors, problem_for_error_responses};
+pub use extract::{Json, Query, parse_json};
 pub use metrics::record_request_metrics;
 
 use actix_web::http::StatusCode;

@@ -25,7 +25,7 @@ pub enum Error {
 
 impl From<diesel::result::Error> for Error {
     fn from(error: diesel::result::Error) -> Self {
-        Error::Database(DbError::Query(error))
+        Error::Database(DbError::from(error))
     }
 }
 

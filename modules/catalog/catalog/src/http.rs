@@ -3,7 +3,7 @@
 
 use actix_web::{HttpResponse, web};
 use catalog_contract::{Catalog, LookupRequest, LookupResponse, Product, Reservation, ReserveRequest};
-use chassis::http::{Admin, ApiResult, Service};
+use chassis::http::{Admin, ApiResult, Json, Query, Service};
 use chassis::page::{Page, PageParams};
 use chassis::problem::Problem;
 use serde::Deserialize;
@@ -81,7 +81,7 @@ pub(crate) struct ListQuery {
         (status = 401, body = Problem), (status = 409, description = "sku_taken", body = Problem),
         (status = 422, body = Problem), (status = 413, body = Problem)),
     security(("admin_token" = [])))]
-async fn create_product(_: Admin, service: web::Data<CatalogService>, body: web::Json<NewProduct>) -> ApiResult {
+async fn create_product(_: Admin, service: web::Data<CatalogService>, body: Json<NewProduct>) -> ApiResult {
     let product = service.create_product(body.into_inner()).await?;
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/catalog/products/{}", product.id)))
@@ -92,7 +92,7 @@ async fn create_product(_: Admin, service: web::Data<CatalogService>, body: web:
 #[utoipa::path(get, path = "/catalog/products", tag = "catalog",
     params(ListQuery),
     responses((status = 200, body = Page<Product>), (status = 422, body = Problem)))]
-async fn list_products(service: web::Data<CatalogService>, query: web::Query<ListQuery>) -> ApiResult {
+async fn list_products(service: web::Data<CatalogService>, query: Query<ListQuery>) -> ApiResult {
     let query = query.into_inner();
     let params = PageParams { limit: query.limit, cursor: query.cursor };
     let page = params.validate().map_err(|error| Problem::validation(error.to_string()))?;
@@ -119,7 +119,7 @@ async fn update_product(
     _: Admin,
     service: web::Data<CatalogService>,
     id: web::Path<String>,
-    body: web::Json<ProductPatch>,
+    body: Json<ProductPatch>,
 ) -> ApiResult {
     let product = service.update_product(product_id(&id)?, body.into_inner()).await?;
     Ok(HttpResponse::Ok().json(product))
@@ -135,7 +135,7 @@ async fn set_stock(
     _: Admin,
     service: web::Data<CatalogService>,
     id: web::Path<String>,
-    body: web::Json<StockUpdate>,
+    body: Json<StockUpdate>,
 ) -> ApiResult {
     let product = service.set_stock(product_id(&id)?, body.into_inner()).await?;
     Ok(HttpResponse::Ok().json(product))
@@ -146,7 +146,7 @@ async fn set_stock(
     request_body = LookupRequest,
     responses((status = 200, body = LookupResponse), (status = 404, body = Problem)),
     security(("service_token" = [])))]
-async fn lookup_products(_: Service, service: web::Data<CatalogService>, body: web::Json<LookupRequest>) -> ApiResult {
+async fn lookup_products(_: Service, service: web::Data<CatalogService>, body: Json<LookupRequest>) -> ApiResult {
     let items = service.products(&body.ids).await?;
     Ok(HttpResponse::Ok().json(LookupResponse { items }))
 }
@@ -160,7 +160,7 @@ async fn reserve(
     _: Service,
     service: web::Data<CatalogService>,
     order: web::Path<String>,
-    body: web::Json<ReserveRequest>,
+    body: Json<ReserveRequest>,
 ) -> ApiResult {
     let reservation = service.reserve(order_id(&order)?, &body.lines).await?;
     Ok(HttpResponse::Ok().json(reservation))

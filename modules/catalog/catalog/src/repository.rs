@@ -232,22 +232,21 @@ pub(crate) fn find_reservation(conn: &mut DbConnection, order_id: Uuid) -> Query
     Ok(Some(StoredReservation { status, lines }))
 }
 
-pub(crate) fn insert_reservation(
-    conn: &mut DbConnection,
-    order_id: Uuid,
-    status: ReservationStatus,
-    lines: &[StockLine],
-) -> QueryResult<()> {
-    let key = order_id.to_string();
+pub(crate) fn insert_reservation(conn: &mut DbConnection, order_id: Uuid, status: ReservationStatus) -> QueryResult<()> {
     let at = now();
     diesel::insert_into(reservations::table)
         .values((
-            reservations::order_id.eq(&key),
+            reservations::order_id.eq(order_id.to_string()),
             reservations::status.eq(status.as_str()),
             reservations::created_at.eq(at),
             reservations::updated_at.eq(at),
         ))
-        .execute(conn)?;
+        .execute(conn)
+        .map(|_| ())
+}
+
+pub(crate) fn insert_reservation_lines(conn: &mut DbConnection, order_id: Uuid, lines: &[StockLine]) -> QueryResult<()> {
+    let key = order_id.to_string();
     for line in lines {
         diesel::insert_into(reservation_lines::table)
             .values((

@@ -151,7 +151,7 @@ impl CatalogService {
                 }
                 // A concurrent reserve for the same order may have committed first: the
                 // unique-key error rolls this one back and `reserve` looks again.
-                repo::insert_reservation(conn, order_id, ReservationStatus::Reserved, &lines)?;
+                repo::insert_reservation(conn, order_id, ReservationStatus::Reserved)?;
                 for line in &lines {
                     if !repo::hold(conn, line.product_id, i64::from(line.quantity))? {
                         return Err(match repo::find_product(conn, line.product_id)? {
@@ -160,6 +160,7 @@ impl CatalogService {
                         });
                     }
                 }
+                repo::insert_reservation_lines(conn, order_id, &lines)?;
                 Ok(reservation(order_id, StoredReservation { status: ReservationStatus::Reserved, lines }))
             })
             .await
@@ -226,7 +227,7 @@ impl Catalog for CatalogService {
             .write(move |conn| {
                 if repo::find_reservation(conn, order_id)?.is_none() {
                     // Remember the release, so that a reserve arriving late is refused.
-                    repo::insert_reservation(conn, order_id, ReservationStatus::Released, &[])?;
+                    repo::insert_reservation(conn, order_id, ReservationStatus::Released)?;
                     return Ok(Some(Reservation { order_id, status: ReservationStatus::Released, lines: Vec::new() }));
                 }
                 Ok::<_, Error>(None)
