@@ -7,7 +7,9 @@ use anyhow::Context as _;
 use catalog_contract::{Catalog, HttpCatalog};
 use chassis::config::Placement;
 use chassis::db::{Backend, Database, PoolOptions};
-use chassis::http::{Tokens, configure_extractors, problem_for_error_responses, record_request_metrics};
+use chassis::http::{
+    Tokens, configure_extractors, problem_for_error_responses, record_request_metrics,
+};
 use chassis::module::LocalModule;
 use chassis::ops::{ModuleEntry, Operations, Probe};
 use tracing_actix_web::TracingLogger;
@@ -27,7 +29,9 @@ pub struct Composition {
 
 impl std::fmt::Debug for Composition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Composition").field("entries", &self.entries).finish_non_exhaustive()
+        f.debug_struct("Composition")
+            .field("entries", &self.entries)
+            .finish_non_exhaustive()
     }
 }
 
@@ -39,7 +43,8 @@ fn open_database(config: &Config, name: &str) -> anyhow::Result<Database> {
         max_size: settings.pool_size.unwrap_or(default_size),
         ..PoolOptions::default()
     };
-    Database::open(&url, options).with_context(|| format!("module {name}: cannot open its database {url}"))
+    Database::open(&url, options)
+        .with_context(|| format!("module {name}: cannot open its database {url}"))
 }
 
 /// Builds every module this process hosts or reaches, as config and features say.
@@ -65,8 +70,12 @@ pub async fn compose(config: &Config) -> anyhow::Result<Composition> {
                 composition.catalog_module = Some(module);
             }
             ("catalog", Placement::Remote(url)) => {
-                let client = HttpCatalog::new(url.clone(), config.auth.service_token.clone(), config.remote.clone())
-                    .context("module catalog: cannot build its remote client")?;
+                let client = HttpCatalog::new(
+                    url.clone(),
+                    config.auth.service_token.clone(),
+                    config.remote.clone(),
+                )
+                .context("module catalog: cannot build its remote client")?;
                 probes.push(Probe::Peer(client.remote().clone()));
                 composition.catalog = Some(Arc::new(client));
             }
@@ -74,7 +83,11 @@ pub async fn compose(config: &Config) -> anyhow::Result<Composition> {
             // they already take part in placement, `/modules` and the feature matrix.
             _ => {}
         }
-        composition.entries.push(ModuleEntry { name, placement, probes });
+        composition.entries.push(ModuleEntry {
+            name,
+            placement,
+            probes,
+        });
     }
     Ok(composition)
 }
@@ -111,19 +124,36 @@ impl Composition {
         }
         let components = doc.components.get_or_insert_with(Default::default);
         for scheme in ["admin_token", "service_token"] {
-            components.add_security_scheme(scheme, SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+            components.add_security_scheme(
+                scheme,
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
         }
         doc
     }
 
     pub fn backend_summary(&self) -> Vec<(&'static str, Backend)> {
-        self.local.iter().map(|module| (module.name(), module.database().backend())).collect()
+        self.local
+            .iter()
+            .map(|module| (module.name(), module.database().backend()))
+            .collect()
     }
 }
 
 /// Migrates, then serves the API on `listener` until SIGTERM / Ctrl-C; in-flight requests
 /// get `server.shutdown_timeout` to finish.
 pub async fn serve(config: Config, listener: TcpListener) -> anyhow::Result<()> {
+    start(config, listener).await?.await?;
+    tracing::info!("bazaar stopped");
+    Ok(())
+}
+
+/// Composes and migrates, then answers the running server: a future that ends when the
+/// server stops, and a handle to stop it.
+pub async fn start(
+    config: Config,
+    listener: TcpListener,
+) -> anyhow::Result<actix_web::dev::Server> {
     let composition = compose(&config).await?;
     for (module, versions) in composition.migrate().await? {
         if !versions.is_empty() {
@@ -131,10 +161,14 @@ pub async fn serve(config: Config, listener: TcpListener) -> anyhow::Result<()> 
         }
     }
     if config.auth.admin_token.is_none() {
-        tracing::warn!("auth.admin_token is not set: admin endpoints answer 401; set BAZAAR__AUTH__ADMIN_TOKEN or [auth] admin_token");
+        tracing::warn!(
+            "auth.admin_token is not set: admin endpoints answer 401; set BAZAAR__AUTH__ADMIN_TOKEN or [auth] admin_token"
+        );
     }
     if config.auth.service_token.is_none() {
-        tracing::warn!("auth.service_token is not set: /internal endpoints answer 401; set BAZAAR__AUTH__SERVICE_TOKEN or [auth] service_token");
+        tracing::warn!(
+            "auth.service_token is not set: /internal endpoints answer 401; set BAZAAR__AUTH__SERVICE_TOKEN or [auth] service_token"
+        );
     }
     let operations = Arc::new(Operations {
         modules: composition.entries.clone(),
@@ -170,7 +204,5 @@ pub async fn serve(config: Config, listener: TcpListener) -> anyhow::Result<()> 
         .map(|(name, backend)| format!("{name} ({})", backend.as_str()))
         .collect();
     tracing::info!(%address, modules = ?local, "bazaar is serving");
-    server.run().await?;
-    tracing::info!("bazaar stopped");
-    Ok(())
+    Ok(server.run())
 }

@@ -68,7 +68,10 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Serve => {
             let listener = TcpListener::bind(&config.server.bind).map_err(|error| {
-                anyhow::anyhow!("cannot listen on server.bind = {}: {error}", config.server.bind)
+                anyhow::anyhow!(
+                    "cannot listen on server.bind = {}: {error}",
+                    config.server.bind
+                )
             })?;
             serve(config, listener).await
         }
@@ -93,11 +96,16 @@ async fn demo(config: Config) -> anyhow::Result<()> {
     let composition = compose(&config).await?;
     composition.migrate().await?;
     let Some(module) = composition.catalog_module.as_ref() else {
-        anyhow::bail!("the catalog is not local here (modules.catalog.mode); run `bazaar demo` where it is");
+        anyhow::bail!(
+            "the catalog is not local here (modules.catalog.mode); run `bazaar demo` where it is"
+        );
     };
     match crate::demo::fill(module.service(), &config.shop.currency).await? {
         0 => println!("the catalog already has products; nothing added"),
-        added => println!("added {added} sample products; try: curl http://{}/catalog/products", config.server.bind),
+        added => println!(
+            "added {added} sample products; try: curl http://{}/catalog/products",
+            config.server.bind
+        ),
     }
     Ok(())
 }

@@ -82,7 +82,10 @@ impl Config {
             self.placement(name)?;
         }
         if self.remote.max_concurrency == 0 {
-            return Err(ConfigError::key("remote.max_concurrency", "must be at least 1"));
+            return Err(ConfigError::key(
+                "remote.max_concurrency",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -112,7 +115,10 @@ mod tests {
     use super::*;
 
     fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let env: HashMap<String, String> = pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        let env: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
         let config: Config = chassis::config::load_with_env(None, Some(env))?;
         config.validate()?;
         Ok(config)
@@ -124,7 +130,10 @@ mod tests {
         assert_eq!(config.server.bind, "127.0.0.1:8080");
         assert_eq!(config.data_dir, PathBuf::from("./data"));
         assert_eq!(config.shop.currency, "EUR");
-        assert_eq!(config.placement("catalog").expect("valid"), Placement::Local);
+        assert_eq!(
+            config.placement("catalog").expect("valid"),
+            Placement::Local
+        );
     }
 
     #[test]
@@ -142,6 +151,9 @@ mod tests {
     #[test]
     fn a_bad_mode_names_the_key() {
         let error = load(&[("BAZAAR__MODULES__CATALOG__MODE", "elsewhere")]).expect_err("bad mode");
-        assert!(error.to_string().contains("modules.catalog.mode"), "{error}");
+        assert!(
+            error.to_string().contains("modules.catalog.mode"),
+            "{error}"
+        );
     }
 }

@@ -12,6 +12,6 @@ mod config;
 #[cfg(feature = "catalog")]
 mod demo;
 
-pub use app::{Composition, compose, serve};
+pub use app::{Composition, compose, serve, start};
 pub use cli::run;
 pub use config::Config;

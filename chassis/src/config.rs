@@ -103,7 +103,12 @@ impl ServerSettings {
         self.bind
             .parse::<std::net::SocketAddr>()
             .map(|_| ())
-            .map_err(|_| ConfigError::key("server.bind", format!("{:?} is not an address like 127.0.0.1:8080", self.bind)))?;
+            .map_err(|_| {
+                ConfigError::key(
+                    "server.bind",
+                    format!("{:?} is not an address like 127.0.0.1:8080", self.bind),
+                )
+            })?;
         if self.workers == Some(0) {
             return Err(ConfigError::key("server.workers", "must be at least 1"));
         }
@@ -129,11 +134,15 @@ impl Default for ShopSettings {
 
 impl ShopSettings {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let valid = self.currency.len() == 3 && self.currency.bytes().all(|b| b.is_ascii_uppercase());
+        let valid =
+            self.currency.len() == 3 && self.currency.bytes().all(|b| b.is_ascii_uppercase());
         if valid {
             Ok(())
         } else {
-            Err(ConfigError::key("shop.currency", format!("{:?} is not a currency code like EUR", self.currency)))
+            Err(ConfigError::key(
+                "shop.currency",
+                format!("{:?} is not a currency code like EUR", self.currency),
+            ))
         }
     }
 }
@@ -150,9 +159,18 @@ pub struct AuthSettings {
 
 impl AuthSettings {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for (key, token) in [("auth.admin_token", &self.admin_token), ("auth.service_token", &self.service_token)] {
-            if token.as_ref().is_some_and(|token| token.expose().trim().is_empty()) {
-                return Err(ConfigError::key(key, "must not be empty; leave it unset to disable"));
+        for (key, token) in [
+            ("auth.admin_token", &self.admin_token),
+            ("auth.service_token", &self.service_token),
+        ] {
+            if token
+                .as_ref()
+                .is_some_and(|token| token.expose().trim().is_empty())
+            {
+                return Err(ConfigError::key(
+                    key,
+                    "must not be empty; leave it unset to disable",
+                ));
             }
         }
         Ok(())
@@ -251,14 +269,18 @@ impl ModuleSettings {
         match (self.mode, compiled_in) {
             (Some(ModuleMode::Local), false) => Err(ConfigError::key(
                 format!("modules.{name}.mode"),
-                format!("\"local\", but this binary was built without the `{name}` feature; set it to \"remote\" with modules.{name}.url, or rebuild with --features {name}"),
+                format!(
+                    "\"local\", but this binary was built without the `{name}` feature; set it to \"remote\" with modules.{name}.url, or rebuild with --features {name}"
+                ),
             )),
             (Some(ModuleMode::Local), true) | (None, true) => Ok(Placement::Local),
             (Some(ModuleMode::Remote), _) => match &self.url {
                 Some(url) => Ok(Placement::Remote(url.clone())),
                 None => Err(ConfigError::key(
                     format!("modules.{name}.url"),
-                    format!("required when modules.{name}.mode = \"remote\" (e.g. http://{name}:8080/)"),
+                    format!(
+                        "required when modules.{name}.mode = \"remote\" (e.g. http://{name}:8080/)"
+                    ),
                 )),
             },
             (None, false) => Ok(match &self.url {
@@ -377,7 +399,12 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
-        Some(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
     }
 
     #[test]
@@ -391,10 +418,17 @@ mod tests {
     fn environment_overrides_file_which_overrides_defaults() {
         let dir = tempfile_dir();
         let path = dir.join("bazaar.toml");
-        std::fs::write(&path, "[server]\nbind = \"127.0.0.1:9000\"\nworkers = 3\n").expect("writes");
+        std::fs::write(&path, "[server]\nbind = \"127.0.0.1:9000\"\nworkers = 3\n")
+            .expect("writes");
         let sample: Sample = load_with_env(
             Some(&path),
-            env(&[("BAZAAR__SERVER__BIND", "0.0.0.0:7000"), ("BAZAAR__MODULES__CATALOG__DATABASE_URL", "postgres://u:pw@h/db")]),
+            env(&[
+                ("BAZAAR__SERVER__BIND", "0.0.0.0:7000"),
+                (
+                    "BAZAAR__MODULES__CATALOG__DATABASE_URL",
+                    "postgres://u:pw@h/db",
+                ),
+            ]),
         )
         .expect("loads");
         assert_eq!(sample.server.bind, "0.0.0.0:7000");
@@ -417,21 +451,51 @@ mod tests {
 
     #[test]
     fn validation_names_the_key() {
-        let server = ServerSettings { bind: "nowhere".into(), ..ServerSettings::default() };
-        assert!(server.validate().expect_err("refused").to_string().contains("server.bind"));
-        let shop = ShopSettings { currency: "euro".into() };
-        assert!(shop.validate().expect_err("refused").to_string().contains("shop.currency"));
+        let server = ServerSettings {
+            bind: "nowhere".into(),
+            ..ServerSettings::default()
+        };
+        assert!(
+            server
+                .validate()
+                .expect_err("refused")
+                .to_string()
+                .contains("server.bind")
+        );
+        let shop = ShopSettings {
+            currency: "euro".into(),
+        };
+        assert!(
+            shop.validate()
+                .expect_err("refused")
+                .to_string()
+                .contains("shop.currency")
+        );
     }
 
     #[test]
     fn placement_combines_mode_and_features() {
         let unset = ModuleSettings::default();
-        assert_eq!(unset.placement("orders", true).expect("ok"), Placement::Local);
-        assert_eq!(unset.placement("orders", false).expect("ok"), Placement::Absent);
-        let local = ModuleSettings { mode: Some(ModuleMode::Local), ..ModuleSettings::default() };
-        let error = local.placement("orders", false).expect_err("not compiled in");
+        assert_eq!(
+            unset.placement("orders", true).expect("ok"),
+            Placement::Local
+        );
+        assert_eq!(
+            unset.placement("orders", false).expect("ok"),
+            Placement::Absent
+        );
+        let local = ModuleSettings {
+            mode: Some(ModuleMode::Local),
+            ..ModuleSettings::default()
+        };
+        let error = local
+            .placement("orders", false)
+            .expect_err("not compiled in");
         assert!(error.to_string().contains("modules.orders.mode"), "{error}");
-        let remote = ModuleSettings { mode: Some(ModuleMode::Remote), ..ModuleSettings::default() };
+        let remote = ModuleSettings {
+            mode: Some(ModuleMode::Remote),
+            ..ModuleSettings::default()
+        };
         let error = remote.placement("orders", true).expect_err("needs a url");
         assert!(error.to_string().contains("modules.orders.url"), "{error}");
     }

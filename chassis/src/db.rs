@@ -168,14 +168,14 @@ impl Database {
         } else {
             Backend::Sqlite
         };
-        if let Some(path) = url.sqlite_path() {
-            if let Some(parent) = std::path::Path::new(path).parent() {
-                if !parent.as_os_str().is_empty() {
-                    std::fs::create_dir_all(parent).map_err(|error| {
-                        DbError::Unavailable(format!("cannot create {}: {error}", parent.display()))
-                    })?;
-                }
-            }
+        let folder = url
+            .sqlite_path()
+            .and_then(|path| std::path::Path::new(path).parent())
+            .filter(|parent| !parent.as_os_str().is_empty());
+        if let Some(folder) = folder {
+            std::fs::create_dir_all(folder).map_err(|error| {
+                DbError::Unavailable(format!("cannot create {}: {error}", folder.display()))
+            })?;
         }
         let pool = r2d2::Pool::builder()
             .max_size(options.max_size.max(1))
@@ -247,8 +247,12 @@ impl Database {
                 .as_ref()
                 .map(|gate| gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
             let applied = match &mut *conn {
-                DbConnection::Sqlite(conn) => conn.run_pending_migrations(Embedded(migrations.sqlite)),
-                DbConnection::Postgres(conn) => conn.run_pending_migrations(Embedded(migrations.postgres)),
+                DbConnection::Sqlite(conn) => {
+                    conn.run_pending_migrations(Embedded(migrations.sqlite))
+                }
+                DbConnection::Postgres(conn) => {
+                    conn.run_pending_migrations(Embedded(migrations.postgres))
+                }
             }
             .map_err(|error| DbError::Migration(error.to_string()))?;
             Ok(applied.iter().map(ToString::to_string).collect())

@@ -37,7 +37,9 @@ pub struct Operations {
 
 impl std::fmt::Debug for Operations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Operations").field("modules", &self.modules).finish_non_exhaustive()
+        f.debug_struct("Operations")
+            .field("modules", &self.modules)
+            .finish_non_exhaustive()
     }
 }
 
@@ -111,7 +113,10 @@ async fn ready(ops: web::Data<Operations>) -> HttpResponse {
                 },
             );
             if let Probe::Peer(client) = probe {
-                checks.insert("circuit_breaker".into(), client.breaker_state().as_str().into());
+                checks.insert(
+                    "circuit_breaker".into(),
+                    client.breaker_state().as_str().into(),
+                );
             }
         }
         all_ok &= module_ok;
@@ -139,7 +144,11 @@ async fn modules(ops: web::Data<Operations>) -> HttpResponse {
         .iter()
         .map(|module| {
             let (mode, url) = mode(&module.placement);
-            ModuleView { name: module.name, mode, url }
+            ModuleView {
+                name: module.name,
+                mode,
+                url,
+            }
         })
         .collect();
     HttpResponse::Ok().json(serde_json::json!({ "modules": views }))

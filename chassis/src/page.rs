@@ -100,20 +100,38 @@ mod tests {
     #[test]
     fn default_limit_is_50_and_200_is_the_maximum() {
         assert_eq!(PageParams::default().validate().map(|r| r.limit), Ok(50));
-        let at_max = PageParams { limit: Some(200), cursor: None };
+        let at_max = PageParams {
+            limit: Some(200),
+            cursor: None,
+        };
         assert_eq!(at_max.validate().map(|r| r.limit), Ok(200));
-        let over = PageParams { limit: Some(201), cursor: None };
+        let over = PageParams {
+            limit: Some(201),
+            cursor: None,
+        };
         assert_eq!(over.validate(), Err(PageError::Limit));
-        let zero = PageParams { limit: Some(0), cursor: None };
+        let zero = PageParams {
+            limit: Some(0),
+            cursor: None,
+        };
         assert_eq!(zero.validate(), Err(PageError::Limit));
     }
 
     #[test]
     fn cursor_round_trips_and_garbage_is_refused() {
         let cursor = encode_cursor("0193-abc");
-        let params = PageParams { limit: None, cursor: Some(cursor) };
-        assert_eq!(params.validate().map(|r| r.after), Ok(Some("0193-abc".into())));
-        let bad = PageParams { limit: None, cursor: Some("***".into()) };
+        let params = PageParams {
+            limit: None,
+            cursor: Some(cursor),
+        };
+        assert_eq!(
+            params.validate().map(|r| r.after),
+            Ok(Some("0193-abc".into()))
+        );
+        let bad = PageParams {
+            limit: None,
+            cursor: Some("***".into()),
+        };
         assert_eq!(bad.validate(), Err(PageError::Cursor));
     }
 

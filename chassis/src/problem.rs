@@ -39,26 +39,75 @@ pub trait ProblemCode: std::fmt::Display {
 }
 
 /// An RFC 9457 problem document, plus the extension members an error chose to carry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+///
+/// On the wire it also has `type` (`urn:bazaar:problem:<code>`) and `title` (the status
+/// phrase); both follow from `code` and `status`, so they are not stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "ProblemDocument", from = "ProblemDocument")]
 pub struct Problem {
-    /// A URI naming the problem type: `urn:bazaar:problem:<code>`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub title: String,
     pub status: u16,
-    pub detail: String,
     /// Stable machine-readable code.
     pub code: String,
+    pub detail: String,
+    pub extensions: Map<String, Value>,
+}
+
+/// The wire form of [`Problem`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = Problem)]
+struct ProblemDocument {
+    /// A URI naming the problem type: `urn:bazaar:problem:<code>`.
+    #[serde(rename = "type")]
+    kind: String,
+    title: String,
+    status: u16,
+    detail: String,
+    /// Stable machine-readable code, e.g. `product_not_found`.
+    code: String,
     #[serde(flatten)]
     #[schema(value_type = Object)]
-    pub extensions: Map<String, Value>,
+    extensions: Map<String, Value>,
+}
+
+impl From<Problem> for ProblemDocument {
+    fn from(problem: Problem) -> Self {
+        Self {
+            kind: format!("urn:bazaar:problem:{}", problem.code),
+            title: title_for(problem.status).to_owned(),
+            status: problem.status,
+            detail: problem.detail,
+            code: problem.code,
+            extensions: problem.extensions,
+        }
+    }
+}
+
+impl From<ProblemDocument> for Problem {
+    fn from(document: ProblemDocument) -> Self {
+        Self {
+            status: document.status,
+            code: document.code,
+            detail: document.detail,
+            extensions: document.extensions,
+        }
+    }
+}
+
+impl utoipa::PartialSchema for Problem {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        ProblemDocument::schema()
+    }
+}
+
+impl ToSchema for Problem {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("Problem")
+    }
 }
 
 impl Problem {
     pub fn new(status: u16, code: &str, detail: impl Into<String>) -> Self {
         Self {
-            kind: format!("urn:bazaar:problem:{code}"),
-            title: title_for(status).to_owned(),
             status,
             detail: detail.into(),
             code: code.to_owned(),
@@ -117,7 +166,6 @@ impl<E: ProblemCode> From<E> for Problem {
             tracing::error!(error = %error, code = error.code(), "internal error");
             let mut problem = Problem::internal();
             problem.code = error.code().to_owned();
-            problem.kind = format!("urn:bazaar:problem:{}", error.code());
             return problem;
         }
         let mut problem = Problem::new(status, error.code(), error.to_string());
@@ -202,7 +250,8 @@ mod tests {
 
     #[test]
     fn problem_round_trips_through_json_with_extensions() {
-        let problem = Problem::new(409, "sku_taken", "sku A-1 is taken").with_extension("sku", "A-1");
+        let problem =
+            Problem::new(409, "sku_taken", "sku A-1 is taken").with_extension("sku", "A-1");
         let text = serde_json::to_string(&problem).expect("serializes");
         let back: Problem = serde_json::from_str(&text).expect("parses");
         assert_eq!(back, problem);

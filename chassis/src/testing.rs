@@ -24,8 +24,13 @@ pub struct TestDatabase {
 #[derive(Debug)]
 enum Cleanup {
     /// Held so that the folder (and the SQLite file in it) lives as long as the test.
-    Folder { _dir: tempfile::TempDir },
-    Postgres { admin_url: String, name: String },
+    Folder {
+        _dir: tempfile::TempDir,
+    },
+    Postgres {
+        admin_url: String,
+        name: String,
+    },
 }
 
 impl TestDatabase {
@@ -56,7 +61,9 @@ impl TestDatabase {
         let mut admin = match PgConnection::establish(&admin_url) {
             Ok(conn) => conn,
             Err(error) => {
-                let message = format!("PostgreSQL at {admin_url} is unreachable ({error}); set {POSTGRES_URL_VAR}");
+                let message = format!(
+                    "PostgreSQL at {admin_url} is unreachable ({error}); set {POSTGRES_URL_VAR}"
+                );
                 if std::env::var("CI").is_ok_and(|value| value == "true" || value == "1") {
                     panic!("{message}: PostgreSQL tests must run in CI");
                 }
@@ -106,7 +113,10 @@ impl TestDatabase {
 
     /// Opens a pool on this database and applies `migrations`.
     pub async fn open(&self, migrations: Migrations) -> Database {
-        let options = PoolOptions { max_size: 16, ..PoolOptions::default() };
+        let options = PoolOptions {
+            max_size: 16,
+            ..PoolOptions::default()
+        };
         let db = match Database::open(&self.url, options) {
             Ok(db) => db,
             Err(error) => panic!("cannot open test database {}: {error}", self.url),
@@ -120,10 +130,10 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        if let Cleanup::Postgres { admin_url, name } = &self.cleanup {
-            if let Ok(mut admin) = PgConnection::establish(admin_url) {
-                let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-            }
+        if let Cleanup::Postgres { admin_url, name } = &self.cleanup
+            && let Ok(mut admin) = PgConnection::establish(admin_url)
+        {
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         }
     }
 }

@@ -73,7 +73,9 @@ fn check(
         None => Err(Problem::unauthorized(format!(
             "send Authorization: Bearer <{role} token>"
         ))),
-        Some(presented) if bool::from(presented.as_bytes().ct_eq(expected.expose().as_bytes())) => Ok(()),
+        Some(presented) if bool::from(presented.as_bytes().ct_eq(expected.expose().as_bytes())) => {
+            Ok(())
+        }
         Some(_) => Err(Problem::unauthorized(format!("the {role} token is wrong"))),
     }
 }
@@ -97,7 +99,8 @@ mod tests {
                 .route("/", web::get().to(admin_only)),
         )
         .await;
-        let missing = test::call_service(&app, test::TestRequest::get().uri("/").to_request()).await;
+        let missing =
+            test::call_service(&app, test::TestRequest::get().uri("/").to_request()).await;
         assert_eq!(missing.status(), 401);
         let wrong = test::TestRequest::get()
             .uri("/")

@@ -71,19 +71,39 @@ pub fn problem_for_error_responses<B: MessageBody + 'static>() -> ErrorHandlers<
             .and_then(|value| value.to_str().ok())
             .is_some_and(|value| value.starts_with(PROBLEM_JSON));
         if already_problem {
-            return Ok(ErrorHandlerResponse::Response(response.map_into_left_body()));
+            return Ok(ErrorHandlerResponse::Response(
+                response.map_into_left_body(),
+            ));
         }
         let status = response.status();
         let problem = match status.as_u16() {
-            404 => Problem::new(404, codes::NOT_FOUND, format!("no route for {}", response.request().path())),
-            405 => Problem::new(405, codes::METHOD_NOT_ALLOWED, format!("{} is not allowed here", response.request().method())),
-            413 => Problem::new(413, codes::PAYLOAD_TOO_LARGE, format!("the body limit is {BODY_LIMIT} bytes")),
+            404 => Problem::new(
+                404,
+                codes::NOT_FOUND,
+                format!("no route for {}", response.request().path()),
+            ),
+            405 => Problem::new(
+                405,
+                codes::METHOD_NOT_ALLOWED,
+                format!("{} is not allowed here", response.request().method()),
+            ),
+            413 => Problem::new(
+                413,
+                codes::PAYLOAD_TOO_LARGE,
+                format!("the body limit is {BODY_LIMIT} bytes"),
+            ),
             status if status >= 500 => Problem::internal(),
-            status => Problem::new(status, codes::MALFORMED_REQUEST, "the request could not be handled"),
+            status => Problem::new(
+                status,
+                codes::MALFORMED_REQUEST,
+                "the request could not be handled",
+            ),
         };
         let (request, _) = response.into_parts();
         let rendered = super::problem_response(&problem);
         let response = ServiceResponse::new(request, rendered).map_into_boxed_body();
-        Ok(ErrorHandlerResponse::Response(response.map_into_right_body()))
+        Ok(ErrorHandlerResponse::Response(
+            response.map_into_right_body(),
+        ))
     })
 }

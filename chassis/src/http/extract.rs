@@ -55,7 +55,11 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
             let bytes = body.await.map_err(|error| {
                 let status = actix_web::ResponseError::status_code(error.as_response_error());
                 if status == actix_web::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    Problem::new(413, codes::PAYLOAD_TOO_LARGE, format!("the body limit is {} bytes", super::BODY_LIMIT))
+                    Problem::new(
+                        413,
+                        codes::PAYLOAD_TOO_LARGE,
+                        format!("the body limit is {} bytes", super::BODY_LIMIT),
+                    )
                 } else {
                     Problem::malformed(format!("cannot read the body: {error}"))
                 }
@@ -142,7 +146,11 @@ mod tests {
     fn a_wrong_type_names_the_path_and_is_422() {
         let problem = parse_json::<Order>(br#"{"price": {"amount": 1.5}}"#).expect_err("refused");
         assert_eq!(problem.status, 422);
-        assert!(problem.detail.starts_with("price.amount: "), "{}", problem.detail);
+        assert!(
+            problem.detail.starts_with("price.amount: "),
+            "{}",
+            problem.detail
+        );
     }
 
     #[test]

@@ -107,8 +107,7 @@ impl RemoteClient {
         token: Option<Secret>,
         settings: RemoteSettings,
     ) -> Result<Self, RemoteError> {
-        // reqwest is built without a bundled crypto provider; ring is the one we ship.
-        let _already_installed = rustls::crypto::ring::default_provider().install_default();
+        install_tls_provider();
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .pool_max_idle_per_host(settings.max_concurrency)
@@ -149,7 +148,13 @@ impl RemoteClient {
         query: &[(&str, String)],
     ) -> Result<T, RemoteError> {
         let body = self
-            .call(reqwest::Method::GET, path, query, None, Idempotency::Idempotent)
+            .call(
+                reqwest::Method::GET,
+                path,
+                query,
+                None,
+                Idempotency::Idempotent,
+            )
             .await?;
         self.decode(&body)
     }
@@ -161,7 +166,8 @@ impl RemoteClient {
         body: &B,
         idempotency: Idempotency,
     ) -> Result<T, RemoteError> {
-        let json = serde_json::to_vec(body).map_err(|error| self.unavailable(format!("cannot encode request: {error}")))?;
+        let json = serde_json::to_vec(body)
+            .map_err(|error| self.unavailable(format!("cannot encode request: {error}")))?;
         let body = self
             .call(reqwest::Method::POST, path, &[], Some(json), idempotency)
             .await?;
@@ -170,9 +176,15 @@ impl RemoteClient {
 
     /// Whether the peer answers its liveness endpoint; for `/health/ready`.
     pub async fn ping(&self) -> Result<(), RemoteError> {
-        self.call(reqwest::Method::GET, "/health/live", &[], None, Idempotency::Idempotent)
-            .await
-            .map(|_| ())
+        self.call(
+            reqwest::Method::GET,
+            "/health/live",
+            &[],
+            None,
+            Idempotency::Idempotent,
+        )
+        .await
+        .map(|_| ())
     }
 
     fn decode<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T, RemoteError> {
@@ -233,8 +245,9 @@ impl RemoteClient {
             "outcome" => outcome_label,
         )
         .record(started.elapsed().as_secs_f64());
-        metrics::gauge!("bazaar_circuit_breaker_open", "peer" => self.inner.peer.clone())
-            .set(f64::from(u8::from(self.inner.breaker.state() != BreakerState::Closed)));
+        metrics::gauge!("bazaar_circuit_breaker_open", "peer" => self.inner.peer.clone()).set(
+            f64::from(u8::from(self.inner.breaker.state() != BreakerState::Closed)),
+        );
         outcome.map_err(|failure| match failure {
             Attempt::Answered(problem) => RemoteError::Problem(problem),
             Attempt::Transient(reason) => self.unavailable(reason),
@@ -324,6 +337,12 @@ impl RemoteClient {
             ))),
         }
     }
+}
+
+/// reqwest is built without a bundled TLS crypto provider (aws-lc costs minutes of build);
+/// ring is the one Bazaar ships. Call before building any `reqwest::Client`.
+pub fn install_tls_provider() {
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn describe(error: &reqwest::Error) -> String {

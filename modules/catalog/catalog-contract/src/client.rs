@@ -47,15 +47,28 @@ impl Catalog for HttpCatalog {
         let request = LookupRequest { ids: ids.to_vec() };
         let response: LookupResponse = self
             .remote
-            .post("/internal/catalog/products/lookup", &request, Idempotency::Idempotent)
+            .post(
+                "/internal/catalog/products/lookup",
+                &request,
+                Idempotency::Idempotent,
+            )
             .await?;
         Ok(response.items)
     }
 
-    async fn reserve(&self, order_id: Uuid, lines: &[StockLine]) -> Result<Reservation, CatalogError> {
-        let request = ReserveRequest { lines: lines.to_vec() };
+    async fn reserve(
+        &self,
+        order_id: Uuid,
+        lines: &[StockLine],
+    ) -> Result<Reservation, CatalogError> {
+        let request = ReserveRequest {
+            lines: lines.to_vec(),
+        };
         let path = format!("/internal/catalog/reservations/{order_id}");
-        Ok(self.remote.post(&path, &request, Idempotency::Idempotent).await?)
+        Ok(self
+            .remote
+            .post(&path, &request, Idempotency::Idempotent)
+            .await?)
     }
 
     async fn release(&self, order_id: Uuid) -> Result<Reservation, CatalogError> {

@@ -71,7 +71,9 @@ impl ProblemCode for CatalogError {
                 map.insert("order_id".into(), order_id.to_string().into());
                 map.insert("reservation_status".into(), status.as_str().into());
             }
-            CatalogError::InvalidRequest(_) | CatalogError::Unavailable(_) | CatalogError::Internal(_) => {}
+            CatalogError::InvalidRequest(_)
+            | CatalogError::Unavailable(_)
+            | CatalogError::Internal(_) => {}
         }
         map
     }
@@ -80,19 +82,28 @@ impl ProblemCode for CatalogError {
 impl CatalogError {
     /// Rebuilds the error a catalog process rendered as a problem document.
     pub(crate) fn from_problem(problem: Problem) -> Self {
-        let uuid = |key: &str| problem.extension_str(key).and_then(|text| Uuid::parse_str(text).ok());
+        let uuid = |key: &str| {
+            problem
+                .extension_str(key)
+                .and_then(|text| Uuid::parse_str(text).ok())
+        };
         let rebuilt = match problem.code.as_str() {
             code::PRODUCT_NOT_FOUND => uuid("product_id").map(CatalogError::ProductNotFound),
-            code::OUT_OF_STOCK => uuid("product_id").map(|product_id| CatalogError::OutOfStock { product_id }),
+            code::OUT_OF_STOCK => {
+                uuid("product_id").map(|product_id| CatalogError::OutOfStock { product_id })
+            }
             code::RESERVATION_NOT_FOUND => uuid("order_id").map(CatalogError::ReservationNotFound),
-            code::RESERVATION_CONFLICT => uuid("order_id").zip(
-                problem
-                    .extension_str("reservation_status")
-                    .and_then(ReservationStatus::parse),
-            )
-            .map(|(order_id, status)| CatalogError::ReservationConflict { order_id, status }),
+            code::RESERVATION_CONFLICT => uuid("order_id")
+                .zip(
+                    problem
+                        .extension_str("reservation_status")
+                        .and_then(ReservationStatus::parse),
+                )
+                .map(|(order_id, status)| CatalogError::ReservationConflict { order_id, status }),
             codes::VALIDATION_FAILED => Some(CatalogError::InvalidRequest(problem.detail.clone())),
-            codes::DEPENDENCY_UNAVAILABLE => Some(CatalogError::Unavailable(problem.detail.clone())),
+            codes::DEPENDENCY_UNAVAILABLE => {
+                Some(CatalogError::Unavailable(problem.detail.clone()))
+            }
             _ => None,
         };
         rebuilt.unwrap_or_else(|| CatalogError::Internal(problem.to_string()))
@@ -119,7 +130,10 @@ mod tests {
             CatalogError::ProductNotFound(id),
             CatalogError::OutOfStock { product_id: id },
             CatalogError::ReservationNotFound(id),
-            CatalogError::ReservationConflict { order_id: id, status: ReservationStatus::Released },
+            CatalogError::ReservationConflict {
+                order_id: id,
+                status: ReservationStatus::Released,
+            },
             CatalogError::InvalidRequest("lines: must not be empty".into()),
         ];
         for error in errors {
@@ -133,6 +147,9 @@ mod tests {
         let problem = Problem::from(CatalogError::Unavailable("db down".into()));
         assert_eq!(problem.status, 503);
         assert_eq!(problem.code, "dependency_unavailable");
-        assert!(matches!(CatalogError::from_problem(problem), CatalogError::Unavailable(_)));
+        assert!(matches!(
+            CatalogError::from_problem(problem),
+            CatalogError::Unavailable(_)
+        ));
     }
 }

@@ -14,8 +14,8 @@ mod port;
 
 pub use client::HttpCatalog;
 pub use dto::{
-    LookupRequest, LookupResponse, Money, Product, ReservationStatus, ReserveRequest,
-    Reservation, StockLevels, StockLine,
+    LookupRequest, LookupResponse, Money, Product, Reservation, ReservationStatus, ReserveRequest,
+    StockLevels, StockLine,
 };
 pub use error::CatalogError;
 pub use events::{PriceChanged, ProductCreated, StockLow, event_types};

@@ -36,7 +36,11 @@ pub trait Catalog: Send + Sync {
     /// with the same lines MUST answer the existing reservation without holding more; with
     /// other lines, or after the order's reservation was released, it MUST return
     /// [`CatalogError::ReservationConflict`].
-    async fn reserve(&self, order_id: Uuid, lines: &[StockLine]) -> Result<Reservation, CatalogError>;
+    async fn reserve(
+        &self,
+        order_id: Uuid,
+        lines: &[StockLine],
+    ) -> Result<Reservation, CatalogError>;
 
     /// Gives an order's held stock back.
     ///

@@ -81,10 +81,14 @@ impl StockUpdate {
 fn validate_sku(sku: &str) -> Result<(), Error> {
     let chars = sku.chars().count();
     if chars == 0 || chars > SKU_MAX_CHARS {
-        return Err(Error::Validation(format!("sku: must be 1 to {SKU_MAX_CHARS} characters")));
+        return Err(Error::Validation(format!(
+            "sku: must be 1 to {SKU_MAX_CHARS} characters"
+        )));
     }
     if sku.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(Error::Validation("sku: must not contain spaces or control characters".into()));
+        return Err(Error::Validation(
+            "sku: must not contain spaces or control characters".into(),
+        ));
     }
     Ok(())
 }
@@ -92,16 +96,18 @@ fn validate_sku(sku: &str) -> Result<(), Error> {
 fn validate_name(name: &str) -> Result<(), Error> {
     let chars = name.chars().count();
     if name.trim().is_empty() || chars > NAME_MAX_CHARS {
-        return Err(Error::Validation(format!("name: must be 1 to {NAME_MAX_CHARS} characters, not blank")));
+        return Err(Error::Validation(format!(
+            "name: must be 1 to {NAME_MAX_CHARS} characters, not blank"
+        )));
     }
     Ok(())
 }
 
 fn validate_description(description: Option<&str>) -> Result<(), Error> {
     match description {
-        Some(text) if text.chars().count() > DESCRIPTION_MAX_CHARS => Err(Error::Validation(format!(
-            "description: must be at most {DESCRIPTION_MAX_CHARS} characters"
-        ))),
+        Some(text) if text.chars().count() > DESCRIPTION_MAX_CHARS => Err(Error::Validation(
+            format!("description: must be at most {DESCRIPTION_MAX_CHARS} characters"),
+        )),
         _ => Ok(()),
     }
 }
@@ -114,7 +120,9 @@ fn validate_price(price: &Money, currency: &str) -> Result<(), Error> {
         )));
     }
     if !(0..=MAX_QUANTITY).contains(&price.amount) {
-        return Err(Error::Validation(format!("price.amount: must be between 0 and {MAX_QUANTITY}")));
+        return Err(Error::Validation(format!(
+            "price.amount: must be between 0 and {MAX_QUANTITY}"
+        )));
     }
     Ok(())
 }
@@ -123,7 +131,9 @@ fn validate_count(field: &str, value: i64) -> Result<(), Error> {
     if (0..=MAX_QUANTITY).contains(&value) {
         Ok(())
     } else {
-        Err(Error::Validation(format!("{field}: must be between 0 and {MAX_QUANTITY}")))
+        Err(Error::Validation(format!(
+            "{field}: must be between 0 and {MAX_QUANTITY}"
+        )))
     }
 }
 
@@ -139,7 +149,9 @@ pub(crate) fn normalize_lines(lines: &[StockLine]) -> Result<Vec<StockLine>, Cat
     let mut seen = HashSet::with_capacity(lines.len());
     for (index, line) in lines.iter().enumerate() {
         if line.quantity == 0 {
-            return Err(CatalogError::InvalidRequest(format!("lines[{index}].quantity: must be at least 1")));
+            return Err(CatalogError::InvalidRequest(format!(
+                "lines[{index}].quantity: must be at least 1"
+            )));
         }
         if !seen.insert(line.product_id) {
             return Err(CatalogError::InvalidRequest(format!(
@@ -164,13 +176,21 @@ mod tests {
             sku: "TEE-RED-M".into(),
             name: "Red tee".into(),
             description: None,
-            price: Money { amount: 1999, currency: "EUR".into() },
+            price: Money {
+                amount: 1999,
+                currency: "EUR".into(),
+            },
             stock: Some(3),
         }
     }
 
     fn field_of(error: Error) -> String {
-        error.to_string().split(':').next().unwrap_or_default().to_owned()
+        error
+            .to_string()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     #[test]
@@ -181,14 +201,68 @@ mod tests {
     #[test]
     fn each_rule_names_its_field() {
         let cases: Vec<(NewProduct, &str)> = vec![
-            (NewProduct { sku: String::new(), ..product() }, "sku"),
-            (NewProduct { sku: "x".repeat(65), ..product() }, "sku"),
-            (NewProduct { sku: "has space".into(), ..product() }, "sku"),
-            (NewProduct { name: " ".into(), ..product() }, "name"),
-            (NewProduct { name: "n".repeat(201), ..product() }, "name"),
-            (NewProduct { price: Money { amount: -1, currency: "EUR".into() }, ..product() }, "price.amount"),
-            (NewProduct { price: Money { amount: 1, currency: "USD".into() }, ..product() }, "price.currency"),
-            (NewProduct { stock: Some(-1), ..product() }, "stock"),
+            (
+                NewProduct {
+                    sku: String::new(),
+                    ..product()
+                },
+                "sku",
+            ),
+            (
+                NewProduct {
+                    sku: "x".repeat(65),
+                    ..product()
+                },
+                "sku",
+            ),
+            (
+                NewProduct {
+                    sku: "has space".into(),
+                    ..product()
+                },
+                "sku",
+            ),
+            (
+                NewProduct {
+                    name: " ".into(),
+                    ..product()
+                },
+                "name",
+            ),
+            (
+                NewProduct {
+                    name: "n".repeat(201),
+                    ..product()
+                },
+                "name",
+            ),
+            (
+                NewProduct {
+                    price: Money {
+                        amount: -1,
+                        currency: "EUR".into(),
+                    },
+                    ..product()
+                },
+                "price.amount",
+            ),
+            (
+                NewProduct {
+                    price: Money {
+                        amount: 1,
+                        currency: "USD".into(),
+                    },
+                    ..product()
+                },
+                "price.currency",
+            ),
+            (
+                NewProduct {
+                    stock: Some(-1),
+                    ..product()
+                },
+                "stock",
+            ),
         ];
         for (input, field) in cases {
             let error = input.validate("EUR").expect_err("refused");
@@ -198,21 +272,62 @@ mod tests {
 
     #[test]
     fn limits_are_inclusive() {
-        let at_limits = NewProduct { sku: "s".repeat(64), name: "n".repeat(200), ..product() };
+        let at_limits = NewProduct {
+            sku: "s".repeat(64),
+            name: "n".repeat(200),
+            ..product()
+        };
         assert!(at_limits.validate("EUR").is_ok());
-        let free = NewProduct { price: Money { amount: 0, currency: "EUR".into() }, stock: Some(0), ..product() };
+        let free = NewProduct {
+            price: Money {
+                amount: 0,
+                currency: "EUR".into(),
+            },
+            stock: Some(0),
+            ..product()
+        };
         assert!(free.validate("EUR").is_ok());
     }
 
     #[test]
     fn reservation_lines_are_checked_and_sorted() {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let lines = [StockLine { product_id: a, quantity: 1 }, StockLine { product_id: b, quantity: 2 }];
+        let lines = [
+            StockLine {
+                product_id: a,
+                quantity: 1,
+            },
+            StockLine {
+                product_id: b,
+                quantity: 2,
+            },
+        ];
         let sorted = normalize_lines(&lines).expect("valid");
-        assert!(sorted.windows(2).all(|pair| pair[0].product_id < pair[1].product_id));
+        assert!(
+            sorted
+                .windows(2)
+                .all(|pair| pair[0].product_id < pair[1].product_id)
+        );
         assert!(normalize_lines(&[]).is_err());
-        assert!(normalize_lines(&[StockLine { product_id: a, quantity: 0 }]).is_err());
-        let twice = [StockLine { product_id: a, quantity: 1 }, StockLine { product_id: a, quantity: 1 }];
-        assert!(matches!(normalize_lines(&twice), Err(CatalogError::InvalidRequest(m)) if m.contains("twice")));
+        assert!(
+            normalize_lines(&[StockLine {
+                product_id: a,
+                quantity: 0
+            }])
+            .is_err()
+        );
+        let twice = [
+            StockLine {
+                product_id: a,
+                quantity: 1,
+            },
+            StockLine {
+                product_id: a,
+                quantity: 1,
+            },
+        ];
+        assert!(
+            matches!(normalize_lines(&twice), Err(CatalogError::InvalidRequest(m)) if m.contains("twice"))
+        );
     }
 }

@@ -2,7 +2,9 @@
 //! (the server side of `HttpCatalog`, behind the service token).
 
 use actix_web::{HttpResponse, web};
-use catalog_contract::{Catalog, LookupRequest, LookupResponse, Product, Reservation, ReserveRequest};
+use catalog_contract::{
+    Catalog, LookupRequest, LookupResponse, Product, Reservation, ReserveRequest,
+};
 use chassis::http::{Admin, ApiResult, Json, Query, Service};
 use chassis::page::{Page, PageParams};
 use chassis::problem::Problem;
@@ -59,7 +61,8 @@ fn product_id(raw: &str) -> Result<Uuid, Problem> {
 }
 
 fn order_id(raw: &str) -> Result<Uuid, Problem> {
-    Uuid::parse_str(raw).map_err(|_| Problem::validation(format!("order_id: {raw:?} is not a UUID")))
+    Uuid::parse_str(raw)
+        .map_err(|_| Problem::validation(format!("order_id: {raw:?} is not a UUID")))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -81,7 +84,11 @@ pub(crate) struct ListQuery {
         (status = 401, body = Problem), (status = 409, description = "sku_taken", body = Problem),
         (status = 422, body = Problem), (status = 413, body = Problem)),
     security(("admin_token" = [])))]
-async fn create_product(_: Admin, service: web::Data<CatalogService>, body: Json<NewProduct>) -> ApiResult {
+async fn create_product(
+    _: Admin,
+    service: web::Data<CatalogService>,
+    body: Json<NewProduct>,
+) -> ApiResult {
     let product = service.create_product(body.into_inner()).await?;
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/catalog/products/{}", product.id)))
@@ -94,8 +101,13 @@ async fn create_product(_: Admin, service: web::Data<CatalogService>, body: Json
     responses((status = 200, body = Page<Product>), (status = 422, body = Problem)))]
 async fn list_products(service: web::Data<CatalogService>, query: Query<ListQuery>) -> ApiResult {
     let query = query.into_inner();
-    let params = PageParams { limit: query.limit, cursor: query.cursor };
-    let page = params.validate().map_err(|error| Problem::validation(error.to_string()))?;
+    let params = PageParams {
+        limit: query.limit,
+        cursor: query.cursor,
+    };
+    let page = params
+        .validate()
+        .map_err(|error| Problem::validation(error.to_string()))?;
     let products = service.list_products(query.q, page).await?;
     Ok(HttpResponse::Ok().json(products))
 }
@@ -121,7 +133,9 @@ async fn update_product(
     id: web::Path<String>,
     body: Json<ProductPatch>,
 ) -> ApiResult {
-    let product = service.update_product(product_id(&id)?, body.into_inner()).await?;
+    let product = service
+        .update_product(product_id(&id)?, body.into_inner())
+        .await?;
     Ok(HttpResponse::Ok().json(product))
 }
 
@@ -137,7 +151,9 @@ async fn set_stock(
     id: web::Path<String>,
     body: Json<StockUpdate>,
 ) -> ApiResult {
-    let product = service.set_stock(product_id(&id)?, body.into_inner()).await?;
+    let product = service
+        .set_stock(product_id(&id)?, body.into_inner())
+        .await?;
     Ok(HttpResponse::Ok().json(product))
 }
 
@@ -146,7 +162,11 @@ async fn set_stock(
     request_body = LookupRequest,
     responses((status = 200, body = LookupResponse), (status = 404, body = Problem)),
     security(("service_token" = [])))]
-async fn lookup_products(_: Service, service: web::Data<CatalogService>, body: Json<LookupRequest>) -> ApiResult {
+async fn lookup_products(
+    _: Service,
+    service: web::Data<CatalogService>,
+    body: Json<LookupRequest>,
+) -> ApiResult {
     let items = service.products(&body.ids).await?;
     Ok(HttpResponse::Ok().json(LookupResponse { items }))
 }
@@ -171,7 +191,11 @@ async fn reserve(
     params(("order_id" = Uuid, Path)),
     responses((status = 200, body = Reservation), (status = 409, body = Problem)),
     security(("service_token" = [])))]
-async fn release(_: Service, service: web::Data<CatalogService>, order: web::Path<String>) -> ApiResult {
+async fn release(
+    _: Service,
+    service: web::Data<CatalogService>,
+    order: web::Path<String>,
+) -> ApiResult {
     let reservation = service.release(order_id(&order)?).await?;
     Ok(HttpResponse::Ok().json(reservation))
 }
@@ -181,7 +205,11 @@ async fn release(_: Service, service: web::Data<CatalogService>, order: web::Pat
     params(("order_id" = Uuid, Path)),
     responses((status = 200, body = Reservation), (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("service_token" = [])))]
-async fn commit(_: Service, service: web::Data<CatalogService>, order: web::Path<String>) -> ApiResult {
+async fn commit(
+    _: Service,
+    service: web::Data<CatalogService>,
+    order: web::Path<String>,
+) -> ApiResult {
     let reservation = service.commit(order_id(&order)?).await?;
     Ok(HttpResponse::Ok().json(reservation))
 }
@@ -191,7 +219,11 @@ async fn commit(_: Service, service: web::Data<CatalogService>, order: web::Path
     params(("order_id" = Uuid, Path)),
     responses((status = 200, body = Reservation), (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("service_token" = [])))]
-async fn restock(_: Service, service: web::Data<CatalogService>, order: web::Path<String>) -> ApiResult {
+async fn restock(
+    _: Service,
+    service: web::Data<CatalogService>,
+    order: web::Path<String>,
+) -> ApiResult {
     let reservation = service.restock(order_id(&order)?).await?;
     Ok(HttpResponse::Ok().json(reservation))
 }

@@ -14,7 +14,7 @@ mod repository;
 mod schema;
 mod service;
 
+pub use domain::{NewProduct, ProductPatch, StockUpdate};
 pub use error::Error;
 pub use module::{CatalogModule, MIGRATIONS};
-pub use domain::{NewProduct, ProductPatch, StockUpdate};
 pub use service::CatalogService;

@@ -10,8 +10,10 @@ use utoipa::OpenApi;
 use crate::http::{self, CatalogApi};
 use crate::service::CatalogService;
 
-static SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../../migrations/catalog/sqlite");
-static POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../../migrations/catalog/postgres");
+static SQLITE_MIGRATIONS: EmbeddedMigrations =
+    embed_migrations!("../../../migrations/catalog/sqlite");
+static POSTGRES_MIGRATIONS: EmbeddedMigrations =
+    embed_migrations!("../../../migrations/catalog/postgres");
 
 /// The catalog's migrations for both backends.
 pub const MIGRATIONS: Migrations = Migrations {

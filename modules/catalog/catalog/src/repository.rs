@@ -16,7 +16,8 @@ diesel::define_sql_function!(fn lower(text: diesel::sql_types::Text) -> diesel::
 /// Now, at the microsecond precision both backends store.
 pub(crate) fn now() -> NaiveDateTime {
     let now = Utc::now().naive_utc();
-    now.with_nanosecond(now.nanosecond() / 1_000 * 1_000).unwrap_or(now)
+    now.with_nanosecond(now.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(now)
 }
 
 #[derive(Debug, Queryable, Selectable, Insertable)]
@@ -129,7 +130,11 @@ fn escape_like(text: &str) -> String {
     escaped
 }
 
-pub(crate) fn update_product(conn: &mut DbConnection, id: Uuid, changes: &ProductChanges) -> QueryResult<usize> {
+pub(crate) fn update_product(
+    conn: &mut DbConnection,
+    id: Uuid,
+    changes: &ProductChanges,
+) -> QueryResult<usize> {
     diesel::update(products::table.find(id.to_string()))
         .set(changes)
         .execute(conn)
@@ -142,7 +147,10 @@ pub(crate) fn set_on_hand(conn: &mut DbConnection, id: Uuid, on_hand: i64) -> Qu
             .find(id.to_string())
             .filter(products::reserved.le(on_hand)),
     )
-    .set((products::on_hand.eq(on_hand), products::updated_at.eq(now())))
+    .set((
+        products::on_hand.eq(on_hand),
+        products::updated_at.eq(now()),
+    ))
     .execute(conn)
     .map(|rows| rows == 1)
 }
@@ -186,7 +194,11 @@ pub(crate) fn sell(conn: &mut DbConnection, product_id: Uuid, quantity: i64) -> 
 }
 
 /// Puts sold units back on hand.
-pub(crate) fn put_back(conn: &mut DbConnection, product_id: Uuid, quantity: i64) -> QueryResult<()> {
+pub(crate) fn put_back(
+    conn: &mut DbConnection,
+    product_id: Uuid,
+    quantity: i64,
+) -> QueryResult<()> {
     diesel::update(products::table.find(product_id.to_string()))
         .set((
             products::on_hand.eq(products::on_hand + quantity),
@@ -204,7 +216,10 @@ pub(crate) struct StoredReservation {
     pub(crate) lines: Vec<StockLine>,
 }
 
-pub(crate) fn find_reservation(conn: &mut DbConnection, order_id: Uuid) -> QueryResult<Option<StoredReservation>> {
+pub(crate) fn find_reservation(
+    conn: &mut DbConnection,
+    order_id: Uuid,
+) -> QueryResult<Option<StoredReservation>> {
     let key = order_id.to_string();
     let status: Option<String> = reservations::table
         .find(&key)
@@ -215,7 +230,9 @@ pub(crate) fn find_reservation(conn: &mut DbConnection, order_id: Uuid) -> Query
         return Ok(None);
     };
     let status = ReservationStatus::parse(&status).ok_or_else(|| {
-        diesel::result::Error::DeserializationError(format!("unknown reservation status {status:?}").into())
+        diesel::result::Error::DeserializationError(
+            format!("unknown reservation status {status:?}").into(),
+        )
     })?;
     let rows: Vec<(String, i64)> = reservation_lines::table
         .filter(reservation_lines::order_id.eq(&key))
@@ -232,7 +249,11 @@ pub(crate) fn find_reservation(conn: &mut DbConnection, order_id: Uuid) -> Query
     Ok(Some(StoredReservation { status, lines }))
 }
 
-pub(crate) fn insert_reservation(conn: &mut DbConnection, order_id: Uuid, status: ReservationStatus) -> QueryResult<()> {
+pub(crate) fn insert_reservation(
+    conn: &mut DbConnection,
+    order_id: Uuid,
+    status: ReservationStatus,
+) -> QueryResult<()> {
     let at = now();
     diesel::insert_into(reservations::table)
         .values((
@@ -245,7 +266,11 @@ pub(crate) fn insert_reservation(conn: &mut DbConnection, order_id: Uuid, status
         .map(|_| ())
 }
 
-pub(crate) fn insert_reservation_lines(conn: &mut DbConnection, order_id: Uuid, lines: &[StockLine]) -> QueryResult<()> {
+pub(crate) fn insert_reservation_lines(
+    conn: &mut DbConnection,
+    order_id: Uuid,
+    lines: &[StockLine],
+) -> QueryResult<()> {
     let key = order_id.to_string();
     for line in lines {
         diesel::insert_into(reservation_lines::table)

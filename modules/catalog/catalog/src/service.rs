@@ -1,5 +1,7 @@
 use async_trait::async_trait;
-use catalog_contract::{Catalog, CatalogError, MAX_LOOKUP_IDS, Product, Reservation, ReservationStatus, StockLine};
+use catalog_contract::{
+    Catalog, CatalogError, MAX_LOOKUP_IDS, Product, Reservation, ReservationStatus, StockLine,
+};
 use chassis::db::{Database, DbConnection, DbError, is_unique_violation};
 use chassis::page::{Page, PageRequest};
 use uuid::Uuid;
@@ -43,7 +45,9 @@ impl CatalogService {
         self.db
             .write(move |conn| {
                 match repo::insert_product(conn, &row) {
-                    Err(error) if is_unique_violation(&error) => return Err(Error::SkuTaken(row.sku)),
+                    Err(error) if is_unique_violation(&error) => {
+                        return Err(Error::SkuTaken(row.sku));
+                    }
                     other => other?,
                 }
                 Ok(row.into_product())
@@ -61,12 +65,22 @@ impl CatalogService {
             .await
     }
 
-    pub async fn list_products(&self, query: Option<String>, page: PageRequest) -> Result<Page<Product>, Error> {
+    pub async fn list_products(
+        &self,
+        query: Option<String>,
+        page: PageRequest,
+    ) -> Result<Page<Product>, Error> {
         let query = query.filter(|q| !q.is_empty());
         self.db
             .read(move |conn| {
-                let rows = repo::list_products(conn, query.as_deref(), page.after.as_deref(), i64::from(page.limit) + 1)?;
-                Ok(Page::from_rows(rows, page.limit, |row| row.id.clone()).map(ProductRow::into_product))
+                let rows = repo::list_products(
+                    conn,
+                    query.as_deref(),
+                    page.after.as_deref(),
+                    i64::from(page.limit) + 1,
+                )?;
+                Ok(Page::from_rows(rows, page.limit, |row| row.id.clone())
+                    .map(ProductRow::into_product))
             })
             .await
     }
@@ -97,7 +111,8 @@ impl CatalogService {
         self.db
             .write(move |conn| {
                 if !repo::set_on_hand(conn, id, update.on_hand)? {
-                    let current = repo::find_product(conn, id)?.ok_or(Error::ProductNotFound(id))?;
+                    let current =
+                        repo::find_product(conn, id)?.ok_or(Error::ProductNotFound(id))?;
                     return Err(Error::StockBelowReserved {
                         on_hand: update.on_hand,
                         reserved: current.reserved,
@@ -133,17 +148,28 @@ impl CatalogService {
                     apply(conn, line.product_id, i64::from(line.quantity))?;
                 }
                 repo::set_reservation_status(conn, order_id, to)?;
-                Ok(reservation(order_id, StoredReservation { status: to, ..stored }))
+                Ok(reservation(
+                    order_id,
+                    StoredReservation {
+                        status: to,
+                        ..stored
+                    },
+                ))
             })
             .await
             .map_err(CatalogError::from)
     }
 
-    async fn try_reserve(&self, order_id: Uuid, lines: Vec<StockLine>) -> Result<Reservation, Error> {
+    async fn try_reserve(
+        &self,
+        order_id: Uuid,
+        lines: Vec<StockLine>,
+    ) -> Result<Reservation, Error> {
         self.db
             .write(move |conn| {
                 if let Some(stored) = repo::find_reservation(conn, order_id)? {
-                    return if stored.status != ReservationStatus::Released && stored.lines == lines {
+                    return if stored.status != ReservationStatus::Released && stored.lines == lines
+                    {
                         Ok(reservation(order_id, stored))
                     } else {
                         Err(conflict(order_id, stored.status))
@@ -156,12 +182,21 @@ impl CatalogService {
                     if !repo::hold(conn, line.product_id, i64::from(line.quantity))? {
                         return Err(match repo::find_product(conn, line.product_id)? {
                             None => CatalogError::ProductNotFound(line.product_id).into(),
-                            Some(_) => CatalogError::OutOfStock { product_id: line.product_id }.into(),
+                            Some(_) => CatalogError::OutOfStock {
+                                product_id: line.product_id,
+                            }
+                            .into(),
                         });
                     }
                 }
                 repo::insert_reservation_lines(conn, order_id, &lines)?;
-                Ok(reservation(order_id, StoredReservation { status: ReservationStatus::Reserved, lines }))
+                Ok(reservation(
+                    order_id,
+                    StoredReservation {
+                        status: ReservationStatus::Reserved,
+                        lines,
+                    },
+                ))
             })
             .await
     }
@@ -183,7 +218,9 @@ fn conflict(order_id: Uuid, status: ReservationStatus) -> Error {
 impl Catalog for CatalogService {
     async fn products(&self, ids: &[Uuid]) -> Result<Vec<Product>, CatalogError> {
         if ids.len() > MAX_LOOKUP_IDS {
-            return Err(CatalogError::InvalidRequest(format!("ids: at most {MAX_LOOKUP_IDS} per call")));
+            return Err(CatalogError::InvalidRequest(format!(
+                "ids: at most {MAX_LOOKUP_IDS} per call"
+            )));
         }
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -209,14 +246,19 @@ impl Catalog for CatalogService {
             .map_err(CatalogError::from)
     }
 
-    async fn reserve(&self, order_id: Uuid, lines: &[StockLine]) -> Result<Reservation, CatalogError> {
+    async fn reserve(
+        &self,
+        order_id: Uuid,
+        lines: &[StockLine],
+    ) -> Result<Reservation, CatalogError> {
         let lines = normalize_lines(lines)?;
         match self.try_reserve(order_id, lines.clone()).await {
             // Lost a race with a concurrent reserve for the same order: it has committed
             // now, so a second look answers it (or the conflict).
-            Err(Error::Database(DbError::Query(error))) if is_unique_violation(&error) => {
-                self.try_reserve(order_id, lines).await.map_err(CatalogError::from)
-            }
+            Err(Error::Database(DbError::Query(error))) if is_unique_violation(&error) => self
+                .try_reserve(order_id, lines)
+                .await
+                .map_err(CatalogError::from),
             other => other.map_err(CatalogError::from),
         }
     }
@@ -228,26 +270,56 @@ impl Catalog for CatalogService {
                 if repo::find_reservation(conn, order_id)?.is_none() {
                     // Remember the release, so that a reserve arriving late is refused.
                     repo::insert_reservation(conn, order_id, ReservationStatus::Released)?;
-                    return Ok(Some(Reservation { order_id, status: ReservationStatus::Released, lines: Vec::new() }));
+                    return Ok(Some(Reservation {
+                        order_id,
+                        status: ReservationStatus::Released,
+                        lines: Vec::new(),
+                    }));
                 }
                 Ok::<_, Error>(None)
             })
             .await;
         match released {
             Ok(Some(tombstone)) => Ok(tombstone),
-            Ok(None) => self.transition(order_id, ReservationStatus::Reserved, ReservationStatus::Released, repo::unhold).await,
+            Ok(None) => {
+                self.transition(
+                    order_id,
+                    ReservationStatus::Reserved,
+                    ReservationStatus::Released,
+                    repo::unhold,
+                )
+                .await
+            }
             Err(Error::Database(DbError::Query(error))) if is_unique_violation(&error) => {
-                self.transition(order_id, ReservationStatus::Reserved, ReservationStatus::Released, repo::unhold).await
+                self.transition(
+                    order_id,
+                    ReservationStatus::Reserved,
+                    ReservationStatus::Released,
+                    repo::unhold,
+                )
+                .await
             }
             Err(error) => Err(error.into()),
         }
     }
 
     async fn commit(&self, order_id: Uuid) -> Result<Reservation, CatalogError> {
-        self.transition(order_id, ReservationStatus::Reserved, ReservationStatus::Committed, repo::sell).await
+        self.transition(
+            order_id,
+            ReservationStatus::Reserved,
+            ReservationStatus::Committed,
+            repo::sell,
+        )
+        .await
     }
 
     async fn restock(&self, order_id: Uuid) -> Result<Reservation, CatalogError> {
-        self.transition(order_id, ReservationStatus::Committed, ReservationStatus::Restocked, repo::put_back).await
+        self.transition(
+            order_id,
+            ReservationStatus::Committed,
+            ReservationStatus::Restocked,
+            repo::put_back,
+        )
+        .await
     }
 }

@@ -15,7 +15,10 @@ use uuid::Uuid;
 use crate::support::{self, RemoteServer, product, stock_of};
 
 fn line(product: &catalog_contract::Product, quantity: u32) -> StockLine {
-    StockLine { product_id: product.id, quantity }
+    StockLine {
+        product_id: product.id,
+        quantity,
+    }
 }
 
 /// Runs every check against `port`; `module` seeds products and reads stock.
@@ -36,7 +39,10 @@ async fn products_answer_in_the_order_asked(port: &dyn Catalog, module: &Catalog
     let a = product(module, "Alpha", 1).await;
     let b = product(module, "Beta", 2).await;
     let found = port.products(&[b.id, a.id]).await.expect("found");
-    assert_eq!(found.iter().map(|p| p.id).collect::<Vec<_>>(), vec![b.id, a.id]);
+    assert_eq!(
+        found.iter().map(|p| p.id).collect::<Vec<_>>(),
+        vec![b.id, a.id]
+    );
     assert_eq!(found[0], b, "the product as stored");
     assert_eq!(port.products(&[]).await.expect("empty"), vec![]);
 }
@@ -44,9 +50,15 @@ async fn products_answer_in_the_order_asked(port: &dyn Catalog, module: &Catalog
 async fn products_name_the_first_unknown_id(port: &dyn Catalog, module: &CatalogModule) {
     let a = product(module, "Known", 1).await;
     let unknown = Uuid::new_v4();
-    assert_eq!(port.products(&[a.id, unknown]).await, Err(CatalogError::ProductNotFound(unknown)));
+    assert_eq!(
+        port.products(&[a.id, unknown]).await,
+        Err(CatalogError::ProductNotFound(unknown))
+    );
     let too_many: Vec<Uuid> = (0..201).map(|_| Uuid::new_v4()).collect();
-    assert!(matches!(port.products(&too_many).await, Err(CatalogError::InvalidRequest(_))));
+    assert!(matches!(
+        port.products(&too_many).await,
+        Err(CatalogError::InvalidRequest(_))
+    ));
 }
 
 async fn reserve_holds_stock(port: &dyn Catalog, module: &CatalogModule) {
@@ -64,18 +76,37 @@ async fn reserve_is_all_or_nothing(port: &dyn Catalog, module: &CatalogModule) {
     let plenty = product(module, "Plenty", 5).await;
     let scarce = product(module, "Scarce", 1).await;
     let order = Uuid::new_v4();
-    let outcome = port.reserve(order, &[line(&plenty, 2), line(&scarce, 2)]).await;
-    assert_eq!(outcome, Err(CatalogError::OutOfStock { product_id: scarce.id }));
+    let outcome = port
+        .reserve(order, &[line(&plenty, 2), line(&scarce, 2)])
+        .await;
+    assert_eq!(
+        outcome,
+        Err(CatalogError::OutOfStock {
+            product_id: scarce.id
+        })
+    );
     assert_eq!(stock_of(module, &plenty).await.reserved, 0, "nothing held");
     assert_eq!(stock_of(module, &scarce).await.reserved, 0, "nothing held");
     let unknown = Uuid::new_v4();
     let outcome = port
-        .reserve(Uuid::new_v4(), &[line(&plenty, 1), StockLine { product_id: unknown, quantity: 1 }])
+        .reserve(
+            Uuid::new_v4(),
+            &[
+                line(&plenty, 1),
+                StockLine {
+                    product_id: unknown,
+                    quantity: 1,
+                },
+            ],
+        )
         .await;
     assert_eq!(outcome, Err(CatalogError::ProductNotFound(unknown)));
     assert_eq!(stock_of(module, &plenty).await.reserved, 0, "nothing held");
     // A failed reservation leaves nothing behind: the same order can reserve later.
-    let retried = port.reserve(order, &[line(&plenty, 2)]).await.expect("reserved now");
+    let retried = port
+        .reserve(order, &[line(&plenty, 2)])
+        .await
+        .expect("reserved now");
     assert_eq!(retried.status, ReservationStatus::Reserved);
 }
 
@@ -83,12 +114,21 @@ async fn reserve_refuses_bad_lines(port: &dyn Catalog, module: &CatalogModule) {
     let a = product(module, "Lines", 5).await;
     for lines in [vec![], vec![line(&a, 0)], vec![line(&a, 1), line(&a, 1)]] {
         let outcome = port.reserve(Uuid::new_v4(), &lines).await;
-        assert!(matches!(outcome, Err(CatalogError::InvalidRequest(_))), "{lines:?}: {outcome:?}");
+        assert!(
+            matches!(outcome, Err(CatalogError::InvalidRequest(_))),
+            "{lines:?}: {outcome:?}"
+        );
     }
     let too_many: Vec<StockLine> = (0..101)
-        .map(|_| StockLine { product_id: Uuid::new_v4(), quantity: 1 })
+        .map(|_| StockLine {
+            product_id: Uuid::new_v4(),
+            quantity: 1,
+        })
         .collect();
-    assert!(matches!(port.reserve(Uuid::new_v4(), &too_many).await, Err(CatalogError::InvalidRequest(_))));
+    assert!(matches!(
+        port.reserve(Uuid::new_v4(), &too_many).await,
+        Err(CatalogError::InvalidRequest(_))
+    ));
     assert_eq!(stock_of(module, &a).await.reserved, 0);
 }
 
@@ -96,15 +136,24 @@ async fn reserve_is_idempotent_per_order(port: &dyn Catalog, module: &CatalogMod
     let a = product(module, "Twice", 5).await;
     let b = product(module, "Other", 5).await;
     let order = Uuid::new_v4();
-    let first = port.reserve(order, &[line(&a, 2), line(&b, 1)]).await.expect("reserved");
+    let first = port
+        .reserve(order, &[line(&a, 2), line(&b, 1)])
+        .await
+        .expect("reserved");
     // The same lines in another order are the same request.
-    let again = port.reserve(order, &[line(&b, 1), line(&a, 2)]).await.expect("same answer");
+    let again = port
+        .reserve(order, &[line(&b, 1), line(&a, 2)])
+        .await
+        .expect("same answer");
     assert_eq!(first, again);
     assert_eq!(stock_of(module, &a).await.reserved, 2, "held once");
     let other = port.reserve(order, &[line(&a, 3)]).await;
     assert_eq!(
         other,
-        Err(CatalogError::ReservationConflict { order_id: order, status: ReservationStatus::Reserved })
+        Err(CatalogError::ReservationConflict {
+            order_id: order,
+            status: ReservationStatus::Reserved
+        })
     );
 }
 
@@ -120,11 +169,17 @@ async fn release_gives_stock_back_and_closes_the_order(port: &dyn Catalog, modul
     assert_eq!(stock_of(module, &a).await.reserved, 0, "given back once");
     assert_eq!(
         port.reserve(order, &[line(&a, 3)]).await,
-        Err(CatalogError::ReservationConflict { order_id: order, status: ReservationStatus::Released })
+        Err(CatalogError::ReservationConflict {
+            order_id: order,
+            status: ReservationStatus::Released
+        })
     );
     assert_eq!(
         port.commit(order).await,
-        Err(CatalogError::ReservationConflict { order_id: order, status: ReservationStatus::Released })
+        Err(CatalogError::ReservationConflict {
+            order_id: order,
+            status: ReservationStatus::Released
+        })
     );
 }
 
@@ -133,10 +188,21 @@ async fn release_before_reserve_blocks_a_late_reserve(port: &dyn Catalog) {
     let tombstone = port.release(order).await.expect("recorded");
     assert_eq!(tombstone.status, ReservationStatus::Released);
     assert!(tombstone.lines.is_empty());
-    let late = port.reserve(order, &[StockLine { product_id: Uuid::new_v4(), quantity: 1 }]).await;
+    let late = port
+        .reserve(
+            order,
+            &[StockLine {
+                product_id: Uuid::new_v4(),
+                quantity: 1,
+            }],
+        )
+        .await;
     assert_eq!(
         late,
-        Err(CatalogError::ReservationConflict { order_id: order, status: ReservationStatus::Released })
+        Err(CatalogError::ReservationConflict {
+            order_id: order,
+            status: ReservationStatus::Released
+        })
     );
 }
 
@@ -152,10 +218,16 @@ async fn commit_sells_held_stock(port: &dyn Catalog, module: &CatalogModule) {
     assert_eq!(stock_of(module, &a).await.on_hand, 4, "sold once");
     assert_eq!(
         port.release(order).await,
-        Err(CatalogError::ReservationConflict { order_id: order, status: ReservationStatus::Committed })
+        Err(CatalogError::ReservationConflict {
+            order_id: order,
+            status: ReservationStatus::Committed
+        })
     );
     let unknown = Uuid::new_v4();
-    assert_eq!(port.commit(unknown).await, Err(CatalogError::ReservationNotFound(unknown)));
+    assert_eq!(
+        port.commit(unknown).await,
+        Err(CatalogError::ReservationNotFound(unknown))
+    );
 }
 
 async fn restock_puts_sold_stock_back(port: &dyn Catalog, module: &CatalogModule) {
@@ -164,7 +236,10 @@ async fn restock_puts_sold_stock_back(port: &dyn Catalog, module: &CatalogModule
     port.reserve(order, &[line(&a, 2)]).await.expect("reserved");
     assert_eq!(
         port.restock(order).await,
-        Err(CatalogError::ReservationConflict { order_id: order, status: ReservationStatus::Reserved })
+        Err(CatalogError::ReservationConflict {
+            order_id: order,
+            status: ReservationStatus::Reserved
+        })
     );
     port.commit(order).await.expect("committed");
     let restocked = port.restock(order).await.expect("restocked");
@@ -173,7 +248,10 @@ async fn restock_puts_sold_stock_back(port: &dyn Catalog, module: &CatalogModule
     assert_eq!(port.restock(order).await.expect("idempotent"), restocked);
     assert_eq!(stock_of(module, &a).await.on_hand, 6, "put back once");
     let unknown = Uuid::new_v4();
-    assert_eq!(port.restock(unknown).await, Err(CatalogError::ReservationNotFound(unknown)));
+    assert_eq!(
+        port.restock(unknown).await,
+        Err(CatalogError::ReservationNotFound(unknown))
+    );
 }
 
 fn remote_settings() -> RemoteSettings {
@@ -186,22 +264,33 @@ fn remote_settings() -> RemoteSettings {
 }
 
 async fn run_local(backend: Backend) {
-    let Some(catalog) = support::local(backend).await else { return };
+    let Some(catalog) = support::local(backend).await else {
+        return;
+    };
     let port = catalog.module.port();
     suite(port.as_ref(), &catalog.module).await;
 }
 
 async fn run_remote(backend: Backend) {
-    let Some(catalog) = support::local(backend).await else { return };
+    let Some(catalog) = support::local(backend).await else {
+        return;
+    };
     let server = RemoteServer::start(&catalog.module).await;
-    let client = HttpCatalog::new(server.url.clone(), Some(Secret::new(support::SERVICE_TOKEN)), remote_settings())
-        .expect("client builds");
+    let client = HttpCatalog::new(
+        server.url.clone(),
+        Some(Secret::new(support::SERVICE_TOKEN)),
+        remote_settings(),
+    )
+    .expect("client builds");
     suite(&client, &catalog.module).await;
 
     // When the process serving the catalog is gone, the port says Unavailable.
     server.stop().await;
     let outcome = client.products(&[Uuid::new_v4()]).await;
-    assert!(matches!(outcome, Err(CatalogError::Unavailable(_))), "{outcome:?}");
+    assert!(
+        matches!(outcome, Err(CatalogError::Unavailable(_))),
+        "{outcome:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,24 +315,44 @@ async fn http_catalog_conforms_on_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_catalog_with_a_wrong_service_token_is_refused() {
-    let Some(catalog) = support::local(Backend::Sqlite).await else { return };
+    let Some(catalog) = support::local(Backend::Sqlite).await else {
+        return;
+    };
     let server = RemoteServer::start(&catalog.module).await;
-    let client = HttpCatalog::new(server.url.clone(), Some(Secret::new("wrong")), remote_settings())
-        .expect("client builds");
+    let client = HttpCatalog::new(
+        server.url.clone(),
+        Some(Secret::new("wrong")),
+        remote_settings(),
+    )
+    .expect("client builds");
     let outcome = client.products(&[]).await;
-    assert!(matches!(&outcome, Err(CatalogError::Internal(message)) if message.contains("unauthorized")), "{outcome:?}");
+    assert!(
+        matches!(&outcome, Err(CatalogError::Internal(message)) if message.contains("unauthorized")),
+        "{outcome:?}"
+    );
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_catalog_reports_unavailable_when_postgres_refuses_connections() {
-    let Some(db) = chassis::testing::TestDatabase::postgres() else { return };
-    let options = chassis::db::PoolOptions { max_size: 2, connection_timeout: Duration::from_millis(500) };
+    let Some(db) = chassis::testing::TestDatabase::postgres() else {
+        return;
+    };
+    let options = chassis::db::PoolOptions {
+        max_size: 2,
+        connection_timeout: Duration::from_millis(500),
+    };
     let database = chassis::db::Database::open(db.url(), options).expect("opens");
-    database.migrate(catalog::MIGRATIONS).await.expect("migrates");
+    database
+        .migrate(catalog::MIGRATIONS)
+        .await
+        .expect("migrates");
     let module = CatalogModule::new(database, "EUR");
     let port: Arc<dyn Catalog> = module.port();
     db.refuse_connections();
     let outcome = port.products(&[Uuid::new_v4()]).await;
-    assert!(matches!(outcome, Err(CatalogError::Unavailable(_))), "{outcome:?}");
+    assert!(
+        matches!(outcome, Err(CatalogError::Unavailable(_))),
+        "{outcome:?}"
+    );
 }

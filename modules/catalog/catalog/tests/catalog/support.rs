@@ -94,13 +94,24 @@ pub(crate) async fn product(module: &CatalogModule, name: &str, stock: i64) -> P
             sku: format!("SKU-{}", uuid::Uuid::new_v4().simple()),
             name: name.into(),
             description: None,
-            price: Money { amount: 1000, currency: "EUR".into() },
+            price: Money {
+                amount: 1000,
+                currency: "EUR".into(),
+            },
             stock: Some(stock),
         })
         .await
         .expect("creates product")
 }
 
-pub(crate) async fn stock_of(module: &CatalogModule, product: &Product) -> catalog_contract::StockLevels {
-    module.service().product(product.id).await.expect("reads product").stock
+pub(crate) async fn stock_of(
+    module: &CatalogModule,
+    product: &Product,
+) -> catalog_contract::StockLevels {
+    module
+        .service()
+        .product(product.id)
+        .await
+        .expect("reads product")
+        .stock
 }

@@ -1,0 +1,138 @@
+//! The one database code path, on SQLite and PostgreSQL: migrations, transactions that
+//! commit or roll back, and honest errors for a database that cannot be reached.
+
+use chassis::config::DatabaseUrl;
+use chassis::db::{Backend, Database, DbConnection, DbError, Migrations, PoolOptions};
+use chassis::testing::TestDatabase;
+use diesel::prelude::*;
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+
+static SQLITE: EmbeddedMigrations = embed_migrations!("tests/migrations/sqlite");
+static POSTGRES: EmbeddedMigrations = embed_migrations!("tests/migrations/postgres");
+const MIGRATIONS: Migrations = Migrations {
+    sqlite: &SQLITE,
+    postgres: &POSTGRES,
+};
+
+diesel::table! {
+    items (id) {
+        id -> Text,
+        n -> BigInt,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum TestError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("refused on purpose")]
+    Refused,
+}
+
+impl From<diesel::result::Error> for TestError {
+    fn from(error: diesel::result::Error) -> Self {
+        TestError::Db(DbError::from(error))
+    }
+}
+
+fn insert(conn: &mut DbConnection, id: &str) -> QueryResult<usize> {
+    diesel::insert_into(items::table)
+        .values((items::id.eq(id), items::n.eq(1_i64)))
+        .execute(conn)
+}
+
+async fn count(db: &Database) -> i64 {
+    db.read(|conn| {
+        items::table
+            .count()
+            .get_result::<i64>(conn)
+            .map_err(TestError::from)
+    })
+    .await
+    .expect("counts")
+}
+
+async fn commit_and_rollback(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    assert_eq!(db.backend(), backend);
+    db.write(|conn| insert(conn, "kept").map_err(TestError::from))
+        .await
+        .expect("commits");
+    let refused = db
+        .write(|conn| {
+            insert(conn, "dropped")?;
+            Err::<(), _>(TestError::Refused)
+        })
+        .await;
+    assert!(matches!(refused, Err(TestError::Refused)));
+    assert_eq!(count(&db).await, 1, "the refused transaction left nothing");
+    let duplicate = db
+        .write(|conn| insert(conn, "kept").map_err(TestError::from))
+        .await;
+    match duplicate {
+        Err(TestError::Db(DbError::Query(error))) => {
+            assert!(chassis::db::is_unique_violation(&error))
+        }
+        other => panic!("expected a unique violation, got {other:?}"),
+    }
+    let again = db.migrate(MIGRATIONS).await.expect("migrates");
+    assert!(again.is_empty(), "nothing left to apply: {again:?}");
+}
+
+#[tokio::test]
+async fn transactions_commit_or_roll_back_on_sqlite() {
+    commit_and_rollback(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn transactions_commit_or_roll_back_on_postgres() {
+    commit_and_rollback(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn sqlite_files_are_created_with_their_folder_in_wal_mode() {
+    let folder = tempfile::tempdir().expect("tempdir");
+    let path = folder.path().join("nested/data/module.db");
+    let db = Database::open(&DatabaseUrl::sqlite(&path), PoolOptions::default()).expect("opens");
+    let mode = db
+        .read(|conn| {
+            diesel::sql_query("PRAGMA journal_mode")
+                .get_result::<JournalMode>(conn)
+                .map_err(TestError::from)
+        })
+        .await
+        .expect("reads");
+    assert_eq!(mode.journal_mode, "wal");
+    assert!(path.exists());
+}
+
+#[derive(QueryableByName)]
+struct JournalMode {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    journal_mode: String,
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_is_unavailable_and_never_becomes_a_sqlite_file() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let port = listener.local_addr().expect("address").port();
+    drop(listener);
+    let url = DatabaseUrl::new(format!("postgres://nobody@127.0.0.1:{port}/none"));
+    let options = PoolOptions {
+        max_size: 1,
+        connection_timeout: std::time::Duration::from_millis(300),
+    };
+    let cwd = std::env::current_dir().expect("cwd");
+    let outcome = Database::open(&url, options);
+    assert!(
+        matches!(outcome, Err(DbError::Unavailable(_))),
+        "{outcome:?}"
+    );
+    assert!(
+        !cwd.join("postgres:").exists(),
+        "no SQLite file named after the URL"
+    );
+}

@@ -1,0 +1,6 @@
+//! End-to-end tests of the `bazaar` binary and its composition root: one test binary.
+
+mod architecture;
+mod cli;
+mod serve;
+mod support;

@@ -1,0 +1,212 @@
+//! The monolith served in-process: operations endpoints, the catalog through the whole
+//! stack, and a second process that reaches the catalog remotely.
+
+use serde_json::{Value, json};
+
+use crate::support::{self, ADMIN_TOKEN};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_endpoints_report_the_monolith() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let base = support::spawn(support::config(data.path())).await;
+    let http = support::http();
+
+    let live: Value = http
+        .get(format!("{base}/health/live"))
+        .send()
+        .await
+        .expect("live")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(live["status"], "ok");
+
+    let ready = http
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .expect("ready");
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.expect("json");
+    let catalog = ready["modules"]
+        .as_array()
+        .expect("modules")
+        .iter()
+        .find(|m| m["name"] == "catalog")
+        .cloned();
+    assert_eq!(
+        catalog
+            .as_ref()
+            .map(|c| c["checks"]["database"]["status"].clone()),
+        Some(json!("ok"))
+    );
+
+    let modules: Value = http
+        .get(format!("{base}/modules"))
+        .send()
+        .await
+        .expect("modules")
+        .json()
+        .await
+        .expect("json");
+    let names: Vec<&str> = modules["modules"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["catalog", "orders", "billing", "notifications"]);
+    assert_eq!(modules["modules"][0]["mode"], "local");
+
+    let openapi: Value = http
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        openapi["paths"]["/catalog/products"]["post"].is_object(),
+        "documents the catalog"
+    );
+    assert!(openapi["paths"]["/catalog/products/{id}/stock"]["put"].is_object());
+    assert!(openapi["components"]["securitySchemes"]["admin_token"].is_object());
+
+    let docs = http
+        .get(format!("{base}/docs/"))
+        .send()
+        .await
+        .expect("docs");
+    assert_eq!(docs.status(), 200);
+    let page = docs.text().await.expect("html");
+    assert!(page.contains("swagger"), "the Swagger UI page");
+    assert!(!page.contains("https://"), "no assets from a CDN");
+    let bundle = http
+        .get(format!("{base}/docs/swagger-ui-bundle.js"))
+        .send()
+        .await
+        .expect("bundle");
+    assert_eq!(bundle.status(), 200, "assets are served from the binary");
+
+    let _ = http
+        .get(format!("{base}/catalog/products"))
+        .send()
+        .await
+        .expect("list");
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("bazaar_http_requests_total")
+                && line.contains("route=\"/catalog/products\"")
+                && line.contains("status=\"200\"")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bazaar_http_request_duration_seconds_bucket"),
+        "latency histogram"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_api_works_through_the_composition_root() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let base = support::spawn(support::config(data.path())).await;
+    let http = support::http();
+    let created = http
+        .post(format!("{base}/catalog/products"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"sku": "E2E-1", "name": "End to end", "price": {"amount": 500, "currency": "EUR"}, "stock": 3}))
+        .send()
+        .await
+        .expect("creates");
+    assert_eq!(created.status(), 201);
+    let product: Value = created.json().await.expect("json");
+    let fetched: Value = http
+        .get(format!(
+            "{base}/catalog/products/{}",
+            product["id"].as_str().expect("id")
+        ))
+        .send()
+        .await
+        .expect("reads")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(fetched, product);
+    assert!(
+        data.path().join("catalog.db").exists(),
+        "the catalog's own SQLite file under data_dir"
+    );
+
+    let unknown = http
+        .get(format!("{base}/nowhere"))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(
+        unknown
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_with_a_remote_catalog_reports_and_probes_it() {
+    let catalog_data = tempfile::tempdir().expect("tempdir");
+    let catalog_base = support::spawn(support::config(catalog_data.path())).await;
+
+    let edge_data = tempfile::tempdir().expect("tempdir");
+    let mut edge = support::config(edge_data.path());
+    edge.modules.catalog.mode = Some(chassis::config::ModuleMode::Remote);
+    edge.modules.catalog.url = Some(format!("{catalog_base}/").parse().expect("url"));
+    let edge_base = support::spawn(edge).await;
+    let http = support::http();
+
+    let modules: Value = http
+        .get(format!("{edge_base}/modules"))
+        .send()
+        .await
+        .expect("modules")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        modules["modules"][0],
+        json!({"name": "catalog", "mode": "remote", "url": format!("{catalog_base}/")})
+    );
+    let ready: Value = http
+        .get(format!("{edge_base}/health/ready"))
+        .send()
+        .await
+        .expect("ready")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ready["modules"][0]["checks"]["peer"]["status"], "ok");
+    assert!(
+        !edge_data.path().join("catalog.db").exists(),
+        "a remote module has no database here"
+    );
+    let routes = http
+        .get(format!("{edge_base}/catalog/products"))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(
+        routes.status(),
+        404,
+        "the catalog's routes are served by its own process (or the gateway)"
+    );
+}

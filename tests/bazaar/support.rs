@@ -1,0 +1,50 @@
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::Duration;
+
+use bazaar::Config;
+
+pub(crate) const ADMIN_TOKEN: &str = "e2e-admin";
+pub(crate) const SERVICE_TOKEN: &str = "e2e-service";
+
+/// A config for a process whose data lives in `data_dir`.
+pub(crate) fn config(data_dir: &Path) -> Config {
+    let mut config = Config {
+        data_dir: data_dir.to_owned(),
+        ..Config::default()
+    };
+    config.auth.admin_token = Some(chassis::secret::Secret::new(ADMIN_TOKEN));
+    config.auth.service_token = Some(chassis::secret::Secret::new(SERVICE_TOKEN));
+    config.server.shutdown_timeout = Duration::from_secs(2);
+    config.server.workers = Some(1);
+    config
+}
+
+/// Serves `config` in this test process on a free port; answers the base URL.
+pub(crate) async fn spawn(config: Config) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binds a free port");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    let server = bazaar::start(config, listener).await.expect("starts");
+    tokio::spawn(server);
+    wait_until_live(&base).await;
+    base
+}
+
+/// An HTTP client for the tests.
+pub(crate) fn http() -> reqwest::Client {
+    chassis::remote::install_tls_provider();
+    reqwest::Client::new()
+}
+
+pub(crate) async fn wait_until_live(base: &str) {
+    let client = http();
+    for _ in 0..200 {
+        if let Ok(response) = client.get(format!("{base}/health/live")).send().await
+            && response.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{base} did not come up");
+}
