@@ -57,6 +57,10 @@ async fn operations_endpoints_report_the_monolith() {
         .collect();
     assert_eq!(names, vec!["catalog", "orders", "billing", "notifications"]);
     assert_eq!(modules["modules"][0]["mode"], "local");
+    assert_eq!(
+        modules["modules"][1]["mode"], "absent",
+        "orders is a placeholder: nothing runs"
+    );
 
     let openapi: Value = http
         .get(format!("{base}/openapi.json"))
@@ -165,7 +169,8 @@ async fn the_catalog_api_works_through_the_composition_root() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_with_a_remote_catalog_reports_and_probes_it() {
     let catalog_data = tempfile::tempdir().expect("tempdir");
-    let catalog_base = support::spawn(support::config(catalog_data.path())).await;
+    let (catalog_base, catalog_server) =
+        support::spawn_stoppable(support::config(catalog_data.path())).await;
 
     let edge_data = tempfile::tempdir().expect("tempdir");
     let mut edge = support::config(edge_data.path());
@@ -209,4 +214,18 @@ async fn a_process_with_a_remote_catalog_reports_and_probes_it() {
         404,
         "the catalog's routes are served by its own process (or the gateway)"
     );
+
+    catalog_server.stop(false).await;
+    let down = http
+        .get(format!("{edge_base}/health/ready"))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(down.status(), 503);
+    let down: Value = down
+        .json()
+        .await
+        .expect("the per-module report, not a bare error");
+    assert_eq!(down["status"], "error");
+    assert_eq!(down["modules"][0]["checks"]["peer"]["status"], "error");
 }

@@ -22,12 +22,18 @@ pub(crate) fn config(data_dir: &Path) -> Config {
 
 /// Serves `config` in this test process on a free port; answers the base URL.
 pub(crate) async fn spawn(config: Config) -> String {
+    spawn_stoppable(config).await.0
+}
+
+/// Like [`spawn`], with a handle to stop the server.
+pub(crate) async fn spawn_stoppable(config: Config) -> (String, actix_web::dev::ServerHandle) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("binds a free port");
     let base = format!("http://{}", listener.local_addr().expect("address"));
     let server = bazaar::start(config, listener).await.expect("starts");
+    let handle = server.handle();
     tokio::spawn(server);
     wait_until_live(&base).await;
-    base
+    (base, handle)
 }
 
 /// An HTTP client for the tests.

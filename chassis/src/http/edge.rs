@@ -65,12 +65,16 @@ fn path_problem(error: PathError) -> Problem {
 /// routes, wrong methods, actix's own errors) into one, so that clients parse one shape.
 pub fn problem_for_error_responses<B: MessageBody + 'static>() -> ErrorHandlers<B> {
     ErrorHandlers::new().default_handler(|response: ServiceResponse<B>| {
-        let already_problem = response
+        // Answers a handler shaped on purpose (a problem document, the JSON of
+        // `/health/ready`) pass through; actix's own bare or plain-text errors do not.
+        let shaped = response
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
-            .is_some_and(|value| value.starts_with(PROBLEM_JSON));
-        if already_problem {
+            .is_some_and(|value| {
+                value.starts_with(PROBLEM_JSON) || value.starts_with("application/json")
+            });
+        if shaped {
             return Ok(ErrorHandlerResponse::Response(
                 response.map_into_left_body(),
             ));
@@ -92,7 +96,14 @@ pub fn problem_for_error_responses<B: MessageBody + 'static>() -> ErrorHandlers<
                 codes::PAYLOAD_TOO_LARGE,
                 format!("the body limit is {BODY_LIMIT} bytes"),
             ),
-            status if status >= 500 => Problem::internal(),
+            status if status >= 500 => {
+                tracing::error!(
+                    status,
+                    path = response.request().path(),
+                    "unhandled server error"
+                );
+                Problem::internal()
+            }
             status => Problem::new(
                 status,
                 codes::MALFORMED_REQUEST,

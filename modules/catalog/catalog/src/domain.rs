@@ -34,8 +34,18 @@ pub struct NewProduct {
 #[serde(deny_unknown_fields)]
 pub struct ProductPatch {
     pub name: Option<String>,
-    pub description: Option<String>,
+    /// A text sets the description; `null` clears it; absent leaves it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub description: Option<Option<String>>,
     pub price: Option<Money>,
+}
+
+/// Tells a field given as `null` (`Some(None)`) from one left out (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(Some)
 }
 
 /// Body of `PUT /catalog/products/{id}/stock`.
@@ -64,7 +74,7 @@ impl ProductPatch {
         if let Some(name) = &self.name {
             validate_name(name)?;
         }
-        validate_description(self.description.as_deref())?;
+        validate_description(self.description.as_ref().and_then(Option::as_deref))?;
         if let Some(price) = &self.price {
             validate_price(price, currency)?;
         }

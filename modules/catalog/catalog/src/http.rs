@@ -33,13 +33,20 @@ pub(crate) struct CatalogApi;
 pub(crate) fn configure(cfg: &mut web::ServiceConfig, service: CatalogService) {
     let data = web::Data::new(service);
     cfg.service(
+        // One resource per path, so that a wrong method answers 405, not 404.
         web::scope("/catalog")
             .app_data(data.clone())
-            .route("/products", web::post().to(create_product))
-            .route("/products", web::get().to(list_products))
-            .route("/products/{id}", web::get().to(get_product))
-            .route("/products/{id}", web::patch().to(update_product))
-            .route("/products/{id}/stock", web::put().to(set_stock)),
+            .service(
+                web::resource("/products")
+                    .post(create_product)
+                    .get(list_products),
+            )
+            .service(
+                web::resource("/products/{id}")
+                    .get(get_product)
+                    .patch(update_product),
+            )
+            .service(web::resource("/products/{id}/stock").put(set_stock)),
     )
     .service(
         web::scope("/internal/catalog")

@@ -89,7 +89,7 @@ impl CatalogService {
         patch.validate(&self.currency)?;
         let changes = ProductChanges {
             name: patch.name,
-            description: patch.description.map(Some),
+            description: patch.description,
             price_amount: patch.price.as_ref().map(|price| price.amount),
             currency: patch.price.map(|price| price.currency),
             updated_at: Some(repo::now()),

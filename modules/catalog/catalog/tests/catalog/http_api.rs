@@ -386,6 +386,12 @@ async fn patch_product_changes_only_given_fields() {
     assert_eq!(body["description"], "Oak");
     assert_eq!(body["name"], "Chair", "unchanged");
     assert_ne!(body["updated_at"], body["created_at"]);
+    let cleared = admin(TestRequest::patch().uri(&uri))
+        .set_json(json!({"description": null}))
+        .to_request();
+    let body: Value = test::call_and_read_body_json(&service, cleared).await;
+    assert_eq!(body["description"], Value::Null, "null clears");
+    assert_eq!(body["price"]["amount"], 4200, "unchanged");
 
     let no_token = TestRequest::patch()
         .uri(&uri)
