@@ -227,10 +227,7 @@ impl Database {
         let inner = Arc::clone(&self.inner);
         spawn_blocking(move || {
             let mut conn = inner.checkout()?;
-            let _writer = inner
-                .write_gate
-                .as_ref()
-                .map(|gate| gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+            let _writer = inner.write_turn();
             let conn: &mut DbConnection = &mut conn;
             conn.transaction(work)
         })
@@ -242,10 +239,7 @@ impl Database {
         let inner = Arc::clone(&self.inner);
         spawn_blocking(move || {
             let mut conn = inner.checkout()?;
-            let _writer = inner
-                .write_gate
-                .as_ref()
-                .map(|gate| gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+            let _writer = inner.write_turn();
             let applied = match &mut *conn {
                 DbConnection::Sqlite(conn) => {
                     conn.run_pending_migrations(Embedded(migrations.sqlite))
@@ -268,6 +262,14 @@ impl Database {
 }
 
 impl Inner {
+    /// SQLite: waits for this process's other writers; PostgreSQL: `None`, no waiting.
+    fn write_turn(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+        // A writer that panicked left no state behind the lock, so poison is harmless.
+        self.write_gate
+            .as_ref()
+            .map(|gate| gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
     fn checkout(&self) -> Result<r2d2::PooledConnection<Manager>, DbError> {
         self.pool
             .get()

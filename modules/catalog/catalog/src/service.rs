@@ -210,6 +210,12 @@ fn reservation(order_id: Uuid, stored: StoredReservation) -> Reservation {
     }
 }
 
+/// Whether a write failed only because a concurrent call for the same order inserted its
+/// reservation row first.
+fn lost_race(error: &Error) -> bool {
+    matches!(error, Error::Database(DbError::Query(error)) if is_unique_violation(error))
+}
+
 fn conflict(order_id: Uuid, status: ReservationStatus) -> Error {
     Error::Port(CatalogError::ReservationConflict { order_id, status })
 }
@@ -281,7 +287,9 @@ impl Catalog for CatalogService {
             .await;
         match released {
             Ok(Some(tombstone)) => Ok(tombstone),
-            Ok(None) => {
+            Err(error) if !lost_race(&error) => Err(error.into()),
+            // A reservation exists, or a concurrent call has just recorded one.
+            _ => {
                 self.transition(
                     order_id,
                     ReservationStatus::Reserved,
@@ -290,16 +298,6 @@ impl Catalog for CatalogService {
                 )
                 .await
             }
-            Err(Error::Database(DbError::Query(error))) if is_unique_violation(&error) => {
-                self.transition(
-                    order_id,
-                    ReservationStatus::Reserved,
-                    ReservationStatus::Released,
-                    repo::unhold,
-                )
-                .await
-            }
-            Err(error) => Err(error.into()),
         }
     }
 
