@@ -16,6 +16,8 @@ use diesel::r2d2::R2D2Connection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 
 use crate::config::DatabaseUrl;
+use crate::events::Events;
+use crate::events::outbox;
 use crate::problem::ProblemCode;
 
 /// A connection to either backend; repositories take `&mut DbConnection`.
@@ -52,6 +54,8 @@ pub enum DbError {
     Migration(String),
     #[error("database task failed: {0}")]
     Task(String),
+    #[error("cannot encode or decode a stored value: {0}")]
+    Encoding(String),
 }
 
 impl From<diesel::result::Error> for DbError {
@@ -79,14 +83,16 @@ impl ProblemCode for DbError {
     fn status(&self) -> u16 {
         match self {
             DbError::Unavailable(_) => 503,
-            DbError::Query(_) | DbError::Migration(_) | DbError::Task(_) => 500,
+            DbError::Query(_) | DbError::Migration(_) | DbError::Task(_) | DbError::Encoding(_) => {
+                500
+            }
         }
     }
 
     fn code(&self) -> &'static str {
         match self {
             DbError::Unavailable(_) => crate::problem::codes::DEPENDENCY_UNAVAILABLE,
-            DbError::Query(_) | DbError::Migration(_) | DbError::Task(_) => {
+            DbError::Query(_) | DbError::Migration(_) | DbError::Task(_) | DbError::Encoding(_) => {
                 crate::problem::codes::INTERNAL_ERROR
             }
         }
@@ -119,6 +125,25 @@ impl<DB: diesel::backend::Backend> diesel::migration::MigrationSource<DB> for Em
     }
 }
 
+static CHASSIS_SQLITE: EmbeddedMigrations =
+    diesel_migrations::embed_migrations!("../migrations/chassis/sqlite");
+static CHASSIS_POSTGRES: EmbeddedMigrations =
+    diesel_migrations::embed_migrations!("../migrations/chassis/postgres");
+
+/// The event plumbing's tables (outbox, inbox, dead letters), in every module's database.
+const CHASSIS_MIGRATIONS: Migrations = Migrations {
+    sqlite: &CHASSIS_SQLITE,
+    postgres: &CHASSIS_POSTGRES,
+};
+
+/// Now, in UTC, at the microsecond precision both backends store.
+pub fn utc_now() -> chrono::NaiveDateTime {
+    use chrono::Timelike as _;
+    let now = chrono::Utc::now().naive_utc();
+    now.with_nanosecond(now.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(now)
+}
+
 /// Pool tuning.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolOptions {
@@ -148,6 +173,8 @@ struct Inner {
     /// SQLite only: one writer at a time in this process, so that writers queue here
     /// instead of failing with SQLITE_BUSY on a stale read snapshot.
     write_gate: Option<Mutex<()>>,
+    /// Rung after a transaction that wrote outbox rows commits: wakes the relay.
+    outbox_signal: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Database {
@@ -189,6 +216,7 @@ impl Database {
                 backend,
                 url: url.clone(),
                 write_gate: (backend == Backend::Sqlite).then(|| Mutex::new(())),
+                outbox_signal: Arc::new(tokio::sync::Notify::new()),
             }),
         })
     }
@@ -234,22 +262,58 @@ impl Database {
         .await
     }
 
-    /// Applies the pending migrations of one module; answers the versions applied.
+    /// Like [`Database::write`], and the events `work` pushes go to this database's outbox
+    /// in the same transaction: committed together with the change, or not at all. The
+    /// outbox relay is woken once the transaction has committed.
+    pub async fn write_with_events<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConnection, &mut Events) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + From<diesel::result::Error> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        spawn_blocking(move || {
+            let mut conn = inner.checkout()?;
+            let _writer = inner.write_turn();
+            let conn: &mut DbConnection = &mut conn;
+            let (value, appended) = conn.transaction(|conn| {
+                let mut events = Events::default();
+                let value = work(conn, &mut events)?;
+                let appended = outbox::append(conn, events)?;
+                Ok::<_, E>((value, appended))
+            })?;
+            if appended > 0 {
+                inner.outbox_signal.notify_one();
+            }
+            Ok(value)
+        })
+        .await
+    }
+
+    /// Rung when outbox rows were committed; the relay waits on it.
+    pub(crate) fn outbox_signal(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.inner.outbox_signal)
+    }
+
+    /// Applies the pending migrations of the chassis's event tables and then of one
+    /// module; answers the versions applied.
     pub async fn migrate(&self, migrations: Migrations) -> Result<Vec<String>, DbError> {
         let inner = Arc::clone(&self.inner);
         spawn_blocking(move || {
             let mut conn = inner.checkout()?;
             let _writer = inner.write_turn();
-            let applied = match &mut *conn {
-                DbConnection::Sqlite(conn) => {
-                    conn.run_pending_migrations(Embedded(migrations.sqlite))
+            let mut applied = Vec::new();
+            for set in [CHASSIS_MIGRATIONS, migrations] {
+                let versions = match &mut *conn {
+                    DbConnection::Sqlite(conn) => conn.run_pending_migrations(Embedded(set.sqlite)),
+                    DbConnection::Postgres(conn) => {
+                        conn.run_pending_migrations(Embedded(set.postgres))
+                    }
                 }
-                DbConnection::Postgres(conn) => {
-                    conn.run_pending_migrations(Embedded(migrations.postgres))
-                }
+                .map_err(|error| DbError::Migration(error.to_string()))?;
+                applied.extend(versions.iter().map(ToString::to_string));
             }
-            .map_err(|error| DbError::Migration(error.to_string()))?;
-            Ok(applied.iter().map(ToString::to_string).collect())
+            Ok(applied)
         })
         .await
     }

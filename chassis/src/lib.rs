@@ -10,6 +10,7 @@
 //!
 //! The chassis depends on no Bazaar crate; every module may depend on it.
 
+pub mod events;
 pub mod page;
 pub mod problem;
 pub mod remote;

@@ -1,0 +1,396 @@
+//! The transactional outbox: a module writes its events into its own `outbox` table in the
+//! same transaction as the change they describe (`Database::write_with_events`), and an
+//! [`OutboxRelay`] publishes committed rows, in order per key, and marks them sent.
+//!
+//! The relay wakes on commit (no polling latency on the hot path) and polls slowly as a
+//! safety net. Rows are claimed in batches under a lease, so that several instances of a
+//! module on one PostgreSQL database never publish a row at the same time, and a dead
+//! instance's rows are taken over when its lease runs out. On PostgreSQL candidates are
+//! locked with `FOR UPDATE SKIP LOCKED`; a key is claimed only together with every earlier
+//! pending row of that key, so order per key holds across instances.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::prelude::*;
+use tokio::sync::Semaphore;
+
+use super::schema::outbox;
+use super::{Envelope, EventBus};
+use crate::db::{Backend, Database, DbConnection, DbError, utc_now};
+
+/// The events a transaction raises; pushed by module code inside
+/// `Database::write_with_events`, written to the outbox before the transaction commits.
+#[derive(Debug, Default)]
+pub struct Events {
+    events: Vec<Envelope>,
+}
+
+impl Events {
+    pub fn push(&mut self, event: Envelope) {
+        self.events.push(event);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+}
+
+/// Writes `events` into the outbox on `conn`, inside the caller's transaction.
+pub(crate) fn append(conn: &mut DbConnection, events: Events) -> Result<usize, DbError> {
+    for event in &events.events {
+        let envelope =
+            serde_json::to_string(event).map_err(|error| DbError::Encoding(error.to_string()))?;
+        diesel::insert_into(outbox::table)
+            .values((
+                outbox::event_id.eq(event.id.to_string()),
+                outbox::event_type.eq(&event.event_type),
+                outbox::event_key.eq(&event.key),
+                outbox::occurred_at.eq(event.occurred_at.naive_utc()),
+                outbox::envelope.eq(envelope),
+            ))
+            .execute(conn)?;
+    }
+    Ok(events.events.len())
+}
+
+/// Tuning of a relay.
+#[derive(Debug, Clone, Copy)]
+pub struct RelaySettings {
+    /// Rows claimed and published at once.
+    pub batch_size: u32,
+    /// How long a claim is exclusive; after that another instance may take the rows over.
+    pub lease: Duration,
+    /// The safety-net poll, for commits whose wake-up was missed (another process).
+    pub poll_interval: Duration,
+    /// Batches being published at once.
+    pub max_in_flight: usize,
+    /// How long sent rows are kept before they are deleted.
+    pub retention: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 256,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            max_in_flight: 4,
+            retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// A row claimed by a relay.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub seq: i64,
+    pub envelope: String,
+}
+
+/// The backlog of one module's outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub pending: i64,
+    pub oldest: Option<DateTime<Utc>>,
+}
+
+pub async fn stats(db: &Database) -> Result<OutboxStats, DbError> {
+    db.read(|conn| {
+        let (pending, oldest): (i64, Option<NaiveDateTime>) = outbox::table
+            .filter(outbox::published_at.is_null())
+            .select((
+                diesel::dsl::count_star(),
+                diesel::dsl::min(outbox::occurred_at),
+            ))
+            .first(conn)?;
+        Ok(OutboxStats {
+            pending,
+            oldest: oldest.map(|at| at.and_utc()),
+        })
+    })
+    .await
+}
+
+/// Publishes one module's outbox.
+pub struct OutboxRelay {
+    module: String,
+    owner: String,
+    db: Database,
+    bus: Arc<dyn EventBus>,
+    settings: RelaySettings,
+}
+
+impl std::fmt::Debug for OutboxRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxRelay")
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OutboxRelay {
+    pub fn new(
+        module: &str,
+        db: Database,
+        bus: Arc<dyn EventBus>,
+        settings: RelaySettings,
+    ) -> Self {
+        Self {
+            module: module.to_owned(),
+            owner: format!("{module}-{}", uuid::Uuid::new_v4()),
+            db,
+            bus,
+            settings,
+        }
+    }
+
+    /// Runs the relay until the runtime stops.
+    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(Arc::new(self).run())
+    }
+
+    async fn run(self: Arc<Self>) {
+        if self.db.backend() == Backend::Sqlite {
+            // A SQLite database has one process; leases left by a crashed run are stale.
+            if let Err(error) = self.release_all_leases().await {
+                tracing::error!(module = %self.module, %error, "cannot reset outbox leases");
+            }
+        }
+        let signal = self.db.outbox_signal();
+        let permits = Arc::new(Semaphore::new(self.settings.max_in_flight.max(1)));
+        let mut housekeeping = Instant::now();
+        self.housekeeping().await;
+        loop {
+            if housekeeping.elapsed() >= self.settings.poll_interval {
+                housekeeping = Instant::now();
+                self.housekeeping().await;
+            }
+            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                return;
+            };
+            match self.claim().await {
+                Ok(batch) if !batch.is_empty() => {
+                    let full = batch.len() >= self.settings.batch_size as usize;
+                    let relay = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        relay.publish(batch).await;
+                        drop(permit);
+                    });
+                    if full {
+                        continue;
+                    }
+                }
+                Ok(_) => drop(permit),
+                Err(error) => {
+                    drop(permit);
+                    tracing::warn!(module = %self.module, %error, "cannot claim outbox rows");
+                }
+            }
+            tokio::select! {
+                () = signal.notified() => {}
+                () = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+        }
+    }
+
+    /// Claims up to a batch of pending rows for this relay, in order.
+    pub async fn claim(&self) -> Result<Vec<Claimed>, DbError> {
+        let owner = self.owner.clone();
+        let batch = i64::from(self.settings.batch_size);
+        let lease = chrono::Duration::from_std(self.settings.lease)
+            .unwrap_or(chrono::Duration::seconds(30));
+        self.db
+            .write(move |conn| claim(conn, &owner, batch, lease))
+            .await
+    }
+
+    /// Publishes claimed rows and marks them sent; on a bus error, gives the rows back.
+    pub async fn publish(&self, batch: Vec<Claimed>) {
+        let seqs: Vec<i64> = batch.iter().map(|row| row.seq).collect();
+        let mut events = Vec::with_capacity(batch.len());
+        for row in batch {
+            match serde_json::from_str::<Envelope>(&row.envelope) {
+                Ok(event) => events.push(event),
+                // Only the chassis writes these rows; an unreadable one is skipped, loudly,
+                // rather than blocking its key forever.
+                Err(error) => {
+                    tracing::error!(module = %self.module, seq = row.seq, %error, "unreadable outbox row skipped")
+                }
+            }
+        }
+        let count = events.len();
+        if let Err(error) = self.bus.publish(events).await {
+            tracing::warn!(module = %self.module, %error, "cannot publish; the rows stay in the outbox");
+            let owner = self.owner.clone();
+            if let Err(error) = self
+                .db
+                .write(move |conn| release(conn, &owner, &seqs))
+                .await
+            {
+                tracing::warn!(module = %self.module, %error, "cannot release outbox rows; their lease will run out");
+            }
+            tokio::time::sleep(self.settings.poll_interval).await;
+            return;
+        }
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let marked = seqs.clone();
+            match self
+                .db
+                .write(move |conn| mark_published(conn, &marked))
+                .await
+            {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(module = %self.module, %error, "cannot mark outbox rows sent; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.settings.poll_interval * 5);
+                }
+            }
+        }
+        metrics::counter!("bazaar_outbox_published_total", "module" => self.module.clone())
+            .increment(count as u64);
+        // Rows of the same keys may have waited behind this batch.
+        self.db.outbox_signal().notify_one();
+    }
+
+    async fn release_all_leases(&self) -> Result<usize, DbError> {
+        self.db
+            .write(|conn| {
+                diesel::update(outbox::table.filter(outbox::published_at.is_null()))
+                    .set((
+                        outbox::lease_owner.eq(None::<String>),
+                        outbox::lease_until.eq(None::<NaiveDateTime>),
+                    ))
+                    .execute(conn)
+                    .map_err(DbError::from)
+            })
+            .await
+    }
+
+    async fn housekeeping(&self) {
+        match stats(&self.db).await {
+            Ok(stats) => {
+                let age = stats
+                    .oldest
+                    .map(|oldest| (Utc::now() - oldest).num_milliseconds().max(0) as f64 / 1000.0)
+                    .unwrap_or(0.0);
+                metrics::gauge!("bazaar_outbox_pending", "module" => self.module.clone())
+                    .set(stats.pending as f64);
+                metrics::gauge!("bazaar_outbox_oldest_age_seconds", "module" => self.module.clone()).set(age);
+            }
+            Err(error) => {
+                tracing::warn!(module = %self.module, %error, "cannot read the outbox backlog")
+            }
+        }
+        let cutoff = utc_now()
+            - chrono::Duration::from_std(self.settings.retention)
+                .unwrap_or(chrono::Duration::days(1));
+        let purged = self
+            .db
+            .write(move |conn| {
+                diesel::delete(outbox::table.filter(outbox::published_at.lt(cutoff)))
+                    .execute(conn)
+                    .map_err(DbError::from)
+            })
+            .await;
+        if let Err(error) = purged {
+            tracing::warn!(module = %self.module, %error, "cannot purge sent outbox rows");
+        }
+    }
+}
+
+fn claim(
+    conn: &mut DbConnection,
+    owner: &str,
+    batch: i64,
+    lease: chrono::Duration,
+) -> Result<Vec<Claimed>, DbError> {
+    let now = utc_now();
+    macro_rules! candidates {
+        () => {
+            outbox::table
+                .filter(outbox::published_at.is_null())
+                .filter(
+                    outbox::lease_until
+                        .is_null()
+                        .or(outbox::lease_until.lt(now)),
+                )
+                .order(outbox::seq.asc())
+                .limit(batch)
+                .select((outbox::seq, outbox::event_key, outbox::envelope))
+        };
+    }
+    let candidates: Vec<(i64, String, String)> = match conn {
+        DbConnection::Postgres(pg) => candidates!().for_update().skip_locked().load(pg)?,
+        DbConnection::Sqlite(sqlite) => candidates!().load(sqlite)?,
+    };
+    let Some(max_seq) = candidates.last().map(|(seq, _, _)| *seq) else {
+        return Ok(Vec::new());
+    };
+    let mut held: HashMap<&str, i64> = HashMap::new();
+    for (_, key, _) in &candidates {
+        *held.entry(key.as_str()).or_default() += 1;
+    }
+    let keys: Vec<&str> = held.keys().copied().collect();
+    // Every pending row of a key up to `max_seq`, whoever holds it: a key is ours only if
+    // we hold all of them, i.e. no earlier row of it is leased, locked or in flight.
+    let pending: Vec<(String, i64)> = outbox::table
+        .filter(outbox::published_at.is_null())
+        .filter(outbox::event_key.eq_any(&keys))
+        .filter(outbox::seq.le(max_seq))
+        .group_by(outbox::event_key)
+        .select((outbox::event_key, diesel::dsl::count_star()))
+        .load(conn)?;
+    let ours: std::collections::HashSet<String> = pending
+        .into_iter()
+        .filter(|(key, count)| held.get(key.as_str()) == Some(count))
+        .map(|(key, _)| key)
+        .collect();
+    let claimed: Vec<Claimed> = candidates
+        .into_iter()
+        .filter(|(_, key, _)| ours.contains(key))
+        .map(|(seq, _, envelope)| Claimed { seq, envelope })
+        .collect();
+    let seqs: Vec<i64> = claimed.iter().map(|row| row.seq).collect();
+    diesel::update(outbox::table.filter(outbox::seq.eq_any(&seqs)))
+        .set((
+            outbox::lease_owner.eq(owner),
+            outbox::lease_until.eq(now + lease),
+        ))
+        .execute(conn)?;
+    Ok(claimed)
+}
+
+fn mark_published(conn: &mut DbConnection, seqs: &[i64]) -> Result<(), DbError> {
+    diesel::update(outbox::table.filter(outbox::seq.eq_any(seqs)))
+        .set((
+            outbox::published_at.eq(utc_now()),
+            outbox::lease_owner.eq(None::<String>),
+            outbox::lease_until.eq(None::<NaiveDateTime>),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+fn release(conn: &mut DbConnection, owner: &str, seqs: &[i64]) -> Result<(), DbError> {
+    diesel::update(
+        outbox::table
+            .filter(outbox::seq.eq_any(seqs))
+            .filter(outbox::lease_owner.eq(owner))
+            .filter(outbox::published_at.is_null()),
+    )
+    .set((
+        outbox::lease_owner.eq(None::<String>),
+        outbox::lease_until.eq(None::<NaiveDateTime>),
+    ))
+    .execute(conn)?;
+    Ok(())
+}

@@ -1,0 +1,610 @@
+//! The event backbone on SQLite and PostgreSQL: transactional outbox, relay, in-process
+//! bus, consumer runtime (order per key, retries, dead letters) and inbox.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chassis::db::{Backend, Database, DbError, Migrations};
+use chassis::events::dead_letters::DeadLetters;
+use chassis::events::outbox::{self as relay_outbox, OutboxRelay, RelaySettings};
+use chassis::events::{
+    Applied, Envelope, EventBus, EventHandler, HandlerError, InProcessBus, Inbox, RetryPolicy,
+    Subscription,
+};
+use chassis::testing::TestDatabase;
+use diesel::prelude::*;
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+
+static SQLITE: EmbeddedMigrations = embed_migrations!("tests/migrations/sqlite");
+static POSTGRES: EmbeddedMigrations = embed_migrations!("tests/migrations/postgres");
+const MIGRATIONS: Migrations = Migrations {
+    sqlite: &SQLITE,
+    postgres: &POSTGRES,
+};
+
+diesel::table! {
+    items (id) {
+        id -> Text,
+        n -> BigInt,
+    }
+}
+
+diesel::table! {
+    outbox (seq) {
+        seq -> BigInt,
+        event_id -> Text,
+        event_key -> Text,
+        published_at -> Nullable<Timestamp>,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum TestError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("refused on purpose")]
+    Refused,
+}
+
+impl From<diesel::result::Error> for TestError {
+    fn from(error: diesel::result::Error) -> Self {
+        TestError::Db(DbError::from(error))
+    }
+}
+
+const EVENT: &str = "test.happened";
+
+fn event(key: &str, n: usize) -> Envelope {
+    Envelope::new("test", EVENT, key, &serde_json::json!({ "n": n })).expect("serializes")
+}
+
+/// Commits one item and its event together.
+async fn commit_event(db: &Database, event: Envelope) {
+    db.write_with_events(move |conn, events| {
+        diesel::insert_into(items::table)
+            .values((items::id.eq(event.id.to_string()), items::n.eq(1_i64)))
+            .execute(conn)?;
+        events.push(event);
+        Ok::<_, TestError>(())
+    })
+    .await
+    .expect("commits");
+}
+
+/// Records what it is given; fails the first `fail_first` attempts of every event, and
+/// every attempt of events whose key is `poison`.
+#[derive(Default)]
+struct Recorder {
+    seen: Mutex<Vec<Envelope>>,
+    attempts: Mutex<HashMap<uuid::Uuid, usize>>,
+    fail_first: usize,
+    poison: Option<String>,
+    delivered: AtomicUsize,
+}
+
+#[async_trait]
+impl EventHandler for Recorder {
+    async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
+        let attempt = {
+            let mut attempts = self.attempts.lock().expect("lock");
+            let count = attempts.entry(event.id).or_default();
+            *count += 1;
+            *count
+        };
+        if self.poison.as_deref() == Some(event.key.as_str()) || attempt <= self.fail_first {
+            return Err(HandlerError::new(format!("attempt {attempt} refused")));
+        }
+        self.seen.lock().expect("lock").push(event.clone());
+        self.delivered.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl Recorder {
+    fn ids(&self) -> Vec<uuid::Uuid> {
+        self.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|event| event.id)
+            .collect()
+    }
+}
+
+fn quick_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 4,
+        first_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(20),
+    }
+}
+
+fn quick_relay() -> RelaySettings {
+    RelaySettings {
+        poll_interval: Duration::from_millis(100),
+        lease: Duration::from_secs(1),
+        ..RelaySettings::default()
+    }
+}
+
+async fn subscribe(
+    bus: &InProcessBus,
+    db: &Database,
+    consumer: &str,
+    handler: Arc<dyn EventHandler>,
+) {
+    bus.subscribe(Subscription {
+        consumer: consumer.into(),
+        event_types: vec![EVENT.into()],
+        handler,
+        dead_letters: Arc::new(DeadLetters::new(db.clone())),
+        retry: quick_retry(),
+    })
+    .await
+    .expect("subscribes");
+}
+
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    for _ in 0..400 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+async fn pending(db: &Database) -> i64 {
+    relay_outbox::stats(db).await.expect("stats").pending
+}
+
+async fn exactly_once_to_each_subscriber(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    let bus = Arc::new(InProcessBus::new());
+    let (first, second) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+    subscribe(&bus, &db, "first", first.clone()).await;
+    subscribe(&bus, &db, "second", second.clone()).await;
+    let relay = OutboxRelay::new("test", db.clone(), bus.clone(), quick_relay()).spawn();
+    let mut sent = Vec::new();
+    for n in 0..60 {
+        let event = event(&format!("key-{}", n % 7), n);
+        sent.push(event.id);
+        commit_event(&db, event).await;
+    }
+    eventually("both subscribers saw all 60", || {
+        first.delivered.load(Ordering::SeqCst) == 60
+            && second.delivered.load(Ordering::SeqCst) == 60
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for recorder in [&first, &second] {
+        let mut ids = recorder.ids();
+        ids.sort();
+        let mut expected = sent.clone();
+        expected.sort();
+        assert_eq!(ids, expected, "each event exactly once");
+    }
+    assert_eq!(pending(&db).await, 0, "every row marked sent");
+    relay.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_events_reach_each_subscriber_exactly_once_on_sqlite() {
+    exactly_once_to_each_subscriber(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_events_reach_each_subscriber_exactly_once_on_postgres() {
+    exactly_once_to_each_subscriber(Backend::Postgres).await;
+}
+
+async fn nothing_lost_across_a_crash(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    // The process dies after committing, before any relay ran …
+    let committed: Vec<Envelope> = (0..10).map(|n| event("k", n)).collect();
+    for event in committed.clone() {
+        commit_event(&db, event).await;
+    }
+    // … and another after claiming a batch, before publishing it.
+    let bus: Arc<InProcessBus> = Arc::new(InProcessBus::new());
+    let crashed = OutboxRelay::new("test", db.clone(), bus.clone(), quick_relay());
+    assert_eq!(crashed.claim().await.expect("claims").len(), 10);
+    drop(crashed);
+
+    // After restart: a new bus, a new relay.
+    let bus = Arc::new(InProcessBus::new());
+    let recorder = Arc::new(Recorder::default());
+    subscribe(&bus, &db, "after-restart", recorder.clone()).await;
+    let relay = OutboxRelay::new("test", db.clone(), bus.clone(), quick_relay()).spawn();
+    eventually("the events committed before the crash arrive", || {
+        recorder.delivered.load(Ordering::SeqCst) == 10
+    })
+    .await;
+    assert_eq!(
+        recorder.ids(),
+        committed.iter().map(|e| e.id).collect::<Vec<_>>(),
+        "all, in order"
+    );
+    relay.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_commit_and_publish_loses_nothing_on_sqlite() {
+    nothing_lost_across_a_crash(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_commit_and_publish_loses_nothing_on_postgres() {
+    // On PostgreSQL the crashed relay's lease (1 s here) must run out first.
+    nothing_lost_across_a_crash(Backend::Postgres).await;
+}
+
+async fn redelivery_applies_once(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    let inbox = Inbox::new(db.clone(), "counter");
+    let event = event("k", 1);
+    for expected in [Applied::Handled, Applied::Duplicate, Applied::Duplicate] {
+        let applied = inbox
+            .apply(&event, |conn, _| {
+                diesel::insert_into(items::table)
+                    .values((
+                        items::id.eq(uuid::Uuid::new_v4().to_string()),
+                        items::n.eq(1_i64),
+                    ))
+                    .execute(conn)?;
+                Ok::<_, TestError>(())
+            })
+            .await
+            .expect("applies");
+        assert_eq!(applied, expected);
+    }
+    let effects: i64 = db
+        .read(|conn| {
+            items::table
+                .count()
+                .get_result(conn)
+                .map_err(TestError::from)
+        })
+        .await
+        .expect("counts");
+    assert_eq!(effects, 1, "one effect for three deliveries");
+
+    // A failing effect records nothing: the event is still to be handled.
+    let other = crate::event("k", 2);
+    let failed = inbox
+        .apply(&other, |_, _| Err::<(), _>(TestError::Refused))
+        .await;
+    assert!(matches!(failed, Err(TestError::Refused)));
+    let applied = inbox
+        .apply(&other, |_, _| Ok::<_, TestError>(()))
+        .await
+        .expect("applies");
+    assert_eq!(applied, Applied::Handled);
+}
+
+#[tokio::test]
+async fn the_same_event_delivered_twice_applies_its_effect_once_on_sqlite() {
+    redelivery_applies_once(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn the_same_event_delivered_twice_applies_its_effect_once_on_postgres() {
+    redelivery_applies_once(Backend::Postgres).await;
+}
+
+async fn retries_then_dead_letters(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    let bus = Arc::new(InProcessBus::new());
+    let flaky = Arc::new(Recorder {
+        fail_first: 2,
+        ..Recorder::default()
+    });
+    let doomed = Arc::new(Recorder {
+        poison: Some("bad".into()),
+        ..Recorder::default()
+    });
+    subscribe(&bus, &db, "flaky", flaky.clone()).await;
+    subscribe(&bus, &db, "doomed", doomed.clone()).await;
+    let relay = OutboxRelay::new("test", db.clone(), bus.clone(), quick_relay()).spawn();
+    let poisoned = event("bad", 0);
+    commit_event(&db, poisoned.clone()).await;
+    commit_event(&db, event("good", 1)).await;
+
+    eventually("the flaky consumer applied both after retries", || {
+        flaky.delivered.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let attempts = flaky.attempts.lock().expect("lock").clone();
+    assert!(
+        attempts.values().all(|count| *count == 3),
+        "failed twice, then succeeded: {attempts:?}"
+    );
+
+    let letters = DeadLetters::new(db.clone());
+    let mut parked = Vec::new();
+    for _ in 0..200 {
+        parked = letters.list(false).await.expect("lists");
+        if !parked.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        parked.len(),
+        1,
+        "only the poison event, only for its consumer"
+    );
+    assert_eq!(parked[0].consumer, "doomed");
+    assert_eq!(parked[0].event, poisoned);
+    assert_eq!(parked[0].attempts, 4);
+    assert!(parked[0].error.contains("refused"));
+    assert!(
+        !doomed.ids().contains(&poisoned.id),
+        "nothing applied for the poison key"
+    );
+    assert_eq!(
+        doomed.delivered.load(Ordering::SeqCst),
+        1,
+        "the good key went through for the doomed consumer"
+    );
+
+    // The operator fixes the cause, then replays.
+    let fixed: Arc<dyn EventHandler> = Arc::new(Recorder::default());
+    let report = letters
+        .replay(&[("doomed".to_owned(), fixed.clone())], None)
+        .await
+        .expect("replays");
+    assert_eq!(
+        (report.replayed, report.failed_again, report.skipped),
+        (1, 0, 0)
+    );
+    assert!(
+        letters.list(false).await.expect("lists").is_empty(),
+        "nothing left to replay"
+    );
+    assert_eq!(
+        letters.list(true).await.expect("lists").len(),
+        1,
+        "kept, marked replayed"
+    );
+    relay.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_handlers_are_retried_and_poison_events_are_parked_and_replayed_on_sqlite() {
+    retries_then_dead_letters(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_handlers_are_retried_and_poison_events_are_parked_and_replayed_on_postgres() {
+    retries_then_dead_letters(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_does_not_hold_up_other_keys() {
+    let test_db = TestDatabase::sqlite();
+    let db = test_db.open(MIGRATIONS).await;
+    let bus = InProcessBus::new();
+    let recorder = Arc::new(Recorder {
+        poison: Some("bad".into()),
+        ..Recorder::default()
+    });
+    bus.subscribe(Subscription {
+        consumer: "patient".into(),
+        event_types: vec![EVENT.into()],
+        handler: recorder.clone(),
+        dead_letters: Arc::new(DeadLetters::new(db.clone())),
+        // Retries that last far longer than this test waits for the other keys.
+        retry: RetryPolicy {
+            max_attempts: 3,
+            first_delay: Duration::from_secs(3),
+            max_delay: Duration::from_secs(3),
+        },
+    })
+    .await
+    .expect("subscribes");
+    let bus = Arc::new(bus);
+    let publishing = {
+        let bus = bus.clone();
+        let mut events = vec![event("bad", 0)];
+        events.extend((1..50).map(|n| event(&format!("good-{n}"), n)));
+        tokio::spawn(async move { bus.publish(events).await })
+    };
+    eventually(
+        "the 49 other keys are handled while the poison one is retried",
+        || recorder.delivered.load(Ordering::SeqCst) == 49,
+    )
+    .await;
+    assert!(
+        !publishing.is_finished(),
+        "the batch settles only once the poison event is parked"
+    );
+    publishing.abort();
+}
+
+async fn rollback_publishes_nothing(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    let bus = Arc::new(InProcessBus::new());
+    let recorder = Arc::new(Recorder::default());
+    subscribe(&bus, &db, "watcher", recorder.clone()).await;
+    let relay = OutboxRelay::new("test", db.clone(), bus.clone(), quick_relay()).spawn();
+    let refused = db
+        .write_with_events(|conn, events| {
+            diesel::insert_into(items::table)
+                .values((items::id.eq("rolled-back"), items::n.eq(1_i64)))
+                .execute(conn)?;
+            events.push(event("k", 0));
+            Err::<(), _>(TestError::Refused)
+        })
+        .await;
+    assert!(matches!(refused, Err(TestError::Refused)));
+    assert_eq!(pending(&db).await, 0, "no outbox row");
+    let marker = event("k", 1);
+    commit_event(&db, marker.clone()).await;
+    eventually("a later event arrives", || {
+        recorder.delivered.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(recorder.ids(), vec![marker.id], "only the committed event");
+    relay.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_transaction_publishes_nothing_on_sqlite() {
+    rollback_publishes_nothing(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_transaction_publishes_nothing_on_postgres() {
+    rollback_publishes_nothing(Backend::Postgres).await;
+}
+
+/// Event ids per key in commit order, from the outbox itself.
+async fn committed_order(db: &Database) -> HashMap<String, Vec<String>> {
+    let rows: Vec<(String, String)> = db
+        .read(|conn| {
+            outbox::table
+                .order(outbox::seq.asc())
+                .select((outbox::event_key, outbox::event_id))
+                .load(conn)
+                .map_err(TestError::from)
+        })
+        .await
+        .expect("reads");
+    let mut order: HashMap<String, Vec<String>> = HashMap::new();
+    for (key, id) in rows {
+        order.entry(key).or_default().push(id);
+    }
+    order
+}
+
+fn delivered_order(recorder: &Recorder) -> HashMap<String, Vec<String>> {
+    let mut order: HashMap<String, Vec<String>> = HashMap::new();
+    for event in recorder.seen.lock().expect("lock").iter() {
+        order
+            .entry(event.key.clone())
+            .or_default()
+            .push(event.id.to_string());
+    }
+    order
+}
+
+async fn per_key_order(backend: Backend, relays: usize) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    let bus = Arc::new(InProcessBus::new());
+    let recorder = Arc::new(Recorder::default());
+    subscribe(&bus, &db, "ordered", recorder.clone()).await;
+    let small_batches = RelaySettings {
+        batch_size: 7,
+        ..quick_relay()
+    };
+    let running: Vec<_> = (0..relays)
+        .map(|_| OutboxRelay::new("test", db.clone(), bus.clone(), small_batches).spawn())
+        .collect();
+    let publishers: Vec<_> = (0..4)
+        .map(|publisher| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                for n in 0..40 {
+                    commit_event(&db, event(&format!("key-{}", (publisher + n) % 5), n)).await;
+                }
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        publisher.await.expect("published");
+    }
+    eventually("all 160 events delivered", || {
+        recorder.delivered.load(Ordering::SeqCst) >= 160
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        recorder.delivered.load(Ordering::SeqCst),
+        160,
+        "each row published once between the relays"
+    );
+    assert_eq!(
+        delivered_order(&recorder),
+        committed_order(&db).await,
+        "order per key is commit order"
+    );
+    for relay in running {
+        relay.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_key_order_holds_under_concurrent_publishers_on_sqlite() {
+    per_key_order(Backend::Sqlite, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_key_order_holds_under_concurrent_publishers_on_postgres() {
+    per_key_order(Backend::Postgres, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_relays_on_one_postgres_publish_every_row_once_in_order() {
+    per_key_order(Backend::Postgres, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_live_relay_takes_over_a_dead_relays_rows_after_the_lease() {
+    let Some(test_db) = TestDatabase::postgres() else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    for n in 0..5 {
+        commit_event(&db, event("k", n)).await;
+    }
+    let bus = Arc::new(InProcessBus::new());
+    let recorder = Arc::new(Recorder::default());
+    subscribe(&bus, &db, "survivor", recorder.clone()).await;
+    let lease = Duration::from_secs(2);
+    let settings = RelaySettings {
+        lease,
+        ..quick_relay()
+    };
+    // The dead instance claimed every row, then died without publishing.
+    let dead = OutboxRelay::new("test", db.clone(), bus.clone(), settings);
+    assert_eq!(dead.claim().await.expect("claims").len(), 5);
+    drop(dead);
+    let started = std::time::Instant::now();
+    let live = OutboxRelay::new("test", db.clone(), bus.clone(), settings).spawn();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        recorder.delivered.load(Ordering::SeqCst),
+        0,
+        "the lease still holds"
+    );
+    eventually("the live relay took the rows over", || {
+        recorder.delivered.load(Ordering::SeqCst) == 5
+    })
+    .await;
+    assert!(started.elapsed() >= lease, "not before the lease ran out");
+    assert_eq!(pending(&db).await, 0);
+    live.abort();
+}
