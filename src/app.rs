@@ -7,6 +7,8 @@ use anyhow::Context as _;
 use catalog_contract::{Catalog, HttpCatalog};
 use chassis::config::Placement;
 use chassis::db::{Backend, Database, PoolOptions};
+use chassis::events::dead_letters::DeadLetters;
+use chassis::events::{EventBus, EventHandler, InProcessBus, OutboxRelay, Subscription};
 use chassis::http::{
     Tokens, configure_extractors, problem_for_error_responses, record_request_metrics,
 };
@@ -21,6 +23,8 @@ use crate::config::{COMPILED_IN, Config};
 pub struct Composition {
     pub local: Vec<Arc<dyn LocalModule>>,
     pub entries: Vec<ModuleEntry>,
+    /// How events travel between this process's modules.
+    pub bus: Arc<dyn EventBus>,
     /// The catalog port, wherever the catalog runs; `None` when it is absent.
     pub catalog: Option<Arc<dyn Catalog>>,
     #[cfg(feature = "catalog")]
@@ -52,6 +56,7 @@ pub async fn compose(config: &Config) -> anyhow::Result<Composition> {
     let mut composition = Composition {
         local: Vec::new(),
         entries: Vec::new(),
+        bus: Arc::new(InProcessBus::new()),
         catalog: None,
         #[cfg(feature = "catalog")]
         catalog_module: None,
@@ -64,7 +69,8 @@ pub async fn compose(config: &Config) -> anyhow::Result<Composition> {
             ("catalog", Placement::Local) => {
                 let db = open_database(config, name)?;
                 probes.push(Probe::Database(db.clone()));
-                let module = catalog::CatalogModule::new(db, config.shop.currency.clone());
+                let module =
+                    catalog::CatalogModule::new(db, config.shop.currency.clone(), &config.catalog);
                 composition.catalog = Some(module.port());
                 composition.local.push(Arc::new(module.clone()));
                 composition.catalog_module = Some(module);
@@ -91,10 +97,90 @@ pub async fn compose(config: &Config) -> anyhow::Result<Composition> {
             probes,
         });
     }
+    composition.check_event_sources(config)?;
     Ok(composition)
 }
 
 impl Composition {
+    /// Every subscription of the local modules, with the retry policy of `events.*`.
+    pub fn subscriptions(&self, config: &Config) -> Vec<Subscription> {
+        self.local
+            .iter()
+            .flat_map(|module| module.subscriptions())
+            .map(|subscription| Subscription {
+                retry: config.events.retry(),
+                ..subscription
+            })
+            .collect()
+    }
+
+    /// The handlers of the local consumers, by consumer name, for dead-letter replay.
+    pub fn handlers(&self, config: &Config) -> Vec<(String, Arc<dyn EventHandler>)> {
+        self.subscriptions(config)
+            .into_iter()
+            .map(|subscription| (subscription.consumer, subscription.handler))
+            .collect()
+    }
+
+    /// The dead letters of every local module.
+    pub fn dead_letters(&self) -> Vec<(&'static str, DeadLetters)> {
+        self.local
+            .iter()
+            .map(|module| (module.name(), DeadLetters::new(module.database().clone())))
+            .collect()
+    }
+
+    /// An in-process bus carries events between local modules only: a local consumer of a
+    /// remote module's events would wait forever, so that is a start-up error.
+    fn check_event_sources(&self, config: &Config) -> anyhow::Result<()> {
+        if config.bus.kind != chassis::config::BusKind::InProcess {
+            return Ok(());
+        }
+        for subscription in self.subscriptions(config) {
+            for event_type in &subscription.event_types {
+                let source = event_type.split('.').next().unwrap_or_default();
+                let remote = self.entries.iter().any(|entry| {
+                    entry.name == source && matches!(entry.placement, Placement::Remote(_))
+                });
+                if remote {
+                    anyhow::bail!(
+                        "consumer {} needs {event_type} events from the remote module {source}, which an \
+                         in-process bus cannot carry: set bus.kind (nats or rabbitmq) and bus.url",
+                        subscription.consumer
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Subscribes the local consumers and starts one outbox relay per local module.
+    pub async fn start_events(
+        &self,
+        config: &Config,
+    ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+        for subscription in self.subscriptions(config) {
+            let consumer = subscription.consumer.clone();
+            self.bus
+                .subscribe(subscription)
+                .await
+                .with_context(|| format!("cannot subscribe consumer {consumer}"))?;
+        }
+        Ok(self
+            .local
+            .iter()
+            .map(|module| {
+                OutboxRelay::new(
+                    module.name(),
+                    module.database().clone(),
+                    Arc::clone(&self.bus),
+                    config.events.relay(),
+                )
+                .spawn()
+            })
+            .collect())
+    }
+
     /// Applies the pending migrations of every local module; answers what was applied.
     pub async fn migrate(&self) -> anyhow::Result<Vec<(&'static str, Vec<String>)>> {
         let mut applied = Vec::new();
@@ -162,6 +248,7 @@ pub async fn start(
             tracing::info!(module, ?versions, "applied migrations");
         }
     }
+    let _relays = composition.start_events(&config).await?;
     if config.auth.admin_token.is_none() {
         tracing::warn!(
             "auth.admin_token is not set: admin endpoints answer 401; set BAZAAR__AUTH__ADMIN_TOKEN or [auth] admin_token"

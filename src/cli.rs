@@ -29,6 +29,32 @@ enum Command {
     Config,
     /// Fill an empty catalog with sample products.
     Demo,
+    /// Each local module's outbox: events not yet published, and the age of the oldest.
+    Outbox,
+    /// Events that consumers could not handle: list them, or replay them.
+    DeadLetters {
+        #[command(subcommand)]
+        action: Option<DeadLetterAction>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterAction {
+    /// List dead letters not replayed yet (the default).
+    List {
+        /// Include the ones already replayed.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Hand dead letters to their consumer's handler again, once each.
+    Replay {
+        /// The dead letter to replay.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        id: Option<uuid::Uuid>,
+        /// Every dead letter not replayed yet.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// Runs the CLI; the exit code tells the shell how it went.
@@ -87,8 +113,97 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo => demo(config).await,
+        Command::Outbox => outbox(config).await,
+        Command::DeadLetters { action } => {
+            dead_letters(
+                config,
+                action.unwrap_or(DeadLetterAction::List { all: false }),
+            )
+            .await
+        }
         Command::Config => Ok(()),
     }
+}
+
+async fn outbox(config: Config) -> anyhow::Result<()> {
+    let composition = compose(&config).await?;
+    composition.migrate().await?;
+    println!("{:<16} {:>8}  oldest pending", "module", "pending");
+    for module in &composition.local {
+        let stats = chassis::events::outbox::stats(module.database()).await?;
+        let age = stats
+            .oldest
+            .map(|oldest| {
+                let age = (chrono::Utc::now() - oldest).num_seconds().max(0);
+                format!(
+                    "{age}s ago ({})",
+                    oldest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )
+            })
+            .unwrap_or_else(|| "-".into());
+        println!("{:<16} {:>8}  {age}", module.name(), stats.pending);
+    }
+    Ok(())
+}
+
+async fn dead_letters(config: Config, action: DeadLetterAction) -> anyhow::Result<()> {
+    let composition = compose(&config).await?;
+    composition.migrate().await?;
+    match action {
+        DeadLetterAction::List { all } => {
+            let mut count = 0;
+            for (module, letters) in composition.dead_letters() {
+                for letter in letters.list(all).await? {
+                    count += 1;
+                    let replayed = letter
+                        .replayed_at
+                        .map(|at| {
+                            format!(
+                                " replayed {}",
+                                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                            )
+                        })
+                        .unwrap_or_default();
+                    println!(
+                        "{}  {module}/{}  {} key={} attempts={} failed {}{replayed}\n    {}",
+                        letter.id,
+                        letter.consumer,
+                        letter.event.event_type,
+                        letter.event.key,
+                        letter.attempts,
+                        letter
+                            .failed_at
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        letter.error
+                    );
+                }
+            }
+            if count == 0 {
+                println!("no dead letters");
+            }
+        }
+        DeadLetterAction::Replay { id, all: _ } => {
+            let handlers = composition.handlers(&config);
+            let mut total = chassis::events::dead_letters::ReplayReport::default();
+            for (_, letters) in composition.dead_letters() {
+                let report = letters.replay(&handlers, id).await?;
+                total.replayed += report.replayed;
+                total.failed_again += report.failed_again;
+                total.skipped += report.skipped;
+            }
+            println!(
+                "replayed {}, failed again {}, skipped {} (no consumer for them in this process)",
+                total.replayed, total.failed_again, total.skipped
+            );
+            if total.failed_again > 0 {
+                anyhow::bail!(
+                    "{} dead letters failed again; see `bazaar dead-letters`",
+                    total.failed_again
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(feature = "catalog")]

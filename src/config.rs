@@ -1,8 +1,8 @@
 use std::path::{Path, PathBuf};
 
 use chassis::config::{
-    AuthSettings, BusKind, BusSettings, ConfigError, LogSettings, ModuleSettings, Placement,
-    ServerSettings, ShopSettings,
+    AuthSettings, BusKind, BusSettings, ConfigError, EventsSettings, LogSettings, ModuleSettings,
+    Placement, ServerSettings, ShopSettings,
 };
 use chassis::remote::RemoteSettings;
 use serde::{Deserialize, Serialize};
@@ -18,8 +18,10 @@ pub struct Config {
     pub auth: AuthSettings,
     pub log: LogSettings,
     pub bus: BusSettings,
+    pub events: EventsSettings,
     pub remote: RemoteSettings,
     pub modules: ModulesConfig,
+    pub catalog: catalog_contract::CatalogSettings,
 }
 
 /// `modules.<name>`, one section per business module.
@@ -41,8 +43,10 @@ impl Default for Config {
             auth: AuthSettings::default(),
             log: LogSettings::default(),
             bus: BusSettings::default(),
+            events: EventsSettings::default(),
             remote: RemoteSettings::default(),
             modules: ModulesConfig::default(),
+            catalog: catalog_contract::CatalogSettings::default(),
         }
     }
 }
@@ -68,6 +72,7 @@ impl Config {
         self.shop.validate()?;
         self.auth.validate()?;
         self.bus.validate()?;
+        self.events.validate()?;
         chassis::telemetry::validate(&self.log)?;
         if self.bus.kind != BusKind::InProcess {
             return Err(ConfigError::key(
@@ -81,6 +86,7 @@ impl Config {
         for (name, _) in COMPILED_IN {
             self.placement(name)?;
         }
+        self.catalog.validate().map_err(ConfigError::Invalid)?;
         if self.remote.max_concurrency == 0 {
             return Err(ConfigError::key(
                 "remote.max_concurrency",

@@ -233,6 +233,86 @@ impl BusSettings {
     }
 }
 
+/// `events`: the outbox relay and the consumers' retries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsSettings {
+    /// Outbox rows claimed and published at once.
+    pub batch_size: u32,
+    /// How long a relay's claim is exclusive (other instances take over after it).
+    #[serde(with = "humantime_serde")]
+    pub lease: std::time::Duration,
+    /// Safety-net poll of the outbox (the relay is woken on commit anyway).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: std::time::Duration,
+    /// How long sent outbox rows are kept.
+    #[serde(with = "humantime_serde")]
+    pub retention: std::time::Duration,
+    /// Attempts at handling an event, the first included, before it is parked as a dead letter.
+    pub max_attempts: u32,
+    /// First retry delay; doubles each time, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub retry_delay: std::time::Duration,
+    /// Longest retry delay.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_delay: std::time::Duration,
+}
+
+impl Default for EventsSettings {
+    fn default() -> Self {
+        let relay = crate::events::RelaySettings::default();
+        let retry = crate::events::RetryPolicy::default();
+        Self {
+            batch_size: relay.batch_size,
+            lease: relay.lease,
+            poll_interval: relay.poll_interval,
+            retention: relay.retention,
+            max_attempts: retry.max_attempts,
+            retry_delay: retry.first_delay,
+            max_retry_delay: retry.max_delay,
+        }
+    }
+}
+
+impl EventsSettings {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.batch_size == 0 {
+            return Err(ConfigError::key("events.batch_size", "must be at least 1"));
+        }
+        if self.max_attempts == 0 {
+            return Err(ConfigError::key(
+                "events.max_attempts",
+                "must be at least 1",
+            ));
+        }
+        if self.lease <= self.poll_interval {
+            return Err(ConfigError::key(
+                "events.lease",
+                "must be longer than events.poll_interval",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn relay(&self) -> crate::events::RelaySettings {
+        crate::events::RelaySettings {
+            batch_size: self.batch_size,
+            lease: self.lease,
+            poll_interval: self.poll_interval,
+            retention: self.retention,
+            ..crate::events::RelaySettings::default()
+        }
+    }
+
+    pub fn retry(&self) -> crate::events::RetryPolicy {
+        crate::events::RetryPolicy {
+            max_attempts: self.max_attempts,
+            first_delay: self.retry_delay,
+            max_delay: self.max_retry_delay,
+        }
+    }
+}
+
 /// `modules.<name>`: where a module runs and where its data lives.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -5,6 +5,7 @@
 use actix_web::web;
 
 use crate::db::{Database, Migrations};
+use crate::events::Subscription;
 
 pub trait LocalModule: Send + Sync {
     /// The module's name: `catalog`, `orders`, `billing`, `notifications`.
@@ -21,4 +22,11 @@ pub trait LocalModule: Send + Sync {
 
     /// The OpenAPI document of the module's routes.
     fn openapi(&self) -> utoipa::openapi::OpenApi;
+
+    /// The events the module reacts to, each with its handler; none by default. Consumer
+    /// names are `<module>` or `<module>.<purpose>`, and handlers record what they handled
+    /// in the module's inbox (`chassis::events::Inbox`).
+    fn subscriptions(&self) -> Vec<Subscription> {
+        Vec::new()
+    }
 }

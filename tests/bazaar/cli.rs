@@ -108,13 +108,23 @@ fn migrate_creates_every_local_modules_tables_and_demo_fills_the_catalog_once() 
         String::from_utf8_lossy(&migrate.stderr)
     );
     let applied = String::from_utf8_lossy(&migrate.stdout).into_owned();
-    assert!(applied.contains("catalog: applied chassis0001, catalog0001"), "{applied}");
+    assert!(
+        applied.contains("catalog: applied chassis0001, catalog0001"),
+        "{applied}"
+    );
     let again = bazaar(dir.path()).arg("migrate").output().expect("runs");
     assert!(String::from_utf8_lossy(&again.stdout).contains("catalog: up to date"));
 
     let path = dir.path().join("data/catalog.db");
     let mut conn = SqliteConnection::establish(path.to_str().expect("utf-8")).expect("opens");
-    for table in ["products", "reservations", "reservation_lines", "outbox", "inbox", "dead_letters"] {
+    for table in [
+        "products",
+        "reservations",
+        "reservation_lines",
+        "outbox",
+        "inbox",
+        "dead_letters",
+    ] {
         let query = format!("SELECT COUNT(*) AS n FROM {table}");
         let counted = diesel::sql_query(query).execute(&mut conn);
         assert!(counted.is_ok(), "table {table} exists: {counted:?}");
@@ -229,4 +239,57 @@ fn serve_finishes_in_flight_requests_on_sigterm_then_exits() {
         TcpStream::connect(("127.0.0.1", server.port)).is_err(),
         "no longer listening"
     );
+}
+
+fn pending_in_outbox(dir: &std::path::Path) -> String {
+    let output = bazaar(dir).arg("outbox").output().expect("runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    printed
+        .lines()
+        .find(|line| line.starts_with("catalog"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no catalog line in {printed}"))
+}
+
+#[test]
+fn events_committed_by_a_process_that_stopped_are_published_by_the_next_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // `demo` commits eight products and their catalog.product_created events, and exits
+    // without publishing them: as a crash right after commit would.
+    let demo = bazaar(dir.path()).arg("demo").output().expect("runs");
+    assert!(
+        demo.status.success(),
+        "{}",
+        String::from_utf8_lossy(&demo.stderr)
+    );
+    assert_eq!(pending_in_outbox(dir.path()), "8");
+
+    let mut server = start(dir.path());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pending_in_outbox(dir.path()) != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the relay did not publish the backlog"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let signalled = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(signalled.success());
+    let _ = server.child.wait();
+
+    let letters = bazaar(dir.path())
+        .arg("dead-letters")
+        .output()
+        .expect("runs");
+    assert!(letters.status.success());
+    assert!(String::from_utf8_lossy(&letters.stdout).contains("no dead letters"));
 }

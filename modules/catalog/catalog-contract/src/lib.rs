@@ -11,6 +11,7 @@ mod dto;
 mod error;
 mod events;
 mod port;
+mod settings;
 
 pub use client::HttpCatalog;
 pub use dto::{
@@ -22,6 +23,7 @@ pub use events::{PriceChanged, ProductCreated, StockLow, event_types};
 #[cfg(feature = "mocks")]
 pub use port::MockCatalog;
 pub use port::{Catalog, MAX_LOOKUP_IDS, MAX_RESERVATION_LINES};
+pub use settings::CatalogSettings;
 
 /// The module's name, as used in config (`modules.catalog`), events and metrics.
 pub const MODULE: &str = "catalog";

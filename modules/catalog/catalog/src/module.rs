@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use actix_web::web;
-use catalog_contract::Catalog;
+use catalog_contract::{Catalog, CatalogSettings};
 use chassis::db::{Database, Migrations};
 use chassis::module::LocalModule;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
@@ -30,8 +30,8 @@ pub struct CatalogModule {
 
 impl CatalogModule {
     /// `currency` is the shop's one currency (`shop.currency`).
-    pub fn new(db: Database, currency: impl Into<String>) -> Self {
-        let service = CatalogService::new(db.clone(), currency);
+    pub fn new(db: Database, currency: impl Into<String>, settings: &CatalogSettings) -> Self {
+        let service = CatalogService::new(db.clone(), currency, settings);
         Self { db, service }
     }
 

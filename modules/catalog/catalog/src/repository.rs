@@ -5,7 +5,7 @@
 
 use catalog_contract::{Money, Product, ReservationStatus, StockLevels, StockLine};
 use chassis::db::DbConnection;
-use chrono::{NaiveDateTime, Timelike, Utc};
+use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use uuid::Uuid;
 
@@ -13,12 +13,7 @@ use crate::schema::{products, reservation_lines, reservations};
 
 diesel::define_sql_function!(fn lower(text: diesel::sql_types::Text) -> diesel::sql_types::Text);
 
-/// Now, at the microsecond precision both backends store.
-pub(crate) fn now() -> NaiveDateTime {
-    let now = Utc::now().naive_utc();
-    now.with_nanosecond(now.nanosecond() / 1_000 * 1_000)
-        .unwrap_or(now)
-}
+pub(crate) use chassis::db::utc_now as now;
 
 #[derive(Debug, Queryable, Selectable, Insertable)]
 #[diesel(table_name = products)]

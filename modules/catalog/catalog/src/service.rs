@@ -1,8 +1,10 @@
 use async_trait::async_trait;
 use catalog_contract::{
-    Catalog, CatalogError, MAX_LOOKUP_IDS, Product, Reservation, ReservationStatus, StockLine,
+    Catalog, CatalogError, CatalogSettings, MAX_LOOKUP_IDS, PriceChanged, Product, ProductCreated,
+    Reservation, ReservationStatus, StockLine, StockLow, event_types,
 };
 use chassis::db::{Database, DbConnection, DbError, is_unique_violation};
+use chassis::events::{Envelope, Events};
 use chassis::page::{Page, PageRequest};
 use uuid::Uuid;
 
@@ -16,14 +18,29 @@ use crate::repository::{self as repo, ProductChanges, ProductRow, StoredReservat
 pub struct CatalogService {
     db: Database,
     currency: String,
+    low_stock_threshold: i64,
+}
+
+/// Adds an event about `product_id` to the transaction's outbox.
+fn raise(
+    events: &mut Events,
+    event_type: &str,
+    product_id: &str,
+    payload: &impl serde::Serialize,
+) -> Result<(), Error> {
+    let event = Envelope::new(catalog_contract::MODULE, event_type, product_id, payload)
+        .map_err(|error| Error::Database(DbError::Encoding(error.to_string())))?;
+    events.push(event);
+    Ok(())
 }
 
 impl CatalogService {
     /// `currency` is the shop's one currency (`shop.currency`).
-    pub fn new(db: Database, currency: impl Into<String>) -> Self {
+    pub fn new(db: Database, currency: impl Into<String>, settings: &CatalogSettings) -> Self {
         Self {
             db,
             currency: currency.into(),
+            low_stock_threshold: settings.low_stock_threshold,
         }
     }
 
@@ -43,14 +60,23 @@ impl CatalogService {
             updated_at: at,
         };
         self.db
-            .write(move |conn| {
+            .write_with_events(move |conn, events| {
                 match repo::insert_product(conn, &row) {
                     Err(error) if is_unique_violation(&error) => {
                         return Err(Error::SkuTaken(row.sku));
                     }
                     other => other?,
                 }
-                Ok(row.into_product())
+                let product = row.into_product();
+                raise(
+                    events,
+                    event_types::PRODUCT_CREATED,
+                    &product.id.to_string(),
+                    &ProductCreated {
+                        product: product.clone(),
+                    },
+                )?;
+                Ok(product)
             })
             .await
     }
@@ -95,32 +121,45 @@ impl CatalogService {
             updated_at: Some(repo::now()),
         };
         self.db
-            .write(move |conn| {
-                if repo::update_product(conn, id, &changes)? == 0 {
-                    return Err(Error::ProductNotFound(id));
-                }
-                repo::find_product(conn, id)?
+            .write_with_events(move |conn, events| {
+                let before = repo::find_product(conn, id)?
                     .map(ProductRow::into_product)
-                    .ok_or(Error::ProductNotFound(id))
+                    .ok_or(Error::ProductNotFound(id))?;
+                repo::update_product(conn, id, &changes)?;
+                let after = repo::find_product(conn, id)?
+                    .map(ProductRow::into_product)
+                    .ok_or(Error::ProductNotFound(id))?;
+                if after.price != before.price {
+                    let change = PriceChanged {
+                        product_id: id,
+                        sku: after.sku.clone(),
+                        old_price: before.price,
+                        new_price: after.price.clone(),
+                    };
+                    raise(events, event_types::PRICE_CHANGED, &id.to_string(), &change)?;
+                }
+                Ok(after)
             })
             .await
     }
 
     pub async fn set_stock(&self, id: Uuid, update: StockUpdate) -> Result<Product, Error> {
         update.validate()?;
+        let threshold = self.low_stock_threshold;
         self.db
-            .write(move |conn| {
+            .write_with_events(move |conn, events| {
+                let before = repo::find_product(conn, id)?.ok_or(Error::ProductNotFound(id))?;
                 if !repo::set_on_hand(conn, id, update.on_hand)? {
-                    let current =
-                        repo::find_product(conn, id)?.ok_or(Error::ProductNotFound(id))?;
                     return Err(Error::StockBelowReserved {
                         on_hand: update.on_hand,
-                        reserved: current.reserved,
+                        reserved: before.reserved,
                     });
                 }
-                repo::find_product(conn, id)?
+                let after = repo::find_product(conn, id)?
                     .map(ProductRow::into_product)
-                    .ok_or(Error::ProductNotFound(id))
+                    .ok_or(Error::ProductNotFound(id))?;
+                raise_if_low(events, threshold, before.on_hand - before.reserved, &after)?;
+                Ok(after)
             })
             .await
     }
@@ -165,8 +204,9 @@ impl CatalogService {
         order_id: Uuid,
         lines: Vec<StockLine>,
     ) -> Result<Reservation, Error> {
+        let threshold = self.low_stock_threshold;
         self.db
-            .write(move |conn| {
+            .write_with_events(move |conn, events| {
                 if let Some(stored) = repo::find_reservation(conn, order_id)? {
                     return if stored.status != ReservationStatus::Released && stored.lines == lines
                     {
@@ -188,6 +228,11 @@ impl CatalogService {
                             .into(),
                         });
                     }
+                    if let Some(after) = repo::find_product(conn, line.product_id)? {
+                        let after = after.into_product();
+                        let before = after.stock.available + i64::from(line.quantity);
+                        raise_if_low(events, threshold, before, &after)?;
+                    }
                 }
                 repo::insert_reservation_lines(conn, order_id, &lines)?;
                 Ok(reservation(
@@ -200,6 +245,27 @@ impl CatalogService {
             })
             .await
     }
+}
+
+/// Raises `catalog.stock_low` when a change takes a product's available stock from at or
+/// above the threshold to below it: once per crossing, not on every later sale.
+fn raise_if_low(
+    events: &mut Events,
+    threshold: i64,
+    available_before: i64,
+    after: &Product,
+) -> Result<(), Error> {
+    if available_before >= threshold && after.stock.available < threshold {
+        let low = StockLow {
+            product_id: after.id,
+            sku: after.sku.clone(),
+            name: after.name.clone(),
+            available: after.stock.available,
+            threshold,
+        };
+        raise(events, event_types::STOCK_LOW, &after.id.to_string(), &low)?;
+    }
+    Ok(())
 }
 
 fn reservation(order_id: Uuid, stored: StoredReservation) -> Reservation {

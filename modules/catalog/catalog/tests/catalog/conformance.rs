@@ -347,7 +347,11 @@ async fn local_catalog_reports_unavailable_when_postgres_refuses_connections() {
         .migrate(catalog::MIGRATIONS)
         .await
         .expect("migrates");
-    let module = CatalogModule::new(database, "EUR");
+    let module = CatalogModule::new(
+        database,
+        "EUR",
+        &catalog_contract::CatalogSettings::default(),
+    );
     let port: Arc<dyn Catalog> = module.port();
     db.refuse_connections();
     let outcome = port.products(&[Uuid::new_v4()]).await;

@@ -2,5 +2,6 @@
 
 mod concurrency;
 mod conformance;
+mod events;
 mod http_api;
 mod support;

@@ -29,7 +29,11 @@ pub(crate) async fn local(backend: Backend) -> Option<LocalCatalog> {
     let db = TestDatabase::new(backend)?;
     let database = db.open(MIGRATIONS).await;
     Some(LocalCatalog {
-        module: CatalogModule::new(database, "EUR"),
+        module: CatalogModule::new(
+            database,
+            "EUR",
+            &catalog_contract::CatalogSettings::default(),
+        ),
         _db: db,
     })
 }
