@@ -145,7 +145,8 @@ impl Composition {
                 if remote {
                     anyhow::bail!(
                         "consumer {} needs {event_type} events from the remote module {source}, which an \
-                         in-process bus cannot carry: set bus.kind (nats or rabbitmq) and bus.url",
+                         in-process bus cannot carry: run {source} in this process (modules.{source}.mode = \"local\"); \
+                         broker transports (bus.kind = nats or rabbitmq) are not available in this version",
                         subscription.consumer
                     );
                 }

@@ -191,6 +191,13 @@ async fn dead_letters(config: Config, action: DeadLetterAction) -> anyhow::Resul
                 total.failed_again += report.failed_again;
                 total.skipped += report.skipped;
             }
+            if let Some(id) = id
+                && total.replayed + total.failed_again + total.skipped == 0
+            {
+                anyhow::bail!(
+                    "no dead letter {id} waits for a replay (see `bazaar dead-letters list --all`)"
+                );
+            }
             println!(
                 "replayed {}, failed again {}, skipped {} (no consumer for them in this process)",
                 total.replayed, total.failed_again, total.skipped

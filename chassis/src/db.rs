@@ -207,6 +207,10 @@ impl Database {
         let pool = r2d2::Pool::builder()
             .max_size(options.max_size.max(1))
             .min_idle(Some(1))
+            // No `SELECT 1` round trip before every checkout: a broken connection is
+            // detected by `has_broken` and by the failing query itself, which the caller
+            // sees as an error and may retry.
+            .test_on_check_out(false)
             .connection_timeout(options.connection_timeout)
             .build(Manager { url: url.clone() })
             .map_err(|error| DbError::Unavailable(format!("{url}: {error}")))?;

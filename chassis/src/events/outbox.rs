@@ -17,7 +17,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use tokio::sync::Semaphore;
 
-use super::schema::outbox;
+use super::schema::{inbox, outbox};
 use super::{Envelope, EventBus};
 use crate::db::{Backend, Database, DbConnection, DbError, utc_now};
 
@@ -71,8 +71,11 @@ pub struct RelaySettings {
     pub poll_interval: Duration,
     /// Batches being published at once.
     pub max_in_flight: usize,
-    /// How long sent rows are kept before they are deleted.
+    /// How long sent rows (and the inbox's handled ids) are kept before they are deleted.
     pub retention: Duration,
+    /// How long the relay lets commits gather after a wake-up before it claims, so that a
+    /// busy module's events go out in batches rather than one claim per commit.
+    pub linger: Duration,
 }
 
 impl Default for RelaySettings {
@@ -83,6 +86,7 @@ impl Default for RelaySettings {
             poll_interval: Duration::from_secs(1),
             max_in_flight: 4,
             retention: Duration::from_secs(24 * 3600),
+            linger: Duration::from_millis(1),
         }
     }
 }
@@ -194,7 +198,7 @@ impl OutboxRelay {
                 }
             }
             tokio::select! {
-                () = signal.notified() => {}
+                () = signal.notified() => tokio::time::sleep(self.settings.linger).await,
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
             }
         }
@@ -226,7 +230,7 @@ impl OutboxRelay {
             }
         }
         let count = events.len();
-        if let Err(error) = self.bus.publish(events).await {
+        if let Err(error) = self.publish_holding_lease(events, &seqs).await {
             tracing::warn!(module = %self.module, %error, "cannot publish; the rows stay in the outbox");
             let owner = self.owner.clone();
             if let Err(error) = self
@@ -259,6 +263,41 @@ impl OutboxRelay {
             .increment(count as u64);
         // Rows of the same keys may have waited behind this batch.
         self.db.outbox_signal().notify_one();
+    }
+
+    /// Publishes while renewing the lease on the batch, so that a batch whose consumers
+    /// take long (retries before a dead letter) is never taken over by another relay.
+    async fn publish_holding_lease(
+        &self,
+        events: Vec<Envelope>,
+        seqs: &[i64],
+    ) -> Result<(), super::BusError> {
+        let publishing = self.bus.publish(events);
+        tokio::pin!(publishing);
+        let mut renew = tokio::time::interval(self.settings.lease / 3);
+        renew.tick().await;
+        loop {
+            tokio::select! {
+                outcome = &mut publishing => return outcome,
+                _ = renew.tick() => {
+                    let owner = self.owner.clone();
+                    let seqs = seqs.to_vec();
+                    let lease = chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::seconds(30));
+                    let renewed = self
+                        .db
+                        .write(move |conn| {
+                            diesel::update(outbox::table.filter(outbox::seq.eq_any(&seqs)).filter(outbox::lease_owner.eq(&owner)))
+                                .set(outbox::lease_until.eq(utc_now() + lease))
+                                .execute(conn)
+                                .map_err(DbError::from)
+                        })
+                        .await;
+                    if let Err(error) = renewed {
+                        tracing::warn!(module = %self.module, %error, "cannot renew an outbox lease");
+                    }
+                }
+            }
+        }
     }
 
     async fn release_all_leases(&self) -> Result<usize, DbError> {
@@ -297,8 +336,11 @@ impl OutboxRelay {
             .db
             .write(move |conn| {
                 diesel::delete(outbox::table.filter(outbox::published_at.lt(cutoff)))
-                    .execute(conn)
-                    .map_err(DbError::from)
+                    .execute(conn)?;
+                // Redeliveries come within a lease or two; a day-old handled id is not needed
+                // to recognise one.
+                diesel::delete(inbox::table.filter(inbox::handled_at.lt(cutoff))).execute(conn)?;
+                Ok::<_, DbError>(())
             })
             .await;
         if let Err(error) = purged {

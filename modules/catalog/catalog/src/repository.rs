@@ -135,6 +135,16 @@ pub(crate) fn update_product(
         .execute(conn)
 }
 
+/// Takes the product's row lock (a no-op update) and answers whether the product exists.
+/// Read-then-write sequences call it first, so that on PostgreSQL what they read cannot
+/// change before they write, and the events they raise follow commit order.
+pub(crate) fn lock_product(conn: &mut DbConnection, id: Uuid) -> QueryResult<bool> {
+    diesel::update(products::table.find(id.to_string()))
+        .set(products::updated_at.eq(products::updated_at))
+        .execute(conn)
+        .map(|rows| rows == 1)
+}
+
 /// Sets `on_hand` unless it would fall below what is reserved; answers whether it did.
 pub(crate) fn set_on_hand(conn: &mut DbConnection, id: Uuid, on_hand: i64) -> QueryResult<bool> {
     diesel::update(

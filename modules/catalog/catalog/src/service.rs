@@ -122,6 +122,9 @@ impl CatalogService {
         };
         self.db
             .write_with_events(move |conn, events| {
+                if !repo::lock_product(conn, id)? {
+                    return Err(Error::ProductNotFound(id));
+                }
                 let before = repo::find_product(conn, id)?
                     .map(ProductRow::into_product)
                     .ok_or(Error::ProductNotFound(id))?;
@@ -148,6 +151,9 @@ impl CatalogService {
         let threshold = self.low_stock_threshold;
         self.db
             .write_with_events(move |conn, events| {
+                if !repo::lock_product(conn, id)? {
+                    return Err(Error::ProductNotFound(id));
+                }
                 let before = repo::find_product(conn, id)?.ok_or(Error::ProductNotFound(id))?;
                 if !repo::set_on_hand(conn, id, update.on_hand)? {
                     return Err(Error::StockBelowReserved {
