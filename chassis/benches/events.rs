@@ -219,6 +219,38 @@ async fn outbox_throughput(backend: Backend, per_transaction: usize) {
     pipeline.relay.abort();
 }
 
+/// The ceiling of the end-to-end figure: how fast one event per transaction commits with
+/// no relay and no consumer running.
+async fn commit_rate(backend: Backend) {
+    const EVENTS: usize = 20_000;
+    const PRODUCERS: usize = 4;
+    let Some(scratch) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = scratch.open(MIGRATIONS).await;
+    let started = Instant::now();
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                for n in (p..EVENTS).step_by(PRODUCERS) {
+                    commit(&db, vec![event(n, 0)]).await;
+                }
+            })
+        })
+        .collect();
+    for producer in producers {
+        producer.await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "{:<44} {EVENTS:>8} commits in {:>6.2} s: {:>11.0} commits/s  (no relay running: the ceiling of 1/tx)",
+        format!("commit of one event on {}", backend.as_str()),
+        elapsed.as_secs_f64(),
+        EVENTS as f64 / elapsed.as_secs_f64()
+    );
+}
+
 async fn outbox_latency(backend: Backend, rate: u64, seconds: u64) {
     let Some(pipeline) = pipeline(backend).await else {
         return;
@@ -280,6 +312,7 @@ fn main() {
     runtime.block_on(async {
         bus_throughput().await;
         for backend in [Backend::Sqlite, Backend::Postgres] {
+            commit_rate(backend).await;
             outbox_throughput(backend, 1).await;
             outbox_throughput(backend, 10).await;
             outbox_latency(backend, 1_000, 5).await;
