@@ -7,7 +7,7 @@
 //! (readers still run in parallel thanks to WAL); on PostgreSQL writers run concurrently
 //! and correctness comes from the statements themselves (conditional updates, unique keys).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -172,7 +172,7 @@ struct Inner {
     url: DatabaseUrl,
     /// SQLite only: one writer at a time in this process, so that writers queue here
     /// instead of failing with SQLITE_BUSY on a stale read snapshot.
-    write_gate: Option<Mutex<()>>,
+    write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
     /// Rung after a transaction that wrote outbox rows commits: wakes the relay.
     outbox_signal: Arc<tokio::sync::Notify>,
 }
@@ -219,7 +219,8 @@ impl Database {
                 pool,
                 backend,
                 url: url.clone(),
-                write_gate: (backend == Backend::Sqlite).then(|| Mutex::new(())),
+                write_gate: (backend == Backend::Sqlite)
+                    .then(|| Arc::new(tokio::sync::Mutex::new(()))),
                 outbox_signal: Arc::new(tokio::sync::Notify::new()),
             }),
         })
@@ -231,6 +232,15 @@ impl Database {
 
     pub fn url(&self) -> &DatabaseUrl {
         &self.inner.url
+    }
+
+    /// SQLite: waits (as a task, not a thread) for this process's other writers, in
+    /// arrival order; PostgreSQL: no waiting.
+    async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.inner.write_gate {
+            Some(gate) => Some(Arc::clone(gate).lock_owned().await),
+            None => None,
+        }
     }
 
     /// Runs `work` with a pooled connection on a blocking thread.
@@ -257,9 +267,10 @@ impl Database {
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
+        let turn = self.write_turn().await;
         spawn_blocking(move || {
+            let _turn = turn;
             let mut conn = inner.checkout()?;
-            let _writer = inner.write_turn();
             let conn: &mut DbConnection = &mut conn;
             conn.transaction(work)
         })
@@ -276,9 +287,10 @@ impl Database {
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
+        let turn = self.write_turn().await;
         spawn_blocking(move || {
+            let _turn = turn;
             let mut conn = inner.checkout()?;
-            let _writer = inner.write_turn();
             let conn: &mut DbConnection = &mut conn;
             let (value, appended) = conn.transaction(|conn| {
                 let mut events = Events::default();
@@ -303,9 +315,10 @@ impl Database {
     /// module; answers the versions applied.
     pub async fn migrate(&self, migrations: Migrations) -> Result<Vec<String>, DbError> {
         let inner = Arc::clone(&self.inner);
+        let turn = self.write_turn().await;
         spawn_blocking(move || {
+            let _turn = turn;
             let mut conn = inner.checkout()?;
-            let _writer = inner.write_turn();
             let mut applied = Vec::new();
             for set in [CHASSIS_MIGRATIONS, migrations] {
                 let versions = match &mut *conn {
@@ -330,14 +343,6 @@ impl Database {
 }
 
 impl Inner {
-    /// SQLite: waits for this process's other writers; PostgreSQL: `None`, no waiting.
-    fn write_turn(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
-        // A writer that panicked left no state behind the lock, so poison is harmless.
-        self.write_gate
-            .as_ref()
-            .map(|gate| gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
-    }
-
     fn checkout(&self) -> Result<r2d2::PooledConnection<Manager>, DbError> {
         self.pool
             .get()
