@@ -266,15 +266,8 @@ impl Database {
         T: Send + 'static,
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        let turn = self.write_turn().await;
-        spawn_blocking(move || {
-            let _turn = turn;
-            let mut conn = inner.checkout()?;
-            let conn: &mut DbConnection = &mut conn;
-            conn.transaction(work)
-        })
-        .await
+        self.write_with_events(move |conn, _no_events| work(conn))
+            .await
     }
 
     /// Like [`Database::write`], and the events `work` pushes go to this database's outbox

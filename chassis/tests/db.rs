@@ -1,39 +1,13 @@
 //! The one database code path, on SQLite and PostgreSQL: migrations, transactions that
 //! commit or roll back, and honest errors for a database that cannot be reached.
 
+mod common;
+
 use chassis::config::DatabaseUrl;
-use chassis::db::{Backend, Database, DbConnection, DbError, Migrations, PoolOptions};
+use chassis::db::{Backend, Database, DbConnection, DbError, PoolOptions};
 use chassis::testing::TestDatabase;
+use common::{MIGRATIONS, TestError, items};
 use diesel::prelude::*;
-use diesel_migrations::{EmbeddedMigrations, embed_migrations};
-
-static SQLITE: EmbeddedMigrations = embed_migrations!("tests/migrations/sqlite");
-static POSTGRES: EmbeddedMigrations = embed_migrations!("tests/migrations/postgres");
-const MIGRATIONS: Migrations = Migrations {
-    sqlite: &SQLITE,
-    postgres: &POSTGRES,
-};
-
-diesel::table! {
-    items (id) {
-        id -> Text,
-        n -> BigInt,
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum TestError {
-    #[error(transparent)]
-    Db(#[from] DbError),
-    #[error("refused on purpose")]
-    Refused,
-}
-
-impl From<diesel::result::Error> for TestError {
-    fn from(error: diesel::result::Error) -> Self {
-        TestError::Db(DbError::from(error))
-    }
-}
 
 fn insert(conn: &mut DbConnection, id: &str) -> QueryResult<usize> {
     diesel::insert_into(items::table)

@@ -1,13 +1,15 @@
 //! The event backbone on SQLite and PostgreSQL: transactional outbox, relay, in-process
 //! bus, consumer runtime (order per key, retries, dead letters) and inbox.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chassis::db::{Backend, Database, DbError, Migrations};
+use chassis::db::{Backend, Database};
 use chassis::events::dead_letters::DeadLetters;
 use chassis::events::outbox::{self as relay_outbox, OutboxRelay, RelaySettings};
 use chassis::events::{
@@ -15,22 +17,8 @@ use chassis::events::{
     Subscription,
 };
 use chassis::testing::TestDatabase;
+use common::{MIGRATIONS, TestError, items};
 use diesel::prelude::*;
-use diesel_migrations::{EmbeddedMigrations, embed_migrations};
-
-static SQLITE: EmbeddedMigrations = embed_migrations!("tests/migrations/sqlite");
-static POSTGRES: EmbeddedMigrations = embed_migrations!("tests/migrations/postgres");
-const MIGRATIONS: Migrations = Migrations {
-    sqlite: &SQLITE,
-    postgres: &POSTGRES,
-};
-
-diesel::table! {
-    items (id) {
-        id -> Text,
-        n -> BigInt,
-    }
-}
 
 diesel::table! {
     outbox (seq) {
@@ -38,20 +26,6 @@ diesel::table! {
         event_id -> Text,
         event_key -> Text,
         published_at -> Nullable<Timestamp>,
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum TestError {
-    #[error(transparent)]
-    Db(#[from] DbError),
-    #[error("refused on purpose")]
-    Refused,
-}
-
-impl From<diesel::result::Error> for TestError {
-    fn from(error: diesel::result::Error) -> Self {
-        TestError::Db(DbError::from(error))
     }
 }
 
