@@ -309,13 +309,31 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|error| panic!("cannot start tokio: {error}"));
+    // `cargo bench … -- commit` runs only the parts whose name contains "commit", etc.
+    let only = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
+    let wanted = |part: &str| only.as_deref().is_none_or(|only| part.contains(only));
     runtime.block_on(async {
-        bus_throughput().await;
+        if wanted("bus") {
+            bus_throughput().await;
+        }
         for backend in [Backend::Sqlite, Backend::Postgres] {
-            commit_rate(backend).await;
-            outbox_throughput(backend, 1).await;
-            outbox_throughput(backend, 10).await;
-            outbox_latency(backend, 1_000, 5).await;
+            if !wanted(backend.as_str())
+                && !wanted("commit")
+                && !wanted("outbox")
+                && !wanted("latency")
+            {
+                continue;
+            }
+            if wanted("commit") || wanted(backend.as_str()) {
+                commit_rate(backend).await;
+            }
+            if wanted("outbox") || wanted(backend.as_str()) {
+                outbox_throughput(backend, 1).await;
+                outbox_throughput(backend, 10).await;
+            }
+            if wanted("latency") || wanted(backend.as_str()) {
+                outbox_latency(backend, 1_000, 5).await;
+            }
         }
     });
 }

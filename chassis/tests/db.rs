@@ -110,3 +110,42 @@ async fn an_unreachable_postgres_is_unavailable_and_never_becomes_a_sqlite_file(
         "no SQLite file named after the URL"
     );
 }
+
+async fn failed_writes_leave_concurrent_ones_committed(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    // On SQLite these land in shared batches of the one writer: each must still be its own
+    // transaction.
+    let writes: Vec<_> = (0..40)
+        .map(|n| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.write(move |conn| {
+                    insert(conn, &format!("item-{n}"))?;
+                    if n % 2 == 1 {
+                        return Err(TestError::Refused);
+                    }
+                    Ok(())
+                })
+                .await
+            })
+        })
+        .collect();
+    for (n, write) in writes.into_iter().enumerate() {
+        let outcome = write.await.expect("task ran");
+        assert_eq!(outcome.is_ok(), n % 2 == 0, "write {n}: {outcome:?}");
+    }
+    assert_eq!(count(&db).await, 20, "the even writes only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_writes_leave_concurrent_ones_committed_on_sqlite() {
+    failed_writes_leave_concurrent_ones_committed(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_writes_leave_concurrent_ones_committed_on_postgres() {
+    failed_writes_leave_concurrent_ones_committed(Backend::Postgres).await;
+}

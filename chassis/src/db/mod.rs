@@ -1,11 +1,12 @@
 //! The one database code path for SQLite (the embedded default) and PostgreSQL.
 //!
 //! A module's repository is written once against [`DbConnection`], diesel's
-//! `MultiConnection` over both backends. Connections come from an r2d2 pool and every
-//! query runs on tokio's blocking threads, never on the async executor. SQLite allows one
-//! writer at a time, so on SQLite [`Database::write`] serializes this process's writers
-//! (readers still run in parallel thanks to WAL); on PostgreSQL writers run concurrently
-//! and correctness comes from the statements themselves (conditional updates, unique keys).
+//! `MultiConnection` over both backends. No query runs on the async executor: reads (and
+//! PostgreSQL writes) take a pooled connection on tokio's blocking threads. SQLite allows
+//! one writer at a time, so on SQLite every [`Database::write`] goes to the database's one
+//! writer thread, which commits the writes waiting together (`sqlite_writer`); readers still
+//! run in parallel thanks to WAL. On PostgreSQL writers run concurrently and correctness
+//! comes from the statements themselves (conditional updates, unique keys).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,10 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::r2d2::R2D2Connection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
+
+mod sqlite_writer;
+
+use sqlite_writer::{Finish, Job, SqliteWriter};
 
 use crate::config::DatabaseUrl;
 use crate::events::Events;
@@ -170,9 +175,8 @@ struct Inner {
     pool: r2d2::Pool<Manager>,
     backend: Backend,
     url: DatabaseUrl,
-    /// SQLite only: one writer at a time in this process, so that writers queue here
-    /// instead of failing with SQLITE_BUSY on a stale read snapshot.
-    write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// SQLite only: the one thread that writes, with group commit.
+    sqlite_writer: Option<SqliteWriter>,
     /// Rung after a transaction that wrote outbox rows commits: wakes the relay.
     outbox_signal: Arc<tokio::sync::Notify>,
 }
@@ -214,13 +218,16 @@ impl Database {
             .connection_timeout(options.connection_timeout)
             .build(Manager { url: url.clone() })
             .map_err(|error| DbError::Unavailable(format!("{url}: {error}")))?;
+        let sqlite_writer = match backend {
+            Backend::Sqlite => Some(SqliteWriter::start(Manager { url: url.clone() })?),
+            Backend::Postgres => None,
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
                 backend,
                 url: url.clone(),
-                write_gate: (backend == Backend::Sqlite)
-                    .then(|| Arc::new(tokio::sync::Mutex::new(()))),
+                sqlite_writer,
                 outbox_signal: Arc::new(tokio::sync::Notify::new()),
             }),
         })
@@ -232,15 +239,6 @@ impl Database {
 
     pub fn url(&self) -> &DatabaseUrl {
         &self.inner.url
-    }
-
-    /// SQLite: waits (as a task, not a thread) for this process's other writers, in
-    /// arrival order; PostgreSQL: no waiting.
-    async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        match &self.inner.write_gate {
-            Some(gate) => Some(Arc::clone(gate).lock_owned().await),
-            None => None,
-        }
     }
 
     /// Runs `work` with a pooled connection on a blocking thread.
@@ -279,24 +277,46 @@ impl Database {
         T: Send + 'static,
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        let turn = self.write_turn().await;
-        spawn_blocking(move || {
-            let _turn = turn;
-            let mut conn = inner.checkout()?;
-            let conn: &mut DbConnection = &mut conn;
-            let (value, appended) = conn.transaction(|conn| {
+        let signal = Arc::clone(&self.inner.outbox_signal);
+        let in_transaction = move |conn: &mut DbConnection| {
+            conn.transaction(|conn| {
                 let mut events = Events::default();
                 let value = work(conn, &mut events)?;
                 let appended = outbox::append(conn, events)?;
                 Ok::<_, E>((value, appended))
-            })?;
-            if appended > 0 {
-                inner.outbox_signal.notify_one();
+            })
+        };
+        let (value, appended) = match &self.inner.sqlite_writer {
+            Some(writer) => {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let job = Job::Batched(Box::new(move |conn: &mut DbConnection| {
+                    let result = in_transaction(conn);
+                    let finish: Finish = Box::new(move |committed: Result<(), DbError>| {
+                        let _caller_gone = reply.send(match committed {
+                            Ok(()) => result,
+                            Err(error) => Err(E::from(error)),
+                        });
+                    });
+                    finish
+                }));
+                writer.submit(job)?;
+                answer.await.map_err(|_| {
+                    E::from(DbError::Task("the SQLite writer dropped a write".into()))
+                })??
             }
-            Ok(value)
-        })
-        .await
+            None => {
+                let inner = Arc::clone(&self.inner);
+                spawn_blocking(move || {
+                    let mut conn = inner.checkout()?;
+                    in_transaction(&mut conn)
+                })
+                .await?
+            }
+        };
+        if appended > 0 {
+            signal.notify_one();
+        }
+        Ok(value)
     }
 
     /// Rung when outbox rows were committed; the relay waits on it.
@@ -307,14 +327,10 @@ impl Database {
     /// Applies the pending migrations of the chassis's event tables and then of one
     /// module; answers the versions applied.
     pub async fn migrate(&self, migrations: Migrations) -> Result<Vec<String>, DbError> {
-        let inner = Arc::clone(&self.inner);
-        let turn = self.write_turn().await;
-        spawn_blocking(move || {
-            let _turn = turn;
-            let mut conn = inner.checkout()?;
+        let apply = move |conn: &mut DbConnection| -> Result<Vec<String>, DbError> {
             let mut applied = Vec::new();
             for set in [CHASSIS_MIGRATIONS, migrations] {
-                let versions = match &mut *conn {
+                let versions = match conn {
                     DbConnection::Sqlite(conn) => conn.run_pending_migrations(Embedded(set.sqlite)),
                     DbConnection::Postgres(conn) => {
                         conn.run_pending_migrations(Embedded(set.postgres))
@@ -324,8 +340,22 @@ impl Database {
                 applied.extend(versions.iter().map(ToString::to_string));
             }
             Ok(applied)
-        })
-        .await
+        };
+        match &self.inner.sqlite_writer {
+            Some(writer) => {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                writer.submit(Job::Exclusive(Box::new(move |conn: &mut DbConnection| {
+                    let _caller_gone = reply.send(apply(conn));
+                })))?;
+                answer
+                    .await
+                    .map_err(|_| DbError::Task("migrations did not finish".into()))?
+            }
+            None => {
+                let inner = Arc::clone(&self.inner);
+                spawn_blocking(move || apply(&mut *inner.checkout()?)).await
+            }
+        }
     }
 
     /// Whether the database answers, for `/health/ready`.

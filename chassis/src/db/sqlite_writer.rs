@@ -1,0 +1,131 @@
+//! SQLite's one writer, with group commit.
+//!
+//! SQLite lets one connection write at a time, and on this kind of machine the price of a
+//! small write transaction is mostly the thread hand-offs around it, not SQLite. So every
+//! write of a SQLite database goes to one thread that owns one connection: it takes all
+//! the writes waiting at that moment, runs each in its own savepoint inside one
+//! transaction, commits once, and only then answers each caller. A write that fails rolls
+//! back to its savepoint and leaves the others untouched; a failed commit fails them all.
+//! Callers see exactly the semantics of one transaction each, answered after commit.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc;
+
+use diesel::Connection;
+
+use super::{DbConnection, DbError, Manager};
+
+/// Most writes committed together.
+const MAX_BATCH: usize = 512;
+
+/// What a write reports once the batch it ran in has committed or failed.
+pub(super) type Finish = Box<dyn FnOnce(Result<(), DbError>) + Send>;
+
+pub(super) enum Job {
+    /// Runs inside the batch's transaction, in a savepoint of its own.
+    Batched(Box<dyn FnOnce(&mut DbConnection) -> Finish + Send>),
+    /// Runs alone, outside any transaction (migrations).
+    Exclusive(Box<dyn FnOnce(&mut DbConnection) + Send>),
+}
+
+pub(super) struct SqliteWriter {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl SqliteWriter {
+    pub(super) fn start(manager: Manager) -> Result<Self, DbError> {
+        let conn = r2d2::ManageConnection::connect(&manager)
+            .map_err(|error| DbError::Unavailable(format!("{}: {error}", manager.url)))?;
+        let (jobs, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run(manager, conn, queue))
+            .map_err(|error| DbError::Task(format!("cannot start the SQLite writer: {error}")))?;
+        Ok(Self { jobs })
+    }
+
+    pub(super) fn submit(&self, job: Job) -> Result<(), DbError> {
+        self.jobs
+            .send(job)
+            .map_err(|_| DbError::Task("the SQLite writer has stopped".into()))
+    }
+}
+
+/// Ends when every `Database` handle is gone (the channel closes).
+fn run(manager: Manager, mut conn: DbConnection, queue: mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Exclusive(work) => {
+                    commit_batch(&mut conn, std::mem::take(&mut batch));
+                    if catch_unwind(AssertUnwindSafe(|| work(&mut conn))).is_err() {
+                        conn = reconnect(&manager, conn);
+                    }
+                }
+                Job::Batched(work) => batch.push(work),
+            }
+            if batch.len() < MAX_BATCH {
+                next = queue.try_recv().ok();
+            }
+        }
+        if !commit_batch(&mut conn, batch) {
+            conn = reconnect(&manager, conn);
+        }
+    }
+}
+
+/// Runs and commits one batch; answers whether the connection is still sound.
+fn commit_batch(
+    conn: &mut DbConnection,
+    batch: Vec<Box<dyn FnOnce(&mut DbConnection) -> Finish + Send>>,
+) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    let mut finishers = Vec::with_capacity(batch.len());
+    let mut panicked = false;
+    let outcome = conn.transaction(|conn| {
+        for work in batch {
+            match catch_unwind(AssertUnwindSafe(|| work(conn))) {
+                Ok(finish) => finishers.push(finish),
+                Err(_) => {
+                    // The panicking write's savepoint may still be open: give the whole
+                    // batch up rather than commit a half-known state.
+                    panicked = true;
+                    return Err(diesel::result::Error::RollbackTransaction);
+                }
+            }
+        }
+        Ok(())
+    });
+    let outcome = match (outcome, panicked) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), true) => Err(DbError::Task(
+            "a write in the same batch panicked; retry".into(),
+        )),
+        (Err(error), false) => Err(DbError::from(error)),
+    };
+    for finish in finishers {
+        finish(match &outcome {
+            Ok(()) => Ok(()),
+            Err(DbError::Unavailable(reason)) => Err(DbError::Unavailable(reason.clone())),
+            Err(error) => Err(DbError::Task(format!("the batch did not commit: {error}"))),
+        });
+    }
+    !panicked
+}
+
+fn reconnect(manager: &Manager, old: DbConnection) -> DbConnection {
+    drop(old);
+    loop {
+        match r2d2::ManageConnection::connect(manager) {
+            Ok(conn) => return conn,
+            Err(error) => {
+                tracing::error!(url = %manager.url, %error, "cannot reopen the SQLite writer connection");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    }
+}
