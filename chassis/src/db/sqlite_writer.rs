@@ -21,9 +21,11 @@ const MAX_BATCH: usize = 512;
 /// What a write reports once the batch it ran in has committed or failed.
 pub(super) type Finish = Box<dyn FnOnce(Result<(), DbError>) + Send>;
 
+/// A write run inside a batch's transaction, in a savepoint of its own.
+pub(super) type BatchedWrite = Box<dyn FnOnce(&mut DbConnection) -> Finish + Send>;
+
 pub(super) enum Job {
-    /// Runs inside the batch's transaction, in a savepoint of its own.
-    Batched(Box<dyn FnOnce(&mut DbConnection) -> Finish + Send>),
+    Batched(BatchedWrite),
     /// Runs alone, outside any transaction (migrations).
     Exclusive(Box<dyn FnOnce(&mut DbConnection) + Send>),
 }
@@ -77,10 +79,7 @@ fn run(manager: Manager, mut conn: DbConnection, queue: mpsc::Receiver<Job>) {
 }
 
 /// Runs and commits one batch; answers whether the connection is still sound.
-fn commit_batch(
-    conn: &mut DbConnection,
-    batch: Vec<Box<dyn FnOnce(&mut DbConnection) -> Finish + Send>>,
-) -> bool {
+fn commit_batch(conn: &mut DbConnection, batch: Vec<BatchedWrite>) -> bool {
     if batch.is_empty() {
         return true;
     }
