@@ -2,7 +2,7 @@
 //! rules.
 //!
 //! Without features it holds what a module's *contract* crate may use — RFC 9457 problem
-//! documents ([`problem`]), list pages ([`page`]), secrets ([`secret`]) and the resilient
+//! documents ([`problem`]), list pages ([`page`]), [`money`], secrets ([`secret`]) and the resilient
 //! remote-client base ([`remote`]) — and nothing that pulls in diesel or actix. The
 //! `server` feature adds what implementation crates and the binary need: layered config
 //! ([`config`]), the one database code path for SQLite and PostgreSQL ([`db`]), the actix
@@ -11,6 +11,7 @@
 //! The chassis depends on no Bazaar crate; every module may depend on it.
 
 pub mod events;
+pub mod money;
 pub mod page;
 pub mod problem;
 pub mod remote;

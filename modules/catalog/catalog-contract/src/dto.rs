@@ -3,15 +3,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// An amount of money in integer minor units (cents), in the shop's one currency.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Money {
-    /// Minor units, e.g. 1999 for 19.99.
-    pub amount: i64,
-    /// ISO 4217 code; must be the shop's currency.
-    #[schema(example = "EUR")]
-    pub currency: String,
-}
+pub use chassis::money::Money;
 
 /// A product's stock: `available = on_hand - reserved`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

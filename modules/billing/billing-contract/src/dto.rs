@@ -1,0 +1,65 @@
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::Money;
+
+/// Where an order's payment stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentStatus {
+    /// The money was taken.
+    Captured,
+    /// The payment provider refused the payment.
+    Declined,
+    /// The money was given back.
+    Refunded,
+}
+
+impl PaymentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentStatus::Captured => "captured",
+            PaymentStatus::Declined => "declined",
+            PaymentStatus::Refunded => "refunded",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "captured" => Some(PaymentStatus::Captured),
+            "declined" => Some(PaymentStatus::Declined),
+            "refunded" => Some(PaymentStatus::Refunded),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PaymentStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An order's payment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Payment {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub amount: Money,
+    pub status: PaymentStatus,
+    /// The payment provider's reference, when it answered.
+    pub provider_ref: Option<String>,
+    pub refunded_amount: Money,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Body of `POST /internal/billing/charges`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ChargeRequest {
+    pub order_id: Uuid,
+    pub amount: Money,
+    /// The payment method's token, as the payment provider issued it.
+    pub token: String,
+}

@@ -1,0 +1,32 @@
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::dto::{ChargeRequest, Payment};
+use crate::error::BillingError;
+
+/// Billing as other modules see it: take an order's money, give it back.
+///
+/// Every method MUST return [`BillingError::Unavailable`] when billing, or the payment
+/// provider behind it, cannot be reached or does not answer in time — callers MUST treat
+/// that as "try again later". Both methods are idempotent per order id: calling again
+/// after a success (or after a lost answer) MUST NOT move money twice and MUST answer the
+/// same payment.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait Billing: Send + Sync {
+    /// Charges an order once.
+    ///
+    /// Answers the payment: `captured` (an invoice is issued with it) or `declined` (the
+    /// provider refused; charging again answers the same declined payment). MUST return
+    /// [`BillingError::InvalidRequest`] for an amount below 1, another currency than the
+    /// shop's, or an empty token; and [`BillingError::ChargeConflict`] when the order was
+    /// charged before with another amount.
+    async fn charge(&self, request: ChargeRequest) -> Result<Payment, BillingError>;
+
+    /// Gives a captured order's money back in full.
+    ///
+    /// A captured payment becomes `refunded`; a refunded one answers as is. MUST return
+    /// [`BillingError::PaymentNotFound`] for an order never charged and
+    /// [`BillingError::NotRefundable`] for a declined one.
+    async fn refund(&self, order_id: Uuid) -> Result<Payment, BillingError>;
+}

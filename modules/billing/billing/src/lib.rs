@@ -1,0 +1,1 @@
+//! The billing module: payments, refunds and invoices (work in progress).
