@@ -29,4 +29,10 @@ pub trait LocalModule: Send + Sync {
     fn subscriptions(&self) -> Vec<Subscription> {
         Vec::new()
     }
+
+    /// Starts the module's background work (a recovery worker, say) on the current
+    /// runtime; none by default. Called once by `bazaar serve`, after migrations.
+    fn spawn_workers(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        Vec::new()
+    }
 }

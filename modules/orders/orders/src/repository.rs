@@ -1,0 +1,295 @@
+//! The orders module's queries, written once for both backends against `DbConnection`.
+
+use chassis::db::{DbConnection, utc_now};
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use orders_contract::{Money, Order, OrderLine, OrderStatus, RejectionReason};
+use uuid::Uuid;
+
+use crate::domain::Step;
+use crate::schema::{idempotency_keys, order_lines, orders};
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = orders)]
+pub(crate) struct OrderRow {
+    pub(crate) id: String,
+    pub(crate) status: String,
+    pub(crate) customer_email: String,
+    pub(crate) total_amount: i64,
+    pub(crate) currency: String,
+    pub(crate) rejection_reason: Option<String>,
+    pub(crate) payment_token: Option<String>,
+    pub(crate) saga_step: Option<String>,
+    pub(crate) saga_attempts: i64,
+    pub(crate) saga_next_at: Option<NaiveDateTime>,
+    pub(crate) saga_deadline: NaiveDateTime,
+    pub(crate) saga_owner: Option<String>,
+    pub(crate) saga_lease_until: Option<NaiveDateTime>,
+    pub(crate) saga_error: Option<String>,
+    pub(crate) created_at: NaiveDateTime,
+    pub(crate) updated_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = order_lines)]
+pub(crate) struct LineRow {
+    pub(crate) order_id: String,
+    pub(crate) position: i64,
+    pub(crate) product_id: String,
+    pub(crate) sku: String,
+    pub(crate) name: String,
+    pub(crate) quantity: i64,
+    pub(crate) unit_price: i64,
+    pub(crate) line_total: i64,
+}
+
+impl OrderRow {
+    pub(crate) fn order_id(&self) -> Uuid {
+        // Ids are written by this module only, always as UUIDs.
+        Uuid::parse_str(&self.id).unwrap_or_default()
+    }
+
+    pub(crate) fn status(&self) -> OrderStatus {
+        OrderStatus::parse(&self.status).unwrap_or(OrderStatus::Pending)
+    }
+
+    pub(crate) fn step(&self) -> Option<Step> {
+        self.saga_step.as_deref().and_then(Step::parse)
+    }
+
+    pub(crate) fn total(&self) -> Money {
+        Money::new(self.total_amount, self.currency.clone())
+    }
+
+    pub(crate) fn into_order(self, lines: Vec<LineRow>) -> Order {
+        let currency = self.currency.clone();
+        let status = self.status();
+        Order {
+            id: self.order_id(),
+            status,
+            lines: lines
+                .into_iter()
+                .map(|line| OrderLine {
+                    product_id: Uuid::parse_str(&line.product_id).unwrap_or_default(),
+                    sku: line.sku,
+                    name: line.name,
+                    quantity: u32::try_from(line.quantity).unwrap_or(u32::MAX),
+                    unit_price: Money::new(line.unit_price, currency.clone()),
+                    line_total: Money::new(line.line_total, currency.clone()),
+                })
+                .collect(),
+            total: Money::new(self.total_amount, self.currency),
+            customer_email: self.customer_email,
+            // The reason is decided when compensation starts, but only told once rejected.
+            rejection_reason: match status {
+                OrderStatus::Rejected => self.rejection_reason.as_deref().and_then(RejectionReason::parse),
+                _ => None,
+            },
+            created_at: self.created_at.and_utc(),
+            updated_at: self.updated_at.and_utc(),
+        }
+    }
+}
+
+pub(crate) fn insert_order(conn: &mut DbConnection, order: &OrderRow, lines: &[LineRow]) -> QueryResult<()> {
+    diesel::insert_into(orders::table).values(order).execute(conn)?;
+    // One statement per line: batch inserts are not in the common SQL of both backends.
+    for line in lines {
+        diesel::insert_into(order_lines::table).values(line).execute(conn)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn insert_idempotency_key(conn: &mut DbConnection, key: &str, hash: &str, order_id: Uuid) -> QueryResult<()> {
+    diesel::insert_into(idempotency_keys::table)
+        .values((
+            idempotency_keys::idempotency_key.eq(key),
+            idempotency_keys::request_hash.eq(hash),
+            idempotency_keys::order_id.eq(order_id.to_string()),
+            idempotency_keys::created_at.eq(utc_now()),
+        ))
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// The order and request fingerprint stored under an idempotency key.
+pub(crate) fn find_idempotency_key(conn: &mut DbConnection, key: &str) -> QueryResult<Option<(Uuid, String)>> {
+    let found: Option<(String, String)> = idempotency_keys::table
+        .find(key)
+        .select((idempotency_keys::order_id, idempotency_keys::request_hash))
+        .first(conn)
+        .optional()?;
+    Ok(found.map(|(order_id, hash)| (Uuid::parse_str(&order_id).unwrap_or_default(), hash)))
+}
+
+pub(crate) fn find_row(conn: &mut DbConnection, id: Uuid) -> QueryResult<Option<OrderRow>> {
+    orders::table
+        .find(id.to_string())
+        .select(OrderRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub(crate) fn lines_of(conn: &mut DbConnection, ids: &[String]) -> QueryResult<Vec<LineRow>> {
+    order_lines::table
+        .filter(order_lines::order_id.eq_any(ids))
+        .order((order_lines::order_id.asc(), order_lines::position.asc()))
+        .select(LineRow::as_select())
+        .load(conn)
+}
+
+pub(crate) fn find_order(conn: &mut DbConnection, id: Uuid) -> QueryResult<Option<Order>> {
+    let Some(row) = find_row(conn, id)? else { return Ok(None) };
+    let lines = lines_of(conn, std::slice::from_ref(&row.id))?;
+    Ok(Some(row.into_order(lines)))
+}
+
+/// A customer's orders, newest first (ids are UUIDv7), before `before` when given.
+pub(crate) fn list_by_customer(
+    conn: &mut DbConnection,
+    customer_email: &str,
+    before: Option<&str>,
+    limit: i64,
+) -> QueryResult<Vec<Order>> {
+    let mut query = orders::table
+        .filter(orders::customer_email.eq(customer_email))
+        .order(orders::id.desc())
+        .limit(limit)
+        .select(OrderRow::as_select())
+        .into_boxed();
+    if let Some(before) = before {
+        query = query.filter(orders::id.lt(before.to_owned()));
+    }
+    let rows: Vec<OrderRow> = query.load(conn)?;
+    let ids: Vec<String> = rows.iter().map(|row| row.id.clone()).collect();
+    let mut lines = lines_of(conn, &ids)?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let (mine, rest): (Vec<LineRow>, Vec<LineRow>) = lines.drain(..).partition(|line| line.order_id == row.id);
+            lines = rest;
+            row.into_order(mine)
+        })
+        .collect())
+}
+
+/// Takes the saga of `id` for `owner` until `lease_until`, unless another owner's lease
+/// still runs or no saga work remains; answers whether it did.
+pub(crate) fn claim_saga(conn: &mut DbConnection, id: Uuid, owner: &str, lease_until: NaiveDateTime) -> QueryResult<bool> {
+    let now = utc_now();
+    diesel::update(
+        orders::table
+            .find(id.to_string())
+            .filter(orders::saga_step.is_not_null())
+            .filter(
+                orders::saga_lease_until
+                    .is_null()
+                    .or(orders::saga_lease_until.lt(now))
+                    .or(orders::saga_owner.eq(owner)),
+            ),
+    )
+    .set((orders::saga_owner.eq(owner), orders::saga_lease_until.eq(lease_until)))
+    .execute(conn)
+    .map(|rows| rows == 1)
+}
+
+/// Records the next step (and the rejection reason compensation will end with), renewing
+/// the lease; answers false if `owner` no longer holds the saga.
+pub(crate) fn set_step(
+    conn: &mut DbConnection,
+    id: Uuid,
+    owner: &str,
+    step: Step,
+    reason: Option<RejectionReason>,
+    lease_until: NaiveDateTime,
+) -> QueryResult<bool> {
+    let mut changes = diesel::update(orders::table.find(id.to_string()).filter(orders::saga_owner.eq(owner)))
+        .set((
+            orders::saga_step.eq(step.as_str()),
+            orders::saga_attempts.eq(0_i64),
+            orders::saga_next_at.eq(None::<NaiveDateTime>),
+            orders::saga_error.eq(None::<String>),
+            orders::saga_lease_until.eq(lease_until),
+            orders::updated_at.eq(utc_now()),
+        ))
+        .execute(conn)?;
+    if changes == 1 {
+        if let Some(reason) = reason {
+            changes = diesel::update(orders::table.find(id.to_string()))
+                .set(orders::rejection_reason.eq(reason.as_str()))
+                .execute(conn)?;
+        }
+    }
+    Ok(changes == 1)
+}
+
+/// Records a failed attempt: when to try again, and why; gives the lease up.
+pub(crate) fn postpone(conn: &mut DbConnection, id: Uuid, owner: &str, next_at: NaiveDateTime, error: &str) -> QueryResult<()> {
+    diesel::update(orders::table.find(id.to_string()).filter(orders::saga_owner.eq(owner)))
+        .set((
+            orders::saga_attempts.eq(orders::saga_attempts + 1),
+            orders::saga_next_at.eq(next_at),
+            orders::saga_error.eq(error),
+            orders::saga_owner.eq(None::<String>),
+            orders::saga_lease_until.eq(None::<NaiveDateTime>),
+        ))
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// Ends the saga with the order's new status; answers false if `owner` no longer holds it.
+pub(crate) fn finish(conn: &mut DbConnection, id: Uuid, owner: &str, status: OrderStatus) -> QueryResult<bool> {
+    diesel::update(orders::table.find(id.to_string()).filter(orders::saga_owner.eq(owner)))
+        .set((
+            orders::status.eq(status.as_str()),
+            orders::saga_step.eq(None::<String>),
+            orders::saga_next_at.eq(None::<NaiveDateTime>),
+            orders::saga_owner.eq(None::<String>),
+            orders::saga_lease_until.eq(None::<NaiveDateTime>),
+            orders::saga_error.eq(None::<String>),
+            orders::payment_token.eq(None::<String>),
+            orders::updated_at.eq(utc_now()),
+        ))
+        .execute(conn)
+        .map(|rows| rows == 1)
+}
+
+/// Starts the cancellation of a confirmed order that has no saga work left.
+pub(crate) fn start_cancellation(conn: &mut DbConnection, id: Uuid, owner: &str, lease_until: NaiveDateTime) -> QueryResult<bool> {
+    diesel::update(
+        orders::table
+            .find(id.to_string())
+            .filter(orders::status.eq(OrderStatus::Confirmed.as_str()))
+            .filter(orders::saga_step.is_null()),
+    )
+    .set((
+        orders::saga_step.eq(Step::CancelRefund.as_str()),
+        orders::saga_attempts.eq(0_i64),
+        orders::saga_owner.eq(owner),
+        orders::saga_lease_until.eq(lease_until),
+        orders::updated_at.eq(utc_now()),
+    ))
+    .execute(conn)
+    .map(|rows| rows == 1)
+}
+
+/// Sagas the recovery worker may resume now: due, and not held by a live lease.
+pub(crate) fn due_sagas(conn: &mut DbConnection, limit: i64) -> QueryResult<Vec<Uuid>> {
+    let now = utc_now();
+    let ids: Vec<String> = orders::table
+        .filter(orders::saga_step.is_not_null())
+        .filter(orders::saga_next_at.is_null().or(orders::saga_next_at.le(now)))
+        .filter(orders::saga_lease_until.is_null().or(orders::saga_lease_until.lt(now)))
+        .order(orders::saga_next_at.asc())
+        .limit(limit)
+        .select(orders::id)
+        .load(conn)?;
+    Ok(ids.iter().filter_map(|id| Uuid::parse_str(id).ok()).collect())
+}
+
+/// Gives up every saga lease: for a SQLite database, which only this process writes.
+pub(crate) fn release_all_leases(conn: &mut DbConnection) -> QueryResult<usize> {
+    diesel::update(orders::table.filter(orders::saga_owner.is_not_null()))
+        .set((orders::saga_owner.eq(None::<String>), orders::saga_lease_until.eq(None::<NaiveDateTime>)))
+        .execute(conn)
+}

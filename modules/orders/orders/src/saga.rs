@@ -1,0 +1,272 @@
+//! The order saga (spec §4) as a persisted state machine.
+//!
+//! The step to attempt is recorded before it is attempted, and every call it makes to the
+//! catalog or billing is idempotent per order id, so any process can resume any saga at
+//! its recorded step after a crash. One process at a time runs a saga: it holds a lease on
+//! the order row. A step whose peer is unreachable is postponed with backoff; past
+//! `orders.saga_deadline` a forward step turns to compensation (refund, release) and the
+//! order ends `rejected` / `dependency_unavailable`. Compensation never gives up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use billing_contract::{Billing, BillingError, ChargeRequest, PaymentStatus};
+use catalog_contract::{Catalog, CatalogError, ReservationStatus, StockLine};
+use chassis::db::{Database, utc_now};
+use chassis::events::Envelope;
+use chrono::NaiveDateTime;
+use orders_contract::{
+    OrderCancelled, OrderConfirmed, OrderRejected, OrderStatus, OrdersSettings, RejectionReason, event_types,
+};
+use uuid::Uuid;
+
+use crate::domain::Step;
+use crate::error::Error;
+use crate::repository::{self as repo, LineRow, OrderRow};
+
+/// What an attempted step leads to.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Record this step (and the reason compensation will end with) and go on.
+    Next(Step, Option<RejectionReason>),
+    /// End the saga with this status (and this rejection reason, if rejected).
+    Finish(OrderStatus, Option<RejectionReason>),
+    /// A peer could not be reached: try the same step again later.
+    RetryLater(String),
+}
+
+/// Runs order sagas for one process.
+pub(crate) struct Saga {
+    db: Database,
+    catalog: Arc<dyn Catalog>,
+    billing: Arc<dyn Billing>,
+    settings: OrdersSettings,
+    owner: String,
+}
+
+impl std::fmt::Debug for Saga {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Saga").field("owner", &self.owner).finish_non_exhaustive()
+    }
+}
+
+impl Saga {
+    pub(crate) fn new(db: Database, catalog: Arc<dyn Catalog>, billing: Arc<dyn Billing>, settings: OrdersSettings) -> Self {
+        Self {
+            db,
+            catalog,
+            billing,
+            settings,
+            owner: format!("orders-{}", Uuid::new_v4()),
+        }
+    }
+
+    pub(crate) fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    pub(crate) fn lease_until(&self) -> NaiveDateTime {
+        utc_now() + chrono::Duration::from_std(self.settings.saga_lease).unwrap_or(chrono::Duration::seconds(30))
+    }
+
+    pub(crate) fn deadline(&self) -> NaiveDateTime {
+        utc_now() + chrono::Duration::from_std(self.settings.saga_deadline).unwrap_or(chrono::Duration::minutes(5))
+    }
+
+    /// Runs the saga of `id` until it ends or has to wait for a peer. Does nothing if
+    /// another process holds the saga or no saga work remains.
+    pub(crate) async fn run(&self, id: Uuid) -> Result<(), Error> {
+        let owner = self.owner.clone();
+        let lease_until = self.lease_until();
+        let claimed = self
+            .db
+            .write(move |conn| repo::claim_saga(conn, id, &owner, lease_until).map_err(Error::from))
+            .await?;
+        if !claimed {
+            return Ok(());
+        }
+        loop {
+            let (row, lines) = self
+                .db
+                .read(move |conn| {
+                    let row = repo::find_row(conn, id)?.ok_or(Error::OrderNotFound(id))?;
+                    let lines = repo::lines_of(conn, std::slice::from_ref(&row.id))?;
+                    Ok::<_, Error>((row, lines))
+                })
+                .await?;
+            let Some(step) = row.step() else { return Ok(()) };
+            let outcome = match step.compensation_after_deadline() {
+                Some(compensation) if utc_now() > row.saga_deadline => {
+                    tracing::warn!(order_id = %id, step = step.as_str(), "saga past its deadline: compensating");
+                    Outcome::Next(compensation, Some(RejectionReason::DependencyUnavailable))
+                }
+                _ => self.attempt(step, &row, &lines).await,
+            };
+            match outcome {
+                Outcome::Next(next, reason) => {
+                    if !self.record_step(id, next, reason).await? {
+                        return Ok(());
+                    }
+                }
+                Outcome::Finish(status, reason) => {
+                    self.finish(id, status, reason).await?;
+                    return Ok(());
+                }
+                Outcome::RetryLater(error) => {
+                    self.postpone(id, row.saga_attempts, error).await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn attempt(&self, step: Step, row: &OrderRow, lines: &[LineRow]) -> Outcome {
+        let id = row.order_id();
+        match step {
+            Step::Reserve => {
+                let lines: Vec<StockLine> = lines
+                    .iter()
+                    .map(|line| StockLine {
+                        product_id: Uuid::parse_str(&line.product_id).unwrap_or_default(),
+                        quantity: u32::try_from(line.quantity).unwrap_or(u32::MAX),
+                    })
+                    .collect();
+                match self.catalog.reserve(id, &lines).await {
+                    Ok(_) => Outcome::Next(Step::Charge, None),
+                    // All or nothing: nothing is held, nothing to compensate.
+                    Err(CatalogError::OutOfStock { .. } | CatalogError::ProductNotFound(_)) => {
+                        Outcome::Finish(OrderStatus::Rejected, Some(RejectionReason::OutOfStock))
+                    }
+                    Err(CatalogError::ReservationConflict { status: ReservationStatus::Released, .. }) => {
+                        Outcome::Finish(OrderStatus::Rejected, Some(RejectionReason::DependencyUnavailable))
+                    }
+                    Err(error) => Outcome::RetryLater(error.to_string()),
+                }
+            }
+            Step::Charge => {
+                let request = ChargeRequest {
+                    order_id: id,
+                    amount: row.total(),
+                    token: row.payment_token.clone().unwrap_or_default(),
+                };
+                match self.billing.charge(request).await {
+                    Ok(payment) if payment.status == PaymentStatus::Captured => Outcome::Next(Step::Commit, None),
+                    Ok(payment) if payment.status == PaymentStatus::Declined => {
+                        Outcome::Next(Step::Release, Some(RejectionReason::PaymentDeclined))
+                    }
+                    // Refunded already: an earlier compensation ran; finish it.
+                    Ok(_) => Outcome::Next(Step::Release, Some(RejectionReason::DependencyUnavailable)),
+                    Err(error @ (BillingError::Unavailable(_) | BillingError::Internal(_))) => {
+                        Outcome::RetryLater(error.to_string())
+                    }
+                    // The charge itself is refused: the payment is declined.
+                    Err(_) => Outcome::Next(Step::Release, Some(RejectionReason::PaymentDeclined)),
+                }
+            }
+            Step::Commit => match self.catalog.commit(id).await {
+                Ok(_) => Outcome::Finish(OrderStatus::Confirmed, None),
+                Err(error) => Outcome::RetryLater(error.to_string()),
+            },
+            Step::Refund => match self.billing.refund(id).await {
+                Ok(_) | Err(BillingError::PaymentNotFound(_) | BillingError::NotRefundable { .. }) => {
+                    Outcome::Next(Step::Release, None)
+                }
+                Err(error) => Outcome::RetryLater(error.to_string()),
+            },
+            Step::Release => match self.catalog.release(id).await {
+                Ok(_) | Err(CatalogError::ReservationConflict { status: ReservationStatus::Restocked, .. }) => {
+                    Outcome::Finish(OrderStatus::Rejected, None)
+                }
+                // The commit went through after all (its answer was lost before the
+                // deadline): the stock was sold, so it goes back on hand.
+                Err(CatalogError::ReservationConflict { status: ReservationStatus::Committed, .. }) => {
+                    match self.catalog.restock(id).await {
+                        Ok(_) => Outcome::Finish(OrderStatus::Rejected, None),
+                        Err(error) => Outcome::RetryLater(error.to_string()),
+                    }
+                }
+                Err(error) => Outcome::RetryLater(error.to_string()),
+            },
+            Step::CancelRefund => match self.billing.refund(id).await {
+                Ok(_) | Err(BillingError::PaymentNotFound(_) | BillingError::NotRefundable { .. }) => {
+                    Outcome::Next(Step::CancelRestock, None)
+                }
+                Err(error) => Outcome::RetryLater(error.to_string()),
+            },
+            Step::CancelRestock => match self.catalog.restock(id).await {
+                Ok(_) => Outcome::Finish(OrderStatus::Cancelled, None),
+                Err(error) => Outcome::RetryLater(error.to_string()),
+            },
+        }
+    }
+
+    async fn record_step(&self, id: Uuid, step: Step, reason: Option<RejectionReason>) -> Result<bool, Error> {
+        let owner = self.owner.clone();
+        let lease_until = self.lease_until();
+        self.db
+            .write(move |conn| repo::set_step(conn, id, &owner, step, reason, lease_until).map_err(Error::from))
+            .await
+    }
+
+    async fn postpone(&self, id: Uuid, attempts: i64, error: String) -> Result<(), Error> {
+        let owner = self.owner.clone();
+        let next_at = utc_now() + backoff(attempts);
+        tracing::info!(order_id = %id, attempts = attempts + 1, %error, "saga step postponed");
+        self.db
+            .write(move |conn| repo::postpone(conn, id, &owner, next_at, &error).map_err(Error::from))
+            .await
+    }
+
+    /// Ends the saga and raises the order's event, in one transaction.
+    async fn finish(&self, id: Uuid, status: OrderStatus, reason: Option<RejectionReason>) -> Result<(), Error> {
+        let owner = self.owner.clone();
+        let finished = self
+            .db
+            .write_with_events(move |conn, events| {
+                if let Some(reason) = reason {
+                    let lease_until = utc_now() + chrono::Duration::seconds(1);
+                    repo::set_step(conn, id, &owner, Step::Release, Some(reason), lease_until)?;
+                }
+                if !repo::finish(conn, id, &owner, status)? {
+                    return Ok(false);
+                }
+                let order = repo::find_order(conn, id)?.ok_or(Error::OrderNotFound(id))?;
+                let event = match status {
+                    OrderStatus::Confirmed => Envelope::new(orders_contract::MODULE, event_types::ORDER_CONFIRMED, id, &OrderConfirmed { order }),
+                    OrderStatus::Rejected => Envelope::new(orders_contract::MODULE, event_types::ORDER_REJECTED, id, &OrderRejected { order }),
+                    OrderStatus::Cancelled => Envelope::new(orders_contract::MODULE, event_types::ORDER_CANCELLED, id, &OrderCancelled { order }),
+                    OrderStatus::Pending => return Ok(true),
+                }
+                .map_err(|error| Error::Database(chassis::db::DbError::Encoding(error.to_string())))?;
+                events.push(event);
+                Ok::<_, Error>(true)
+            })
+            .await?;
+        if finished {
+            metrics::counter!("bazaar_saga_outcomes_total", "outcome" => status.as_str()).increment(1);
+        }
+        Ok(())
+    }
+}
+
+/// 200 ms doubling per attempt up to 10 s, with up to a quarter of jitter.
+fn backoff(attempts: i64) -> chrono::Duration {
+    let exponent = u32::try_from(attempts.clamp(0, 16)).unwrap_or(16);
+    let base = Duration::from_millis(200).saturating_mul(2_u32.saturating_pow(exponent));
+    let capped = base.min(Duration::from_secs(10));
+    let jitter = u64::from(chrono::Utc::now().timestamp_subsec_nanos()) % (capped.as_millis() as u64 / 4 + 1);
+    chrono::Duration::from_std(capped + Duration::from_millis(jitter)).unwrap_or(chrono::Duration::seconds(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(0) >= chrono::Duration::milliseconds(200));
+        assert!(backoff(0) <= chrono::Duration::milliseconds(250));
+        assert!(backoff(3) >= chrono::Duration::milliseconds(1600));
+        assert!(backoff(40) <= chrono::Duration::milliseconds(12_500));
+    }
+}

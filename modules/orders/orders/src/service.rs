@@ -1,0 +1,264 @@
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use billing_contract::Billing;
+use catalog_contract::{Catalog, CatalogError};
+use chassis::db::{Backend, Database, is_unique_violation, utc_now};
+use chassis::page::{Page, PageRequest};
+use futures::StreamExt;
+use orders_contract::{Order, OrderStatus, Orders, OrdersError, OrdersSettings};
+use uuid::Uuid;
+
+use crate::domain::{PlaceOrder, Step, validate_idempotency_key};
+use crate::error::Error;
+use crate::repository::{self as repo, LineRow, OrderRow};
+use crate::saga::Saga;
+
+/// Sagas the recovery worker resumes at once.
+const RECOVERY_CONCURRENCY: usize = 16;
+
+/// The orders module's behaviour: placing, reading and cancelling orders, and the
+/// [`Orders`] port other modules call.
+#[derive(Clone)]
+pub struct OrdersService {
+    db: Database,
+    catalog: Arc<dyn Catalog>,
+    currency: String,
+    settings: OrdersSettings,
+    saga: Arc<Saga>,
+}
+
+impl std::fmt::Debug for OrdersService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrdersService").field("db", &self.db).finish_non_exhaustive()
+    }
+}
+
+impl OrdersService {
+    /// `catalog` and `billing` are the ports of those modules, local or remote.
+    pub fn new(
+        db: Database,
+        currency: impl Into<String>,
+        settings: OrdersSettings,
+        catalog: Arc<dyn Catalog>,
+        billing: Arc<dyn Billing>,
+    ) -> Self {
+        let saga = Arc::new(Saga::new(db.clone(), Arc::clone(&catalog), billing, settings.clone()));
+        Self {
+            db,
+            catalog,
+            currency: currency.into(),
+            settings,
+            saga,
+        }
+    }
+
+    /// Places an order (spec §4): validates it, snapshots the products' prices, stores it
+    /// as `pending` and runs the saga, answering when the saga has ended or after
+    /// `orders.sync_wait`, whichever comes first.
+    pub async fn place(&self, request: PlaceOrder, idempotency_key: Option<String>) -> Result<Order, Error> {
+        request.validate()?;
+        let fingerprint = request.fingerprint();
+        if let Some(key) = &idempotency_key {
+            validate_idempotency_key(key)?;
+            if let Some(order) = self.replay(key, &fingerprint).await? {
+                return Ok(order);
+            }
+        }
+        let ids: Vec<Uuid> = request.lines.iter().map(|line| line.product_id).collect();
+        let products = self.catalog.products(&ids).await.map_err(|error| match error {
+            CatalogError::ProductNotFound(id) => Error::UnknownProduct(id),
+            CatalogError::InvalidRequest(message) => Error::Validation(message),
+            other => Error::Unavailable(format!("the catalog cannot be reached: {other}")),
+        })?;
+
+        let id = Uuid::now_v7();
+        let key = id.to_string();
+        let mut total: i64 = 0;
+        let mut lines = Vec::with_capacity(products.len());
+        for (position, (line, product)) in request.lines.iter().zip(products).enumerate() {
+            if product.price.currency != self.currency {
+                return Err(Error::Validation(format!(
+                    "lines[{position}].product_id: priced in {}, not in the shop's {}",
+                    product.price.currency, self.currency
+                )));
+            }
+            let line_total = product
+                .price
+                .amount
+                .checked_mul(i64::from(line.quantity))
+                .ok_or_else(|| Error::Validation(format!("lines[{position}].quantity: the line total is too large")))?;
+            total = total
+                .checked_add(line_total)
+                .ok_or_else(|| Error::Validation("lines: the order total is too large".into()))?;
+            lines.push(LineRow {
+                order_id: key.clone(),
+                position: position as i64,
+                product_id: product.id.to_string(),
+                sku: product.sku,
+                name: product.name,
+                quantity: i64::from(line.quantity),
+                unit_price: product.price.amount,
+                line_total,
+            });
+        }
+        let now = utc_now();
+        let row = OrderRow {
+            id: key,
+            status: OrderStatus::Pending.as_str().into(),
+            customer_email: request.customer_email.clone(),
+            total_amount: total,
+            currency: self.currency.clone(),
+            rejection_reason: None,
+            payment_token: Some(request.payment.token.clone()),
+            saga_step: Some(Step::Reserve.as_str().into()),
+            saga_attempts: 0,
+            saga_next_at: None,
+            saga_deadline: self.saga.deadline(),
+            saga_owner: Some(self.saga.owner().to_owned()),
+            saga_lease_until: Some(self.saga.lease_until()),
+            saga_error: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let stored_key = idempotency_key.clone();
+        let stored = self
+            .db
+            .write(move |conn| {
+                repo::insert_order(conn, &row, &lines)?;
+                if let Some(key) = &stored_key {
+                    repo::insert_idempotency_key(conn, key, &fingerprint, id)?;
+                }
+                Ok::<_, Error>(())
+            })
+            .await;
+        match (stored, &idempotency_key) {
+            (Ok(()), _) => {}
+            // The same key was stored by a concurrent request first.
+            (Err(Error::Database(chassis::db::DbError::Query(error))), Some(key)) if is_unique_violation(&error) => {
+                return self
+                    .replay(key, &request.fingerprint())
+                    .await?
+                    .ok_or_else(|| Error::Unavailable("the order of this key is not readable yet; retry".into()));
+            }
+            (Err(error), _) => return Err(error),
+        }
+        metrics::counter!("bazaar_orders_placed_total").increment(1);
+        let saga = Arc::clone(&self.saga);
+        let running = tokio::spawn(async move {
+            if let Err(error) = saga.run(id).await {
+                tracing::warn!(order_id = %id, %error, "saga stopped; the recovery worker resumes it");
+            }
+        });
+        // The saga goes on after the answer if it takes longer than `sync_wait`.
+        let _still_running = tokio::time::timeout(self.settings.sync_wait, running).await;
+        self.order(id).await
+    }
+
+    /// The order stored under `key`, if the key was used for this same request.
+    async fn replay(&self, key: &str, fingerprint: &str) -> Result<Option<Order>, Error> {
+        let key = key.to_owned();
+        let found = self
+            .db
+            .read(move |conn| repo::find_idempotency_key(conn, &key).map_err(Error::from))
+            .await?;
+        match found {
+            None => Ok(None),
+            Some((order_id, stored)) if stored == fingerprint => self.order(order_id).await.map(Some),
+            Some(_) => Err(Error::IdempotencyKeyReused),
+        }
+    }
+
+    pub async fn order(&self, id: Uuid) -> Result<Order, Error> {
+        self.db
+            .read(move |conn| repo::find_order(conn, id)?.ok_or(Error::OrderNotFound(id)))
+            .await
+    }
+
+    /// A customer's orders, newest first.
+    pub async fn list(&self, customer_email: String, page: PageRequest) -> Result<Page<Order>, Error> {
+        self.db
+            .read(move |conn| {
+                let orders = repo::list_by_customer(conn, &customer_email, page.after.as_deref(), i64::from(page.limit) + 1)?;
+                Ok(Page::from_rows(orders, page.limit, |order| order.id.to_string()))
+            })
+            .await
+    }
+
+    /// Cancels a confirmed order: refund, then restock. Cancelling a cancelled order
+    /// answers it as is; any other status is `order_not_cancellable`.
+    pub async fn cancel(&self, id: Uuid) -> Result<Order, Error> {
+        let order = self.order(id).await?;
+        match order.status {
+            OrderStatus::Cancelled => return Ok(order),
+            OrderStatus::Confirmed => {}
+            status => return Err(Error::NotCancellable { order_id: id, status: status.as_str() }),
+        }
+        let owner = self.saga.owner().to_owned();
+        let lease_until = self.saga.lease_until();
+        self.db
+            .write(move |conn| repo::start_cancellation(conn, id, &owner, lease_until).map_err(Error::from))
+            .await?;
+        self.saga.run(id).await?;
+        let order = self.order(id).await?;
+        if order.status == OrderStatus::Cancelled {
+            Ok(order)
+        } else {
+            Err(Error::Unavailable(
+                "the cancellation has started and will finish once billing and the catalog answer".into(),
+            ))
+        }
+    }
+
+    /// One pass of the recovery worker: resumes every saga that is due and not held by a
+    /// live process; answers how many it looked at.
+    pub async fn recover_due(&self) -> Result<usize, Error> {
+        let due = self
+            .db
+            .read(|conn| repo::due_sagas(conn, 200).map_err(Error::from))
+            .await?;
+        let count = due.len();
+        futures::stream::iter(due)
+            .for_each_concurrent(RECOVERY_CONCURRENCY, |id| {
+                let saga = Arc::clone(&self.saga);
+                async move {
+                    if let Err(error) = saga.run(id).await {
+                        tracing::warn!(order_id = %id, %error, "cannot resume saga");
+                    }
+                }
+            })
+            .await;
+        Ok(count)
+    }
+
+    /// Runs the recovery worker: at start (after a crash every pending saga is resumed) and
+    /// every `orders.recovery_interval`.
+    pub fn spawn_recovery(&self) -> tokio::task::JoinHandle<()> {
+        let service = self.clone();
+        tokio::spawn(async move {
+            if service.db.backend() == Backend::Sqlite {
+                // One process owns a SQLite file: leases left by a crashed run are stale.
+                let reset = service
+                    .db
+                    .write(|conn| repo::release_all_leases(conn).map_err(Error::from))
+                    .await;
+                if let Err(error) = reset {
+                    tracing::error!(%error, "cannot reset saga leases");
+                }
+            }
+            loop {
+                if let Err(error) = service.recover_due().await {
+                    tracing::warn!(%error, "saga recovery pass failed");
+                }
+                tokio::time::sleep(service.settings.recovery_interval).await;
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl Orders for OrdersService {
+    async fn order(&self, id: Uuid) -> Result<Order, OrdersError> {
+        OrdersService::order(self, id).await.map_err(OrdersError::from)
+    }
+}
