@@ -16,7 +16,11 @@ pub struct HttpOrders {
 
 impl HttpOrders {
     /// `base_url` is the orders process's root, e.g. `http://orders:8080/`.
-    pub fn new(base_url: Url, service_token: Option<Secret>, settings: RemoteSettings) -> Result<Self, OrdersError> {
+    pub fn new(
+        base_url: Url,
+        service_token: Option<Secret>,
+        settings: RemoteSettings,
+    ) -> Result<Self, OrdersError> {
         RemoteClient::new(crate::MODULE, base_url, service_token, settings)
             .map(|remote| Self { remote })
             .map_err(OrdersError::from)
@@ -31,6 +35,9 @@ impl HttpOrders {
 #[async_trait]
 impl Orders for HttpOrders {
     async fn order(&self, id: Uuid) -> Result<Order, OrdersError> {
-        Ok(self.remote.get(&format!("/internal/orders/{id}"), &[]).await?)
+        Ok(self
+            .remote
+            .get(&format!("/internal/orders/{id}"), &[])
+            .await?)
     }
 }

@@ -72,6 +72,9 @@ mod tests {
     #[test]
     fn not_found_survives_the_trip_through_a_problem_document() {
         let error = OrdersError::OrderNotFound(Uuid::new_v4());
-        assert_eq!(OrdersError::from_problem(Problem::from(error.clone())), error);
+        assert_eq!(
+            OrdersError::from_problem(Problem::from(error.clone())),
+            error
+        );
     }
 }

@@ -43,7 +43,9 @@ impl PlaceOrder {
     pub(crate) fn validate(&self) -> Result<(), Error> {
         validate_email(&self.customer_email)?;
         if self.lines.is_empty() || self.lines.len() > MAX_LINES {
-            return Err(Error::Validation(format!("lines: must have 1 to {MAX_LINES} lines")));
+            return Err(Error::Validation(format!(
+                "lines: must have 1 to {MAX_LINES} lines"
+            )));
         }
         let mut seen = HashSet::with_capacity(self.lines.len());
         for (index, line) in self.lines.iter().enumerate() {
@@ -60,7 +62,9 @@ impl PlaceOrder {
             }
         }
         if self.payment.token.trim().is_empty() || self.payment.token.chars().count() > 200 {
-            return Err(Error::Validation("payment.token: must be 1 to 200 characters".into()));
+            return Err(Error::Validation(
+                "payment.token: must be 1 to 200 characters".into(),
+            ));
         }
         Ok(())
     }
@@ -75,7 +79,9 @@ impl PlaceOrder {
 }
 
 fn validate_email(email: &str) -> Result<(), Error> {
-    let invalid = || Error::Validation("customer_email: must be an e-mail address like ada@example.com".into());
+    let invalid = || {
+        Error::Validation("customer_email: must be an e-mail address like ada@example.com".into())
+    };
     if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid());
     }
@@ -165,13 +171,23 @@ mod tests {
     fn order() -> PlaceOrder {
         PlaceOrder {
             customer_email: "ada@example.com".into(),
-            lines: vec![PlaceOrderLine { product_id: Uuid::new_v4(), quantity: 1 }],
-            payment: PaymentMethod { token: "tok_visa".into() },
+            lines: vec![PlaceOrderLine {
+                product_id: Uuid::new_v4(),
+                quantity: 1,
+            }],
+            payment: PaymentMethod {
+                token: "tok_visa".into(),
+            },
         }
     }
 
     fn field_of(error: Error) -> String {
-        error.to_string().split(':').next().unwrap_or_default().to_owned()
+        error
+            .to_string()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     #[test]
@@ -183,30 +199,89 @@ mod tests {
     fn each_rule_names_its_field() {
         let product = Uuid::new_v4();
         let cases: Vec<(PlaceOrder, &str)> = vec![
-            (PlaceOrder { customer_email: "nobody".into(), ..order() }, "customer_email"),
-            (PlaceOrder { customer_email: "a@b".into(), ..order() }, "customer_email"),
-            (PlaceOrder { customer_email: "a b@example.com".into(), ..order() }, "customer_email"),
-            (PlaceOrder { lines: vec![], ..order() }, "lines"),
             (
                 PlaceOrder {
-                    lines: (0..101).map(|_| PlaceOrderLine { product_id: Uuid::new_v4(), quantity: 1 }).collect(),
+                    customer_email: "nobody".into(),
+                    ..order()
+                },
+                "customer_email",
+            ),
+            (
+                PlaceOrder {
+                    customer_email: "a@b".into(),
+                    ..order()
+                },
+                "customer_email",
+            ),
+            (
+                PlaceOrder {
+                    customer_email: "a b@example.com".into(),
+                    ..order()
+                },
+                "customer_email",
+            ),
+            (
+                PlaceOrder {
+                    lines: vec![],
                     ..order()
                 },
                 "lines",
             ),
-            (PlaceOrder { lines: vec![PlaceOrderLine { product_id: product, quantity: 0 }], ..order() }, "lines[0].quantity"),
-            (PlaceOrder { lines: vec![PlaceOrderLine { product_id: product, quantity: 1001 }], ..order() }, "lines[0].quantity"),
+            (
+                PlaceOrder {
+                    lines: (0..101)
+                        .map(|_| PlaceOrderLine {
+                            product_id: Uuid::new_v4(),
+                            quantity: 1,
+                        })
+                        .collect(),
+                    ..order()
+                },
+                "lines",
+            ),
+            (
+                PlaceOrder {
+                    lines: vec![PlaceOrderLine {
+                        product_id: product,
+                        quantity: 0,
+                    }],
+                    ..order()
+                },
+                "lines[0].quantity",
+            ),
+            (
+                PlaceOrder {
+                    lines: vec![PlaceOrderLine {
+                        product_id: product,
+                        quantity: 1001,
+                    }],
+                    ..order()
+                },
+                "lines[0].quantity",
+            ),
             (
                 PlaceOrder {
                     lines: vec![
-                        PlaceOrderLine { product_id: product, quantity: 1 },
-                        PlaceOrderLine { product_id: product, quantity: 2 },
+                        PlaceOrderLine {
+                            product_id: product,
+                            quantity: 1,
+                        },
+                        PlaceOrderLine {
+                            product_id: product,
+                            quantity: 2,
+                        },
                     ],
                     ..order()
                 },
                 "lines[1].product_id",
             ),
-            (PlaceOrder { payment: PaymentMethod { token: " ".into() }, ..order() }, "payment.token"),
+            (
+                PlaceOrder {
+                    payment: PaymentMethod { token: " ".into() },
+                    ..order()
+                },
+                "payment.token",
+            ),
         ];
         for (input, field) in cases {
             assert_eq!(field_of(input.validate().expect_err("refused")), field);
@@ -216,7 +291,12 @@ mod tests {
     #[test]
     fn limits_are_inclusive() {
         let many = PlaceOrder {
-            lines: (0..100).map(|_| PlaceOrderLine { product_id: Uuid::new_v4(), quantity: 1000 }).collect(),
+            lines: (0..100)
+                .map(|_| PlaceOrderLine {
+                    product_id: Uuid::new_v4(),
+                    quantity: 1000,
+                })
+                .collect(),
             ..order()
         };
         assert!(many.validate().is_ok());
@@ -226,18 +306,38 @@ mod tests {
     fn the_fingerprint_tells_requests_apart() {
         let first = order();
         assert_eq!(first.fingerprint(), first.clone().fingerprint());
-        let other = PlaceOrder { customer_email: "bob@example.com".into(), ..first.clone() };
+        let other = PlaceOrder {
+            customer_email: "bob@example.com".into(),
+            ..first.clone()
+        };
         assert_ne!(first.fingerprint(), other.fingerprint());
     }
 
     #[test]
     fn steps_round_trip_and_forward_steps_compensate_after_the_deadline() {
-        for step in [Step::Reserve, Step::Charge, Step::Commit, Step::Refund, Step::Release, Step::CancelRefund, Step::CancelRestock] {
+        for step in [
+            Step::Reserve,
+            Step::Charge,
+            Step::Commit,
+            Step::Refund,
+            Step::Release,
+            Step::CancelRefund,
+            Step::CancelRestock,
+        ] {
             assert_eq!(Step::parse(step.as_str()), Some(step));
         }
-        assert_eq!(Step::Reserve.compensation_after_deadline(), Some(Step::Release));
-        assert_eq!(Step::Charge.compensation_after_deadline(), Some(Step::Refund));
-        assert_eq!(Step::Commit.compensation_after_deadline(), Some(Step::Refund));
+        assert_eq!(
+            Step::Reserve.compensation_after_deadline(),
+            Some(Step::Release)
+        );
+        assert_eq!(
+            Step::Charge.compensation_after_deadline(),
+            Some(Step::Refund)
+        );
+        assert_eq!(
+            Step::Commit.compensation_after_deadline(),
+            Some(Step::Refund)
+        );
         assert_eq!(Step::Release.compensation_after_deadline(), None);
         assert_eq!(Step::CancelRefund.compensation_after_deadline(), None);
     }

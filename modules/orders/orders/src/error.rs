@@ -17,7 +17,10 @@ pub enum Error {
     #[error("order {0} not found")]
     OrderNotFound(Uuid),
     #[error("order {order_id} is {status}: only a confirmed order can be cancelled")]
-    NotCancellable { order_id: Uuid, status: &'static str },
+    NotCancellable {
+        order_id: Uuid,
+        status: &'static str,
+    },
     /// A peer module (catalog, billing) cannot be reached.
     #[error("{0}")]
     Unavailable(String),

@@ -40,7 +40,8 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, service: OrdersService) {
 /// An id that is not a UUID names no order: 404, like any unknown id.
 fn order_id(raw: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(raw).map_err(|_| {
-        Problem::new(404, "order_not_found", format!("order {raw} not found")).with_extension("order_id", raw)
+        Problem::new(404, "order_not_found", format!("order {raw} not found"))
+            .with_extension("order_id", raw)
     })
 }
 
@@ -55,7 +56,11 @@ fn order_id(raw: &str) -> Result<Uuid, Problem> {
         (status = 201, body = Order),
         (status = 422, description = "validation_failed, unknown_product, idempotency_key_reused", body = Problem),
         (status = 503, description = "dependency_unavailable: the catalog cannot be reached; no order was created", body = Problem)))]
-async fn place_order(request: HttpRequest, service: web::Data<OrdersService>, body: Json<PlaceOrder>) -> ApiResult {
+async fn place_order(
+    request: HttpRequest,
+    service: web::Data<OrdersService>,
+    body: Json<PlaceOrder>,
+) -> ApiResult {
     let key = match request.headers().get("Idempotency-Key") {
         None => None,
         Some(value) => Some(
@@ -91,9 +96,12 @@ async fn list_orders(service: web::Data<OrdersService>, query: Query<ListQuery>)
         .customer_email
         .filter(|email| !email.is_empty())
         .ok_or_else(|| Problem::validation("customer_email: required"))?;
-    let page = PageParams { limit: query.limit, cursor: query.cursor }
-        .validate()
-        .map_err(|error| Problem::validation(error.to_string()))?;
+    let page = PageParams {
+        limit: query.limit,
+        cursor: query.cursor,
+    }
+    .validate()
+    .map_err(|error| Problem::validation(error.to_string()))?;
     Ok(HttpResponse::Ok().json(service.list(customer_email, page).await?))
 }
 
@@ -117,6 +125,10 @@ async fn cancel_order(service: web::Data<OrdersService>, id: web::Path<String>) 
 #[utoipa::path(get, path = "/internal/orders/{id}", tag = "internal", params(("id" = Uuid, Path)),
     responses((status = 200, body = Order), (status = 404, body = Problem)),
     security(("service_token" = [])))]
-async fn internal_order(_: Service, service: web::Data<OrdersService>, id: web::Path<String>) -> ApiResult {
+async fn internal_order(
+    _: Service,
+    service: web::Data<OrdersService>,
+    id: web::Path<String>,
+) -> ApiResult {
     Ok(HttpResponse::Ok().json(service.order(order_id(&id)?).await?))
 }

@@ -12,8 +12,10 @@ use utoipa::OpenApi;
 use crate::http::{self, OrdersApi};
 use crate::service::OrdersService;
 
-static SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../../migrations/orders/sqlite");
-static POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../../migrations/orders/postgres");
+static SQLITE_MIGRATIONS: EmbeddedMigrations =
+    embed_migrations!("../../../migrations/orders/sqlite");
+static POSTGRES_MIGRATIONS: EmbeddedMigrations =
+    embed_migrations!("../../../migrations/orders/postgres");
 
 /// The orders module's migrations for both backends.
 pub const MIGRATIONS: Migrations = Migrations {

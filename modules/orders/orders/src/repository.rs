@@ -82,7 +82,10 @@ impl OrderRow {
             customer_email: self.customer_email,
             // The reason is decided when compensation starts, but only told once rejected.
             rejection_reason: match status {
-                OrderStatus::Rejected => self.rejection_reason.as_deref().and_then(RejectionReason::parse),
+                OrderStatus::Rejected => self
+                    .rejection_reason
+                    .as_deref()
+                    .and_then(RejectionReason::parse),
                 _ => None,
             },
             created_at: self.created_at.and_utc(),
@@ -91,16 +94,29 @@ impl OrderRow {
     }
 }
 
-pub(crate) fn insert_order(conn: &mut DbConnection, order: &OrderRow, lines: &[LineRow]) -> QueryResult<()> {
-    diesel::insert_into(orders::table).values(order).execute(conn)?;
+pub(crate) fn insert_order(
+    conn: &mut DbConnection,
+    order: &OrderRow,
+    lines: &[LineRow],
+) -> QueryResult<()> {
+    diesel::insert_into(orders::table)
+        .values(order)
+        .execute(conn)?;
     // One statement per line: batch inserts are not in the common SQL of both backends.
     for line in lines {
-        diesel::insert_into(order_lines::table).values(line).execute(conn)?;
+        diesel::insert_into(order_lines::table)
+            .values(line)
+            .execute(conn)?;
     }
     Ok(())
 }
 
-pub(crate) fn insert_idempotency_key(conn: &mut DbConnection, key: &str, hash: &str, order_id: Uuid) -> QueryResult<()> {
+pub(crate) fn insert_idempotency_key(
+    conn: &mut DbConnection,
+    key: &str,
+    hash: &str,
+    order_id: Uuid,
+) -> QueryResult<()> {
     diesel::insert_into(idempotency_keys::table)
         .values((
             idempotency_keys::idempotency_key.eq(key),
@@ -113,7 +129,10 @@ pub(crate) fn insert_idempotency_key(conn: &mut DbConnection, key: &str, hash: &
 }
 
 /// The order and request fingerprint stored under an idempotency key.
-pub(crate) fn find_idempotency_key(conn: &mut DbConnection, key: &str) -> QueryResult<Option<(Uuid, String)>> {
+pub(crate) fn find_idempotency_key(
+    conn: &mut DbConnection,
+    key: &str,
+) -> QueryResult<Option<(Uuid, String)>> {
     let found: Option<(String, String)> = idempotency_keys::table
         .find(key)
         .select((idempotency_keys::order_id, idempotency_keys::request_hash))
@@ -139,7 +158,9 @@ pub(crate) fn lines_of(conn: &mut DbConnection, ids: &[String]) -> QueryResult<V
 }
 
 pub(crate) fn find_order(conn: &mut DbConnection, id: Uuid) -> QueryResult<Option<Order>> {
-    let Some(row) = find_row(conn, id)? else { return Ok(None) };
+    let Some(row) = find_row(conn, id)? else {
+        return Ok(None);
+    };
     let lines = lines_of(conn, std::slice::from_ref(&row.id))?;
     Ok(Some(row.into_order(lines)))
 }
@@ -166,7 +187,8 @@ pub(crate) fn list_by_customer(
     Ok(rows
         .into_iter()
         .map(|row| {
-            let (mine, rest): (Vec<LineRow>, Vec<LineRow>) = lines.drain(..).partition(|line| line.order_id == row.id);
+            let (mine, rest): (Vec<LineRow>, Vec<LineRow>) =
+                lines.drain(..).partition(|line| line.order_id == row.id);
             lines = rest;
             row.into_order(mine)
         })
@@ -175,7 +197,12 @@ pub(crate) fn list_by_customer(
 
 /// Takes the saga of `id` for `owner` until `lease_until`, unless another owner's lease
 /// still runs or no saga work remains; answers whether it did.
-pub(crate) fn claim_saga(conn: &mut DbConnection, id: Uuid, owner: &str, lease_until: NaiveDateTime) -> QueryResult<bool> {
+pub(crate) fn claim_saga(
+    conn: &mut DbConnection,
+    id: Uuid,
+    owner: &str,
+    lease_until: NaiveDateTime,
+) -> QueryResult<bool> {
     let now = utc_now();
     diesel::update(
         orders::table
@@ -188,7 +215,10 @@ pub(crate) fn claim_saga(conn: &mut DbConnection, id: Uuid, owner: &str, lease_u
                     .or(orders::saga_owner.eq(owner)),
             ),
     )
-    .set((orders::saga_owner.eq(owner), orders::saga_lease_until.eq(lease_until)))
+    .set((
+        orders::saga_owner.eq(owner),
+        orders::saga_lease_until.eq(lease_until),
+    ))
     .execute(conn)
     .map(|rows| rows == 1)
 }
@@ -203,59 +233,87 @@ pub(crate) fn set_step(
     reason: Option<RejectionReason>,
     lease_until: NaiveDateTime,
 ) -> QueryResult<bool> {
-    let mut changes = diesel::update(orders::table.find(id.to_string()).filter(orders::saga_owner.eq(owner)))
-        .set((
-            orders::saga_step.eq(step.as_str()),
-            orders::saga_attempts.eq(0_i64),
-            orders::saga_next_at.eq(None::<NaiveDateTime>),
-            orders::saga_error.eq(None::<String>),
-            orders::saga_lease_until.eq(lease_until),
-            orders::updated_at.eq(utc_now()),
-        ))
-        .execute(conn)?;
-    if changes == 1 {
-        if let Some(reason) = reason {
-            changes = diesel::update(orders::table.find(id.to_string()))
-                .set(orders::rejection_reason.eq(reason.as_str()))
-                .execute(conn)?;
-        }
+    let mut changes = diesel::update(
+        orders::table
+            .find(id.to_string())
+            .filter(orders::saga_owner.eq(owner)),
+    )
+    .set((
+        orders::saga_step.eq(step.as_str()),
+        orders::saga_attempts.eq(0_i64),
+        orders::saga_next_at.eq(None::<NaiveDateTime>),
+        orders::saga_error.eq(None::<String>),
+        orders::saga_lease_until.eq(lease_until),
+        orders::updated_at.eq(utc_now()),
+    ))
+    .execute(conn)?;
+    if changes == 1
+        && let Some(reason) = reason
+    {
+        changes = diesel::update(orders::table.find(id.to_string()))
+            .set(orders::rejection_reason.eq(reason.as_str()))
+            .execute(conn)?;
     }
     Ok(changes == 1)
 }
 
 /// Records a failed attempt: when to try again, and why; gives the lease up.
-pub(crate) fn postpone(conn: &mut DbConnection, id: Uuid, owner: &str, next_at: NaiveDateTime, error: &str) -> QueryResult<()> {
-    diesel::update(orders::table.find(id.to_string()).filter(orders::saga_owner.eq(owner)))
-        .set((
-            orders::saga_attempts.eq(orders::saga_attempts + 1),
-            orders::saga_next_at.eq(next_at),
-            orders::saga_error.eq(error),
-            orders::saga_owner.eq(None::<String>),
-            orders::saga_lease_until.eq(None::<NaiveDateTime>),
-        ))
-        .execute(conn)
-        .map(|_| ())
+pub(crate) fn postpone(
+    conn: &mut DbConnection,
+    id: Uuid,
+    owner: &str,
+    next_at: NaiveDateTime,
+    error: &str,
+) -> QueryResult<()> {
+    diesel::update(
+        orders::table
+            .find(id.to_string())
+            .filter(orders::saga_owner.eq(owner)),
+    )
+    .set((
+        orders::saga_attempts.eq(orders::saga_attempts + 1),
+        orders::saga_next_at.eq(next_at),
+        orders::saga_error.eq(error),
+        orders::saga_owner.eq(None::<String>),
+        orders::saga_lease_until.eq(None::<NaiveDateTime>),
+    ))
+    .execute(conn)
+    .map(|_| ())
 }
 
 /// Ends the saga with the order's new status; answers false if `owner` no longer holds it.
-pub(crate) fn finish(conn: &mut DbConnection, id: Uuid, owner: &str, status: OrderStatus) -> QueryResult<bool> {
-    diesel::update(orders::table.find(id.to_string()).filter(orders::saga_owner.eq(owner)))
-        .set((
-            orders::status.eq(status.as_str()),
-            orders::saga_step.eq(None::<String>),
-            orders::saga_next_at.eq(None::<NaiveDateTime>),
-            orders::saga_owner.eq(None::<String>),
-            orders::saga_lease_until.eq(None::<NaiveDateTime>),
-            orders::saga_error.eq(None::<String>),
-            orders::payment_token.eq(None::<String>),
-            orders::updated_at.eq(utc_now()),
-        ))
-        .execute(conn)
-        .map(|rows| rows == 1)
+pub(crate) fn finish(
+    conn: &mut DbConnection,
+    id: Uuid,
+    owner: &str,
+    status: OrderStatus,
+) -> QueryResult<bool> {
+    diesel::update(
+        orders::table
+            .find(id.to_string())
+            .filter(orders::saga_owner.eq(owner)),
+    )
+    .set((
+        orders::status.eq(status.as_str()),
+        orders::saga_step.eq(None::<String>),
+        orders::saga_next_at.eq(None::<NaiveDateTime>),
+        orders::saga_owner.eq(None::<String>),
+        orders::saga_lease_until.eq(None::<NaiveDateTime>),
+        orders::saga_error.eq(None::<String>),
+        orders::payment_token.eq(None::<String>),
+        orders::updated_at.eq(utc_now()),
+    ))
+    .execute(conn)
+    .map(|rows| rows == 1)
 }
 
 /// Starts the cancellation of a confirmed order that has no saga work left.
-pub(crate) fn start_cancellation(conn: &mut DbConnection, id: Uuid, owner: &str, lease_until: NaiveDateTime) -> QueryResult<bool> {
+pub(crate) fn start_cancellation(
+    conn: &mut DbConnection,
+    id: Uuid,
+    owner: &str,
+    lease_until: NaiveDateTime,
+) -> QueryResult<bool> {
     diesel::update(
         orders::table
             .find(id.to_string())
@@ -278,18 +336,32 @@ pub(crate) fn due_sagas(conn: &mut DbConnection, limit: i64) -> QueryResult<Vec<
     let now = utc_now();
     let ids: Vec<String> = orders::table
         .filter(orders::saga_step.is_not_null())
-        .filter(orders::saga_next_at.is_null().or(orders::saga_next_at.le(now)))
-        .filter(orders::saga_lease_until.is_null().or(orders::saga_lease_until.lt(now)))
+        .filter(
+            orders::saga_next_at
+                .is_null()
+                .or(orders::saga_next_at.le(now)),
+        )
+        .filter(
+            orders::saga_lease_until
+                .is_null()
+                .or(orders::saga_lease_until.lt(now)),
+        )
         .order(orders::saga_next_at.asc())
         .limit(limit)
         .select(orders::id)
         .load(conn)?;
-    Ok(ids.iter().filter_map(|id| Uuid::parse_str(id).ok()).collect())
+    Ok(ids
+        .iter()
+        .filter_map(|id| Uuid::parse_str(id).ok())
+        .collect())
 }
 
 /// Gives up every saga lease: for a SQLite database, which only this process writes.
 pub(crate) fn release_all_leases(conn: &mut DbConnection) -> QueryResult<usize> {
     diesel::update(orders::table.filter(orders::saga_owner.is_not_null()))
-        .set((orders::saga_owner.eq(None::<String>), orders::saga_lease_until.eq(None::<NaiveDateTime>)))
+        .set((
+            orders::saga_owner.eq(None::<String>),
+            orders::saga_lease_until.eq(None::<NaiveDateTime>),
+        ))
         .execute(conn)
 }

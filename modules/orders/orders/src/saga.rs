@@ -16,7 +16,8 @@ use chassis::db::{Database, utc_now};
 use chassis::events::Envelope;
 use chrono::NaiveDateTime;
 use orders_contract::{
-    OrderCancelled, OrderConfirmed, OrderRejected, OrderStatus, OrdersSettings, RejectionReason, event_types,
+    OrderCancelled, OrderConfirmed, OrderRejected, OrderStatus, OrdersSettings, RejectionReason,
+    event_types,
 };
 use uuid::Uuid;
 
@@ -46,12 +47,19 @@ pub(crate) struct Saga {
 
 impl std::fmt::Debug for Saga {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Saga").field("owner", &self.owner).finish_non_exhaustive()
+        f.debug_struct("Saga")
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
     }
 }
 
 impl Saga {
-    pub(crate) fn new(db: Database, catalog: Arc<dyn Catalog>, billing: Arc<dyn Billing>, settings: OrdersSettings) -> Self {
+    pub(crate) fn new(
+        db: Database,
+        catalog: Arc<dyn Catalog>,
+        billing: Arc<dyn Billing>,
+        settings: OrdersSettings,
+    ) -> Self {
         Self {
             db,
             catalog,
@@ -66,11 +74,15 @@ impl Saga {
     }
 
     pub(crate) fn lease_until(&self) -> NaiveDateTime {
-        utc_now() + chrono::Duration::from_std(self.settings.saga_lease).unwrap_or(chrono::Duration::seconds(30))
+        utc_now()
+            + chrono::Duration::from_std(self.settings.saga_lease)
+                .unwrap_or(chrono::Duration::seconds(30))
     }
 
     pub(crate) fn deadline(&self) -> NaiveDateTime {
-        utc_now() + chrono::Duration::from_std(self.settings.saga_deadline).unwrap_or(chrono::Duration::minutes(5))
+        utc_now()
+            + chrono::Duration::from_std(self.settings.saga_deadline)
+                .unwrap_or(chrono::Duration::minutes(5))
     }
 
     /// Runs the saga of `id` until it ends or has to wait for a peer. Does nothing if
@@ -94,7 +106,9 @@ impl Saga {
                     Ok::<_, Error>((row, lines))
                 })
                 .await?;
-            let Some(step) = row.step() else { return Ok(()) };
+            let Some(step) = row.step() else {
+                return Ok(());
+            };
             let outcome = match step.compensation_after_deadline() {
                 Some(compensation) if utc_now() > row.saga_deadline => {
                     tracing::warn!(order_id = %id, step = step.as_str(), "saga past its deadline: compensating");
@@ -137,9 +151,13 @@ impl Saga {
                     Err(CatalogError::OutOfStock { .. } | CatalogError::ProductNotFound(_)) => {
                         Outcome::Finish(OrderStatus::Rejected, Some(RejectionReason::OutOfStock))
                     }
-                    Err(CatalogError::ReservationConflict { status: ReservationStatus::Released, .. }) => {
-                        Outcome::Finish(OrderStatus::Rejected, Some(RejectionReason::DependencyUnavailable))
-                    }
+                    Err(CatalogError::ReservationConflict {
+                        status: ReservationStatus::Released,
+                        ..
+                    }) => Outcome::Finish(
+                        OrderStatus::Rejected,
+                        Some(RejectionReason::DependencyUnavailable),
+                    ),
                     Err(error) => Outcome::RetryLater(error.to_string()),
                 }
             }
@@ -150,12 +168,16 @@ impl Saga {
                     token: row.payment_token.clone().unwrap_or_default(),
                 };
                 match self.billing.charge(request).await {
-                    Ok(payment) if payment.status == PaymentStatus::Captured => Outcome::Next(Step::Commit, None),
+                    Ok(payment) if payment.status == PaymentStatus::Captured => {
+                        Outcome::Next(Step::Commit, None)
+                    }
                     Ok(payment) if payment.status == PaymentStatus::Declined => {
                         Outcome::Next(Step::Release, Some(RejectionReason::PaymentDeclined))
                     }
                     // Refunded already: an earlier compensation ran; finish it.
-                    Ok(_) => Outcome::Next(Step::Release, Some(RejectionReason::DependencyUnavailable)),
+                    Ok(_) => {
+                        Outcome::Next(Step::Release, Some(RejectionReason::DependencyUnavailable))
+                    }
                     Err(error @ (BillingError::Unavailable(_) | BillingError::Internal(_))) => {
                         Outcome::RetryLater(error.to_string())
                     }
@@ -168,27 +190,32 @@ impl Saga {
                 Err(error) => Outcome::RetryLater(error.to_string()),
             },
             Step::Refund => match self.billing.refund(id).await {
-                Ok(_) | Err(BillingError::PaymentNotFound(_) | BillingError::NotRefundable { .. }) => {
+                Ok(_)
+                | Err(BillingError::PaymentNotFound(_) | BillingError::NotRefundable { .. }) => {
                     Outcome::Next(Step::Release, None)
                 }
                 Err(error) => Outcome::RetryLater(error.to_string()),
             },
             Step::Release => match self.catalog.release(id).await {
-                Ok(_) | Err(CatalogError::ReservationConflict { status: ReservationStatus::Restocked, .. }) => {
-                    Outcome::Finish(OrderStatus::Rejected, None)
-                }
+                Ok(_)
+                | Err(CatalogError::ReservationConflict {
+                    status: ReservationStatus::Restocked,
+                    ..
+                }) => Outcome::Finish(OrderStatus::Rejected, None),
                 // The commit went through after all (its answer was lost before the
                 // deadline): the stock was sold, so it goes back on hand.
-                Err(CatalogError::ReservationConflict { status: ReservationStatus::Committed, .. }) => {
-                    match self.catalog.restock(id).await {
-                        Ok(_) => Outcome::Finish(OrderStatus::Rejected, None),
-                        Err(error) => Outcome::RetryLater(error.to_string()),
-                    }
-                }
+                Err(CatalogError::ReservationConflict {
+                    status: ReservationStatus::Committed,
+                    ..
+                }) => match self.catalog.restock(id).await {
+                    Ok(_) => Outcome::Finish(OrderStatus::Rejected, None),
+                    Err(error) => Outcome::RetryLater(error.to_string()),
+                },
                 Err(error) => Outcome::RetryLater(error.to_string()),
             },
             Step::CancelRefund => match self.billing.refund(id).await {
-                Ok(_) | Err(BillingError::PaymentNotFound(_) | BillingError::NotRefundable { .. }) => {
+                Ok(_)
+                | Err(BillingError::PaymentNotFound(_) | BillingError::NotRefundable { .. }) => {
                     Outcome::Next(Step::CancelRestock, None)
                 }
                 Err(error) => Outcome::RetryLater(error.to_string()),
@@ -200,11 +227,18 @@ impl Saga {
         }
     }
 
-    async fn record_step(&self, id: Uuid, step: Step, reason: Option<RejectionReason>) -> Result<bool, Error> {
+    async fn record_step(
+        &self,
+        id: Uuid,
+        step: Step,
+        reason: Option<RejectionReason>,
+    ) -> Result<bool, Error> {
         let owner = self.owner.clone();
         let lease_until = self.lease_until();
         self.db
-            .write(move |conn| repo::set_step(conn, id, &owner, step, reason, lease_until).map_err(Error::from))
+            .write(move |conn| {
+                repo::set_step(conn, id, &owner, step, reason, lease_until).map_err(Error::from)
+            })
             .await
     }
 
@@ -213,12 +247,19 @@ impl Saga {
         let next_at = utc_now() + backoff(attempts);
         tracing::info!(order_id = %id, attempts = attempts + 1, %error, "saga step postponed");
         self.db
-            .write(move |conn| repo::postpone(conn, id, &owner, next_at, &error).map_err(Error::from))
+            .write(move |conn| {
+                repo::postpone(conn, id, &owner, next_at, &error).map_err(Error::from)
+            })
             .await
     }
 
     /// Ends the saga and raises the order's event, in one transaction.
-    async fn finish(&self, id: Uuid, status: OrderStatus, reason: Option<RejectionReason>) -> Result<(), Error> {
+    async fn finish(
+        &self,
+        id: Uuid,
+        status: OrderStatus,
+        reason: Option<RejectionReason>,
+    ) -> Result<(), Error> {
         let owner = self.owner.clone();
         let finished = self
             .db
@@ -232,18 +273,36 @@ impl Saga {
                 }
                 let order = repo::find_order(conn, id)?.ok_or(Error::OrderNotFound(id))?;
                 let event = match status {
-                    OrderStatus::Confirmed => Envelope::new(orders_contract::MODULE, event_types::ORDER_CONFIRMED, id, &OrderConfirmed { order }),
-                    OrderStatus::Rejected => Envelope::new(orders_contract::MODULE, event_types::ORDER_REJECTED, id, &OrderRejected { order }),
-                    OrderStatus::Cancelled => Envelope::new(orders_contract::MODULE, event_types::ORDER_CANCELLED, id, &OrderCancelled { order }),
+                    OrderStatus::Confirmed => Envelope::new(
+                        orders_contract::MODULE,
+                        event_types::ORDER_CONFIRMED,
+                        id,
+                        &OrderConfirmed { order },
+                    ),
+                    OrderStatus::Rejected => Envelope::new(
+                        orders_contract::MODULE,
+                        event_types::ORDER_REJECTED,
+                        id,
+                        &OrderRejected { order },
+                    ),
+                    OrderStatus::Cancelled => Envelope::new(
+                        orders_contract::MODULE,
+                        event_types::ORDER_CANCELLED,
+                        id,
+                        &OrderCancelled { order },
+                    ),
                     OrderStatus::Pending => return Ok(true),
                 }
-                .map_err(|error| Error::Database(chassis::db::DbError::Encoding(error.to_string())))?;
+                .map_err(|error| {
+                    Error::Database(chassis::db::DbError::Encoding(error.to_string()))
+                })?;
                 events.push(event);
                 Ok::<_, Error>(true)
             })
             .await?;
         if finished {
-            metrics::counter!("bazaar_saga_outcomes_total", "outcome" => status.as_str()).increment(1);
+            metrics::counter!("bazaar_saga_outcomes_total", "outcome" => status.as_str())
+                .increment(1);
         }
         Ok(())
     }
@@ -254,8 +313,10 @@ fn backoff(attempts: i64) -> chrono::Duration {
     let exponent = u32::try_from(attempts.clamp(0, 16)).unwrap_or(16);
     let base = Duration::from_millis(200).saturating_mul(2_u32.saturating_pow(exponent));
     let capped = base.min(Duration::from_secs(10));
-    let jitter = u64::from(chrono::Utc::now().timestamp_subsec_nanos()) % (capped.as_millis() as u64 / 4 + 1);
-    chrono::Duration::from_std(capped + Duration::from_millis(jitter)).unwrap_or(chrono::Duration::seconds(10))
+    let jitter = u64::from(chrono::Utc::now().timestamp_subsec_nanos())
+        % (capped.as_millis() as u64 / 4 + 1);
+    chrono::Duration::from_std(capped + Duration::from_millis(jitter))
+        .unwrap_or(chrono::Duration::seconds(10))
 }
 
 #[cfg(test)]

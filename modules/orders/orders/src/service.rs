@@ -30,7 +30,9 @@ pub struct OrdersService {
 
 impl std::fmt::Debug for OrdersService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OrdersService").field("db", &self.db).finish_non_exhaustive()
+        f.debug_struct("OrdersService")
+            .field("db", &self.db)
+            .finish_non_exhaustive()
     }
 }
 
@@ -43,7 +45,12 @@ impl OrdersService {
         catalog: Arc<dyn Catalog>,
         billing: Arc<dyn Billing>,
     ) -> Self {
-        let saga = Arc::new(Saga::new(db.clone(), Arc::clone(&catalog), billing, settings.clone()));
+        let saga = Arc::new(Saga::new(
+            db.clone(),
+            Arc::clone(&catalog),
+            billing,
+            settings.clone(),
+        ));
         Self {
             db,
             catalog,
@@ -56,7 +63,11 @@ impl OrdersService {
     /// Places an order (spec §4): validates it, snapshots the products' prices, stores it
     /// as `pending` and runs the saga, answering when the saga has ended or after
     /// `orders.sync_wait`, whichever comes first.
-    pub async fn place(&self, request: PlaceOrder, idempotency_key: Option<String>) -> Result<Order, Error> {
+    pub async fn place(
+        &self,
+        request: PlaceOrder,
+        idempotency_key: Option<String>,
+    ) -> Result<Order, Error> {
         request.validate()?;
         let fingerprint = request.fingerprint();
         if let Some(key) = &idempotency_key {
@@ -66,11 +77,15 @@ impl OrdersService {
             }
         }
         let ids: Vec<Uuid> = request.lines.iter().map(|line| line.product_id).collect();
-        let products = self.catalog.products(&ids).await.map_err(|error| match error {
-            CatalogError::ProductNotFound(id) => Error::UnknownProduct(id),
-            CatalogError::InvalidRequest(message) => Error::Validation(message),
-            other => Error::Unavailable(format!("the catalog cannot be reached: {other}")),
-        })?;
+        let products = self
+            .catalog
+            .products(&ids)
+            .await
+            .map_err(|error| match error {
+                CatalogError::ProductNotFound(id) => Error::UnknownProduct(id),
+                CatalogError::InvalidRequest(message) => Error::Validation(message),
+                other => Error::Unavailable(format!("the catalog cannot be reached: {other}")),
+            })?;
 
         let id = Uuid::now_v7();
         let key = id.to_string();
@@ -87,7 +102,11 @@ impl OrdersService {
                 .price
                 .amount
                 .checked_mul(i64::from(line.quantity))
-                .ok_or_else(|| Error::Validation(format!("lines[{position}].quantity: the line total is too large")))?;
+                .ok_or_else(|| {
+                    Error::Validation(format!(
+                        "lines[{position}].quantity: the line total is too large"
+                    ))
+                })?;
             total = total
                 .checked_add(line_total)
                 .ok_or_else(|| Error::Validation("lines: the order total is too large".into()))?;
@@ -135,11 +154,17 @@ impl OrdersService {
         match (stored, &idempotency_key) {
             (Ok(()), _) => {}
             // The same key was stored by a concurrent request first.
-            (Err(Error::Database(chassis::db::DbError::Query(error))), Some(key)) if is_unique_violation(&error) => {
+            (Err(Error::Database(chassis::db::DbError::Query(error))), Some(key))
+                if is_unique_violation(&error) =>
+            {
                 return self
                     .replay(key, &request.fingerprint())
                     .await?
-                    .ok_or_else(|| Error::Unavailable("the order of this key is not readable yet; retry".into()));
+                    .ok_or_else(|| {
+                        Error::Unavailable(
+                            "the order of this key is not readable yet; retry".into(),
+                        )
+                    });
             }
             (Err(error), _) => return Err(error),
         }
@@ -164,7 +189,9 @@ impl OrdersService {
             .await?;
         match found {
             None => Ok(None),
-            Some((order_id, stored)) if stored == fingerprint => self.order(order_id).await.map(Some),
+            Some((order_id, stored)) if stored == fingerprint => {
+                self.order(order_id).await.map(Some)
+            }
             Some(_) => Err(Error::IdempotencyKeyReused),
         }
     }
@@ -176,11 +203,22 @@ impl OrdersService {
     }
 
     /// A customer's orders, newest first.
-    pub async fn list(&self, customer_email: String, page: PageRequest) -> Result<Page<Order>, Error> {
+    pub async fn list(
+        &self,
+        customer_email: String,
+        page: PageRequest,
+    ) -> Result<Page<Order>, Error> {
         self.db
             .read(move |conn| {
-                let orders = repo::list_by_customer(conn, &customer_email, page.after.as_deref(), i64::from(page.limit) + 1)?;
-                Ok(Page::from_rows(orders, page.limit, |order| order.id.to_string()))
+                let orders = repo::list_by_customer(
+                    conn,
+                    &customer_email,
+                    page.after.as_deref(),
+                    i64::from(page.limit) + 1,
+                )?;
+                Ok(Page::from_rows(orders, page.limit, |order| {
+                    order.id.to_string()
+                }))
             })
             .await
     }
@@ -192,12 +230,19 @@ impl OrdersService {
         match order.status {
             OrderStatus::Cancelled => return Ok(order),
             OrderStatus::Confirmed => {}
-            status => return Err(Error::NotCancellable { order_id: id, status: status.as_str() }),
+            status => {
+                return Err(Error::NotCancellable {
+                    order_id: id,
+                    status: status.as_str(),
+                });
+            }
         }
         let owner = self.saga.owner().to_owned();
         let lease_until = self.saga.lease_until();
         self.db
-            .write(move |conn| repo::start_cancellation(conn, id, &owner, lease_until).map_err(Error::from))
+            .write(move |conn| {
+                repo::start_cancellation(conn, id, &owner, lease_until).map_err(Error::from)
+            })
             .await?;
         self.saga.run(id).await?;
         let order = self.order(id).await?;
@@ -205,7 +250,8 @@ impl OrdersService {
             Ok(order)
         } else {
             Err(Error::Unavailable(
-                "the cancellation has started and will finish once billing and the catalog answer".into(),
+                "the cancellation has started and will finish once billing and the catalog answer"
+                    .into(),
             ))
         }
     }
@@ -259,6 +305,8 @@ impl OrdersService {
 #[async_trait]
 impl Orders for OrdersService {
     async fn order(&self, id: Uuid) -> Result<Order, OrdersError> {
-        OrdersService::order(self, id).await.map_err(OrdersError::from)
+        OrdersService::order(self, id)
+            .await
+            .map_err(OrdersError::from)
     }
 }

@@ -1,0 +1,6 @@
+//! The orders module's integration tests: one binary, one module per concern. The catalog
+//! and billing are mockall mocks of their ports; the real modules meet in the root crate's
+//! end-to-end tests.
+
+mod saga;
+mod support;

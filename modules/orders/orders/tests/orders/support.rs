@@ -1,0 +1,193 @@
+//! Fixtures: an orders service on a throw-away database, with mock catalog and billing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::orders::{MIGRATIONS, OrdersService, PaymentMethod, PlaceOrder, PlaceOrderLine};
+use billing_contract::{Billing, MockBilling, Payment, PaymentStatus};
+use catalog_contract::{
+    Catalog, MockCatalog, Money, Product, Reservation, ReservationStatus, StockLevels, StockLine,
+};
+use chassis::db::{Backend, Database};
+use chassis::testing::TestDatabase;
+use orders_contract::OrdersSettings;
+use uuid::Uuid;
+
+pub(crate) struct Fixture {
+    pub(crate) service: OrdersService,
+    pub(crate) db: Database,
+    _test_db: TestDatabase,
+}
+
+pub(crate) fn settings() -> OrdersSettings {
+    OrdersSettings {
+        sync_wait: Duration::from_secs(2),
+        saga_deadline: Duration::from_secs(60),
+        recovery_interval: Duration::from_millis(50),
+        saga_lease: Duration::from_secs(30),
+    }
+}
+
+pub(crate) async fn fixture(
+    catalog: MockCatalog,
+    billing: MockBilling,
+    settings: OrdersSettings,
+) -> Fixture {
+    let test_db = TestDatabase::new(Backend::Sqlite).expect("sqlite");
+    let db = test_db.open(MIGRATIONS).await;
+    let catalog: Arc<dyn Catalog> = Arc::new(catalog);
+    let billing: Arc<dyn Billing> = Arc::new(billing);
+    Fixture {
+        service: OrdersService::new(db.clone(), "EUR", settings, catalog, billing),
+        db,
+        _test_db: test_db,
+    }
+}
+
+pub(crate) fn product(price: i64) -> Product {
+    let now = chrono::Utc::now();
+    Product {
+        id: Uuid::new_v4(),
+        sku: format!("SKU-{}", Uuid::new_v4().simple()),
+        name: "Lamp".into(),
+        description: None,
+        price: Money::new(price, "EUR"),
+        stock: StockLevels {
+            on_hand: 10,
+            reserved: 0,
+            available: 10,
+        },
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+pub(crate) fn request(product: &Product, quantity: u32, token: &str) -> PlaceOrder {
+    PlaceOrder {
+        customer_email: "ada@example.com".into(),
+        lines: vec![PlaceOrderLine {
+            product_id: product.id,
+            quantity,
+        }],
+        payment: PaymentMethod {
+            token: token.into(),
+        },
+    }
+}
+
+/// A catalog that knows `product`; stock calls are up to each test.
+pub(crate) fn catalog_knowing(product: &Product) -> MockCatalog {
+    let mut catalog = MockCatalog::new();
+    let known = product.clone();
+    catalog
+        .expect_products()
+        .returning(move |ids| Ok(ids.iter().map(|_| known.clone()).collect()));
+    catalog
+}
+
+pub(crate) fn reservation(
+    order_id: Uuid,
+    status: ReservationStatus,
+    lines: &[StockLine],
+) -> Reservation {
+    Reservation {
+        order_id,
+        status,
+        lines: lines.to_vec(),
+    }
+}
+
+pub(crate) fn payment(order_id: Uuid, amount: i64, status: PaymentStatus) -> Payment {
+    Payment {
+        id: Uuid::new_v4(),
+        order_id,
+        amount: Money::new(amount, "EUR"),
+        status,
+        provider_ref: Some("sim_test".into()),
+        refunded_amount: Money::new(
+            if status == PaymentStatus::Refunded {
+                amount
+            } else {
+                0
+            },
+            "EUR",
+        ),
+        created_at: chrono::Utc::now(),
+    }
+}
+
+diesel::table! {
+    #[sql_name = "orders"]
+    stored_orders (id) {
+        id -> Text,
+        status -> Text,
+        customer_email -> Text,
+        total_amount -> BigInt,
+        currency -> Text,
+        rejection_reason -> Nullable<Text>,
+        payment_token -> Nullable<Text>,
+        saga_step -> Nullable<Text>,
+        saga_deadline -> Timestamp,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    order_lines (order_id, position) {
+        order_id -> Text,
+        position -> BigInt,
+        product_id -> Text,
+        sku -> Text,
+        name -> Text,
+        quantity -> BigInt,
+        unit_price -> BigInt,
+        line_total -> BigInt,
+    }
+}
+
+/// Writes a pending order whose saga stopped right after recording `step`, as a process
+/// that crashed there would have left it: no lease, nothing due later.
+pub(crate) async fn insert_pending(db: &Database, item: &Product, step: &str) -> Uuid {
+    use diesel::prelude::*;
+    let id = Uuid::now_v7();
+    let key = id.to_string();
+    let now = chassis::db::utc_now();
+    let compensating = matches!(step, "refund" | "release");
+    let step = step.to_owned();
+    let item = item.clone();
+    db.write(move |conn| {
+        diesel::insert_into(stored_orders::table)
+            .values((
+                stored_orders::id.eq(&key),
+                stored_orders::status.eq("pending"),
+                stored_orders::customer_email.eq("ada@example.com"),
+                stored_orders::total_amount.eq(item.price.amount),
+                stored_orders::currency.eq("EUR"),
+                stored_orders::rejection_reason
+                    .eq(compensating.then_some("dependency_unavailable")),
+                stored_orders::payment_token.eq("tok_visa"),
+                stored_orders::saga_step.eq(step),
+                stored_orders::saga_deadline.eq(now + chrono::Duration::minutes(5)),
+                stored_orders::created_at.eq(now),
+                stored_orders::updated_at.eq(now),
+            ))
+            .execute(conn)?;
+        diesel::insert_into(order_lines::table)
+            .values((
+                order_lines::order_id.eq(&key),
+                order_lines::position.eq(0_i64),
+                order_lines::product_id.eq(item.id.to_string()),
+                order_lines::sku.eq(&item.sku),
+                order_lines::name.eq(&item.name),
+                order_lines::quantity.eq(1_i64),
+                order_lines::unit_price.eq(item.price.amount),
+                order_lines::line_total.eq(item.price.amount),
+            ))
+            .execute(conn)?;
+        Ok::<_, orders::Error>(())
+    })
+    .await
+    .expect("inserts");
+    id
+}
