@@ -43,6 +43,14 @@ impl OrdersModule {
         Self { db, service }
     }
 
+    /// A module around an existing service (tests build the service with mock peers).
+    pub fn from_service(service: OrdersService) -> Self {
+        Self {
+            db: service.database().clone(),
+            service,
+        }
+    }
+
     /// The port, for other modules in this process.
     pub fn port(&self) -> Arc<dyn Orders> {
         Arc::new(self.service.clone())

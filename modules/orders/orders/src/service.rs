@@ -60,6 +60,10 @@ impl OrdersService {
         }
     }
 
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
+    }
+
     /// Places an order (spec §4): validates it, snapshots the products' prices, stores it
     /// as `pending` and runs the saga, answering when the saga has ended or after
     /// `orders.sync_wait`, whichever comes first.

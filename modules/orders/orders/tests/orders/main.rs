@@ -2,5 +2,7 @@
 //! and billing are mockall mocks of their ports; the real modules meet in the root crate's
 //! end-to-end tests.
 
+mod conformance;
+mod http_api;
 mod saga;
 mod support;
