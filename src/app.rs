@@ -4,6 +4,7 @@ use std::sync::Arc;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
+use billing_contract::{Billing, HttpBilling};
 use catalog_contract::{Catalog, HttpCatalog};
 use chassis::config::Placement;
 use chassis::db::{Backend, Database, PoolOptions};
@@ -27,6 +28,8 @@ pub struct Composition {
     pub bus: Arc<dyn EventBus>,
     /// The catalog port, wherever the catalog runs; `None` when it is absent.
     pub catalog: Option<Arc<dyn Catalog>>,
+    /// The billing port, wherever billing runs; `None` when it is absent.
+    pub billing: Option<Arc<dyn Billing>>,
     #[cfg(feature = "catalog")]
     pub catalog_module: Option<catalog::CatalogModule>,
 }
@@ -58,12 +61,25 @@ pub async fn compose(config: &Config) -> anyhow::Result<Composition> {
         entries: Vec::new(),
         bus: Arc::new(InProcessBus::new()),
         catalog: None,
+        billing: None,
         #[cfg(feature = "catalog")]
         catalog_module: None,
     };
-    for (name, _) in COMPILED_IN {
+    // Peers first: orders needs the catalog's and billing's ports, wherever they run.
+    for name in ["catalog", "billing", "orders", "notifications"] {
         let mut placement = config.placement(name)?;
         let mut probes = Vec::new();
+        let remote_client = |url: &url::Url| -> anyhow::Result<chassis::remote::RemoteClient> {
+            chassis::remote::RemoteClient::new(
+                name,
+                url.clone(),
+                config.auth.service_token.clone(),
+                config.remote.clone(),
+            )
+            .map_err(|error| {
+                anyhow::anyhow!("module {name}: cannot build its remote client: {error}")
+            })
+        };
         match (name, &placement) {
             #[cfg(feature = "catalog")]
             ("catalog", Placement::Local) => {
@@ -85,9 +101,58 @@ pub async fn compose(config: &Config) -> anyhow::Result<Composition> {
                 probes.push(Probe::Peer(client.remote().clone()));
                 composition.catalog = Some(Arc::new(client));
             }
-            // orders, billing and notifications are placeholders until their crates land:
-            // they take part in config validation and the feature matrix, but nothing of
-            // them runs here yet, so `/modules` reports them absent.
+            #[cfg(feature = "billing")]
+            ("billing", Placement::Local) => {
+                let db = open_database(config, name)?;
+                probes.push(Probe::Database(db.clone()));
+                let module =
+                    billing::BillingModule::new(db, config.shop.currency.clone(), &config.billing);
+                composition.billing = Some(module.port());
+                composition.local.push(Arc::new(module));
+            }
+            ("billing", Placement::Remote(url)) => {
+                let client = HttpBilling::new(
+                    url.clone(),
+                    config.auth.service_token.clone(),
+                    config.remote.clone(),
+                )
+                .context("module billing: cannot build its remote client")?;
+                probes.push(Probe::Peer(client.remote().clone()));
+                composition.billing = Some(Arc::new(client));
+            }
+            #[cfg(feature = "orders")]
+            ("orders", Placement::Local) => {
+                let needs = |peer: &str| {
+                    anyhow::anyhow!(
+                        "module orders needs {peer}: set modules.{peer}.mode = \"remote\" and modules.{peer}.url, \
+                         or build with --features {peer}"
+                    )
+                };
+                let catalog = composition
+                    .catalog
+                    .clone()
+                    .ok_or_else(|| needs("catalog"))?;
+                let billing = composition
+                    .billing
+                    .clone()
+                    .ok_or_else(|| needs("billing"))?;
+                let db = open_database(config, name)?;
+                probes.push(Probe::Database(db.clone()));
+                let module = orders::OrdersModule::new(
+                    db,
+                    config.shop.currency.clone(),
+                    &config.orders,
+                    catalog,
+                    billing,
+                );
+                composition.local.push(Arc::new(module));
+            }
+            ("orders" | "notifications", Placement::Remote(url)) => {
+                probes.push(Probe::Peer(remote_client(url)?));
+            }
+            // notifications is a placeholder until its crate lands: it takes part in
+            // config validation and the feature matrix, but nothing of it runs here yet,
+            // so `/modules` reports it absent.
             (_, Placement::Local) => placement = Placement::Absent,
             _ => {}
         }
@@ -97,6 +162,10 @@ pub async fn compose(config: &Config) -> anyhow::Result<Composition> {
             probes,
         });
     }
+    // `/modules` lists the modules in the spec's order.
+    composition
+        .entries
+        .sort_by_key(|entry| COMPILED_IN.iter().position(|(name, _)| *name == entry.name));
     composition.check_event_sources(config)?;
     Ok(composition)
 }
@@ -250,6 +319,11 @@ pub async fn start(
         }
     }
     let _relays = composition.start_events(&config).await?;
+    let _workers: Vec<_> = composition
+        .local
+        .iter()
+        .flat_map(|module| module.spawn_workers())
+        .collect();
     if config.auth.admin_token.is_none() {
         tracing::warn!(
             "auth.admin_token is not set: admin endpoints answer 401; set BAZAAR__AUTH__ADMIN_TOKEN or [auth] admin_token"

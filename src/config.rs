@@ -22,6 +22,8 @@ pub struct Config {
     pub remote: RemoteSettings,
     pub modules: ModulesConfig,
     pub catalog: catalog_contract::CatalogSettings,
+    pub orders: orders_contract::OrdersSettings,
+    pub billing: billing_contract::BillingSettings,
 }
 
 /// `modules.<name>`, one section per business module.
@@ -47,6 +49,8 @@ impl Default for Config {
             remote: RemoteSettings::default(),
             modules: ModulesConfig::default(),
             catalog: catalog_contract::CatalogSettings::default(),
+            orders: orders_contract::OrdersSettings::default(),
+            billing: billing_contract::BillingSettings::default(),
         }
     }
 }

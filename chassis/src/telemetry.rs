@@ -18,8 +18,11 @@ pub fn init(settings: &LogSettings) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    // Colours only for a person at a terminal, never into files or container logs.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _already_installed = match settings.format {
         LogFormat::Human => builder.try_init(),

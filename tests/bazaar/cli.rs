@@ -141,9 +141,17 @@ fn migrate_creates_every_local_modules_tables_and_demo_fills_the_catalog_once() 
     assert!(String::from_utf8_lossy(&second.stdout).contains("already has products"));
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
+}
+
+impl Server {
+    /// Ends the process at once, as a crash would: no shutdown, nothing flushed.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Server {
@@ -154,6 +162,11 @@ impl Drop for Server {
 }
 
 fn start(dir: &std::path::Path) -> Server {
+    start_with(dir, &[])
+}
+
+/// Starts `bazaar serve` on a free port with the data of `dir` and extra environment.
+pub(crate) fn start_with(dir: &std::path::Path, env: &[(&str, &str)]) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("binds")
         .local_addr()
@@ -164,6 +177,7 @@ fn start(dir: &std::path::Path) -> Server {
         .env("BAZAAR__SERVER__BIND", format!("127.0.0.1:{port}"))
         .env("BAZAAR__AUTH__ADMIN_TOKEN", "cli-admin")
         .env("BAZAAR__SERVER__SHUTDOWN_TIMEOUT", "10s")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

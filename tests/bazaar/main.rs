@@ -2,5 +2,6 @@
 
 mod architecture;
 mod cli;
+mod orders;
 mod serve;
 mod support;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bazaar::Config;
 
-pub(crate) const ADMIN_TOKEN: &str = "e2e-admin";
+pub(crate) const ADMIN_TOKEN: &str = "cli-admin";
 pub(crate) const SERVICE_TOKEN: &str = "e2e-service";
 
 /// A config for a process whose data lives in `data_dir`.

@@ -86,7 +86,7 @@ impl Default for RelaySettings {
             poll_interval: Duration::from_secs(1),
             max_in_flight: 4,
             retention: Duration::from_secs(24 * 3600),
-            linger: Duration::from_millis(1),
+            linger: Duration::from_millis(5),
         }
     }
 }

@@ -38,7 +38,11 @@ impl Billing for HttpBilling {
     async fn charge(&self, request: ChargeRequest) -> Result<Payment, BillingError> {
         Ok(self
             .remote
-            .post("/internal/billing/charges", &request, Idempotency::Idempotent)
+            .post(
+                "/internal/billing/charges",
+                &request,
+                Idempotency::Idempotent,
+            )
             .await?)
     }
 

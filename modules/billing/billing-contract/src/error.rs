@@ -16,7 +16,10 @@ pub enum BillingError {
     #[error("order {order_id} was charged before with another amount")]
     ChargeConflict { order_id: Uuid },
     #[error("the payment of order {order_id} is {status} and cannot be refunded")]
-    NotRefundable { order_id: Uuid, status: PaymentStatus },
+    NotRefundable {
+        order_id: Uuid,
+        status: PaymentStatus,
+    },
     #[error("billing unavailable: {0}")]
     Unavailable(String),
     #[error("billing failed: {0}")]
@@ -61,7 +64,9 @@ impl ProblemCode for BillingError {
                 map.insert("order_id".into(), order_id.to_string().into());
                 map.insert("payment_status".into(), status.as_str().into());
             }
-            BillingError::InvalidRequest(_) | BillingError::Unavailable(_) | BillingError::Internal(_) => {}
+            BillingError::InvalidRequest(_)
+            | BillingError::Unavailable(_)
+            | BillingError::Internal(_) => {}
         }
         map
     }
@@ -70,15 +75,25 @@ impl ProblemCode for BillingError {
 impl BillingError {
     /// Rebuilds the error a billing process rendered as a problem document.
     pub(crate) fn from_problem(problem: Problem) -> Self {
-        let order = problem.extension_str("order_id").and_then(|text| Uuid::parse_str(text).ok());
+        let order = problem
+            .extension_str("order_id")
+            .and_then(|text| Uuid::parse_str(text).ok());
         let rebuilt = match problem.code.as_str() {
             code::PAYMENT_NOT_FOUND => order.map(BillingError::PaymentNotFound),
-            code::CHARGE_CONFLICT => order.map(|order_id| BillingError::ChargeConflict { order_id }),
+            code::CHARGE_CONFLICT => {
+                order.map(|order_id| BillingError::ChargeConflict { order_id })
+            }
             code::NOT_REFUNDABLE => order
-                .zip(problem.extension_str("payment_status").and_then(PaymentStatus::parse))
+                .zip(
+                    problem
+                        .extension_str("payment_status")
+                        .and_then(PaymentStatus::parse),
+                )
                 .map(|(order_id, status)| BillingError::NotRefundable { order_id, status }),
             codes::VALIDATION_FAILED => Some(BillingError::InvalidRequest(problem.detail.clone())),
-            codes::DEPENDENCY_UNAVAILABLE => Some(BillingError::Unavailable(problem.detail.clone())),
+            codes::DEPENDENCY_UNAVAILABLE => {
+                Some(BillingError::Unavailable(problem.detail.clone()))
+            }
             _ => None,
         };
         rebuilt.unwrap_or_else(|| BillingError::Internal(problem.to_string()))
@@ -105,7 +120,10 @@ mod tests {
             BillingError::InvalidRequest("amount: must be at least 1".into()),
             BillingError::PaymentNotFound(id),
             BillingError::ChargeConflict { order_id: id },
-            BillingError::NotRefundable { order_id: id, status: PaymentStatus::Declined },
+            BillingError::NotRefundable {
+                order_id: id,
+                status: PaymentStatus::Declined,
+            },
             BillingError::Unavailable("gateway timed out".into()),
         ];
         for error in errors {

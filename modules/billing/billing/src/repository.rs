@@ -1,0 +1,353 @@
+//! Billing's queries, written once for both backends against `DbConnection`.
+//!
+//! Every change of a payment's status is one conditional `UPDATE … WHERE status = …`, so
+//! that of two concurrent calls that both try to settle (or refund) one payment, exactly
+//! one does; the other reads what the winner wrote.
+
+use billing_contract::{Money, Payment, PaymentStatus};
+use chassis::db::DbConnection;
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use crate::domain::Invoice;
+use crate::schema::{invoice_counters, invoices, payments, refunds};
+
+pub(crate) use chassis::db::utc_now as now;
+
+/// The stored status of a payment that is being charged: never shown outside billing.
+pub(crate) const PENDING: &str = "pending";
+
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = payments)]
+pub(crate) struct PaymentRow {
+    pub(crate) id: String,
+    pub(crate) order_id: String,
+    pub(crate) amount: i64,
+    pub(crate) currency: String,
+    pub(crate) status: String,
+    pub(crate) provider_ref: Option<String>,
+    pub(crate) refunded_amount: i64,
+    pub(crate) created_at: NaiveDateTime,
+}
+
+/// Where a stored payment stands: still being charged, or settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    Pending,
+    Settled(PaymentStatus),
+}
+
+/// A payment as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredPayment {
+    pub(crate) stage: Stage,
+    pub(crate) id: Uuid,
+    pub(crate) order_id: Uuid,
+    pub(crate) amount: Money,
+    pub(crate) provider_ref: Option<String>,
+    refunded_amount: i64,
+    created_at: NaiveDateTime,
+}
+
+impl TryFrom<PaymentRow> for StoredPayment {
+    type Error = diesel::result::Error;
+
+    fn try_from(row: PaymentRow) -> QueryResult<Self> {
+        let stage = if row.status == PENDING {
+            Stage::Pending
+        } else {
+            Stage::Settled(PaymentStatus::parse(&row.status).ok_or_else(|| {
+                diesel::result::Error::DeserializationError(
+                    format!("unknown payment status {:?}", row.status).into(),
+                )
+            })?)
+        };
+        Ok(Self {
+            stage,
+            // Ids are written by this module only, always as UUIDs.
+            id: Uuid::parse_str(&row.id).unwrap_or_default(),
+            order_id: Uuid::parse_str(&row.order_id).unwrap_or_default(),
+            amount: Money::new(row.amount, row.currency),
+            provider_ref: row.provider_ref,
+            refunded_amount: row.refunded_amount,
+            created_at: row.created_at,
+        })
+    }
+}
+
+impl StoredPayment {
+    /// The payment as the port answers it; `None` while it is pending.
+    pub(crate) fn settled(self) -> Option<Payment> {
+        let Stage::Settled(status) = self.stage else {
+            return None;
+        };
+        Some(Payment {
+            id: self.id,
+            order_id: self.order_id,
+            refunded_amount: Money::new(self.refunded_amount, self.amount.currency.clone()),
+            amount: self.amount,
+            status,
+            provider_ref: self.provider_ref,
+            created_at: self.created_at.and_utc(),
+        })
+    }
+}
+
+pub(crate) fn find_payment(
+    conn: &mut DbConnection,
+    order_id: Uuid,
+) -> QueryResult<Option<StoredPayment>> {
+    payments::table
+        .filter(payments::order_id.eq(order_id.to_string()))
+        .select(PaymentRow::as_select())
+        .first(conn)
+        .optional()?
+        .map(StoredPayment::try_from)
+        .transpose()
+}
+
+/// Records a charge about to be sent to the gateway, its attempt starting `at`. A unique
+/// violation means a concurrent call for the same order inserted first.
+pub(crate) fn insert_pending(
+    conn: &mut DbConnection,
+    id: Uuid,
+    order_id: Uuid,
+    amount: &Money,
+    at: NaiveDateTime,
+) -> QueryResult<()> {
+    diesel::insert_into(payments::table)
+        .values((
+            payments::id.eq(id.to_string()),
+            payments::order_id.eq(order_id.to_string()),
+            payments::amount.eq(amount.amount),
+            payments::currency.eq(&amount.currency),
+            payments::status.eq(PENDING),
+            payments::refunded_amount.eq(0_i64),
+            payments::attempt_started_at.eq(Some(at)),
+            payments::created_at.eq(at),
+            payments::updated_at.eq(at),
+        ))
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// Takes over a pending charge for a new attempt starting `at`, if no attempt is in
+/// flight or the one in flight began before `stale_before` (it crashed); answers whether
+/// it did. Of concurrent callers, one wins.
+pub(crate) fn claim_attempt(
+    conn: &mut DbConnection,
+    order_id: Uuid,
+    at: NaiveDateTime,
+    stale_before: NaiveDateTime,
+) -> QueryResult<bool> {
+    diesel::update(
+        payments::table
+            .filter(payments::order_id.eq(order_id.to_string()))
+            .filter(payments::status.eq(PENDING))
+            .filter(
+                payments::attempt_started_at
+                    .is_null()
+                    .or(payments::attempt_started_at.lt(stale_before)),
+            ),
+    )
+    .set((
+        payments::attempt_started_at.eq(Some(at)),
+        payments::updated_at.eq(at),
+    ))
+    .execute(conn)
+    .map(|rows| rows == 1)
+}
+
+/// Ends the attempt that started at `started_at` without an answer, so that the next
+/// call tries again at once.
+pub(crate) fn release_attempt(
+    conn: &mut DbConnection,
+    order_id: Uuid,
+    started_at: NaiveDateTime,
+) -> QueryResult<bool> {
+    diesel::update(
+        payments::table
+            .filter(payments::order_id.eq(order_id.to_string()))
+            .filter(payments::status.eq(PENDING))
+            .filter(payments::attempt_started_at.eq(Some(started_at))),
+    )
+    .set((
+        payments::attempt_started_at.eq(None::<NaiveDateTime>),
+        payments::updated_at.eq(now()),
+    ))
+    .execute(conn)
+    .map(|rows| rows == 1)
+}
+
+/// The gateway's answer to a charge.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Settlement<'a> {
+    Captured { provider_ref: &'a str },
+    Declined { reason: &'a str },
+}
+
+/// Settles a pending payment (taking its row lock); answers whether it was still pending.
+pub(crate) fn settle(
+    conn: &mut DbConnection,
+    order_id: Uuid,
+    settlement: Settlement<'_>,
+    at: NaiveDateTime,
+) -> QueryResult<bool> {
+    let (status, provider_ref, reason) = match settlement {
+        Settlement::Captured { provider_ref } => {
+            (PaymentStatus::Captured, Some(provider_ref), None)
+        }
+        Settlement::Declined { reason } => (PaymentStatus::Declined, None, Some(reason)),
+    };
+    diesel::update(
+        payments::table
+            .filter(payments::order_id.eq(order_id.to_string()))
+            .filter(payments::status.eq(PENDING)),
+    )
+    .set((
+        payments::status.eq(status.as_str()),
+        payments::provider_ref.eq(provider_ref),
+        payments::decline_reason.eq(reason),
+        payments::attempt_started_at.eq(None::<NaiveDateTime>),
+        payments::updated_at.eq(at),
+    ))
+    .execute(conn)
+    .map(|rows| rows == 1)
+}
+
+/// Marks a captured payment refunded in full (taking its row lock); answers whether it
+/// was captured.
+pub(crate) fn mark_refunded(
+    conn: &mut DbConnection,
+    order_id: Uuid,
+    at: NaiveDateTime,
+) -> QueryResult<bool> {
+    diesel::update(
+        payments::table
+            .filter(payments::order_id.eq(order_id.to_string()))
+            .filter(payments::status.eq(PaymentStatus::Captured.as_str())),
+    )
+    .set((
+        payments::status.eq(PaymentStatus::Refunded.as_str()),
+        payments::refunded_amount.eq(payments::amount),
+        payments::updated_at.eq(at),
+    ))
+    .execute(conn)
+    .map(|rows| rows == 1)
+}
+
+pub(crate) fn insert_refund(
+    conn: &mut DbConnection,
+    payment: &StoredPayment,
+    provider_ref: &str,
+    at: NaiveDateTime,
+) -> QueryResult<()> {
+    diesel::insert_into(refunds::table)
+        .values((
+            refunds::id.eq(Uuid::now_v7().to_string()),
+            refunds::payment_id.eq(payment.id.to_string()),
+            refunds::order_id.eq(payment.order_id.to_string()),
+            refunds::amount.eq(payment.amount.amount),
+            refunds::currency.eq(&payment.amount.currency),
+            refunds::provider_ref.eq(provider_ref),
+            refunds::created_at.eq(at),
+        ))
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// Up to `limit` settled payments in id order (UUIDv7: creation order), after `after`,
+/// of one order if `order_id` is given. Pending payments are never listed.
+pub(crate) fn list_payments(
+    conn: &mut DbConnection,
+    order_id: Option<Uuid>,
+    after: Option<&str>,
+    limit: i64,
+) -> QueryResult<Vec<PaymentRow>> {
+    let mut select = payments::table
+        .select(PaymentRow::as_select())
+        .filter(payments::status.ne(PENDING))
+        .order(payments::id.asc())
+        .limit(limit)
+        .into_boxed();
+    if let Some(order_id) = order_id {
+        select = select.filter(payments::order_id.eq(order_id.to_string()));
+    }
+    if let Some(after) = after {
+        select = select.filter(payments::id.gt(after.to_owned()));
+    }
+    select.load(conn)
+}
+
+/// The next invoice number of `year`, gap-free: the counter's `UPDATE` takes its row lock
+/// on PostgreSQL, so concurrent captures number one after the other, and a rolled-back
+/// capture gives its number back. The year's first invoice inserts the counter; two
+/// concurrent first invoices meet a unique violation, and the loser's caller retries.
+pub(crate) fn next_invoice_number(conn: &mut DbConnection, year: i32) -> QueryResult<i64> {
+    let updated = diesel::update(invoice_counters::table.find(year))
+        .set(invoice_counters::last_number.eq(invoice_counters::last_number + 1))
+        .execute(conn)?;
+    if updated == 0 {
+        diesel::insert_into(invoice_counters::table)
+            .values((
+                invoice_counters::year.eq(year),
+                invoice_counters::last_number.eq(1_i64),
+            ))
+            .execute(conn)?;
+    }
+    invoice_counters::table
+        .find(year)
+        .select(invoice_counters::last_number)
+        .first(conn)
+}
+
+#[derive(Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = invoices)]
+pub(crate) struct InvoiceRow {
+    pub(crate) id: String,
+    pub(crate) number: String,
+    pub(crate) payment_id: String,
+    pub(crate) order_id: String,
+    pub(crate) amount: i64,
+    pub(crate) currency: String,
+    pub(crate) issued_at: NaiveDateTime,
+}
+
+impl InvoiceRow {
+    pub(crate) fn into_invoice(self) -> Invoice {
+        Invoice {
+            id: Uuid::parse_str(&self.id).unwrap_or_default(),
+            number: self.number,
+            order_id: Uuid::parse_str(&self.order_id).unwrap_or_default(),
+            amount: Money::new(self.amount, self.currency),
+            issued_at: self.issued_at.and_utc(),
+        }
+    }
+}
+
+pub(crate) fn insert_invoice(conn: &mut DbConnection, row: &InvoiceRow) -> QueryResult<()> {
+    diesel::insert_into(invoices::table)
+        .values(row)
+        .execute(conn)
+        .map(|_| ())
+}
+
+pub(crate) fn find_invoice(conn: &mut DbConnection, id: Uuid) -> QueryResult<Option<InvoiceRow>> {
+    invoices::table
+        .find(id.to_string())
+        .select(InvoiceRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub(crate) fn find_invoice_of_order(
+    conn: &mut DbConnection,
+    order_id: Uuid,
+) -> QueryResult<Option<InvoiceRow>> {
+    invoices::table
+        .filter(invoices::order_id.eq(order_id.to_string()))
+        .select(InvoiceRow::as_select())
+        .first(conn)
+        .optional()
+}

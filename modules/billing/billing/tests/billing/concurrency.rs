@@ -1,0 +1,269 @@
+//! Charges under contention and after a crash: invoice numbers stay gap-free, and one
+//! order is captured once however many calls race for it — on both backends.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use billing_contract::{BillingError, Payment, PaymentStatus, event_types};
+use chassis::db::Backend;
+use chassis::page::PageRequest;
+use chrono::Datelike;
+use futures::future::join_all;
+use uuid::Uuid;
+
+use crate::events::record;
+use crate::support::{self, LocalBilling, Timing, charge};
+
+fn all() -> PageRequest {
+    PageRequest {
+        limit: 200,
+        after: None,
+    }
+}
+
+async fn payments_of(billing: &LocalBilling, order: Uuid) -> Vec<Payment> {
+    billing
+        .module
+        .service()
+        .payments(Some(order), all())
+        .await
+        .expect("lists")
+        .items
+}
+
+async fn twenty_orders_get_consecutive_invoice_numbers(backend: Backend) {
+    let Some(billing) = support::local(backend).await else {
+        return;
+    };
+    let port = billing.module.port();
+    let orders: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
+    let attempts = orders.iter().map(|&order| {
+        let port = port.clone();
+        tokio::spawn(async move { port.charge(charge(order, 1500, "tok_visa")).await })
+    });
+    for joined in join_all(attempts).await {
+        let payment = joined.expect("task ran").expect("captured");
+        assert_eq!(payment.status, PaymentStatus::Captured);
+    }
+    let service = billing.module.service();
+    let mut numbers = Vec::new();
+    let mut invoice_ids = HashSet::new();
+    for &order in &orders {
+        let invoice = service
+            .invoice_of_order(order)
+            .await
+            .expect("reads")
+            .expect("issued");
+        assert_eq!(invoice.order_id, order);
+        invoice_ids.insert(invoice.id);
+        numbers.push(invoice.number);
+    }
+    assert_eq!(invoice_ids.len(), 20, "one invoice per payment");
+    let year = chrono::Utc::now().year();
+    let mut sequence: Vec<u32> = numbers
+        .iter()
+        .map(|number| {
+            let digits = number
+                .strip_prefix(&format!("INV-{year}-"))
+                .unwrap_or_else(|| panic!("{number} is of {year}"));
+            assert_eq!(digits.len(), 6, "{number}");
+            digits.parse().expect("a number")
+        })
+        .collect();
+    sequence.sort_unstable();
+    assert_eq!(sequence, (1..=20).collect::<Vec<u32>>(), "{numbers:?}");
+}
+
+async fn ten_calls_for_one_order_capture_once(backend: Backend) {
+    let Some(billing) = support::local(backend).await else {
+        return;
+    };
+    let (recorder, relay) = record(&billing).await;
+    let port = billing.module.port();
+    let order = Uuid::new_v4();
+    // `tok_slow` keeps the first call at the gateway while the others arrive.
+    let attempts = (0..10).map(|_| {
+        let port = port.clone();
+        tokio::spawn(async move { port.charge(charge(order, 990, "tok_slow")).await })
+    });
+    let mut answered = Vec::new();
+    for joined in join_all(attempts).await {
+        match joined.expect("task ran") {
+            Ok(payment) => answered.push(payment),
+            Err(BillingError::Unavailable(reason)) => {
+                assert!(reason.contains("in progress"), "{reason}");
+            }
+            Err(other) => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert!(
+        !answered.is_empty(),
+        "the call that went to the gateway answers"
+    );
+    let first = answered[0].clone();
+    assert_eq!(first.status, PaymentStatus::Captured);
+    assert!(answered.iter().all(|payment| *payment == first));
+    assert_eq!(
+        billing.gateway.charges_of(order),
+        1,
+        "one call to the gateway"
+    );
+    assert_eq!(payments_of(&billing, order).await, vec![first.clone()]);
+    let invoice = billing
+        .module
+        .service()
+        .invoice_of_order(order)
+        .await
+        .expect("reads");
+    assert!(invoice.is_some_and(|invoice| invoice.amount == first.amount));
+    let again = port
+        .charge(charge(order, 990, "tok_slow"))
+        .await
+        .expect("answered");
+    assert_eq!(again, first);
+    let seen = recorder.wait_for(1).await;
+    assert_eq!(
+        recorder.types(),
+        vec![event_types::PAYMENT_CAPTURED],
+        "captured once: {seen:?}"
+    );
+    relay.abort();
+}
+
+async fn ten_refunds_of_one_order_refund_once(backend: Backend) {
+    let Some(billing) = support::local(backend).await else {
+        return;
+    };
+    let (recorder, relay) = record(&billing).await;
+    let port = billing.module.port();
+    let order = Uuid::new_v4();
+    let captured = port
+        .charge(charge(order, 640, "tok_visa"))
+        .await
+        .expect("captured");
+    let attempts = (0..10).map(|_| {
+        let port = port.clone();
+        tokio::spawn(async move { port.refund(order).await })
+    });
+    let answers: Vec<Payment> = join_all(attempts)
+        .await
+        .into_iter()
+        .map(|joined| joined.expect("task ran").expect("refunded"))
+        .collect();
+    assert!(answers.iter().all(|payment| *payment == answers[0]));
+    assert_eq!(answers[0].status, PaymentStatus::Refunded);
+    assert_eq!(
+        answers[0].refunded_amount, captured.amount,
+        "refunded in full, once"
+    );
+    assert_eq!(payments_of(&billing, order).await, vec![answers[0].clone()]);
+    recorder.wait_for(2).await;
+    assert_eq!(
+        recorder.types(),
+        vec![event_types::PAYMENT_CAPTURED, event_types::PAYMENT_REFUNDED],
+        "refunded once"
+    );
+    relay.abort();
+}
+
+/// The gateway call of the first attempt "crashes" (its task panics, as its process
+/// would die): the payment stays pending. Until the attempt is `gateway_timeout` old,
+/// other calls answer "in progress"; then one takes the charge over.
+async fn a_crashed_charge_is_taken_over(backend: Backend) {
+    let timing = Timing {
+        slow_delay: Duration::from_millis(50),
+        gateway_timeout: Duration::from_millis(400),
+    };
+    let Some(billing) = support::local_with(backend, timing).await else {
+        return;
+    };
+    let port = billing.module.port();
+    let order = Uuid::new_v4();
+    billing.gateway.crash_next_charge();
+    let started = Instant::now();
+    let crashed = port.charge(charge(order, 1200, "tok_visa")).await;
+    assert!(
+        matches!(crashed, Err(BillingError::Internal(_))),
+        "{crashed:?}"
+    );
+    let meanwhile = port.charge(charge(order, 1200, "tok_visa")).await;
+    assert_eq!(
+        meanwhile,
+        Err(BillingError::Unavailable(
+            "a charge for this order is in progress".into()
+        ))
+    );
+    assert!(
+        payments_of(&billing, order).await.is_empty(),
+        "pending is never shown"
+    );
+    assert_eq!(billing.gateway.charges_of(order), 1);
+
+    let stale = timing.gateway_timeout + Duration::from_millis(50);
+    tokio::time::sleep(stale.saturating_sub(started.elapsed())).await;
+    let taken_over = port
+        .charge(charge(order, 1200, "tok_visa"))
+        .await
+        .expect("captured by the next call");
+    assert_eq!(taken_over.status, PaymentStatus::Captured);
+    assert_eq!(
+        billing.gateway.charges_of(order),
+        2,
+        "the gateway was asked again"
+    );
+    assert_eq!(payments_of(&billing, order).await, vec![taken_over.clone()]);
+    assert!(
+        billing
+            .module
+            .service()
+            .invoice_of_order(order)
+            .await
+            .expect("reads")
+            .is_some()
+    );
+    let conflict = port.charge(charge(order, 1300, "tok_visa")).await;
+    assert_eq!(
+        conflict,
+        Err(BillingError::ChargeConflict { order_id: order })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_charges_get_twenty_consecutive_invoice_numbers_on_sqlite() {
+    twenty_orders_get_consecutive_invoice_numbers(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_charges_get_twenty_consecutive_invoice_numbers_on_postgres() {
+    twenty_orders_get_consecutive_invoice_numbers(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_concurrent_charges_of_one_order_capture_once_on_sqlite() {
+    ten_calls_for_one_order_capture_once(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_concurrent_charges_of_one_order_capture_once_on_postgres() {
+    ten_calls_for_one_order_capture_once(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_concurrent_refunds_of_one_order_refund_once_on_sqlite() {
+    ten_refunds_of_one_order_refund_once(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_concurrent_refunds_of_one_order_refund_once_on_postgres() {
+    ten_refunds_of_one_order_refund_once(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_charge_is_taken_over_after_the_gateway_timeout_on_sqlite() {
+    a_crashed_charge_is_taken_over(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_charge_is_taken_over_after_the_gateway_timeout_on_postgres() {
+    a_crashed_charge_is_taken_over(Backend::Postgres).await;
+}

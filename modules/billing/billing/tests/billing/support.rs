@@ -1,0 +1,228 @@
+//! Fixtures: billing on a throw-away database with a counting simulated gateway, an actix
+//! app or server around it.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServerHandle, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::{App, HttpServer, web};
+use async_trait::async_trait;
+use billing::{
+    BillingModule, ChargeOutcome, GatewayCharge, GatewayError, GatewayRefund, MIGRATIONS,
+    PaymentGateway, RefundOutcome, SimulatedGateway,
+};
+use billing_contract::{BillingSettings, ChargeRequest, Money};
+use chassis::db::Backend;
+use chassis::http::{Tokens, configure_extractors, problem_for_error_responses};
+use chassis::module::LocalModule;
+use chassis::secret::Secret;
+use chassis::testing::TestDatabase;
+use url::Url;
+use uuid::Uuid;
+
+pub(crate) const ADMIN_TOKEN: &str = "test-admin-token";
+pub(crate) const SERVICE_TOKEN: &str = "test-service-token";
+
+/// How fast the simulated provider and billing's patience are.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    /// How long `tok_slow` takes.
+    pub(crate) slow_delay: Duration,
+    /// `billing.gateway_timeout`.
+    pub(crate) gateway_timeout: Duration,
+}
+
+/// The tests' default: `tok_slow` succeeds, quickly.
+pub(crate) const QUICK: Timing = Timing {
+    slow_delay: Duration::from_millis(100),
+    gateway_timeout: Duration::from_secs(1),
+};
+
+/// Billing gives up on the gateway before `tok_slow` answers.
+pub(crate) const HASTY: Timing = Timing {
+    slow_delay: Duration::from_millis(500),
+    gateway_timeout: Duration::from_millis(100),
+};
+
+/// The simulated gateway, counting the calls it gets per order, and able to crash (panic)
+/// in the middle of a charge, as a process dying during the call would.
+#[derive(Debug)]
+pub(crate) struct CountingGateway {
+    inner: SimulatedGateway,
+    charges: Mutex<HashMap<Uuid, usize>>,
+    refunds: Mutex<HashMap<Uuid, usize>>,
+    crash_next_charge: AtomicBool,
+}
+
+impl CountingGateway {
+    pub(crate) fn new(slow_delay: Duration) -> Self {
+        Self {
+            inner: SimulatedGateway::new(slow_delay),
+            charges: Mutex::default(),
+            refunds: Mutex::default(),
+            crash_next_charge: AtomicBool::new(false),
+        }
+    }
+
+    /// Charge calls the provider got for `order_id`.
+    pub(crate) fn charges_of(&self, order_id: Uuid) -> usize {
+        self.charges
+            .lock()
+            .expect("lock")
+            .get(&order_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Refund calls the provider got for `order_id`.
+    pub(crate) fn refunds_of(&self, order_id: Uuid) -> usize {
+        self.refunds
+            .lock()
+            .expect("lock")
+            .get(&order_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The next charge call panics after it was counted.
+    pub(crate) fn crash_next_charge(&self) {
+        self.crash_next_charge.store(true, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl PaymentGateway for CountingGateway {
+    async fn charge(&self, charge: &GatewayCharge) -> Result<ChargeOutcome, GatewayError> {
+        *self
+            .charges
+            .lock()
+            .expect("lock")
+            .entry(charge.idempotency_key)
+            .or_default() += 1;
+        if self.crash_next_charge.swap(false, Ordering::SeqCst) {
+            panic!("simulated crash during the gateway call");
+        }
+        self.inner.charge(charge).await
+    }
+
+    async fn refund(&self, refund: &GatewayRefund) -> Result<RefundOutcome, GatewayError> {
+        *self
+            .refunds
+            .lock()
+            .expect("lock")
+            .entry(refund.idempotency_key)
+            .or_default() += 1;
+        self.inner.refund(refund).await
+    }
+}
+
+/// A billing module on its own database, which lives as long as this value.
+pub(crate) struct LocalBilling {
+    pub(crate) module: BillingModule,
+    pub(crate) gateway: Arc<CountingGateway>,
+    _db: TestDatabase,
+}
+
+impl LocalBilling {
+    /// Another billing module on the same database, with its own gateway and timing (as a
+    /// second process would be).
+    pub(crate) fn sibling(&self, timing: Timing) -> BillingModule {
+        module(self.module.database().clone(), timing).0
+    }
+}
+
+fn module(db: chassis::db::Database, timing: Timing) -> (BillingModule, Arc<CountingGateway>) {
+    let gateway = Arc::new(CountingGateway::new(timing.slow_delay));
+    let settings = BillingSettings {
+        gateway_timeout: timing.gateway_timeout,
+        ..BillingSettings::default()
+    };
+    let module = BillingModule::with_gateway(db, "EUR", &settings, gateway.clone());
+    (module, gateway)
+}
+
+/// Billing on a fresh database of `backend`, with the [`QUICK`] timing; `None` when
+/// PostgreSQL is unreachable outside CI (the reason is printed).
+pub(crate) async fn local(backend: Backend) -> Option<LocalBilling> {
+    local_with(backend, QUICK).await
+}
+
+pub(crate) async fn local_with(backend: Backend, timing: Timing) -> Option<LocalBilling> {
+    let db = TestDatabase::new(backend)?;
+    let database = db.open(MIGRATIONS).await;
+    let (module, gateway) = module(database, timing);
+    Some(LocalBilling {
+        module,
+        gateway,
+        _db: db,
+    })
+}
+
+/// The app the composition root would build around billing.
+pub(crate) fn app(
+    module: BillingModule,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .wrap(problem_for_error_responses())
+        .app_data(web::Data::new(Tokens::new(
+            Some(Secret::new(ADMIN_TOKEN)),
+            Some(Secret::new(SERVICE_TOKEN)),
+        )))
+        .configure(configure_extractors)
+        .configure(move |cfg| module.configure(cfg))
+}
+
+/// Billing served over HTTP on a free port of 127.0.0.1.
+pub(crate) struct RemoteServer {
+    pub(crate) url: Url,
+    handle: ServerHandle,
+}
+
+impl RemoteServer {
+    pub(crate) async fn start(module: &BillingModule) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binds a free port");
+        let address = listener.local_addr().expect("has an address");
+        let module = module.clone();
+        let server = HttpServer::new(move || app(module.clone()))
+            .workers(1)
+            .disable_signals()
+            .listen(listener)
+            .expect("listens")
+            .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Self {
+            url: Url::parse(&format!("http://{address}/")).expect("valid url"),
+            handle,
+        }
+    }
+
+    pub(crate) async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+pub(crate) fn eur(amount: i64) -> Money {
+    Money::new(amount, "EUR")
+}
+
+/// A charge of `amount` euro cents for `order_id` with `token`.
+pub(crate) fn charge(order_id: Uuid, amount: i64, token: &str) -> ChargeRequest {
+    ChargeRequest {
+        order_id,
+        amount: eur(amount),
+        token: token.into(),
+    }
+}
