@@ -111,12 +111,16 @@ pub async fn compose(config: &Config) -> anyhow::Result<Composition> {
                 composition.local.push(Arc::new(module));
             }
             ("billing", Placement::Remote(url)) => {
-                let client = HttpBilling::new(
-                    url.clone(),
-                    config.auth.service_token.clone(),
-                    config.remote.clone(),
-                )
-                .context("module billing: cannot build its remote client")?;
+                // A charge may take as long as the payment gateway is given: the client
+                // must wait at least that long, or it would give up on charges that succeed
+                // (and find them "in progress" on every retry).
+                let mut settings = config.remote.clone();
+                settings.timeout = settings
+                    .timeout
+                    .max(config.billing.gateway_timeout + std::time::Duration::from_secs(5));
+                let client =
+                    HttpBilling::new(url.clone(), config.auth.service_token.clone(), settings)
+                        .context("module billing: cannot build its remote client")?;
                 probes.push(Probe::Peer(client.remote().clone()));
                 composition.billing = Some(Arc::new(client));
             }

@@ -35,6 +35,11 @@ async fn down(counters: web::Data<Counters>) -> HttpResponse {
     HttpResponse::ServiceUnavailable().finish()
 }
 
+async fn gateway_down(counters: web::Data<Counters>) -> HttpResponse {
+    counters.calls.fetch_add(1, Ordering::SeqCst);
+    chassis::http::problem_response(&Problem::unavailable("the payment gateway timed out"))
+}
+
 async fn conflict() -> HttpResponse {
     let problem = Problem::new(409, "sku_taken", "sku A is taken").with_extension("sku", "A");
     chassis::http::problem_response(&problem)
@@ -75,6 +80,7 @@ async fn peer() -> Peer {
             .route("/flaky", web::route().to(flaky))
             .route("/down", web::route().to(down))
             .route("/conflict", web::get().to(conflict))
+            .route("/gateway-down", web::get().to(gateway_down))
             .route("/slow", web::get().to(slow))
             .route("/whoami", web::get().to(whoami))
     })
@@ -247,4 +253,38 @@ async fn an_unreachable_peer_is_unavailable() {
         matches!(outcome, Err(RemoteError::Unavailable { .. })),
         "{outcome:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_problem_from_a_live_peer_is_handed_back_without_tripping_the_breaker() {
+    let peer = peer().await;
+    let sensitive = RemoteSettings {
+        breaker_failures: 1,
+        ..settings()
+    };
+    let client = client(&peer.url, sensitive);
+    for _ in 0..3 {
+        let outcome: Result<serde_json::Value, _> = client.get("/gateway-down", &[]).await;
+        match outcome {
+            Err(RemoteError::Problem(problem)) => {
+                assert_eq!(problem.status, 503);
+                assert_eq!(
+                    problem.detail, "the payment gateway timed out",
+                    "the detail survives"
+                );
+            }
+            other => panic!("expected the peer's problem, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        client.breaker_state(),
+        BreakerState::Closed,
+        "the peer is up"
+    );
+    assert_eq!(
+        peer.counters.calls.load(Ordering::SeqCst),
+        3,
+        "not retried: the peer answered"
+    );
+    peer.handle.stop(false).await;
 }

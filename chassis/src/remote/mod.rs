@@ -317,14 +317,17 @@ impl RemoteClient {
         if status.is_success() {
             return Ok(bytes.to_vec());
         }
-        if matches!(status.as_u16(), 502..=504) {
-            return Err(Attempt::Transient(format!("peer answered {status}")));
-        }
         let problem = if is_problem {
             serde_json::from_slice::<Problem>(&bytes).ok()
         } else {
             None
         };
+        // A 503 problem document is the peer's own answer ("my dependency is down"): the
+        // peer is up, so it is handed back whole and does not count against the breaker.
+        // A bare 502/503/504 comes from the peer being unreachable behind a proxy, or down.
+        if problem.is_none() && matches!(status.as_u16(), 502..=504) {
+            return Err(Attempt::Transient(format!("peer answered {status}")));
+        }
         match problem {
             Some(problem) => Err(Attempt::Answered(problem)),
             None if status.is_server_error() => {
