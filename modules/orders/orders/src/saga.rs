@@ -97,15 +97,26 @@ impl Saga {
         if !claimed {
             return Ok(());
         }
+        self.drive(id).await
+    }
+
+    /// Runs the saga of an order this process has just stored, and so already holds.
+    pub(crate) async fn run_new(&self, id: Uuid) -> Result<(), Error> {
+        self.drive(id).await
+    }
+
+    async fn drive(&self, id: Uuid) -> Result<(), Error> {
+        let (mut row, lines) = self
+            .db
+            .read(move |conn| {
+                let row = repo::find_row(conn, id)?.ok_or(Error::OrderNotFound(id))?;
+                let lines = repo::lines_of(conn, std::slice::from_ref(&row.id))?;
+                Ok::<_, Error>((row, lines))
+            })
+            .await?;
+        // This process holds the saga from here on, so the row read above stays true
+        // except for what `record_step` writes, which is mirrored below.
         loop {
-            let (row, lines) = self
-                .db
-                .read(move |conn| {
-                    let row = repo::find_row(conn, id)?.ok_or(Error::OrderNotFound(id))?;
-                    let lines = repo::lines_of(conn, std::slice::from_ref(&row.id))?;
-                    Ok::<_, Error>((row, lines))
-                })
-                .await?;
             let Some(step) = row.step() else {
                 return Ok(());
             };
@@ -120,6 +131,11 @@ impl Saga {
                 Outcome::Next(next, reason) => {
                     if !self.record_step(id, next, reason).await? {
                         return Ok(());
+                    }
+                    row.saga_step = Some(next.as_str().to_owned());
+                    row.saga_attempts = 0;
+                    if let Some(reason) = reason {
+                        row.rejection_reason = Some(reason.as_str().to_owned());
                     }
                 }
                 Outcome::Finish(status, reason) => {

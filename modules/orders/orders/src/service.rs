@@ -175,7 +175,7 @@ impl OrdersService {
         metrics::counter!("bazaar_orders_placed_total").increment(1);
         let saga = Arc::clone(&self.saga);
         let running = tokio::spawn(async move {
-            if let Err(error) = saga.run(id).await {
+            if let Err(error) = saga.run_new(id).await {
                 tracing::warn!(order_id = %id, %error, "saga stopped; the recovery worker resumes it");
             }
         });
