@@ -281,13 +281,24 @@ pub(crate) fn postpone(
     .map(|_| ())
 }
 
-/// Ends the saga with the order's new status; answers false if `owner` no longer holds it.
+/// Ends the saga with the order's new status (and, when it is decided here, the rejection
+/// reason); answers false if `owner` no longer holds it.
 pub(crate) fn finish(
     conn: &mut DbConnection,
     id: Uuid,
     owner: &str,
     status: OrderStatus,
+    reason: Option<RejectionReason>,
 ) -> QueryResult<bool> {
+    if let Some(reason) = reason {
+        diesel::update(
+            orders::table
+                .find(id.to_string())
+                .filter(orders::saga_owner.eq(owner)),
+        )
+        .set(orders::rejection_reason.eq(reason.as_str()))
+        .execute(conn)?;
+    }
     diesel::update(
         orders::table
             .find(id.to_string())

@@ -280,11 +280,7 @@ impl Saga {
         let finished = self
             .db
             .write_with_events(move |conn, events| {
-                if let Some(reason) = reason {
-                    let lease_until = utc_now() + chrono::Duration::seconds(1);
-                    repo::set_step(conn, id, &owner, Step::Release, Some(reason), lease_until)?;
-                }
-                if !repo::finish(conn, id, &owner, status)? {
+                if !repo::finish(conn, id, &owner, status, reason)? {
                     return Ok(false);
                 }
                 let order = repo::find_order(conn, id)?.ok_or(Error::OrderNotFound(id))?;
