@@ -16,8 +16,8 @@ use chassis::db::{Database, utc_now};
 use chassis::events::Envelope;
 use chrono::NaiveDateTime;
 use orders_contract::{
-    OrderCancelled, OrderConfirmed, OrderRejected, OrderStatus, OrdersSettings, RejectionReason,
-    event_types,
+    Order, OrderCancelled, OrderConfirmed, OrderRejected, OrderStatus, OrdersSettings,
+    RejectionReason, event_types,
 };
 use uuid::Uuid;
 
@@ -85,9 +85,10 @@ impl Saga {
                 .unwrap_or(chrono::Duration::minutes(5))
     }
 
-    /// Runs the saga of `id` until it ends or has to wait for a peer. Does nothing if
-    /// another process holds the saga or no saga work remains.
-    pub(crate) async fn run(&self, id: Uuid) -> Result<(), Error> {
+    /// Runs the saga of `id` until it ends or has to wait for a peer; answers the order if
+    /// this run ended it. Does nothing if another process holds the saga or no saga work
+    /// remains.
+    pub(crate) async fn run(&self, id: Uuid) -> Result<Option<Order>, Error> {
         let owner = self.owner.clone();
         let lease_until = self.lease_until();
         let claimed = self
@@ -95,18 +96,9 @@ impl Saga {
             .write(move |conn| repo::claim_saga(conn, id, &owner, lease_until).map_err(Error::from))
             .await?;
         if !claimed {
-            return Ok(());
+            return Ok(None);
         }
-        self.drive(id).await
-    }
-
-    /// Runs the saga of an order this process has just stored, and so already holds.
-    pub(crate) async fn run_new(&self, id: Uuid) -> Result<(), Error> {
-        self.drive(id).await
-    }
-
-    async fn drive(&self, id: Uuid) -> Result<(), Error> {
-        let (mut row, lines) = self
+        let (row, lines) = self
             .db
             .read(move |conn| {
                 let row = repo::find_row(conn, id)?.ok_or(Error::OrderNotFound(id))?;
@@ -114,11 +106,25 @@ impl Saga {
                 Ok::<_, Error>((row, lines))
             })
             .await?;
+        self.drive(row, lines).await
+    }
+
+    /// Runs the saga of an order this process has just stored (and so holds), as stored.
+    pub(crate) async fn run_new(
+        &self,
+        row: OrderRow,
+        lines: Vec<LineRow>,
+    ) -> Result<Option<Order>, Error> {
+        self.drive(row, lines).await
+    }
+
+    async fn drive(&self, mut row: OrderRow, lines: Vec<LineRow>) -> Result<Option<Order>, Error> {
+        let id = row.order_id();
         // This process holds the saga from here on, so the row read above stays true
         // except for what `record_step` writes, which is mirrored below.
         loop {
             let Some(step) = row.step() else {
-                return Ok(());
+                return Ok(None);
             };
             let outcome = match step.compensation_after_deadline() {
                 Some(compensation) if utc_now() > row.saga_deadline => {
@@ -130,7 +136,7 @@ impl Saga {
             match outcome {
                 Outcome::Next(next, reason) => {
                     if !self.record_step(id, next, reason).await? {
-                        return Ok(());
+                        return Ok(None);
                     }
                     row.saga_step = Some(next.as_str().to_owned());
                     row.saga_attempts = 0;
@@ -138,13 +144,10 @@ impl Saga {
                         row.rejection_reason = Some(reason.as_str().to_owned());
                     }
                 }
-                Outcome::Finish(status, reason) => {
-                    self.finish(id, status, reason).await?;
-                    return Ok(());
-                }
+                Outcome::Finish(status, reason) => return self.finish(id, status, reason).await,
                 Outcome::RetryLater(error) => {
                     self.postpone(id, row.saga_attempts, error).await?;
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         }
@@ -269,21 +272,23 @@ impl Saga {
             .await
     }
 
-    /// Ends the saga and raises the order's event, in one transaction.
+    /// Ends the saga and raises the order's event, in one transaction; answers the order
+    /// as it ended, unless another process held the saga after all.
     async fn finish(
         &self,
         id: Uuid,
         status: OrderStatus,
         reason: Option<RejectionReason>,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<Order>, Error> {
         let owner = self.owner.clone();
         let finished = self
             .db
             .write_with_events(move |conn, events| {
                 if !repo::finish(conn, id, &owner, status, reason)? {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 let order = repo::find_order(conn, id)?.ok_or(Error::OrderNotFound(id))?;
+                let ended = order.clone();
                 let event = match status {
                     OrderStatus::Confirmed => Envelope::new(
                         orders_contract::MODULE,
@@ -303,20 +308,20 @@ impl Saga {
                         id,
                         &OrderCancelled { order },
                     ),
-                    OrderStatus::Pending => return Ok(true),
+                    OrderStatus::Pending => return Ok(Some(ended)),
                 }
                 .map_err(|error| {
                     Error::Database(chassis::db::DbError::Encoding(error.to_string()))
                 })?;
                 events.push(event);
-                Ok::<_, Error>(true)
+                Ok::<_, Error>(Some(ended))
             })
             .await?;
-        if finished {
+        if finished.is_some() {
             metrics::counter!("bazaar_saga_outcomes_total", "outcome" => status.as_str())
                 .increment(1);
         }
-        Ok(())
+        Ok(finished)
     }
 }
 

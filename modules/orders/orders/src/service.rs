@@ -145,6 +145,7 @@ impl OrdersService {
             updated_at: now,
         };
         let stored_key = idempotency_key.clone();
+        let (saga_row, saga_lines) = (row.clone(), lines.clone());
         let stored = self
             .db
             .write(move |conn| {
@@ -175,13 +176,16 @@ impl OrdersService {
         metrics::counter!("bazaar_orders_placed_total").increment(1);
         let saga = Arc::clone(&self.saga);
         let running = tokio::spawn(async move {
-            if let Err(error) = saga.run_new(id).await {
+            saga.run_new(saga_row, saga_lines).await.unwrap_or_else(|error| {
                 tracing::warn!(order_id = %id, %error, "saga stopped; the recovery worker resumes it");
-            }
+                None
+            })
         });
         // The saga goes on after the answer if it takes longer than `sync_wait`.
-        let _still_running = tokio::time::timeout(self.settings.sync_wait, running).await;
-        self.order(id).await
+        match tokio::time::timeout(self.settings.sync_wait, running).await {
+            Ok(Ok(Some(ended))) => Ok(ended),
+            _ => self.order(id).await,
+        }
     }
 
     /// The order stored under `key`, if the key was used for this same request.
