@@ -1,6 +1,7 @@
 //! Orders benchmark: drives `POST /orders` over HTTP on 127.0.0.1 against the monolith
 //! (the real catalog, billing and orders modules) with concurrent clients for a bounded
 //! time, and reports confirmed orders/s with p50/p99 latency, on SQLite and PostgreSQL.
+//! Orders spread round-robin over 100 products.
 //!
 //!     cargo bench --bench orders                 # both backends, 32 clients, 10 s each
 //!     cargo bench --bench orders -- sqlite 64    # one backend, 64 clients
@@ -20,6 +21,7 @@ use serde_json::{Value, json};
 
 const ADMIN_TOKEN: &str = "bench-admin";
 const RUN_FOR: Duration = Duration::from_secs(10);
+const PRODUCTS: usize = 100;
 
 struct Outcome {
     latency: Duration,
@@ -67,32 +69,45 @@ async fn run(label: &str, config: bazaar::Config, clients: usize) {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let product: Value = http
-        .post(format!("{base}/catalog/products"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"sku": "BENCH", "name": "Bench item", "price": {"amount": 500, "currency": "EUR"}, "stock": 1_000_000_000_i64}))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let body = json!({
-        "customer_email": "bench@example.com",
-        "lines": [{"product_id": product["id"], "quantity": 1}],
-        "payment": {"token": "tok_visa"}
-    });
+    // A shop sells many products: orders spread over them, as real traffic does, rather
+    // than all queueing on one product's row lock.
+    let mut bodies = Vec::with_capacity(PRODUCTS);
+    for n in 0..PRODUCTS {
+        let product: Value = http
+            .post(format!("{base}/catalog/products"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"sku": format!("BENCH-{n}"), "name": "Bench item", "price": {"amount": 500, "currency": "EUR"}, "stock": 1_000_000_000_i64}))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        bodies.push(json!({
+            "customer_email": "bench@example.com",
+            "lines": [{"product_id": product["id"], "quantity": 1}],
+            "payment": {"token": "tok_visa"}
+        }));
+    }
+    let bodies = Arc::new(bodies);
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let workers: Vec<_> = (0..clients)
-        .map(|_| {
-            let (http, base, body, stop) =
-                (http.clone(), base.clone(), body.clone(), Arc::clone(&stop));
+        .map(|client| {
+            let (http, base, bodies, stop) = (
+                http.clone(),
+                base.clone(),
+                Arc::clone(&bodies),
+                Arc::clone(&stop),
+            );
             tokio::spawn(async move {
                 let mut outcomes = Vec::new();
+                let mut next = client;
                 while !stop.load(Ordering::Relaxed) {
+                    let body = &bodies[next % bodies.len()];
+                    next += 1;
                     let sent = Instant::now();
-                    let answer = http.post(format!("{base}/orders")).json(&body).send().await;
+                    let answer = http.post(format!("{base}/orders")).json(body).send().await;
                     let confirmed = match answer {
                         Ok(response) => response
                             .json::<Value>()

@@ -91,6 +91,8 @@ impl Config {
             self.placement(name)?;
         }
         self.catalog.validate().map_err(ConfigError::Invalid)?;
+        self.orders.validate().map_err(ConfigError::Invalid)?;
+        self.billing.validate().map_err(ConfigError::Invalid)?;
         if self.remote.max_concurrency == 0 {
             return Err(ConfigError::key(
                 "remote.max_concurrency",
@@ -156,6 +158,23 @@ mod tests {
     fn remote_module_without_url_names_the_key() {
         let error = load(&[("BAZAAR__MODULES__CATALOG__MODE", "remote")]).expect_err("needs url");
         assert!(error.to_string().contains("modules.catalog.url"), "{error}");
+    }
+
+    #[test]
+    fn module_sections_are_validated_naming_the_key() {
+        let error =
+            load(&[("BAZAAR__ORDERS__SAGA_DEADLINE", "1s")]).expect_err("shorter than sync_wait");
+        assert!(
+            error.to_string().contains("orders.saga_deadline"),
+            "{error}"
+        );
+        let error = load(&[("BAZAAR__BILLING__GATEWAY", "stripe")]).expect_err("unknown gateway");
+        assert!(error.to_string().contains("billing.gateway"), "{error}");
+        let error = load(&[("BAZAAR__CATALOG__LOW_STOCK_THRESHOLD", "-1")]).expect_err("negative");
+        assert!(
+            error.to_string().contains("catalog.low_stock_threshold"),
+            "{error}"
+        );
     }
 
     #[test]

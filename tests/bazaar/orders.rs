@@ -194,6 +194,103 @@ async fn forty_concurrent_orders_for_ten_units_confirm_exactly_ten_on_postgres()
     drop(databases);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_whose_payment_keeps_failing_is_compensated_at_the_deadline() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut config = support::config(data.path());
+    config.orders.sync_wait = Duration::from_millis(200);
+    config.orders.saga_deadline = Duration::from_secs(2);
+    config.orders.recovery_interval = Duration::from_millis(100);
+    let base = support::spawn(config).await;
+    let http = support::http();
+    let product = create_product(&http, &base, "FLAKY-PAY", 3, 400).await;
+    let placed: Value = http
+        .post(format!("{base}/orders"))
+        .json(&order_body(&product, 2, "tok_error"))
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        placed["status"], "pending",
+        "the gateway keeps failing: retried by the saga"
+    );
+    let id = placed["id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let order = loop {
+        let order: Value = http
+            .get(format!("{base}/orders/{id}"))
+            .send()
+            .await
+            .expect("reads")
+            .json()
+            .await
+            .expect("json");
+        if order["status"] != "pending" {
+            break order;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still pending long after the saga deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(order["status"], "rejected");
+    assert_eq!(order["rejection_reason"], "dependency_unavailable");
+    assert_invariants(&http, &base, &product, 3, &[order]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancelled_order_is_refunded_and_restocked() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let base = support::spawn(support::config(data.path())).await;
+    let http = support::http();
+    let product = create_product(&http, &base, "RETURNED", 4, 650).await;
+    let placed: Value = http
+        .post(format!("{base}/orders"))
+        .json(&order_body(&product, 3, "tok_visa"))
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(placed["status"], "confirmed");
+    let id = placed["id"].as_str().expect("id");
+    let cancelled: Value = http
+        .post(format!("{base}/orders/{id}/cancel"))
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(cancelled["status"], "cancelled");
+    let product_now: Value = http
+        .get(format!("{base}/catalog/products/{product}"))
+        .send()
+        .await
+        .expect("reads")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        product_now["stock"],
+        json!({"on_hand": 4, "reserved": 0, "available": 4}),
+        "restocked"
+    );
+    let payments = payments_by_order(&http, &base).await;
+    let mine = payments.get(id).cloned().unwrap_or_default();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0]["status"], "refunded");
+    assert_eq!(
+        mine[0]["refunded_amount"], placed["total"],
+        "refunded in full"
+    );
+}
+
 #[test]
 fn orders_paid_slowly_survive_a_sigkill_mid_saga_with_the_invariants_intact() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");

@@ -187,6 +187,21 @@ pub(crate) enum Settlement<'a> {
     Declined { reason: &'a str },
 }
 
+/// When the pending payment of `order_id` had its current charge attempt start: `None`
+/// when no attempt is running (the last one failed and was released).
+pub(crate) fn attempt_started_at(
+    conn: &mut DbConnection,
+    order_id: Uuid,
+) -> QueryResult<Option<NaiveDateTime>> {
+    payments::table
+        .filter(payments::order_id.eq(order_id.to_string()))
+        .filter(payments::status.eq(PENDING))
+        .select(payments::attempt_started_at)
+        .first::<Option<NaiveDateTime>>(conn)
+        .optional()
+        .map(Option::flatten)
+}
+
 /// Settles a pending payment (taking its row lock); answers whether it was still pending.
 pub(crate) fn settle(
     conn: &mut DbConnection,

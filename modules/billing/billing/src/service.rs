@@ -286,6 +286,30 @@ impl BillingService {
             .await
     }
 
+    /// A refund asked for a payment still pending: the payer's side is compensating (an
+    /// order past its deadline), so no charge may go through any more. A running attempt
+    /// is waited for (`Unavailable`); an idle one — its last attempt failed, or crashed
+    /// more than `gateway_timeout` ago — is settled as declined, so that any later charge
+    /// answers that and the compensation can go on.
+    async fn abandon(&self, order_id: Uuid) -> Result<Payment, BillingError> {
+        let started = self
+            .db
+            .read(move |conn| repo::attempt_started_at(conn, order_id).map_err(Error::from))
+            .await?;
+        let stale_after = TimeDelta::from_std(self.gateway_timeout).unwrap_or(TimeDelta::MAX);
+        if started.is_some_and(|started| repo::now() - started < stale_after) {
+            return Err(in_progress().into());
+        }
+        let reason =
+            "abandoned: the order was compensated before any charge went through".to_owned();
+        let payment = self.settle(order_id, Answer::Declined(reason)).await?;
+        match payment.status {
+            // A concurrent attempt captured it first: it is refunded like any capture.
+            PaymentStatus::Captured => Billing::refund(self, order_id).await,
+            status => Err(BillingError::NotRefundable { order_id, status }),
+        }
+    }
+
     /// The refund of a captured payment: the gateway, then the payment and its event.
     async fn give_back(&self, stored: StoredPayment) -> Result<Payment, BillingError> {
         let order_id = stored.order_id;
@@ -375,10 +399,10 @@ impl Billing for BillingService {
             Stage::Settled(status @ PaymentStatus::Declined) => {
                 return Err(BillingError::NotRefundable { order_id, status });
             }
-            // Refunded: answered as is; pending: there is nothing to refund yet.
-            Stage::Settled(PaymentStatus::Refunded) | Stage::Pending => {
+            Stage::Settled(PaymentStatus::Refunded) => {
                 return stored.settled().ok_or_else(|| in_progress().into());
             }
+            Stage::Pending => return self.abandon(order_id).await,
         }
         let service = self.clone();
         tokio::spawn(async move { service.give_back(stored).await })

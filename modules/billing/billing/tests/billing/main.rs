@@ -1,5 +1,6 @@
 //! Billing's integration tests: one binary (faster links), one module per concern.
 
+mod compensation;
 mod concurrency;
 mod conformance;
 mod events;
