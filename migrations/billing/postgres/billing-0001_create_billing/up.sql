@@ -9,6 +9,8 @@ CREATE TABLE payments (
     status TEXT NOT NULL CHECK (status IN ('pending', 'captured', 'declined', 'refunded')),
     provider_ref TEXT,
     decline_reason TEXT,
+    -- The invoice issued when the payment was captured.
+    invoice_id TEXT,
     refunded_amount BIGINT NOT NULL DEFAULT 0
         CHECK (refunded_amount >= 0 AND refunded_amount <= amount),
     attempt_started_at TIMESTAMP,

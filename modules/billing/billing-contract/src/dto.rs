@@ -51,6 +51,8 @@ pub struct Payment {
     pub status: PaymentStatus,
     /// The payment provider's reference, when it answered.
     pub provider_ref: Option<String>,
+    /// The invoice issued for the payment (`GET /billing/invoices/{id}`), once captured.
+    pub invoice_id: Option<Uuid>,
     pub refunded_amount: Money,
     pub created_at: DateTime<Utc>,
 }

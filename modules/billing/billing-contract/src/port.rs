@@ -27,6 +27,10 @@ pub trait Billing: Send + Sync {
     ///
     /// A captured payment becomes `refunded`; a refunded one answers as is. MUST return
     /// [`BillingError::PaymentNotFound`] for an order never charged and
-    /// [`BillingError::NotRefundable`] for a declined one.
+    /// [`BillingError::NotRefundable`] for a declined one. A refund asked while no charge
+    /// of the order went through (every attempt failed, or one crashed long ago) MUST
+    /// decline the payment — so that no later charge captures it — and answer
+    /// [`BillingError::NotRefundable`]; while an attempt is running it answers
+    /// [`BillingError::Unavailable`].
     async fn refund(&self, order_id: Uuid) -> Result<Payment, BillingError>;
 }

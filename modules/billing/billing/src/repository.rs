@@ -27,6 +27,7 @@ pub(crate) struct PaymentRow {
     pub(crate) currency: String,
     pub(crate) status: String,
     pub(crate) provider_ref: Option<String>,
+    pub(crate) invoice_id: Option<String>,
     pub(crate) refunded_amount: i64,
     pub(crate) created_at: NaiveDateTime,
 }
@@ -46,6 +47,7 @@ pub(crate) struct StoredPayment {
     pub(crate) order_id: Uuid,
     pub(crate) amount: Money,
     pub(crate) provider_ref: Option<String>,
+    invoice_id: Option<Uuid>,
     refunded_amount: i64,
     created_at: NaiveDateTime,
 }
@@ -70,6 +72,7 @@ impl TryFrom<PaymentRow> for StoredPayment {
             order_id: Uuid::parse_str(&row.order_id).unwrap_or_default(),
             amount: Money::new(row.amount, row.currency),
             provider_ref: row.provider_ref,
+            invoice_id: row.invoice_id.and_then(|id| Uuid::parse_str(&id).ok()),
             refunded_amount: row.refunded_amount,
             created_at: row.created_at,
         })
@@ -89,6 +92,7 @@ impl StoredPayment {
             amount: self.amount,
             status,
             provider_ref: self.provider_ref,
+            invoice_id: self.invoice_id,
             created_at: self.created_at.and_utc(),
         })
     }
@@ -200,6 +204,18 @@ pub(crate) fn attempt_started_at(
         .first::<Option<NaiveDateTime>>(conn)
         .optional()
         .map(Option::flatten)
+}
+
+/// Records the invoice issued for a captured payment.
+pub(crate) fn set_invoice(
+    conn: &mut DbConnection,
+    order_id: Uuid,
+    invoice_id: Uuid,
+) -> QueryResult<()> {
+    diesel::update(payments::table.filter(payments::order_id.eq(order_id.to_string())))
+        .set(payments::invoice_id.eq(invoice_id.to_string()))
+        .execute(conn)
+        .map(|_| ())
 }
 
 /// Settles a pending payment (taking its row lock); answers whether it was still pending.

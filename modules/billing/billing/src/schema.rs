@@ -9,6 +9,7 @@ diesel::table! {
         status -> Text,
         provider_ref -> Nullable<Text>,
         decline_reason -> Nullable<Text>,
+        invoice_id -> Nullable<Text>,
         refunded_amount -> BigInt,
         attempt_started_at -> Nullable<Timestamp>,
         created_at -> Timestamp,

@@ -258,10 +258,12 @@ impl BillingService {
                     // A concurrent attempt settled it first.
                     return current(conn, order_id);
                 }
-                let payment = current(conn, order_id)?;
+                let mut payment = current(conn, order_id)?;
                 match answer {
                     Answer::Captured(_) => {
                         let invoice = issue_invoice(conn, &payment, at)?;
+                        repo::set_invoice(conn, order_id, invoice.id)?;
+                        payment.invoice_id = Some(invoice.id);
                         let captured = PaymentCaptured {
                             payment_id: payment.id,
                             order_id,

@@ -28,6 +28,7 @@ async fn suite(port: &dyn Billing, hasty: &dyn Billing, billing: &LocalBilling) 
     refund_of_an_order_never_charged_is_not_found(port).await;
     refund_of_a_declined_payment_is_not_refundable(port).await;
     unavailable_when_the_gateway_fails_and_charging_later_works(port, billing).await;
+    a_refund_before_any_charge_went_through_declines_the_payment(port, billing).await;
     unavailable_when_the_gateway_answers_too_late(port, hasty, billing).await;
 }
 
@@ -210,6 +211,37 @@ async fn refund_of_a_declined_payment_is_not_refundable(port: &dyn Billing) {
     );
 }
 
+/// A refund asked while no charge of the order ever went through (the payer is
+/// compensating) declines the payment: nothing to give back, and no later charge captures.
+async fn a_refund_before_any_charge_went_through_declines_the_payment(
+    port: &dyn Billing,
+    billing: &LocalBilling,
+) {
+    let order = Uuid::new_v4();
+    let failed = port.charge(charge(order, 700, "tok_error")).await;
+    assert!(
+        matches!(failed, Err(BillingError::Unavailable(_))),
+        "{failed:?}"
+    );
+    assert_eq!(
+        port.refund(order).await,
+        Err(BillingError::NotRefundable {
+            order_id: order,
+            status: PaymentStatus::Declined
+        })
+    );
+    let later = port
+        .charge(charge(order, 700, "tok_visa"))
+        .await
+        .expect("answers");
+    assert_eq!(
+        later.status,
+        PaymentStatus::Declined,
+        "a late charge cannot capture"
+    );
+    assert_eq!(billing.gateway.refunds_of(order), 0, "nothing to give back");
+}
+
 async fn unavailable_when_the_gateway_fails_and_charging_later_works(
     port: &dyn Billing,
     billing: &LocalBilling,
@@ -221,11 +253,6 @@ async fn unavailable_when_the_gateway_fails_and_charging_later_works(
         "{outcome:?}"
     );
     assert!(billing.gateway.charges_of(order) >= 1);
-    let refund = port.refund(order).await;
-    assert!(
-        matches!(refund, Err(BillingError::Unavailable(_))),
-        "nothing to refund before the charge has an answer: {refund:?}"
-    );
     let later = port
         .charge(charge(order, 4200, "tok_visa"))
         .await

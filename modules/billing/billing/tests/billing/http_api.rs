@@ -99,6 +99,7 @@ async fn list_payments_answers_settled_payments_filtered_and_paged() {
             "amount",
             "created_at",
             "id",
+            "invoice_id",
             "order_id",
             "provider_ref",
             "refunded_amount",

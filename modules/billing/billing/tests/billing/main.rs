@@ -1,6 +1,5 @@
 //! Billing's integration tests: one binary (faster links), one module per concern.
 
-mod compensation;
 mod concurrency;
 mod conformance;
 mod events;

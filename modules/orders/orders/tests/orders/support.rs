@@ -104,6 +104,7 @@ pub(crate) fn payment(order_id: Uuid, amount: i64, status: PaymentStatus) -> Pay
         amount: Money::new(amount, "EUR"),
         status,
         provider_ref: Some("sim_test".into()),
+        invoice_id: None,
         refunded_amount: Money::new(
             if status == PaymentStatus::Refunded {
                 amount
