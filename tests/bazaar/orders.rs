@@ -99,6 +99,22 @@ async fn assert_invariants(
                     captured[0]["amount"], order["total"],
                     "order {id}: the payment is the total"
                 );
+                let invoice_id = captured[0]["invoice_id"]
+                    .as_str()
+                    .expect("a captured payment has its invoice");
+                let invoice: Value = http
+                    .get(format!("{base}/billing/invoices/{invoice_id}"))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .send()
+                    .await
+                    .expect("reads")
+                    .json()
+                    .await
+                    .expect("json");
+                assert_eq!(
+                    invoice["amount"], order["total"],
+                    "order {id}: invoiced for its total"
+                );
                 sold += order["lines"][0]["quantity"].as_i64().unwrap_or_default();
             }
             Some("rejected") => assert!(
