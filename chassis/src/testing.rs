@@ -137,3 +137,73 @@ impl Drop for TestDatabase {
         }
     }
 }
+
+/// The admin token of [`module_app`] and [`TestServer`].
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+/// The service token of [`module_app`] and [`TestServer`].
+pub const SERVICE_TOKEN: &str = "test-service-token";
+
+/// The app the composition root builds around one module — problem documents, extractor
+/// settings, the tokens above — for `actix_web::test::init_service`.
+pub fn module_app<M: crate::module::LocalModule + 'static>(
+    module: M,
+) -> actix_web::App<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    use crate::http::{Tokens, configure_extractors, problem_for_error_responses};
+    use crate::secret::Secret;
+    actix_web::App::new()
+        .wrap(problem_for_error_responses())
+        .app_data(actix_web::web::Data::new(Tokens::new(
+            Some(Secret::new(ADMIN_TOKEN)),
+            Some(Secret::new(SERVICE_TOKEN)),
+        )))
+        .configure(configure_extractors)
+        .configure(move |cfg| module.configure(cfg))
+}
+
+/// One module served over HTTP on a free port of 127.0.0.1, for its remote client.
+#[derive(Debug)]
+pub struct TestServer {
+    pub url: url::Url,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl TestServer {
+    pub async fn start<M: crate::module::LocalModule + Clone + 'static>(module: &M) -> Self {
+        let listener = match std::net::TcpListener::bind("127.0.0.1:0") {
+            Ok(listener) => listener,
+            Err(error) => panic!("cannot bind a free port: {error}"),
+        };
+        let address = match listener.local_addr() {
+            Ok(address) => address,
+            Err(error) => panic!("no local address: {error}"),
+        };
+        let module = module.clone();
+        let server = match actix_web::HttpServer::new(move || module_app(module.clone()))
+            .workers(1)
+            .disable_signals()
+            .listen(listener)
+        {
+            Ok(server) => server.run(),
+            Err(error) => panic!("cannot listen: {error}"),
+        };
+        let handle = server.handle();
+        tokio::spawn(server);
+        let url = match url::Url::parse(&format!("http://{address}/")) {
+            Ok(url) => url,
+            Err(error) => panic!("bad url: {error}"),
+        };
+        Self { url, handle }
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}

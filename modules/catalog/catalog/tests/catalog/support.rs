@@ -1,21 +1,13 @@
 //! Fixtures: a catalog on a throw-away database, an actix app or server around it.
 
-use std::net::TcpListener;
-
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServerHandle, ServiceFactory, ServiceRequest, ServiceResponse};
-use actix_web::{App, HttpServer, web};
 use catalog::{CatalogModule, MIGRATIONS, NewProduct};
 use catalog_contract::{Money, Product};
 use chassis::db::Backend;
-use chassis::http::{Tokens, configure_extractors, problem_for_error_responses};
-use chassis::module::LocalModule;
-use chassis::secret::Secret;
 use chassis::testing::TestDatabase;
-use url::Url;
 
-pub(crate) const ADMIN_TOKEN: &str = "test-admin-token";
-pub(crate) const SERVICE_TOKEN: &str = "test-service-token";
+pub(crate) use chassis::testing::{
+    ADMIN_TOKEN, SERVICE_TOKEN, TestServer as RemoteServer, module_app as app,
+};
 
 /// A catalog module on its own database, which lives as long as this value.
 pub(crate) struct LocalCatalog {
@@ -36,58 +28,6 @@ pub(crate) async fn local(backend: Backend) -> Option<LocalCatalog> {
         ),
         _db: db,
     })
-}
-
-/// The app the composition root would build around the catalog.
-pub(crate) fn app(
-    module: CatalogModule,
-) -> App<
-    impl ServiceFactory<
-        ServiceRequest,
-        Config = (),
-        Response = ServiceResponse<impl MessageBody>,
-        Error = actix_web::Error,
-        InitError = (),
-    >,
-> {
-    App::new()
-        .wrap(problem_for_error_responses())
-        .app_data(web::Data::new(Tokens::new(
-            Some(Secret::new(ADMIN_TOKEN)),
-            Some(Secret::new(SERVICE_TOKEN)),
-        )))
-        .configure(configure_extractors)
-        .configure(move |cfg| module.configure(cfg))
-}
-
-/// The catalog served over HTTP on a free port of 127.0.0.1.
-pub(crate) struct RemoteServer {
-    pub(crate) url: Url,
-    handle: ServerHandle,
-}
-
-impl RemoteServer {
-    pub(crate) async fn start(module: &CatalogModule) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binds a free port");
-        let address = listener.local_addr().expect("has an address");
-        let module = module.clone();
-        let server = HttpServer::new(move || app(module.clone()))
-            .workers(1)
-            .disable_signals()
-            .listen(listener)
-            .expect("listens")
-            .run();
-        let handle = server.handle();
-        tokio::spawn(server);
-        Self {
-            url: Url::parse(&format!("http://{address}/")).expect("valid url"),
-            handle,
-        }
-    }
-
-    pub(crate) async fn stop(self) {
-        self.handle.stop(false).await;
-    }
 }
 
 /// A product with a unique sku.

@@ -55,7 +55,8 @@ async fn local_orders_conform() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_orders_conform_and_report_unavailable_when_the_process_is_gone() {
     let (fixture, placed) = with_one_order().await;
-    let server = RemoteServer::start(&fixture.service).await;
+    let server =
+        RemoteServer::start(&orders::OrdersModule::from_service(fixture.service.clone())).await;
     let settings = RemoteSettings {
         timeout: Duration::from_secs(2),
         retries: 1,

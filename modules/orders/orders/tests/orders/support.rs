@@ -193,7 +193,7 @@ pub(crate) async fn insert_pending(db: &Database, item: &Product, step: &str) ->
     id
 }
 
-pub(crate) const SERVICE_TOKEN: &str = "test-service-token";
+pub(crate) use chassis::testing::{SERVICE_TOKEN, TestServer as RemoteServer};
 
 /// The app the composition root would build around the orders module.
 pub(crate) fn app(
@@ -207,45 +207,5 @@ pub(crate) fn app(
         InitError = (),
     >,
 > {
-    use chassis::http::{Tokens, configure_extractors, problem_for_error_responses};
-    use chassis::module::LocalModule as _;
-    let module = ::orders::OrdersModule::from_service(service);
-    actix_web::App::new()
-        .wrap(problem_for_error_responses())
-        .app_data(actix_web::web::Data::new(Tokens::new(
-            None,
-            Some(chassis::secret::Secret::new(SERVICE_TOKEN)),
-        )))
-        .configure(configure_extractors)
-        .configure(move |cfg| module.configure(cfg))
-}
-
-/// The orders routes served over HTTP on a free port of 127.0.0.1.
-pub(crate) struct RemoteServer {
-    pub(crate) url: url::Url,
-    handle: actix_web::dev::ServerHandle,
-}
-
-impl RemoteServer {
-    pub(crate) async fn start(service: &OrdersService) -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds a free port");
-        let address = listener.local_addr().expect("has an address");
-        let service = service.clone();
-        let server = actix_web::HttpServer::new(move || app(service.clone()))
-            .workers(1)
-            .disable_signals()
-            .listen(listener)
-            .expect("listens")
-            .run();
-        let handle = server.handle();
-        tokio::spawn(server);
-        Self {
-            url: url::Url::parse(&format!("http://{address}/")).expect("url"),
-            handle,
-        }
-    }
-
-    pub(crate) async fn stop(self) {
-        self.handle.stop(false).await;
-    }
+    chassis::testing::module_app(::orders::OrdersModule::from_service(service))
 }
