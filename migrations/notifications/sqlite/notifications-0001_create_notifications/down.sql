@@ -1,0 +1,3 @@
+DROP TABLE deliveries;
+DROP TABLE order_recipients;
+DROP TABLE webhooks;

@@ -1,0 +1,229 @@
+//! How a delivery travels: SMTP (lettre), an `.eml` file, or a signed webhook POST.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lettre::message::{Mailbox, MultiPart};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+use crate::signature;
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// Worth trying again (timeouts, refused connections, 5xx, …).
+    Transient(String),
+    /// Will never work (an address that does not parse, a deleted webhook): give up now.
+    Permanent(String),
+}
+
+/// An e-mail to send, as stored.
+#[derive(Debug, Clone)]
+pub(crate) struct Mail<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) to: &'a str,
+    pub(crate) subject: &'a str,
+    pub(crate) text: &'a str,
+    pub(crate) html: &'a str,
+}
+
+/// Builds the MIME message: `multipart/alternative` with the text and the HTML body.
+pub(crate) fn message(from: &str, mail: &Mail<'_>) -> Result<Message, Failure> {
+    let from: Mailbox = from
+        .parse()
+        .map_err(|error| Failure::Permanent(format!("sender {from:?}: {error}")))?;
+    let to: Mailbox = mail
+        .to
+        .parse()
+        .map_err(|error| Failure::Permanent(format!("recipient {:?}: {error}", mail.to)))?;
+    let domain = from.email.domain().to_owned();
+    Message::builder()
+        .from(from)
+        .to(to)
+        .subject(mail.subject)
+        .message_id(Some(format!("<{}@{domain}>", mail.id)))
+        .multipart(MultiPart::alternative_plain_html(
+            mail.text.to_owned(),
+            mail.html.to_owned(),
+        ))
+        .map_err(|error| Failure::Permanent(format!("cannot build the message: {error}")))
+}
+
+/// Where e-mails go.
+#[derive(Clone)]
+pub(crate) enum Mailer {
+    Smtp(Result<AsyncSmtpTransport<Tokio1Executor>, String>),
+    /// `<data_dir>/outbox-mail/`.
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mailer::Smtp(_) => f.write_str("Mailer::Smtp"),
+            Mailer::File(folder) => f.debug_tuple("Mailer::File").field(folder).finish(),
+        }
+    }
+}
+
+impl Mailer {
+    /// SMTP to `smtp_url` when set (plain `smtp://`, STARTTLS with `?tls=required`, TLS
+    /// with `smtps://`), else files under `<data_dir>/outbox-mail/`.
+    pub(crate) fn new(smtp_url: Option<&str>, data_dir: &Path, timeout: Duration) -> Self {
+        match smtp_url {
+            Some(url) => {
+                chassis::remote::install_tls_provider();
+                let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                    .map(|builder| builder.timeout(Some(timeout)).build())
+                    .map_err(|error| format!("notifications.smtp_url: {error}"));
+                Mailer::Smtp(transport)
+            }
+            None => Mailer::File(data_dir.join("outbox-mail")),
+        }
+    }
+
+    pub(crate) async fn send(&self, message: Message, id: &str) -> Result<(), Failure> {
+        match self {
+            Mailer::Smtp(Err(error)) => Err(Failure::Transient(error.clone())),
+            Mailer::Smtp(Ok(transport)) => match transport.send(message).await {
+                Ok(_) => Ok(()),
+                Err(error) if error.is_permanent() => {
+                    Err(Failure::Permanent(format!("SMTP: {error}")))
+                }
+                Err(error) => Err(Failure::Transient(format!("SMTP: {error}"))),
+            },
+            Mailer::File(folder) => {
+                let folder = folder.clone();
+                let name = format!("{id}.eml");
+                let bytes = message.formatted();
+                tokio::task::spawn_blocking(move || write_eml(&folder, &name, &bytes))
+                    .await
+                    .map_err(|error| Failure::Transient(format!("file channel: {error}")))?
+                    .map_err(|error| Failure::Transient(format!("file channel: {error}")))
+            }
+        }
+    }
+}
+
+/// Writes `<folder>/<name>` whole or not at all: a retry overwrites the same file, so one
+/// message is one file.
+fn write_eml(folder: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(folder)?;
+    let partial = folder.join(format!(".{name}.partial"));
+    std::fs::write(&partial, bytes)?;
+    std::fs::rename(&partial, folder.join(name))
+}
+
+/// POSTs events to webhooks.
+#[derive(Debug, Clone)]
+pub(crate) struct WebhookSender {
+    client: Result<reqwest::Client, String>,
+}
+
+impl WebhookSender {
+    pub(crate) fn new(timeout: Duration) -> Self {
+        chassis::remote::install_tls_provider();
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent("Bazaar-Webhooks/1")
+            .build()
+            .map_err(|error| format!("cannot build the webhook client: {error}"));
+        Self { client }
+    }
+
+    /// POSTs `body` (the event's envelope JSON) to `url`, signed under `secret`. Any 2xx
+    /// answer is a success.
+    pub(crate) async fn post(&self, url: &str, secret: &str, body: &str) -> Result<(), Failure> {
+        let client = self
+            .client
+            .as_ref()
+            .map_err(|e| Failure::Transient(e.clone()))?;
+        let signature = signature::sign(secret, body.as_bytes());
+        let answer = client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(signature::HEADER, signature)
+            .body(body.to_owned())
+            .send()
+            .await
+            .map_err(|error| {
+                let what = if error.is_timeout() {
+                    "timed out".to_owned()
+                } else if error.is_connect() {
+                    "connection failed".to_owned()
+                } else {
+                    error.to_string()
+                };
+                Failure::Transient(format!("POST {url}: {what}"))
+            })?;
+        let status = answer.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(Failure::Transient(format!(
+                "POST {url}: HTTP {}",
+                status.as_u16()
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mail<'a>(to: &'a str) -> Mail<'a> {
+        Mail {
+            id: "0193-abc",
+            to,
+            subject: "Your order 42 is confirmed",
+            text: "plain body",
+            html: "<p>html body</p>",
+        }
+    }
+
+    #[test]
+    fn a_message_has_both_bodies() {
+        let message =
+            message("Bazaar <shop@example.com>", &mail("ada@example.com")).expect("builds");
+        let text = String::from_utf8(message.formatted()).expect("utf-8");
+        assert!(text.contains("To: ada@example.com"), "{text}");
+        assert!(
+            text.contains("Subject: Your order 42 is confirmed"),
+            "{text}"
+        );
+        assert!(text.contains("multipart/alternative"), "{text}");
+        assert!(
+            text.contains("text/plain") && text.contains("text/html"),
+            "{text}"
+        );
+        assert!(text.contains("plain body") && text.contains("<p>html body</p>"));
+        assert!(
+            text.contains("Message-ID: <0193-abc@example.com>"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_bad_address_is_a_permanent_failure() {
+        let failure = message("shop@example.com", &mail("not an address")).expect_err("bad");
+        assert!(matches!(failure, Failure::Permanent(_)), "{failure:?}");
+    }
+
+    #[tokio::test]
+    async fn the_file_channel_writes_one_eml_per_message_even_when_retried() {
+        let folder = tempfile::tempdir().expect("tempdir");
+        let mailer = Mailer::new(None, folder.path(), Duration::from_secs(1));
+        for _ in 0..2 {
+            let message = message("shop@example.com", &mail("ada@example.com")).expect("builds");
+            mailer.send(message, "0193-abc").await.expect("written");
+        }
+        let files: Vec<_> = std::fs::read_dir(folder.path().join("outbox-mail"))
+            .expect("folder")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        assert_eq!(files, vec![std::ffi::OsString::from("0193-abc.eml")]);
+    }
+}

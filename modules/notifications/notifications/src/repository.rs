@@ -1,0 +1,299 @@
+//! Notifications' queries, written once for both backends against `DbConnection`.
+//!
+//! A delivery is claimed by the worker with one conditional `UPDATE … WHERE claimed_until
+//! IS NULL OR claimed_until < now`, so that of two workers (two processes on one
+//! PostgreSQL database) exactly one sends it.
+
+use chassis::db::DbConnection;
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use notifications_contract::{Channel, Delivery, DeliveryStatus, Webhook};
+use uuid::Uuid;
+
+use crate::schema::{deliveries, order_recipients, webhooks};
+
+pub(crate) use chassis::db::utc_now as now;
+
+fn decoding(what: &str, value: &str) -> diesel::result::Error {
+    diesel::result::Error::DeserializationError(format!("unknown {what} {value:?}").into())
+}
+
+fn uuid(text: &str) -> QueryResult<Uuid> {
+    Uuid::parse_str(text).map_err(|error| diesel::result::Error::DeserializationError(error.into()))
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = webhooks)]
+pub(crate) struct WebhookRow {
+    pub(crate) id: String,
+    pub(crate) url: String,
+    pub(crate) events: String,
+    pub(crate) secret: String,
+    pub(crate) created_at: NaiveDateTime,
+}
+
+impl WebhookRow {
+    pub(crate) fn event_types(&self) -> Vec<String> {
+        serde_json::from_str(&self.events).unwrap_or_default()
+    }
+
+    pub(crate) fn into_webhook(self) -> QueryResult<Webhook> {
+        Ok(Webhook {
+            id: uuid(&self.id)?,
+            events: self.event_types(),
+            url: self.url,
+            created_at: self.created_at.and_utc(),
+        })
+    }
+}
+
+pub(crate) fn insert_webhook(conn: &mut DbConnection, row: &WebhookRow) -> QueryResult<()> {
+    diesel::insert_into(webhooks::table)
+        .values((
+            webhooks::id.eq(&row.id),
+            webhooks::url.eq(&row.url),
+            webhooks::events.eq(&row.events),
+            webhooks::secret.eq(&row.secret),
+            webhooks::created_at.eq(row.created_at),
+        ))
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// Webhooks in creation order (ids are UUIDv7), after the key `after`.
+pub(crate) fn list_webhooks(
+    conn: &mut DbConnection,
+    after: Option<&str>,
+    limit: i64,
+) -> QueryResult<Vec<WebhookRow>> {
+    let mut query = webhooks::table
+        .select(WebhookRow::as_select())
+        .order(webhooks::id.asc())
+        .limit(limit)
+        .into_boxed();
+    if let Some(after) = after {
+        query = query.filter(webhooks::id.gt(after.to_owned()));
+    }
+    query.load(conn)
+}
+
+pub(crate) fn all_webhooks(conn: &mut DbConnection) -> QueryResult<Vec<WebhookRow>> {
+    webhooks::table
+        .select(WebhookRow::as_select())
+        .order(webhooks::id.asc())
+        .load(conn)
+}
+
+pub(crate) fn find_webhook(conn: &mut DbConnection, id: &str) -> QueryResult<Option<WebhookRow>> {
+    webhooks::table
+        .find(id.to_owned())
+        .select(WebhookRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// Answers whether the webhook existed.
+pub(crate) fn delete_webhook(conn: &mut DbConnection, id: Uuid) -> QueryResult<bool> {
+    diesel::delete(webhooks::table.find(id.to_string()))
+        .execute(conn)
+        .map(|deleted| deleted > 0)
+}
+
+/// Remembers (or updates) whom an order's e-mails go to.
+pub(crate) fn remember_recipient(
+    conn: &mut DbConnection,
+    order_id: Uuid,
+    email: &str,
+) -> QueryResult<()> {
+    let key = order_id.to_string();
+    let updated = diesel::update(order_recipients::table.find(&key))
+        .set(order_recipients::customer_email.eq(email))
+        .execute(conn)?;
+    if updated == 0 {
+        diesel::insert_into(order_recipients::table)
+            .values((
+                order_recipients::order_id.eq(&key),
+                order_recipients::customer_email.eq(email),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn recipient_of(conn: &mut DbConnection, order_id: Uuid) -> QueryResult<Option<String>> {
+    order_recipients::table
+        .find(order_id.to_string())
+        .select(order_recipients::customer_email)
+        .first(conn)
+        .optional()
+}
+
+/// A delivery about to be recorded.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = deliveries)]
+pub(crate) struct NewDelivery {
+    pub(crate) id: String,
+    pub(crate) dedup_key: String,
+    pub(crate) event_id: String,
+    pub(crate) event_type: String,
+    pub(crate) order_id: Option<String>,
+    pub(crate) channel: String,
+    pub(crate) recipient: String,
+    pub(crate) template: String,
+    pub(crate) webhook_id: Option<String>,
+    pub(crate) subject: Option<String>,
+    pub(crate) text_body: Option<String>,
+    pub(crate) html_body: Option<String>,
+    pub(crate) payload: Option<String>,
+    pub(crate) status: String,
+    pub(crate) attempts: i64,
+    pub(crate) next_attempt_at: NaiveDateTime,
+    pub(crate) created_at: NaiveDateTime,
+    pub(crate) updated_at: NaiveDateTime,
+}
+
+/// Records a delivery unless one with its `dedup_key` exists; answers whether it did.
+pub(crate) fn insert_delivery(conn: &mut DbConnection, new: &NewDelivery) -> QueryResult<bool> {
+    let existing: i64 = deliveries::table
+        .filter(deliveries::dedup_key.eq(&new.dedup_key))
+        .count()
+        .get_result(conn)?;
+    if existing > 0 {
+        return Ok(false);
+    }
+    diesel::insert_into(deliveries::table)
+        .values(new)
+        .execute(conn)?;
+    Ok(true)
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = deliveries)]
+pub(crate) struct DeliveryRow {
+    pub(crate) id: String,
+    pub(crate) event_id: String,
+    pub(crate) channel: String,
+    pub(crate) recipient: String,
+    pub(crate) template: String,
+    pub(crate) webhook_id: Option<String>,
+    pub(crate) subject: Option<String>,
+    pub(crate) text_body: Option<String>,
+    pub(crate) html_body: Option<String>,
+    pub(crate) payload: Option<String>,
+    pub(crate) status: String,
+    pub(crate) attempts: i64,
+    pub(crate) last_error: Option<String>,
+    pub(crate) created_at: NaiveDateTime,
+}
+
+impl DeliveryRow {
+    pub(crate) fn channel(&self) -> QueryResult<Channel> {
+        Channel::parse(&self.channel).ok_or_else(|| decoding("channel", &self.channel))
+    }
+
+    pub(crate) fn into_delivery(self) -> QueryResult<Delivery> {
+        Ok(Delivery {
+            id: uuid(&self.id)?,
+            event_id: uuid(&self.event_id)?,
+            channel: self.channel()?,
+            status: DeliveryStatus::parse(&self.status)
+                .ok_or_else(|| decoding("status", &self.status))?,
+            attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
+            recipient: self.recipient,
+            template: self.template,
+            last_error: self.last_error,
+            created_at: self.created_at.and_utc(),
+        })
+    }
+}
+
+/// Deliveries in creation order (ids are UUIDv7), of one order if given, after `after`.
+pub(crate) fn list_deliveries(
+    conn: &mut DbConnection,
+    order_id: Option<Uuid>,
+    after: Option<&str>,
+    limit: i64,
+) -> QueryResult<Vec<DeliveryRow>> {
+    let mut query = deliveries::table
+        .select(DeliveryRow::as_select())
+        .order(deliveries::id.asc())
+        .limit(limit)
+        .into_boxed();
+    if let Some(order_id) = order_id {
+        query = query.filter(deliveries::order_id.eq(order_id.to_string()));
+    }
+    if let Some(after) = after {
+        query = query.filter(deliveries::id.gt(after.to_owned()));
+    }
+    query.load(conn)
+}
+
+const OPEN: [&str; 2] = ["pending", "retrying"];
+
+/// Claims up to `limit` deliveries whose next attempt is due at `at` and that no live
+/// worker holds, until `until`; answers them.
+pub(crate) fn claim_due(
+    conn: &mut DbConnection,
+    at: NaiveDateTime,
+    until: NaiveDateTime,
+    limit: i64,
+) -> QueryResult<Vec<DeliveryRow>> {
+    let due: Vec<String> = deliveries::table
+        .filter(deliveries::status.eq_any(OPEN))
+        .filter(deliveries::next_attempt_at.le(at))
+        .filter(
+            deliveries::claimed_until
+                .is_null()
+                .or(deliveries::claimed_until.lt(at)),
+        )
+        .order((deliveries::next_attempt_at.asc(), deliveries::id.asc()))
+        .select(deliveries::id)
+        .limit(limit)
+        .load(conn)?;
+    let mut claimed = Vec::with_capacity(due.len());
+    for id in due {
+        let won = diesel::update(
+            deliveries::table
+                .find(&id)
+                .filter(deliveries::status.eq_any(OPEN))
+                .filter(
+                    deliveries::claimed_until
+                        .is_null()
+                        .or(deliveries::claimed_until.lt(at)),
+                ),
+        )
+        .set(deliveries::claimed_until.eq(Some(until)))
+        .execute(conn)?;
+        if won == 1 {
+            claimed.push(
+                deliveries::table
+                    .find(&id)
+                    .select(DeliveryRow::as_select())
+                    .first(conn)?,
+            );
+        }
+    }
+    Ok(claimed)
+}
+
+/// Records the outcome of an attempt and releases the claim.
+pub(crate) fn settle_attempt(
+    conn: &mut DbConnection,
+    id: &str,
+    status: DeliveryStatus,
+    attempts: i64,
+    last_error: Option<String>,
+    next_attempt_at: NaiveDateTime,
+) -> QueryResult<()> {
+    diesel::update(deliveries::table.find(id.to_owned()))
+        .set((
+            deliveries::status.eq(status.as_str()),
+            deliveries::attempts.eq(attempts),
+            deliveries::last_error.eq(last_error),
+            deliveries::next_attempt_at.eq(next_attempt_at),
+            deliveries::claimed_until.eq(None::<NaiveDateTime>),
+            deliveries::updated_at.eq(now()),
+        ))
+        .execute(conn)
+        .map(|_| ())
+}

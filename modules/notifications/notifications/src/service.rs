@@ -1,0 +1,664 @@
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use billing_contract::PaymentRefunded;
+use catalog_contract::StockLow;
+use chassis::db::{Database, DbConnection, DbError};
+use chassis::events::{Applied, Envelope, Inbox};
+use chassis::page::{Page, PageRequest};
+use chrono::TimeDelta;
+use notifications_contract::{
+    Channel, CreateWebhook, Delivery, DeliveryStatus, Notifications, NotificationsError,
+    NotificationsSettings, Webhook,
+};
+use orders_contract::{OrderCancelled, OrderConfirmed, OrderRejected};
+use tokio::sync::{Notify, Semaphore};
+use uuid::Uuid;
+
+use crate::channels::{self, Failure, Mail, Mailer, WebhookSender};
+use crate::error::Error;
+use crate::render::{self, Rendered, template};
+use crate::repository::{self as repo, DeliveryRow, NewDelivery, WebhookRow};
+use crate::retry::{AfterFailure, Backoff};
+
+/// The event types this module consumes: those it e-mails about, and every other one a
+/// webhook may subscribe to.
+pub const EVENT_TYPES: [&str; 9] = [
+    orders_contract::event_types::ORDER_CONFIRMED,
+    orders_contract::event_types::ORDER_REJECTED,
+    orders_contract::event_types::ORDER_CANCELLED,
+    billing_contract::event_types::PAYMENT_CAPTURED,
+    billing_contract::event_types::PAYMENT_DECLINED,
+    billing_contract::event_types::PAYMENT_REFUNDED,
+    catalog_contract::event_types::PRODUCT_CREATED,
+    catalog_contract::event_types::PRICE_CHANGED,
+    catalog_contract::event_types::STOCK_LOW,
+];
+
+/// The consumer name of the module's subscription and inbox.
+pub(crate) const CONSUMER: &str = notifications_contract::MODULE;
+
+const MAX_URL_LEN: usize = 2048;
+const MAX_SECRET_LEN: usize = 1024;
+/// Most deliveries the port answers for one order.
+const MAX_DELIVERIES_PER_ORDER: i64 = 1000;
+
+/// Notifications' behaviour: the event handler that records deliveries, the delivery
+/// worker that performs them, the webhook admin operations and the delivery log.
+///
+/// The handler never sends anything: in the transaction of its inbox record it records one
+/// delivery per e-mail and per matching webhook, each under a unique `dedup_key` (an
+/// e-mail's: template, order and recipient), so that a redelivered event — or a second
+/// event about the same outcome — records nothing new. The worker
+/// ([`NotificationsService::run_worker`]) claims due deliveries under a lease and sends
+/// each in a task of its own, at most `notifications.concurrency` at once, so a slow or
+/// dead endpoint holds one slot and delays nothing else. A failed attempt is retried with
+/// exponential backoff and jitter (`retrying`) until `notifications.max_attempts`, then the
+/// delivery is `failed` with its last error.
+#[derive(Debug, Clone)]
+pub struct NotificationsService {
+    db: Database,
+    inbox: Inbox,
+    settings: Arc<NotificationsSettings>,
+    mailer: Arc<Mailer>,
+    webhooks: WebhookSender,
+    backoff: Backoff,
+    wake: Arc<Notify>,
+}
+
+/// To whom an e-mail goes.
+#[derive(Debug, Clone)]
+enum To {
+    Address(String),
+    /// The customer of an order, as learnt from the orders' events.
+    CustomerOf(Uuid),
+}
+
+#[derive(Debug, Clone)]
+struct PlannedMail {
+    template: &'static str,
+    to: To,
+    /// What makes the e-mail unique besides template and recipient: the order, or the
+    /// event for messages not about an order.
+    scope: String,
+    rendered: Rendered,
+}
+
+/// What an event asks of this module.
+#[derive(Debug, Clone, Default)]
+struct Plan {
+    /// An order's customer, to remember for later events about the order.
+    remember: Option<(Uuid, String)>,
+    mails: Vec<PlannedMail>,
+}
+
+fn payload<T: serde::de::DeserializeOwned>(event: &Envelope) -> Result<T, Error> {
+    event.payload_as().map_err(|error| {
+        Error::Event(format!(
+            "{} {}: payload does not parse: {error}",
+            event.event_type, event.id
+        ))
+    })
+}
+
+fn plan(event: &Envelope, operator_email: &str) -> Result<Plan, Error> {
+    use billing_contract::event_types as billing;
+    use catalog_contract::event_types as catalog;
+    use orders_contract::event_types as orders;
+    let order_mail = |template, order: &orders_contract::Order, rendered| Plan {
+        remember: Some((order.id, order.customer_email.clone())),
+        mails: vec![PlannedMail {
+            template,
+            to: To::Address(order.customer_email.clone()),
+            scope: order.id.to_string(),
+            rendered,
+        }],
+    };
+    Ok(match event.event_type.as_str() {
+        orders::ORDER_CONFIRMED => {
+            let OrderConfirmed { order } = payload(event)?;
+            order_mail(
+                template::ORDER_CONFIRMED,
+                &order,
+                render::order_confirmed(&order),
+            )
+        }
+        orders::ORDER_REJECTED => {
+            let OrderRejected { order } = payload(event)?;
+            order_mail(
+                template::ORDER_REJECTED,
+                &order,
+                render::order_rejected(&order),
+            )
+        }
+        orders::ORDER_CANCELLED => {
+            let OrderCancelled { order } = payload(event)?;
+            order_mail(
+                template::ORDER_CANCELLED,
+                &order,
+                render::order_cancelled(&order),
+            )
+        }
+        billing::PAYMENT_REFUNDED => {
+            let refund: PaymentRefunded = payload(event)?;
+            Plan {
+                remember: None,
+                mails: vec![PlannedMail {
+                    template: template::PAYMENT_REFUNDED,
+                    to: To::CustomerOf(refund.order_id),
+                    scope: refund.order_id.to_string(),
+                    rendered: render::payment_refunded(refund.order_id, &refund.amount),
+                }],
+            }
+        }
+        catalog::STOCK_LOW => {
+            let stock: StockLow = payload(event)?;
+            Plan {
+                remember: None,
+                mails: vec![PlannedMail {
+                    template: template::STOCK_LOW,
+                    to: To::Address(operator_email.to_owned()),
+                    scope: event.id.to_string(),
+                    rendered: render::stock_low(&stock),
+                }],
+            }
+        }
+        _ => Plan::default(),
+    })
+}
+
+/// The order an event is about: orders' and billing's events are keyed on the order id.
+fn order_of(event: &Envelope) -> Option<Uuid> {
+    matches!(event.source_module.as_str(), "orders" | "billing")
+        .then(|| Uuid::parse_str(&event.key).ok())
+        .flatten()
+}
+
+/// Records the deliveries of `plan` (in the inbox's transaction).
+fn record(
+    conn: &mut DbConnection,
+    event: &Envelope,
+    plan: Plan,
+    mail_channel: Channel,
+) -> Result<(), Error> {
+    let at = repo::now();
+    let order_id = order_of(event).map(|id| id.to_string());
+    let new =
+        |dedup_key: String, channel: Channel, recipient: String, template: &str| NewDelivery {
+            id: Uuid::now_v7().to_string(),
+            dedup_key,
+            event_id: event.id.to_string(),
+            event_type: event.event_type.clone(),
+            order_id: order_id.clone(),
+            channel: channel.as_str().to_owned(),
+            recipient,
+            template: template.to_owned(),
+            webhook_id: None,
+            subject: None,
+            text_body: None,
+            html_body: None,
+            payload: None,
+            status: DeliveryStatus::Pending.as_str().to_owned(),
+            attempts: 0,
+            next_attempt_at: at,
+            created_at: at,
+            updated_at: at,
+        };
+    if let Some((order, email)) = &plan.remember {
+        repo::remember_recipient(conn, *order, email)?;
+    }
+    for mail in plan.mails {
+        let recipient = match mail.to {
+            To::Address(address) => address,
+            To::CustomerOf(order) => repo::recipient_of(conn, order)?.ok_or_else(|| {
+                Error::Event(format!(
+                    "the customer of order {order} is not known yet (no order event seen)"
+                ))
+            })?,
+        };
+        let dedup_key = format!(
+            "email:{}:{}:{}",
+            mail.template,
+            mail.scope,
+            recipient.to_lowercase()
+        );
+        let mut delivery = new(dedup_key, mail_channel, recipient, mail.template);
+        delivery.subject = Some(mail.rendered.subject);
+        delivery.text_body = Some(mail.rendered.text);
+        delivery.html_body = Some(mail.rendered.html);
+        repo::insert_delivery(conn, &delivery)?;
+    }
+    let hooks: Vec<WebhookRow> = repo::all_webhooks(conn)?
+        .into_iter()
+        .filter(|hook| hook.event_types().contains(&event.event_type))
+        .collect();
+    if !hooks.is_empty() {
+        let body = serde_json::to_string(event)
+            .map_err(|error| Error::Database(DbError::Encoding(error.to_string())))?;
+        for hook in hooks {
+            let dedup_key = format!("webhook:{}:{}", event.id, hook.id);
+            let mut delivery = new(dedup_key, Channel::Webhook, hook.url, &event.event_type);
+            delivery.webhook_id = Some(hook.id);
+            delivery.payload = Some(body.clone());
+            repo::insert_delivery(conn, &delivery)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks a webhook subscription; the message names the field.
+pub(crate) fn validate_webhook(input: &CreateWebhook) -> Result<(), Error> {
+    let url = input.url.trim();
+    if url.len() > MAX_URL_LEN {
+        return Err(Error::Validation(format!(
+            "url: longer than {MAX_URL_LEN} characters"
+        )));
+    }
+    let parsed = url::Url::parse(url)
+        .map_err(|error| Error::Validation(format!("url: {url:?} is not a URL ({error})")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(Error::Validation(format!(
+            "url: scheme {:?} is not http or https",
+            parsed.scheme()
+        )));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(Error::Validation("url: names no host".into()));
+    }
+    if input.events.is_empty() {
+        return Err(Error::Validation(
+            "events: must name at least one event type".into(),
+        ));
+    }
+    if let Some(unknown) = input
+        .events
+        .iter()
+        .find(|event| !EVENT_TYPES.contains(&event.as_str()))
+    {
+        return Err(Error::Validation(format!(
+            "events: {unknown:?} is not an event type (known: {})",
+            EVENT_TYPES.join(", ")
+        )));
+    }
+    if input.secret.trim().is_empty() {
+        return Err(Error::Validation("secret: must not be empty".into()));
+    }
+    if input.secret.len() > MAX_SECRET_LEN {
+        return Err(Error::Validation(format!(
+            "secret: longer than {MAX_SECRET_LEN} characters"
+        )));
+    }
+    Ok(())
+}
+
+fn rows_to_deliveries(rows: Vec<DeliveryRow>) -> Result<Vec<Delivery>, Error> {
+    rows.into_iter()
+        .map(|row| row.into_delivery().map_err(Error::from))
+        .collect()
+}
+
+impl NotificationsService {
+    /// `data_dir` holds `outbox-mail/` when no SMTP server is configured; `settings` is the
+    /// validated `[notifications]` section.
+    pub fn new(db: Database, data_dir: &Path, settings: &NotificationsSettings) -> Self {
+        Self {
+            inbox: Inbox::new(db.clone(), CONSUMER),
+            mailer: Arc::new(Mailer::new(
+                settings.smtp_url.as_deref(),
+                data_dir,
+                settings.smtp_timeout,
+            )),
+            webhooks: WebhookSender::new(settings.webhook_timeout),
+            backoff: Backoff::from_settings(settings),
+            settings: Arc::new(settings.clone()),
+            wake: Arc::new(Notify::new()),
+            db,
+        }
+    }
+
+    /// The channel e-mails take: `email` with an SMTP server, else `file`.
+    pub fn mail_channel(&self) -> Channel {
+        match *self.mailer {
+            Mailer::Smtp(_) => Channel::Email,
+            Mailer::File(_) => Channel::File,
+        }
+    }
+
+    /// Applies one event once: records its deliveries together with the inbox record, and
+    /// wakes the worker. A redelivered event answers [`Applied::Duplicate`] and records
+    /// nothing.
+    pub async fn handle(&self, event: &Envelope) -> Result<Applied, Error> {
+        let plan = plan(event, &self.settings.operator_email)?;
+        let channel = self.mail_channel();
+        let owned = event.clone();
+        let applied = self
+            .inbox
+            .apply(event, move |conn, _events| {
+                record(conn, &owned, plan, channel)
+            })
+            .await?;
+        if applied == Applied::Handled {
+            self.wake.notify_one();
+        }
+        Ok(applied)
+    }
+
+    /// The delivery log in creation order, of one order if `order_id` is given.
+    pub async fn deliveries(
+        &self,
+        order_id: Option<Uuid>,
+        page: PageRequest,
+    ) -> Result<Page<Delivery>, Error> {
+        self.db
+            .read(move |conn| {
+                let rows = repo::list_deliveries(
+                    conn,
+                    order_id,
+                    page.after.as_deref(),
+                    i64::from(page.limit) + 1,
+                )?;
+                let rows = Page::from_rows(rows, page.limit, |row| row.id.clone());
+                Ok(Page {
+                    items: rows_to_deliveries(rows.items)?,
+                    next_cursor: rows.next_cursor,
+                })
+            })
+            .await
+    }
+
+    /// Registers a webhook; the answer never carries the secret.
+    pub async fn create_webhook(&self, input: CreateWebhook) -> Result<Webhook, Error> {
+        validate_webhook(&input)?;
+        let mut events: Vec<String> = Vec::new();
+        for event in input.events {
+            if !events.contains(&event) {
+                events.push(event);
+            }
+        }
+        let events = serde_json::to_string(&events)
+            .map_err(|error| Error::Database(DbError::Encoding(error.to_string())))?;
+        let row = WebhookRow {
+            id: Uuid::now_v7().to_string(),
+            url: input.url.trim().to_owned(),
+            events,
+            secret: input.secret,
+            created_at: repo::now(),
+        };
+        self.db
+            .write(move |conn| {
+                repo::insert_webhook(conn, &row)?;
+                row.into_webhook().map_err(Error::from)
+            })
+            .await
+    }
+
+    /// Webhooks in creation order.
+    pub async fn webhooks(&self, page: PageRequest) -> Result<Page<Webhook>, Error> {
+        self.db
+            .read(move |conn| {
+                let rows =
+                    repo::list_webhooks(conn, page.after.as_deref(), i64::from(page.limit) + 1)?;
+                let rows = Page::from_rows(rows, page.limit, |row| row.id.clone());
+                let items = rows
+                    .items
+                    .into_iter()
+                    .map(WebhookRow::into_webhook)
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Page {
+                    items,
+                    next_cursor: rows.next_cursor,
+                })
+            })
+            .await
+    }
+
+    /// Removes a webhook; its pending deliveries then fail (`webhook deleted`).
+    pub async fn delete_webhook(&self, id: Uuid) -> Result<(), Error> {
+        let deleted = self
+            .db
+            .write(move |conn| repo::delete_webhook(conn, id).map_err(Error::from))
+            .await?;
+        if deleted {
+            Ok(())
+        } else {
+            Err(Error::WebhookNotFound(id))
+        }
+    }
+
+    /// How long a claimed delivery is held before another worker may take it over.
+    fn lease(&self) -> TimeDelta {
+        let longest = self
+            .settings
+            .webhook_timeout
+            .max(self.settings.smtp_timeout)
+            + Duration::from_secs(30);
+        TimeDelta::from_std(longest).unwrap_or(TimeDelta::MAX)
+    }
+
+    async fn claim_due(&self, limit: usize) -> Result<Vec<DeliveryRow>, Error> {
+        let lease = self.lease();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.db
+            .write(move |conn| {
+                let at = repo::now();
+                let until = at.checked_add_signed(lease).unwrap_or(at);
+                repo::claim_due(conn, at, until, limit).map_err(Error::from)
+            })
+            .await
+    }
+
+    async fn send(&self, row: &DeliveryRow) -> Result<(), Failure> {
+        match row.channel() {
+            Ok(Channel::Email | Channel::File) => {
+                let mail = Mail {
+                    id: &row.id,
+                    to: &row.recipient,
+                    subject: row.subject.as_deref().unwrap_or_default(),
+                    text: row.text_body.as_deref().unwrap_or_default(),
+                    html: row.html_body.as_deref().unwrap_or_default(),
+                };
+                let message = channels::message(&self.settings.from, &mail)?;
+                self.mailer.send(message, &row.id).await
+            }
+            Ok(Channel::Webhook) => {
+                let Some(webhook_id) = row.webhook_id.clone() else {
+                    return Err(Failure::Permanent("no webhook recorded".into()));
+                };
+                let hook = self
+                    .db
+                    .read(move |conn| repo::find_webhook(conn, &webhook_id).map_err(DbError::from))
+                    .await
+                    .map_err(|error| Failure::Transient(error.to_string()))?
+                    .ok_or_else(|| Failure::Permanent("webhook deleted".into()))?;
+                let body = row.payload.as_deref().unwrap_or_default();
+                self.webhooks.post(&row.recipient, &hook.secret, body).await
+            }
+            Err(error) => Err(Failure::Permanent(error.to_string())),
+        }
+    }
+
+    /// Makes one attempt at a claimed delivery and records its outcome.
+    async fn attempt(&self, row: DeliveryRow) {
+        let outcome = self.send(&row).await;
+        let attempts = row.attempts.saturating_add(1);
+        let at = repo::now();
+        let (status, last_error, next) = match outcome {
+            Ok(()) => (DeliveryStatus::Sent, None, at),
+            Err(Failure::Permanent(message)) => (DeliveryStatus::Failed, Some(message), at),
+            Err(Failure::Transient(message)) => {
+                let tried = u32::try_from(attempts).unwrap_or(u32::MAX);
+                match self.backoff.after_failure(tried, fastrand::f64()) {
+                    AfterFailure::RetryIn(delay) => {
+                        let delay = TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX);
+                        let next = at.checked_add_signed(delay).unwrap_or(at);
+                        (DeliveryStatus::Retrying, Some(message), next)
+                    }
+                    AfterFailure::GiveUp => (DeliveryStatus::Failed, Some(message), at),
+                }
+            }
+        };
+        match status {
+            DeliveryStatus::Failed => tracing::warn!(
+                delivery = %row.id, recipient = %row.recipient, attempts,
+                error = last_error.as_deref().unwrap_or_default(), "delivery failed"
+            ),
+            DeliveryStatus::Retrying => tracing::info!(
+                delivery = %row.id, attempts,
+                error = last_error.as_deref().unwrap_or_default(), "delivery will be retried"
+            ),
+            _ => tracing::debug!(delivery = %row.id, channel = %row.channel, "delivered"),
+        }
+        let id = row.id.clone();
+        let settled = self
+            .db
+            .write(move |conn| {
+                repo::settle_attempt(conn, &id, status, attempts, last_error, next)
+                    .map_err(DbError::from)
+            })
+            .await;
+        if let Err(error) = settled {
+            // The claim runs out and the delivery is attempted again.
+            tracing::warn!(delivery = %row.id, %error, "cannot record a delivery attempt");
+        }
+    }
+
+    /// Sends every delivery due now, at most `notifications.concurrency` at once, and
+    /// answers how many it attempted; for tests and one-shot runs. The worker does the same
+    /// continuously.
+    pub async fn deliver_due(&self) -> Result<usize, Error> {
+        let claimed = self.claim_due(self.settings.concurrency).await?;
+        let count = claimed.len();
+        futures::future::join_all(claimed.into_iter().map(|row| self.attempt(row))).await;
+        Ok(count)
+    }
+
+    /// The delivery worker: runs until its task is aborted.
+    pub async fn run_worker(self) {
+        let slots = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
+        loop {
+            let free = slots.available_permits();
+            let mut claimed_all = false;
+            if free > 0 {
+                match self.claim_due(free).await {
+                    Ok(claimed) => {
+                        claimed_all = claimed.len() == free;
+                        for row in claimed {
+                            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                                return;
+                            };
+                            let service = self.clone();
+                            tokio::spawn(async move {
+                                service.attempt(row).await;
+                                drop(slot);
+                                service.wake.notify_one();
+                            });
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot claim due deliveries");
+                    }
+                }
+            }
+            if claimed_all && slots.available_permits() > 0 {
+                continue;
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Notifications for NotificationsService {
+    async fn deliveries(&self, order_id: Uuid) -> Result<Vec<Delivery>, NotificationsError> {
+        self.db
+            .read(move |conn| {
+                let rows =
+                    repo::list_deliveries(conn, Some(order_id), None, MAX_DELIVERIES_PER_ORDER)?;
+                rows_to_deliveries(rows)
+            })
+            .await
+            .map_err(NotificationsError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn webhook(url: &str, events: &[&str], secret: &str) -> CreateWebhook {
+        CreateWebhook {
+            url: url.into(),
+            events: events.iter().map(|e| (*e).to_owned()).collect(),
+            secret: secret.into(),
+        }
+    }
+
+    fn refused(input: CreateWebhook) -> String {
+        match validate_webhook(&input) {
+            Err(Error::Validation(message)) => message,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn webhook_validation_names_the_field() {
+        let ok = webhook("https://example.com/hook", &["orders.order_confirmed"], "s");
+        assert!(validate_webhook(&ok).is_ok());
+        assert!(
+            refused(webhook(
+                "ftp://example.com",
+                &["orders.order_confirmed"],
+                "s"
+            ))
+            .starts_with("url:")
+        );
+        assert!(
+            refused(webhook("not a url", &["orders.order_confirmed"], "s")).starts_with("url:")
+        );
+        assert!(refused(webhook("https://example.com", &[], "s")).starts_with("events:"));
+        assert!(
+            refused(webhook("https://example.com", &["orders.nope"], "s")).starts_with("events:")
+        );
+        assert!(
+            refused(webhook(
+                "https://example.com",
+                &["orders.order_confirmed"],
+                " "
+            ))
+            .starts_with("secret:")
+        );
+    }
+
+    #[test]
+    fn events_without_e_mails_plan_none() {
+        let event = Envelope::new(
+            "catalog",
+            "catalog.price_changed",
+            "p",
+            &serde_json::json!({}),
+        )
+        .expect("event");
+        let plan = plan(&event, "op@example.com").expect("planned");
+        assert!(plan.mails.is_empty() && plan.remember.is_none());
+    }
+
+    #[test]
+    fn a_payload_that_does_not_parse_fails_the_handler() {
+        let event = Envelope::new(
+            "orders",
+            orders_contract::event_types::ORDER_CONFIRMED,
+            Uuid::new_v4(),
+            &serde_json::json!({"order": 1}),
+        )
+        .expect("event");
+        assert!(matches!(
+            plan(&event, "op@example.com"),
+            Err(Error::Event(_))
+        ));
+    }
+}

@@ -1,0 +1,223 @@
+//! Events in, deliveries out: exactly one e-mail per order outcome per recipient, the file
+//! channel, the refund and stock e-mails, on SQLite and PostgreSQL.
+
+use chassis::db::Backend;
+use chassis::events::{Applied, Envelope};
+use chassis::module::LocalModule;
+use notifications_contract::{Channel, DeliveryStatus};
+use orders_contract::OrderStatus;
+use uuid::Uuid;
+
+use crate::support::{self, all, order, order_event, quick_settings, refund_event};
+
+async fn redelivery_creates_no_second_message(backend: Backend) {
+    let Some(local) = support::local(backend, quick_settings()).await else {
+        return;
+    };
+    let service = local.module.service();
+    let order = order(OrderStatus::Confirmed, "ada@example.com");
+    let event = order_event(&order);
+    assert_eq!(
+        service.handle(&event).await.expect("handled"),
+        Applied::Handled
+    );
+    // The same event again, as the bus redelivers it…
+    assert_eq!(
+        service.handle(&event).await.expect("handled"),
+        Applied::Duplicate
+    );
+    // …and through the subscription's handler, as the consumer runtime calls it.
+    let handler = &local.module.subscriptions()[0].handler;
+    handler.handle(&event).await.expect("handled");
+    // A second event about the same outcome (a new id) is no second e-mail either.
+    let again = order_event(&order);
+    assert_eq!(
+        service.handle(&again).await.expect("handled"),
+        Applied::Handled
+    );
+
+    assert!(service.deliver_due().await.expect("delivered") >= 1);
+    assert_eq!(service.deliver_due().await.expect("delivered"), 0);
+    let deliveries = local.module.port().deliveries(order.id).await.expect("log");
+    assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+    let delivery = &deliveries[0];
+    assert_eq!(delivery.status, DeliveryStatus::Sent);
+    assert_eq!(delivery.channel, Channel::File);
+    assert_eq!(delivery.recipient, "ada@example.com");
+    assert_eq!(delivery.template, "order_confirmed");
+    assert_eq!(delivery.event_id, event.id);
+    assert_eq!(delivery.attempts, 1);
+    assert_eq!(delivery.last_error, None);
+
+    let files = local.eml_files();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let eml = std::fs::read_to_string(&files[0]).expect("eml");
+    assert!(eml.contains("To: ada@example.com"), "{eml}");
+    assert!(eml.contains("From: Bazaar <shop@example.com>"), "{eml}");
+    assert!(
+        eml.contains(&format!("Subject: Your order {} is confirmed", order.id)),
+        "{eml}"
+    );
+    assert!(
+        eml.contains("text/plain") && eml.contains("text/html"),
+        "{eml}"
+    );
+    assert!(eml.contains("25.00 EUR"), "{eml}");
+}
+
+#[tokio::test]
+async fn redelivery_creates_no_second_message_sqlite() {
+    redelivery_creates_no_second_message(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn redelivery_creates_no_second_message_postgres() {
+    redelivery_creates_no_second_message(Backend::Postgres).await;
+}
+
+async fn every_outcome_e_mails_its_customer_once(backend: Backend) {
+    let Some(local) = support::local(backend, quick_settings()).await else {
+        return;
+    };
+    let service = local.module.service();
+    let workers = local.module.spawn_workers();
+
+    let rejected = order(OrderStatus::Rejected, "bob@example.com");
+    service
+        .handle(&order_event(&rejected))
+        .await
+        .expect("handled");
+    let rejected_log = local
+        .wait_for(rejected.id, all(1, DeliveryStatus::Sent))
+        .await;
+    assert_eq!(rejected_log[0].template, "order_rejected");
+
+    let mut cancelled = order(OrderStatus::Confirmed, "cy@example.com");
+    service
+        .handle(&order_event(&cancelled))
+        .await
+        .expect("handled");
+    let refund = refund_event(&cancelled);
+    service.handle(&refund).await.expect("handled");
+    service.handle(&refund).await.expect("handled");
+    cancelled.status = OrderStatus::Cancelled;
+    service
+        .handle(&order_event(&cancelled))
+        .await
+        .expect("handled");
+    let log = local
+        .wait_for(cancelled.id, all(3, DeliveryStatus::Sent))
+        .await;
+    let templates: Vec<&str> = log.iter().map(|d| d.template.as_str()).collect();
+    assert_eq!(
+        templates,
+        ["order_confirmed", "payment_refunded", "order_cancelled"]
+    );
+    assert!(
+        log.iter().all(|d| d.recipient == "cy@example.com"),
+        "{log:?}"
+    );
+    assert_eq!(local.eml_files().len(), 4);
+    for worker in workers {
+        worker.abort();
+    }
+}
+
+#[tokio::test]
+async fn every_outcome_e_mails_its_customer_once_sqlite() {
+    every_outcome_e_mails_its_customer_once(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn every_outcome_e_mails_its_customer_once_postgres() {
+    every_outcome_e_mails_its_customer_once(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_refund_of_an_order_never_seen_fails_until_its_customer_is_known() {
+    let local = support::local(Backend::Sqlite, quick_settings())
+        .await
+        .expect("sqlite");
+    let service = local.module.service();
+    let order = order(OrderStatus::Confirmed, "dee@example.com");
+    let refund = refund_event(&order);
+    assert!(service.handle(&refund).await.is_err());
+    assert!(
+        local
+            .module
+            .port()
+            .deliveries(order.id)
+            .await
+            .expect("log")
+            .is_empty()
+    );
+    // Once the order's event arrived, the retried refund is handled.
+    service.handle(&order_event(&order)).await.expect("handled");
+    assert_eq!(
+        service.handle(&refund).await.expect("handled"),
+        Applied::Handled
+    );
+    assert_eq!(
+        local
+            .module
+            .port()
+            .deliveries(order.id)
+            .await
+            .expect("log")
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn stock_low_e_mails_the_operator() {
+    let local = support::local(Backend::Sqlite, quick_settings())
+        .await
+        .expect("sqlite");
+    let service = local.module.service();
+    let stock = catalog_contract::StockLow {
+        product_id: Uuid::new_v4(),
+        sku: "MUG-1".into(),
+        name: "Mug".into(),
+        available: 2,
+        threshold: 5,
+    };
+    let event = Envelope::new(
+        "catalog",
+        catalog_contract::event_types::STOCK_LOW,
+        stock.product_id,
+        &stock,
+    )
+    .expect("event");
+    service.handle(&event).await.expect("handled");
+    service.handle(&event).await.expect("handled");
+    assert_eq!(service.deliver_due().await.expect("delivered"), 1);
+    let files = local.eml_files();
+    assert_eq!(files.len(), 1);
+    let eml = std::fs::read_to_string(&files[0]).expect("eml");
+    assert!(eml.contains("To: operator@example.com"), "{eml}");
+    assert!(eml.contains("Subject: Stock low: Mug (MUG-1)"), "{eml}");
+}
+
+#[tokio::test]
+async fn the_module_subscribes_as_notifications_to_the_events_it_e_mails_about() {
+    let local = support::local(Backend::Sqlite, quick_settings())
+        .await
+        .expect("sqlite");
+    let subscriptions = local.module.subscriptions();
+    assert_eq!(subscriptions.len(), 1);
+    assert_eq!(subscriptions[0].consumer, "notifications");
+    for event_type in [
+        "orders.order_confirmed",
+        "orders.order_rejected",
+        "orders.order_cancelled",
+        "billing.payment_refunded",
+        "catalog.stock_low",
+    ] {
+        assert!(
+            subscriptions[0].event_types.iter().any(|t| t == event_type),
+            "{event_type}"
+        );
+    }
+    assert_eq!(local.module.name(), "notifications");
+}

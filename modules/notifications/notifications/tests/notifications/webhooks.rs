@@ -1,0 +1,308 @@
+//! Webhooks against a local actix server on 127.0.0.1: the signature, retries on 500,
+//! giving up, and a slow endpoint that delays nobody else.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use chassis::db::Backend;
+use chassis::module::LocalModule;
+use hmac::{Hmac, Mac};
+use notifications_contract::{Channel, CreateWebhook, DeliveryStatus};
+use orders_contract::OrderStatus;
+use sha2::Sha256;
+
+use crate::support::{self, all, order, order_event, quick_settings};
+
+/// What the receiver got: the signature header and the body.
+#[derive(Debug, Clone)]
+struct Call {
+    signature: Option<String>,
+    body: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Receiver {
+    calls: Mutex<Vec<Call>>,
+    /// The statuses to answer, in turn; 200 once it is empty.
+    script: Mutex<VecDeque<u16>>,
+    delay: Mutex<Duration>,
+}
+
+async fn receive(
+    state: web::Data<Receiver>,
+    request: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    let signature = request
+        .headers()
+        .get("X-Bazaar-Signature")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    state.calls.lock().expect("lock").push(Call {
+        signature,
+        body: body.to_vec(),
+    });
+    let delay = *state.delay.lock().expect("lock");
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let status = state
+        .script
+        .lock()
+        .expect("lock")
+        .pop_front()
+        .unwrap_or(200);
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).expect("status")).finish()
+}
+
+/// A receiver on a free port: its URL and state.
+async fn receiver(script: &[u16], delay: Duration) -> (String, web::Data<Receiver>) {
+    let state = web::Data::new(Receiver::default());
+    state
+        .script
+        .lock()
+        .expect("lock")
+        .extend(script.iter().copied());
+    *state.delay.lock().expect("lock") = delay;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    let shared = state.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(shared.clone())
+            .route("/hook", web::post().to(receive))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .expect("listen")
+    .run();
+    tokio::spawn(server);
+    (format!("http://{address}/hook"), state)
+}
+
+fn expected_signature(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn subscription(url: &str, secret: &str) -> CreateWebhook {
+    CreateWebhook {
+        url: url.into(),
+        events: vec!["orders.order_confirmed".into()],
+        secret: secret.into(),
+    }
+}
+
+async fn a_webhook_gets_the_signed_envelope_once(backend: Backend) {
+    let Some(local) = support::local(backend, quick_settings()).await else {
+        return;
+    };
+    let (url, state) = receiver(&[], Duration::ZERO).await;
+    let service = local.module.service();
+    let webhook = service
+        .create_webhook(subscription(&url, "s3cret"))
+        .await
+        .expect("created");
+    let workers = local.module.spawn_workers();
+    let order = order(OrderStatus::Confirmed, "ada@example.com");
+    let event = order_event(&order);
+    service.handle(&event).await.expect("handled");
+    service.handle(&event).await.expect("handled");
+    // A rejected order is not among the webhook's events.
+    let other = support::order(OrderStatus::Rejected, "bob@example.com");
+    service.handle(&order_event(&other)).await.expect("handled");
+
+    let log = local.wait_for(order.id, all(2, DeliveryStatus::Sent)).await;
+    let hook = log
+        .iter()
+        .find(|d| d.channel == Channel::Webhook)
+        .expect("a webhook delivery");
+    assert_eq!(hook.recipient, url);
+    assert_eq!(hook.template, "orders.order_confirmed");
+    let calls = state.calls.lock().expect("lock").clone();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let call = &calls[0];
+    assert_eq!(
+        call.signature.as_deref(),
+        Some(expected_signature("s3cret", &call.body).as_str())
+    );
+    let body: serde_json::Value = serde_json::from_slice(&call.body).expect("json");
+    assert_eq!(body["id"], event.id.to_string());
+    assert_eq!(body["type"], "orders.order_confirmed");
+    assert_eq!(body["payload"]["order"]["id"], order.id.to_string());
+    let other_log = local.wait_for(other.id, all(1, DeliveryStatus::Sent)).await;
+    assert_eq!(other_log[0].channel, Channel::File);
+    assert!(webhook.events == vec!["orders.order_confirmed".to_owned()]);
+    for worker in workers {
+        worker.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_webhook_gets_the_signed_envelope_once_sqlite() {
+    a_webhook_gets_the_signed_envelope_once(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_webhook_gets_the_signed_envelope_once_postgres() {
+    a_webhook_gets_the_signed_envelope_once(Backend::Postgres).await;
+}
+
+async fn a_500_is_retried_until_it_succeeds(backend: Backend) {
+    let Some(local) = support::local(backend, quick_settings()).await else {
+        return;
+    };
+    let (url, state) = receiver(&[500, 503], Duration::ZERO).await;
+    let service = local.module.service();
+    service
+        .create_webhook(subscription(&url, "k"))
+        .await
+        .expect("created");
+    let workers = local.module.spawn_workers();
+    let order = order(OrderStatus::Confirmed, "ada@example.com");
+    service.handle(&order_event(&order)).await.expect("handled");
+    let log = local.wait_for(order.id, all(2, DeliveryStatus::Sent)).await;
+    let hook = log
+        .iter()
+        .find(|d| d.channel == Channel::Webhook)
+        .expect("hook");
+    assert_eq!(hook.attempts, 3, "{hook:?}");
+    assert_eq!(state.calls.lock().expect("lock").len(), 3);
+    for worker in workers {
+        worker.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_500_is_retried_until_it_succeeds_sqlite() {
+    a_500_is_retried_until_it_succeeds(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_500_is_retried_until_it_succeeds_postgres() {
+    a_500_is_retried_until_it_succeeds(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_webhook_that_keeps_failing_is_given_up_after_max_attempts() {
+    let local = support::local(Backend::Sqlite, quick_settings())
+        .await
+        .expect("sqlite");
+    let (url, state) = receiver(&[500; 10], Duration::ZERO).await;
+    let service = local.module.service();
+    service
+        .create_webhook(subscription(&url, "k"))
+        .await
+        .expect("created");
+    let workers = local.module.spawn_workers();
+    let order = order(OrderStatus::Confirmed, "ada@example.com");
+    service.handle(&order_event(&order)).await.expect("handled");
+    let log = local
+        .wait_for(order.id, |log| {
+            log.len() == 2
+                && log
+                    .iter()
+                    .any(|d| d.channel == Channel::Webhook && d.status == DeliveryStatus::Failed)
+        })
+        .await;
+    let hook = log
+        .iter()
+        .find(|d| d.channel == Channel::Webhook)
+        .expect("hook");
+    assert_eq!(hook.attempts, 3);
+    assert!(
+        hook.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("HTTP 500")),
+        "{hook:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        state.calls.lock().expect("lock").len(),
+        3,
+        "no call after giving up"
+    );
+    for worker in workers {
+        worker.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_slow_webhook_delays_no_other_delivery() {
+    let local = support::local(Backend::Sqlite, quick_settings())
+        .await
+        .expect("sqlite");
+    // Slower than `webhook_timeout` (500 ms): every call times out.
+    let (slow_url, _slow) = receiver(&[], Duration::from_secs(3)).await;
+    let (fast_url, fast) = receiver(&[], Duration::ZERO).await;
+    let service = local.module.service();
+    service
+        .create_webhook(subscription(&slow_url, "k"))
+        .await
+        .expect("created");
+    service
+        .create_webhook(subscription(&fast_url, "k"))
+        .await
+        .expect("created");
+    let workers = local.module.spawn_workers();
+    let started = std::time::Instant::now();
+    let order = order(OrderStatus::Confirmed, "ada@example.com");
+    service.handle(&order_event(&order)).await.expect("handled");
+    for _ in 0..100 {
+        if !fast.calls.lock().expect("lock").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(fast.calls.lock().expect("lock").len(), 1);
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    let log = local
+        .wait_for(order.id, |log| {
+            log.iter()
+                .any(|d| d.recipient == slow_url && d.status == DeliveryStatus::Failed)
+        })
+        .await;
+    let slow = log.iter().find(|d| d.recipient == slow_url).expect("slow");
+    assert!(
+        slow.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("timed out")),
+        "{slow:?}"
+    );
+    for worker in workers {
+        worker.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_webhook_gets_no_more_calls() {
+    let local = support::local(Backend::Sqlite, quick_settings())
+        .await
+        .expect("sqlite");
+    let (url, state) = receiver(&[], Duration::ZERO).await;
+    let service = local.module.service();
+    let webhook = service
+        .create_webhook(subscription(&url, "k"))
+        .await
+        .expect("created");
+    let order = order(OrderStatus::Confirmed, "ada@example.com");
+    service.handle(&order_event(&order)).await.expect("handled");
+    service.delete_webhook(webhook.id).await.expect("deleted");
+    service.deliver_due().await.expect("delivered");
+    let log = local.wait_for(order.id, |log| log.len() == 2).await;
+    let hook = log
+        .iter()
+        .find(|d| d.channel == Channel::Webhook)
+        .expect("hook");
+    assert_eq!(hook.status, DeliveryStatus::Failed);
+    assert_eq!(hook.last_error.as_deref(), Some("webhook deleted"));
+    assert!(state.calls.lock().expect("lock").is_empty());
+}
