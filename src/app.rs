@@ -67,7 +67,7 @@ pub async fn compose(config: &Config) -> anyhow::Result<Composition> {
     };
     // Peers first: orders needs the catalog's and billing's ports, wherever they run.
     for name in ["catalog", "billing", "orders", "notifications"] {
-        let mut placement = config.placement(name)?;
+        let placement = config.placement(name)?;
         let mut probes = Vec::new();
         let remote_client = |url: &url::Url| -> anyhow::Result<chassis::remote::RemoteClient> {
             chassis::remote::RemoteClient::new(
@@ -151,13 +151,22 @@ pub async fn compose(config: &Config) -> anyhow::Result<Composition> {
                 );
                 composition.local.push(Arc::new(module));
             }
+            #[cfg(feature = "notifications")]
+            ("notifications", Placement::Local) => {
+                let db = open_database(config, name)?;
+                probes.push(Probe::Database(db.clone()));
+                let module = notifications::NotificationsModule::new(
+                    db,
+                    &config.data_dir,
+                    &config.notifications,
+                );
+                composition.local.push(Arc::new(module));
+            }
+            // Nothing in this process calls orders or notifications through a port yet:
+            // their remote placement is probed and reported, no client is kept.
             ("orders" | "notifications", Placement::Remote(url)) => {
                 probes.push(Probe::Peer(remote_client(url)?));
             }
-            // notifications is a placeholder until its crate lands: it takes part in
-            // config validation and the feature matrix, but nothing of it runs here yet,
-            // so `/modules` reports it absent.
-            (_, Placement::Local) => placement = Placement::Absent,
             _ => {}
         }
         composition.entries.push(ModuleEntry {
@@ -216,10 +225,14 @@ impl Composition {
                     entry.name == source && matches!(entry.placement, Placement::Remote(_))
                 });
                 if remote {
+                    let consumer_module =
+                        subscription.consumer.split('.').next().unwrap_or_default();
                     anyhow::bail!(
                         "consumer {} needs {event_type} events from the remote module {source}, which an \
-                         in-process bus cannot carry: run {source} in this process (modules.{source}.mode = \"local\"); \
-                         broker transports (bus.kind = nats or rabbitmq) are not available in this version",
+                         in-process bus cannot carry: run {source} in this process (modules.{source}.mode = \"local\"), \
+                         or run {consumer_module} where {source} runs (modules.{consumer_module}.mode = \"remote\" \
+                         and modules.{consumer_module}.url); broker transports (bus.kind = nats or rabbitmq) are \
+                         not available in this version",
                         subscription.consumer
                     );
                 }

@@ -24,6 +24,7 @@ pub struct Config {
     pub catalog: catalog_contract::CatalogSettings,
     pub orders: orders_contract::OrdersSettings,
     pub billing: billing_contract::BillingSettings,
+    pub notifications: notifications_contract::NotificationsSettings,
 }
 
 /// `modules.<name>`, one section per business module.
@@ -51,6 +52,7 @@ impl Default for Config {
             catalog: catalog_contract::CatalogSettings::default(),
             orders: orders_contract::OrdersSettings::default(),
             billing: billing_contract::BillingSettings::default(),
+            notifications: notifications_contract::NotificationsSettings::default(),
         }
     }
 }
@@ -93,6 +95,9 @@ impl Config {
         self.catalog.validate().map_err(ConfigError::Invalid)?;
         self.orders.validate().map_err(ConfigError::Invalid)?;
         self.billing.validate().map_err(ConfigError::Invalid)?;
+        self.notifications
+            .validate()
+            .map_err(ConfigError::Invalid)?;
         if self.remote.max_concurrency == 0 {
             return Err(ConfigError::key(
                 "remote.max_concurrency",

@@ -2,6 +2,7 @@
 
 mod architecture;
 mod cli;
+mod notifications;
 mod orders;
 mod serve;
 mod support;
