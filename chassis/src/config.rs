@@ -454,22 +454,12 @@ impl<'de> Deserialize<'de> for DatabaseUrl {
 mod tests {
     use super::*;
 
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, Default, Deserialize)]
     #[serde(default, deny_unknown_fields)]
     struct Sample {
         server: ServerSettings,
         auth: AuthSettings,
         modules: SampleModules,
-    }
-
-    impl Default for Sample {
-        fn default() -> Self {
-            Self {
-                server: ServerSettings::default(),
-                auth: AuthSettings::default(),
-                modules: SampleModules::default(),
-            }
-        }
     }
 
     #[derive(Debug, Default, Deserialize)]

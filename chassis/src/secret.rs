@@ -52,3 +52,76 @@ mod tests {
         assert_eq!(secret.expose(), "hunter2");
     }
 }
+
+/// A URL that may carry credentials (`smtp://user:password@host`): `Debug`, `Display` and
+/// `Serialize` show it with the password replaced, so config can be printed safely.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL itself, password included; only for opening connections.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced.
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("[redacted]"));
+                url.to_string()
+            }
+            _ => self.0.clone(),
+        }
+    }
+}
+
+impl From<&str> for SecretUrl {
+    fn from(url: &str) -> Self {
+        Self::new(url)
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl std::fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for SecretUrl {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.redacted())
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(SecretUrl)
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::SecretUrl;
+
+    #[test]
+    fn a_secret_url_hides_its_password_only() {
+        let url = SecretUrl::new("smtp://shop:pa55@mail.example.com:587");
+        assert_eq!(
+            url.redacted(),
+            "smtp://shop:%5Bredacted%5D@mail.example.com:587"
+        );
+        assert!(!format!("{url:?} {url}").contains("pa55"));
+        assert_eq!(url.expose(), "smtp://shop:pa55@mail.example.com:587");
+    }
+}

@@ -579,7 +579,10 @@ async fn a_live_relay_takes_over_a_dead_relays_rows_after_the_lease() {
         recorder.delivered.load(Ordering::SeqCst) == 5
     })
     .await;
-    assert!(claimed_at.elapsed() >= lease, "not before the lease ran out");
+    assert!(
+        claimed_at.elapsed() >= lease,
+        "not before the lease ran out"
+    );
     assert_eq!(pending(&db).await, 0);
     live.abort();
 }

@@ -11,7 +11,7 @@ pub struct NotificationsSettings {
     /// The SMTP server: `smtp://host:25` (plain), `smtp://host:587?tls=required`
     /// (STARTTLS), `smtps://user:password@host:465` (TLS). Unset: the `file` channel, one
     /// `.eml` per message under `<data_dir>/outbox-mail/`.
-    pub smtp_url: Option<String>,
+    pub smtp_url: Option<chassis::secret::SecretUrl>,
     /// The sender of every e-mail.
     pub from: String,
     /// Who gets the shop's own messages (`catalog.stock_low`).
@@ -76,8 +76,8 @@ impl NotificationsSettings {
     /// Checks the section; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(smtp_url) = &self.smtp_url {
-            let url = Url::parse(smtp_url).map_err(|error| {
-                format!("notifications.smtp_url: {smtp_url:?} is not a URL ({error})")
+            let url = Url::parse(smtp_url.expose()).map_err(|error| {
+                format!("notifications.smtp_url: {smtp_url} is not a URL ({error})")
             })?;
             if !matches!(url.scheme(), "smtp" | "smtps") {
                 return Err(format!(

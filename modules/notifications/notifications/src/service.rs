@@ -306,7 +306,10 @@ impl NotificationsService {
         Self {
             inbox: Inbox::new(db.clone(), CONSUMER),
             mailer: Arc::new(Mailer::new(
-                settings.smtp_url.as_deref(),
+                settings
+                    .smtp_url
+                    .as_ref()
+                    .map(chassis::secret::SecretUrl::expose),
                 data_dir,
                 settings.smtp_timeout,
             )),

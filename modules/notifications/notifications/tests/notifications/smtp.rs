@@ -111,7 +111,10 @@ async fn session(
 async fn a_confirmation_goes_through_smtp_with_recipient_subject_and_bodies() {
     let sink = SmtpSink::start().await;
     let settings = NotificationsSettings {
-        smtp_url: Some(format!("smtp://127.0.0.1:{}", sink.port)),
+        smtp_url: Some(chassis::secret::SecretUrl::new(format!(
+            "smtp://127.0.0.1:{}",
+            sink.port
+        ))),
         ..quick_settings()
     };
     let local = support::local(Backend::Sqlite, settings)
@@ -177,7 +180,9 @@ async fn an_smtp_server_that_is_down_means_retrying_then_failed() {
         listener.local_addr().expect("address").port()
     };
     let settings = NotificationsSettings {
-        smtp_url: Some(format!("smtp://127.0.0.1:{port}")),
+        smtp_url: Some(chassis::secret::SecretUrl::new(format!(
+            "smtp://127.0.0.1:{port}"
+        ))),
         ..quick_settings()
     };
     let local = support::local(Backend::Sqlite, settings)
