@@ -33,7 +33,7 @@ CREATE TABLE deliveries (
     text_body TEXT,
     html_body TEXT,
     payload TEXT,
-    status TEXT NOT NULL CHECK (status IN ('pending', 'sent', 'retrying', 'failed')),
+    status TEXT NOT NULL CHECK (status IN ('sent', 'retrying', 'failed')),
     attempts BIGINT NOT NULL DEFAULT 0,
     last_error TEXT,
     next_attempt_at TIMESTAMP NOT NULL,

@@ -45,11 +45,10 @@ impl std::fmt::Display for Channel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
-    /// Recorded, not attempted yet.
-    Pending,
     /// Delivered.
     Sent,
-    /// An attempt failed; another follows after a backoff.
+    /// Not delivered yet: an attempt is due (`attempts` 0 for one never tried yet), or one
+    /// failed and another follows after a backoff.
     Retrying,
     /// Every attempt failed (`notifications.max_attempts`): given up, see `last_error`.
     Failed,
@@ -58,7 +57,6 @@ pub enum DeliveryStatus {
 impl DeliveryStatus {
     pub fn as_str(self) -> &'static str {
         match self {
-            DeliveryStatus::Pending => "pending",
             DeliveryStatus::Sent => "sent",
             DeliveryStatus::Retrying => "retrying",
             DeliveryStatus::Failed => "failed",
@@ -67,7 +65,6 @@ impl DeliveryStatus {
 
     pub fn parse(text: &str) -> Option<Self> {
         match text {
-            "pending" => Some(DeliveryStatus::Pending),
             "sent" => Some(DeliveryStatus::Sent),
             "retrying" => Some(DeliveryStatus::Retrying),
             "failed" => Some(DeliveryStatus::Failed),

@@ -228,7 +228,7 @@ pub(crate) fn list_deliveries(
     query.load(conn)
 }
 
-const OPEN: [&str; 2] = ["pending", "retrying"];
+const OPEN: [&str; 1] = ["retrying"];
 
 /// Claims up to `limit` deliveries whose next attempt is due at `at` and that no live
 /// worker holds, until `until`; answers them.

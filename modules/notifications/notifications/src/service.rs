@@ -200,7 +200,7 @@ fn record(
             text_body: None,
             html_body: None,
             payload: None,
-            status: DeliveryStatus::Pending.as_str().to_owned(),
+            status: DeliveryStatus::Retrying.as_str().to_owned(),
             attempts: 0,
             next_attempt_at: at,
             created_at: at,

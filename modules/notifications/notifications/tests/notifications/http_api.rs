@@ -376,7 +376,8 @@ async fn internal_deliveries_answer_the_port() {
     )
     .await;
     assert_eq!(answer.as_array().map(Vec::len), Some(1));
-    assert_eq!(answer[0]["status"], "pending");
+    assert_eq!(answer[0]["status"], "retrying", "not sent yet");
+    assert_eq!(answer[0]["attempts"], 0);
     for uri in [
         "/internal/notifications/deliveries",
         "/internal/notifications/deliveries?order_id=nope",
