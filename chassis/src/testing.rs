@@ -207,3 +207,28 @@ impl TestServer {
         self.handle.stop(false).await;
     }
 }
+
+/// Asserts that `response` is a problem document (RFC 9457, `application/problem+json`)
+/// with this status and code, and answers its body.
+pub async fn assert_problem(
+    response: actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+    status: u16,
+    code: &str,
+) -> serde_json::Value {
+    assert_eq!(response.status().as_u16(), status, "status");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(content_type, crate::problem::PROBLEM_JSON);
+    let body: serde_json::Value = actix_web::test::read_body_json(response).await;
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status);
+    assert!(
+        body["type"].is_string() && body["title"].is_string() && body["detail"].is_string(),
+        "{body}"
+    );
+    body
+}

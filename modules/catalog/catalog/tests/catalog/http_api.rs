@@ -1,6 +1,5 @@
 //! Every public catalog endpoint of spec §3, with each of its errors.
 
-use actix_web::dev::ServiceResponse;
 use actix_web::http::StatusCode;
 use actix_web::test::{self, TestRequest};
 use catalog_contract::{Catalog, StockLine};
@@ -18,28 +17,7 @@ fn product_body(sku: &str) -> Value {
     json!({"sku": sku, "name": format!("Product {sku}"), "price": {"amount": 1250, "currency": "EUR"}, "stock": 7})
 }
 
-async fn problem(
-    response: ServiceResponse<impl actix_web::body::MessageBody>,
-    status: u16,
-    code: &str,
-) -> Value {
-    assert_eq!(response.status().as_u16(), status, "status");
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert_eq!(content_type, "application/problem+json");
-    let body: Value = test::read_body_json(response).await;
-    assert_eq!(body["code"], code, "{body}");
-    assert_eq!(body["status"], status);
-    assert!(
-        body["type"].is_string() && body["title"].is_string() && body["detail"].is_string(),
-        "{body}"
-    );
-    body
-}
+use chassis::testing::assert_problem as problem;
 
 macro_rules! service {
     ($catalog:expr) => {

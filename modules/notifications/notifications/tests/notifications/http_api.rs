@@ -1,7 +1,6 @@
 //! Every notifications endpoint — admin `/notifications*` of spec §3 and
 //! `/internal/notifications/*` — with each of its errors, and the remote client.
 
-use actix_web::dev::ServiceResponse;
 use actix_web::test::{self, TestRequest};
 use chassis::db::Backend;
 use chassis::remote::RemoteSettings;
@@ -23,24 +22,7 @@ fn internal(request: TestRequest) -> TestRequest {
     request.insert_header(("Authorization", format!("Bearer {SERVICE_TOKEN}")))
 }
 
-async fn problem(
-    response: ServiceResponse<impl actix_web::body::MessageBody>,
-    status: u16,
-    code: &str,
-) -> Value {
-    assert_eq!(response.status().as_u16(), status, "status");
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert_eq!(content_type, "application/problem+json");
-    let body: Value = test::read_body_json(response).await;
-    assert_eq!(body["code"], code, "{body}");
-    assert_eq!(body["status"], status);
-    body
-}
+use chassis::testing::assert_problem as problem;
 
 fn detail(body: &Value) -> &str {
     body["detail"].as_str().unwrap_or_default()

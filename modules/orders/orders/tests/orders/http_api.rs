@@ -10,23 +10,7 @@ use crate::support::{
     self, app, catalog_knowing, fixture, payment, product, reservation, settings,
 };
 
-async fn problem(
-    response: actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
-    status: u16,
-    code: &str,
-) -> Value {
-    assert_eq!(response.status().as_u16(), status);
-    assert_eq!(
-        response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok()),
-        Some("application/problem+json")
-    );
-    let body: Value = test::read_body_json(response).await;
-    assert_eq!(body["code"], code, "{body}");
-    body
-}
+use chassis::testing::assert_problem as problem;
 
 fn happy_peers(item: &catalog_contract::Product) -> (MockCatalog, MockBilling) {
     let mut catalog = catalog_knowing(item);
