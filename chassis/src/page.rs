@@ -43,6 +43,16 @@ pub enum PageError {
     Cursor,
 }
 
+impl crate::problem::ProblemCode for PageError {
+    fn status(&self) -> u16 {
+        422
+    }
+
+    fn code(&self) -> &'static str {
+        crate::problem::codes::VALIDATION_FAILED
+    }
+}
+
 impl PageParams {
     pub fn validate(&self) -> Result<PageRequest, PageError> {
         let limit = self.limit.unwrap_or(DEFAULT_LIMIT);

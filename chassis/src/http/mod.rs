@@ -39,5 +39,24 @@ pub fn problem_response(problem: &Problem) -> HttpResponse {
     response.body(serde_json::to_string(problem).unwrap_or_else(|_| String::from("{}")))
 }
 
+/// A path id: one that is not a UUID names no `thing` either, so it is a 404
+/// `<thing>_not_found` like any unknown id (with the id as extension member `<thing>_id`).
+pub fn path_id(raw: &str, thing: &str) -> Result<uuid::Uuid, Problem> {
+    uuid::Uuid::parse_str(raw).map_err(|_| {
+        Problem::new(
+            404,
+            &format!("{thing}_not_found"),
+            format!("{thing} {raw} not found"),
+        )
+        .with_extension(&format!("{thing}_id"), raw)
+    })
+}
+
+/// A UUID in a query parameter or an internal path: anything else is a 422 naming `field`.
+pub fn uuid_param(raw: &str, field: &str) -> Result<uuid::Uuid, Problem> {
+    uuid::Uuid::parse_str(raw)
+        .map_err(|_| Problem::validation(format!("{field}: {raw:?} is not a UUID")))
+}
+
 /// The answer type of every handler: a response, or a problem document.
 pub type ApiResult<T = HttpResponse> = Result<T, Problem>;

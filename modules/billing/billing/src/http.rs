@@ -3,12 +3,11 @@
 
 use actix_web::{HttpResponse, web};
 use billing_contract::{Billing, ChargeRequest, Payment, PaymentStatus};
-use chassis::http::{Admin, ApiResult, Json, Query, Service};
+use chassis::http::{Admin, ApiResult, Json, Query, Service, path_id, uuid_param};
 use chassis::page::{Page, PageParams};
 use chassis::problem::Problem;
 use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi};
-use uuid::Uuid;
 
 use crate::domain::Invoice;
 use crate::service::BillingService;
@@ -39,19 +38,6 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, service: BillingService) {
     );
 }
 
-/// An id that is not a UUID names no invoice: 404, like any unknown id.
-fn invoice_id(raw: &str) -> Result<Uuid, Problem> {
-    Uuid::parse_str(raw).map_err(|_| {
-        Problem::new(404, "invoice_not_found", format!("invoice {raw} not found"))
-            .with_extension("invoice_id", raw)
-    })
-}
-
-fn order_id(raw: &str) -> Result<Uuid, Problem> {
-    Uuid::parse_str(raw)
-        .map_err(|_| Problem::validation(format!("order_id: {raw:?} is not a UUID")))
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct PaymentsQuery {
@@ -75,14 +61,16 @@ async fn list_payments(
     query: Query<PaymentsQuery>,
 ) -> ApiResult {
     let query = query.into_inner();
-    let order = query.order_id.as_deref().map(order_id).transpose()?;
+    let order = query
+        .order_id
+        .as_deref()
+        .map(|raw| uuid_param(raw, "order_id"))
+        .transpose()?;
     let params = PageParams {
         limit: query.limit,
         cursor: query.cursor,
     };
-    let page = params
-        .validate()
-        .map_err(|error| Problem::validation(error.to_string()))?;
+    let page = params.validate()?;
     let payments = service.payments(order, page).await?;
     Ok(HttpResponse::Ok().json(payments))
 }
@@ -98,7 +86,7 @@ async fn get_invoice(
     service: web::Data<BillingService>,
     id: web::Path<String>,
 ) -> ApiResult {
-    let invoice = service.invoice(invoice_id(&id)?).await?;
+    let invoice = service.invoice(path_id(&id, "invoice")?).await?;
     Ok(HttpResponse::Ok().json(invoice))
 }
 
@@ -133,6 +121,6 @@ async fn refund(
     service: web::Data<BillingService>,
     order: web::Path<String>,
 ) -> ApiResult {
-    let payment = service.refund(order_id(&order)?).await?;
+    let payment = service.refund(uuid_param(&order, "order_id")?).await?;
     Ok(HttpResponse::Ok().json(payment))
 }

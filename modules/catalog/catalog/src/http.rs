@@ -5,12 +5,11 @@ use actix_web::{HttpResponse, web};
 use catalog_contract::{
     Catalog, LookupRequest, LookupResponse, Product, Reservation, ReserveRequest,
 };
-use chassis::http::{Admin, ApiResult, Json, Query, Service};
+use chassis::http::{Admin, ApiResult, Json, Query, Service, path_id, uuid_param};
 use chassis::page::{Page, PageParams};
 use chassis::problem::Problem;
 use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi};
-use uuid::Uuid;
 
 use crate::domain::{NewProduct, ProductPatch, StockUpdate};
 use crate::service::CatalogService;
@@ -59,19 +58,6 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, service: CatalogService) {
     );
 }
 
-/// An id that is not a UUID names no product: 404, like any unknown id.
-fn product_id(raw: &str) -> Result<Uuid, Problem> {
-    Uuid::parse_str(raw).map_err(|_| {
-        Problem::new(404, "product_not_found", format!("product {raw} not found"))
-            .with_extension("product_id", raw)
-    })
-}
-
-fn order_id(raw: &str) -> Result<Uuid, Problem> {
-    Uuid::parse_str(raw)
-        .map_err(|_| Problem::validation(format!("order_id: {raw:?} is not a UUID")))
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
@@ -112,9 +98,7 @@ async fn list_products(service: web::Data<CatalogService>, query: Query<ListQuer
         limit: query.limit,
         cursor: query.cursor,
     };
-    let page = params
-        .validate()
-        .map_err(|error| Problem::validation(error.to_string()))?;
+    let page = params.validate()?;
     let products = service.list_products(query.q, page).await?;
     Ok(HttpResponse::Ok().json(products))
 }
@@ -124,7 +108,7 @@ async fn list_products(service: web::Data<CatalogService>, query: Query<ListQuer
     params(("id" = Uuid, Path)),
     responses((status = 200, body = Product), (status = 404, description = "product_not_found", body = Problem)))]
 async fn get_product(service: web::Data<CatalogService>, id: web::Path<String>) -> ApiResult {
-    let product = service.product(product_id(&id)?).await?;
+    let product = service.product(path_id(&id, "product")?).await?;
     Ok(HttpResponse::Ok().json(product))
 }
 
@@ -141,7 +125,7 @@ async fn update_product(
     body: Json<ProductPatch>,
 ) -> ApiResult {
     let product = service
-        .update_product(product_id(&id)?, body.into_inner())
+        .update_product(path_id(&id, "product")?, body.into_inner())
         .await?;
     Ok(HttpResponse::Ok().json(product))
 }
@@ -159,7 +143,7 @@ async fn set_stock(
     body: Json<StockUpdate>,
 ) -> ApiResult {
     let product = service
-        .set_stock(product_id(&id)?, body.into_inner())
+        .set_stock(path_id(&id, "product")?, body.into_inner())
         .await?;
     Ok(HttpResponse::Ok().json(product))
 }
@@ -189,7 +173,9 @@ async fn reserve(
     order: web::Path<String>,
     body: Json<ReserveRequest>,
 ) -> ApiResult {
-    let reservation = service.reserve(order_id(&order)?, &body.lines).await?;
+    let reservation = service
+        .reserve(uuid_param(&order, "order_id")?, &body.lines)
+        .await?;
     Ok(HttpResponse::Ok().json(reservation))
 }
 
@@ -203,7 +189,7 @@ async fn release(
     service: web::Data<CatalogService>,
     order: web::Path<String>,
 ) -> ApiResult {
-    let reservation = service.release(order_id(&order)?).await?;
+    let reservation = service.release(uuid_param(&order, "order_id")?).await?;
     Ok(HttpResponse::Ok().json(reservation))
 }
 
@@ -217,7 +203,7 @@ async fn commit(
     service: web::Data<CatalogService>,
     order: web::Path<String>,
 ) -> ApiResult {
-    let reservation = service.commit(order_id(&order)?).await?;
+    let reservation = service.commit(uuid_param(&order, "order_id")?).await?;
     Ok(HttpResponse::Ok().json(reservation))
 }
 
@@ -231,6 +217,6 @@ async fn restock(
     service: web::Data<CatalogService>,
     order: web::Path<String>,
 ) -> ApiResult {
-    let reservation = service.restock(order_id(&order)?).await?;
+    let reservation = service.restock(uuid_param(&order, "order_id")?).await?;
     Ok(HttpResponse::Ok().json(reservation))
 }

@@ -3,7 +3,7 @@
 //! `HttpNotifications`, behind the service token).
 
 use actix_web::{HttpResponse, web};
-use chassis::http::{Admin, ApiResult, Json, Query, Service};
+use chassis::http::{Admin, ApiResult, Json, Query, Service, path_id, uuid_param};
 use chassis::page::{Page, PageParams, PageRequest};
 use chassis::problem::Problem;
 use notifications_contract::{
@@ -11,9 +11,7 @@ use notifications_contract::{
 };
 use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi};
-use uuid::Uuid;
 
-use crate::error::WEBHOOK_NOT_FOUND;
 use crate::service::NotificationsService;
 
 #[derive(OpenApi)]
@@ -52,23 +50,10 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, service: NotificationsServ
     );
 }
 
-fn order_id(raw: &str) -> Result<Uuid, Problem> {
-    Uuid::parse_str(raw)
-        .map_err(|_| Problem::validation(format!("order_id: {raw:?} is not a UUID")))
-}
-
-/// An id that is not a UUID names no webhook: 404, like any unknown id.
-fn webhook_id(raw: &str) -> Result<Uuid, Problem> {
-    Uuid::parse_str(raw).map_err(|_| {
-        Problem::new(404, WEBHOOK_NOT_FOUND, format!("webhook {raw} not found"))
-            .with_extension("webhook_id", raw)
-    })
-}
-
 fn page(limit: Option<u32>, cursor: Option<String>) -> Result<PageRequest, Problem> {
     PageParams { limit, cursor }
         .validate()
-        .map_err(|error| Problem::validation(error.to_string()))
+        .map_err(Problem::from)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -94,7 +79,11 @@ async fn list_deliveries(
     query: Query<DeliveriesQuery>,
 ) -> ApiResult {
     let query = query.into_inner();
-    let order = query.order_id.as_deref().map(order_id).transpose()?;
+    let order = query
+        .order_id
+        .as_deref()
+        .map(|raw| uuid_param(raw, "order_id"))
+        .transpose()?;
     let page = page(query.limit, query.cursor)?;
     let deliveries = service.deliveries(order, page).await?;
     Ok(HttpResponse::Ok().json(deliveries))
@@ -152,7 +141,7 @@ async fn delete_webhook(
     service: web::Data<NotificationsService>,
     id: web::Path<String>,
 ) -> ApiResult {
-    service.delete_webhook(webhook_id(&id)?).await?;
+    service.delete_webhook(path_id(&id, "webhook")?).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -178,6 +167,7 @@ async fn internal_deliveries(
     let Some(raw) = query.into_inner().order_id else {
         return Err(Problem::validation("order_id: required"));
     };
-    let deliveries = Notifications::deliveries(service.get_ref(), order_id(&raw)?).await?;
+    let deliveries =
+        Notifications::deliveries(service.get_ref(), uuid_param(&raw, "order_id")?).await?;
     Ok(HttpResponse::Ok().json(deliveries))
 }

@@ -2,13 +2,12 @@
 //! (the server side of `HttpOrders`, behind the service token).
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use chassis::http::{ApiResult, Json, Query, Service};
+use chassis::http::{ApiResult, Json, Query, Service, path_id};
 use chassis::page::{Page, PageParams};
 use chassis::problem::Problem;
 use orders_contract::Order;
 use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi};
-use uuid::Uuid;
 
 use crate::domain::{PaymentMethod, PlaceOrder, PlaceOrderLine};
 use crate::service::OrdersService;
@@ -35,14 +34,6 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, service: OrdersService) {
             .app_data(data)
             .service(web::resource("/{id}").get(internal_order)),
     );
-}
-
-/// An id that is not a UUID names no order: 404, like any unknown id.
-fn order_id(raw: &str) -> Result<Uuid, Problem> {
-    Uuid::parse_str(raw).map_err(|_| {
-        Problem::new(404, "order_not_found", format!("order {raw} not found"))
-            .with_extension("order_id", raw)
-    })
 }
 
 /// Place an order: validate, snapshot prices, reserve stock, charge, confirm.
@@ -100,8 +91,7 @@ async fn list_orders(service: web::Data<OrdersService>, query: Query<ListQuery>)
         limit: query.limit,
         cursor: query.cursor,
     }
-    .validate()
-    .map_err(|error| Problem::validation(error.to_string()))?;
+    .validate()?;
     Ok(HttpResponse::Ok().json(service.list(customer_email, page).await?))
 }
 
@@ -109,7 +99,7 @@ async fn list_orders(service: web::Data<OrdersService>, query: Query<ListQuery>)
 #[utoipa::path(get, path = "/orders/{id}", tag = "orders", params(("id" = Uuid, Path)),
     responses((status = 200, body = Order), (status = 404, description = "order_not_found", body = Problem)))]
 async fn get_order(service: web::Data<OrdersService>, id: web::Path<String>) -> ApiResult {
-    Ok(HttpResponse::Ok().json(service.order(order_id(&id)?).await?))
+    Ok(HttpResponse::Ok().json(service.order(path_id(&id, "order")?).await?))
 }
 
 /// Cancel a confirmed order: its payment is refunded and its stock restocked.
@@ -118,7 +108,7 @@ async fn get_order(service: web::Data<OrdersService>, id: web::Path<String>) -> 
         (status = 409, description = "order_not_cancellable", body = Problem),
         (status = 503, description = "dependency_unavailable: the cancellation goes on", body = Problem)))]
 async fn cancel_order(service: web::Data<OrdersService>, id: web::Path<String>) -> ApiResult {
-    Ok(HttpResponse::Ok().json(service.cancel(order_id(&id)?).await?))
+    Ok(HttpResponse::Ok().json(service.cancel(path_id(&id, "order")?).await?))
 }
 
 /// Read an order (the port's `order`).
@@ -130,5 +120,5 @@ async fn internal_order(
     service: web::Data<OrdersService>,
     id: web::Path<String>,
 ) -> ApiResult {
-    Ok(HttpResponse::Ok().json(service.order(order_id(&id)?).await?))
+    Ok(HttpResponse::Ok().json(service.order(path_id(&id, "order")?).await?))
 }
