@@ -412,13 +412,7 @@ impl DatabaseUrl {
 
     /// The URL with any password replaced, for logs and `bazaar config`.
     pub fn redacted(&self) -> String {
-        match Url::parse(&self.0) {
-            Ok(mut url) if url.password().is_some() => {
-                let _ = url.set_password(Some("[redacted]"));
-                url.to_string()
-            }
-            _ => self.0.clone(),
-        }
+        crate::secret::redact_password(&self.0)
     }
 }
 

@@ -53,6 +53,17 @@ mod tests {
     }
 }
 
+/// `url` with its password, if it has one, replaced by `[redacted]`.
+pub(crate) fn redact_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("[redacted]"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// A URL that may carry credentials (`smtp://user:password@host`): `Debug`, `Display` and
 /// `Serialize` show it with the password replaced, so config can be printed safely.
 #[derive(Clone, PartialEq, Eq)]
@@ -70,13 +81,7 @@ impl SecretUrl {
 
     /// The URL with any password replaced.
     pub fn redacted(&self) -> String {
-        match url::Url::parse(&self.0) {
-            Ok(mut url) if url.password().is_some() => {
-                let _ = url.set_password(Some("[redacted]"));
-                url.to_string()
-            }
-            _ => self.0.clone(),
-        }
+        redact_password(&self.0)
     }
 }
 

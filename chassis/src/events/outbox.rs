@@ -60,6 +60,9 @@ pub(crate) fn append(conn: &mut DbConnection, events: Events) -> Result<usize, D
     Ok(events.events.len())
 }
 
+/// How often a relay deletes what the retention no longer keeps.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+
 /// Tuning of a relay.
 #[derive(Debug, Clone, Copy)]
 pub struct RelaySettings {
@@ -169,12 +172,19 @@ impl OutboxRelay {
         }
         let signal = self.db.outbox_signal();
         let permits = Arc::new(Semaphore::new(self.settings.max_in_flight.max(1)));
-        let mut housekeeping = Instant::now();
-        self.housekeeping().await;
+        let mut reported = Instant::now();
+        let mut purged = Instant::now();
+        self.report_backlog().await;
+        self.purge().await;
         loop {
-            if housekeeping.elapsed() >= self.settings.poll_interval {
-                housekeeping = Instant::now();
-                self.housekeeping().await;
+            if reported.elapsed() >= self.settings.poll_interval {
+                reported = Instant::now();
+                self.report_backlog().await;
+            }
+            // Retention is counted in hours: a write a minute is plenty to keep it.
+            if purged.elapsed() >= PURGE_EVERY {
+                purged = Instant::now();
+                self.purge().await;
             }
             let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                 return;
@@ -314,7 +324,7 @@ impl OutboxRelay {
             .await
     }
 
-    async fn housekeeping(&self) {
+    async fn report_backlog(&self) {
         match stats(&self.db).await {
             Ok(stats) => {
                 let age = stats
@@ -329,6 +339,10 @@ impl OutboxRelay {
                 tracing::warn!(module = %self.module, %error, "cannot read the outbox backlog")
             }
         }
+    }
+
+    /// Deletes sent rows, and the inbox's handled ids, older than the retention.
+    async fn purge(&self) {
         let cutoff = utc_now()
             - chrono::Duration::from_std(self.settings.retention)
                 .unwrap_or(chrono::Duration::days(1));
