@@ -19,6 +19,10 @@ use chassis::secret::Secret;
 use chassis::testing::TestDatabase;
 use serde_json::{Value, json};
 
+// The allocator of the `bazaar` binary, so the bench measures what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ADMIN_TOKEN: &str = "bench-admin";
 const RUN_FOR: Duration = Duration::from_secs(10);
 const PRODUCTS: usize = 100;

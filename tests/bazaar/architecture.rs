@@ -1,6 +1,6 @@
 //! The seams that make extraction possible, checked from `cargo metadata` and `cargo tree`:
 //! modules depend on each other's contract crates only, and contract crates carry no
-//! diesel or actix.
+//! diesel or actix. Also one rule of the repositories that a copied pattern would break.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -172,4 +172,43 @@ fn no_contract_crate_pulls_diesel_or_actix_transitively() {
             );
         }
     }
+}
+
+/// Every `.rs` file under `dir`, tests included (they are not on the hot path, but a
+/// copied pattern should be the right one).
+fn rust_files(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_files(&path, found);
+        } else if path.extension().is_some_and(|ext| ext == "rs") {
+            found.push(path);
+        }
+    }
+}
+
+/// Diesel's `.first()` adds `LIMIT ?`, and SQLite plans a `LIMIT` with the value bound to
+/// it, so it re-parses such a statement every time it is bound again: lookups by key use
+/// `.get_result()` (the key is unique; it never returns more than one row).
+#[test]
+fn repositories_look_rows_up_without_a_bound_limit() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("modules"), &mut files);
+    rust_files(&root.join("chassis/src"), &mut files);
+    assert!(files.len() > 20, "found only {} source files", files.len());
+    let offenders: Vec<String> = files
+        .iter()
+        .filter(|path| {
+            std::fs::read_to_string(path).is_ok_and(|text| text.contains(".first(conn)"))
+        })
+        .map(|path| path.display().to_string())
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "use .get_result(conn) for lookups by key in {offenders:?}"
+    );
 }

@@ -7,6 +7,12 @@
 //! writer thread, which commits the writes waiting together (`sqlite_writer`); readers still
 //! run in parallel thanks to WAL. On PostgreSQL writers run concurrently and correctness
 //! comes from the statements themselves (conditional updates, unique keys).
+//!
+//! What a statement costs on SQLite: the connection keeps a `SELECT` or `INSERT` prepared,
+//! so it is parsed once; diesel never keeps an `UPDATE` (or an upsert, or an `IN` list)
+//! prepared, so each one is parsed on every call. Look rows up by key with `.get_result()`,
+//! never `.first()`: its `LIMIT ?` makes SQLite plan the statement again whenever the
+//! value is bound (a test in `tests/bazaar/architecture.rs` holds this).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -116,7 +116,7 @@ pub async fn stats(db: &Database) -> Result<OutboxStats, DbError> {
                 diesel::dsl::count_star(),
                 diesel::dsl::min(outbox::occurred_at),
             ))
-            .first(conn)?;
+            .get_result(conn)?;
         Ok(OutboxStats {
             pending,
             oldest: oldest.map(|at| at.and_utc()),

@@ -105,7 +105,7 @@ pub(crate) fn find_payment(
     payments::table
         .filter(payments::order_id.eq(order_id.to_string()))
         .select(PaymentRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?
         .map(StoredPayment::try_from)
         .transpose()
@@ -330,7 +330,7 @@ pub(crate) fn next_invoice_number(conn: &mut DbConnection, year: i32) -> QueryRe
     invoice_counters::table
         .find(year)
         .select(invoice_counters::last_number)
-        .first(conn)
+        .get_result(conn)
 }
 
 #[derive(Debug, Queryable, Selectable, Insertable)]
@@ -368,7 +368,7 @@ pub(crate) fn find_invoice(conn: &mut DbConnection, id: Uuid) -> QueryResult<Opt
     invoices::table
         .find(id.to_string())
         .select(InvoiceRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()
 }
 
@@ -379,6 +379,6 @@ pub(crate) fn find_invoice_of_order(
     invoices::table
         .filter(invoices::order_id.eq(order_id.to_string()))
         .select(InvoiceRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()
 }

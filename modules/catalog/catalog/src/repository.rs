@@ -74,7 +74,7 @@ pub(crate) fn find_product(conn: &mut DbConnection, id: Uuid) -> QueryResult<Opt
     products::table
         .find(id.to_string())
         .select(ProductRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()
 }
 
@@ -229,7 +229,7 @@ pub(crate) fn find_reservation(
     let status: Option<String> = reservations::table
         .find(&key)
         .select(reservations::status)
-        .first(conn)
+        .get_result(conn)
         .optional()?;
     let Some(status) = status else {
         return Ok(None);

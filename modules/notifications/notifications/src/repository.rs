@@ -88,7 +88,7 @@ pub(crate) fn find_webhook(conn: &mut DbConnection, id: &str) -> QueryResult<Opt
     webhooks::table
         .find(id.to_owned())
         .select(WebhookRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()
 }
 
@@ -124,7 +124,7 @@ pub(crate) fn recipient_of(conn: &mut DbConnection, order_id: Uuid) -> QueryResu
     order_recipients::table
         .find(order_id.to_string())
         .select(order_recipients::customer_email)
-        .first(conn)
+        .get_result(conn)
         .optional()
 }
 
@@ -269,7 +269,7 @@ pub(crate) fn claim_due(
                 deliveries::table
                     .find(&id)
                     .select(DeliveryRow::as_select())
-                    .first(conn)?,
+                    .get_result(conn)?,
             );
         }
     }

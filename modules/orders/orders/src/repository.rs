@@ -136,7 +136,7 @@ pub(crate) fn find_idempotency_key(
     let found: Option<(String, String)> = idempotency_keys::table
         .find(key)
         .select((idempotency_keys::order_id, idempotency_keys::request_hash))
-        .first(conn)
+        .get_result(conn)
         .optional()?;
     Ok(found.map(|(order_id, hash)| (Uuid::parse_str(&order_id).unwrap_or_default(), hash)))
 }
@@ -145,7 +145,7 @@ pub(crate) fn find_row(conn: &mut DbConnection, id: Uuid) -> QueryResult<Option<
     orders::table
         .find(id.to_string())
         .select(OrderRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()
 }
 
