@@ -23,6 +23,9 @@ use diesel::r2d2::R2D2Connection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 
 mod sqlite_writer;
+mod update;
+
+pub use update::{Update, update};
 
 use sqlite_writer::{Finish, Job, SqliteWriter};
 

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::schema::dead_letters;
 use super::{DeadLetterStore, Envelope, EventHandler, HandlerError};
-use crate::db::{Database, DbError, utc_now};
+use crate::db::{Database, DbError, update, utc_now};
 
 /// The dead letters of the consumers whose database this is.
 #[derive(Debug, Clone)]
@@ -107,10 +107,13 @@ impl DeadLetters {
                     report.replayed += 1;
                     self.db
                         .write(move |conn| {
-                            diesel::update(dead_letters::table.find(id))
-                                .set(dead_letters::replayed_at.eq(utc_now()))
-                                .execute(conn)
-                                .map_err(DbError::from)
+                            update(
+                                dead_letters::table,
+                                dead_letters::id.eq(id),
+                                dead_letters::replayed_at.eq(utc_now()),
+                            )
+                            .execute(conn)
+                            .map_err(DbError::from)
                         })
                         .await?;
                 }
@@ -118,14 +121,17 @@ impl DeadLetters {
                     report.failed_again += 1;
                     self.db
                         .write(move |conn| {
-                            diesel::update(dead_letters::table.find(id))
-                                .set((
+                            update(
+                                dead_letters::table,
+                                dead_letters::id.eq(id),
+                                (
                                     dead_letters::error.eq(error.0),
                                     dead_letters::attempts.eq(dead_letters::attempts + 1),
                                     dead_letters::failed_at.eq(utc_now()),
-                                ))
-                                .execute(conn)
-                                .map_err(DbError::from)
+                                ),
+                            )
+                            .execute(conn)
+                            .map_err(DbError::from)
                         })
                         .await?;
                 }

@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 
 use super::schema::{inbox, outbox};
 use super::{Envelope, EventBus};
-use crate::db::{Backend, Database, DbConnection, DbError, utc_now};
+use crate::db::{Backend, Database, DbConnection, DbError, update, utc_now};
 
 /// The events a transaction raises; pushed by module code inside
 /// `Database::write_with_events`, written to the outbox before the transaction commits.
@@ -313,13 +313,16 @@ impl OutboxRelay {
     async fn release_all_leases(&self) -> Result<usize, DbError> {
         self.db
             .write(|conn| {
-                diesel::update(outbox::table.filter(outbox::published_at.is_null()))
-                    .set((
+                update(
+                    outbox::table,
+                    outbox::published_at.is_null(),
+                    (
                         outbox::lease_owner.eq(None::<String>),
                         outbox::lease_until.eq(None::<NaiveDateTime>),
-                    ))
-                    .execute(conn)
-                    .map_err(DbError::from)
+                    ),
+                )
+                .execute(conn)
+                .map_err(DbError::from)
             })
             .await
     }

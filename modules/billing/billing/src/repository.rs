@@ -5,7 +5,7 @@
 //! one does; the other reads what the winner wrote.
 
 use billing_contract::{Money, Payment, PaymentStatus};
-use chassis::db::DbConnection;
+use chassis::db::{DbConnection, update};
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use uuid::Uuid;
@@ -145,20 +145,21 @@ pub(crate) fn claim_attempt(
     at: NaiveDateTime,
     stale_before: NaiveDateTime,
 ) -> QueryResult<bool> {
-    diesel::update(
-        payments::table
-            .filter(payments::order_id.eq(order_id.to_string()))
-            .filter(payments::status.eq(PENDING))
-            .filter(
+    update(
+        payments::table,
+        payments::order_id
+            .eq(order_id.to_string())
+            .and(payments::status.eq(PENDING))
+            .and(
                 payments::attempt_started_at
                     .is_null()
                     .or(payments::attempt_started_at.lt(stale_before)),
             ),
+        (
+            payments::attempt_started_at.eq(Some(at)),
+            payments::updated_at.eq(at),
+        ),
     )
-    .set((
-        payments::attempt_started_at.eq(Some(at)),
-        payments::updated_at.eq(at),
-    ))
     .execute(conn)
     .map(|rows| rows == 1)
 }
@@ -170,16 +171,17 @@ pub(crate) fn release_attempt(
     order_id: Uuid,
     started_at: NaiveDateTime,
 ) -> QueryResult<bool> {
-    diesel::update(
-        payments::table
-            .filter(payments::order_id.eq(order_id.to_string()))
-            .filter(payments::status.eq(PENDING))
-            .filter(payments::attempt_started_at.eq(Some(started_at))),
+    update(
+        payments::table,
+        payments::order_id
+            .eq(order_id.to_string())
+            .and(payments::status.eq(PENDING))
+            .and(payments::attempt_started_at.eq(Some(started_at))),
+        (
+            payments::attempt_started_at.eq(None::<NaiveDateTime>),
+            payments::updated_at.eq(now()),
+        ),
     )
-    .set((
-        payments::attempt_started_at.eq(None::<NaiveDateTime>),
-        payments::updated_at.eq(now()),
-    ))
     .execute(conn)
     .map(|rows| rows == 1)
 }
@@ -212,10 +214,13 @@ pub(crate) fn set_invoice(
     order_id: Uuid,
     invoice_id: Uuid,
 ) -> QueryResult<()> {
-    diesel::update(payments::table.filter(payments::order_id.eq(order_id.to_string())))
-        .set(payments::invoice_id.eq(invoice_id.to_string()))
-        .execute(conn)
-        .map(|_| ())
+    update(
+        payments::table,
+        payments::order_id.eq(order_id.to_string()),
+        payments::invoice_id.eq(invoice_id.to_string()),
+    )
+    .execute(conn)
+    .map(|_| ())
 }
 
 /// Settles a pending payment (taking its row lock); answers whether it was still pending.
@@ -231,18 +236,19 @@ pub(crate) fn settle(
         }
         Settlement::Declined { reason } => (PaymentStatus::Declined, None, Some(reason)),
     };
-    diesel::update(
-        payments::table
-            .filter(payments::order_id.eq(order_id.to_string()))
-            .filter(payments::status.eq(PENDING)),
+    update(
+        payments::table,
+        payments::order_id
+            .eq(order_id.to_string())
+            .and(payments::status.eq(PENDING)),
+        (
+            payments::status.eq(status.as_str()),
+            payments::provider_ref.eq(provider_ref),
+            payments::decline_reason.eq(reason),
+            payments::attempt_started_at.eq(None::<NaiveDateTime>),
+            payments::updated_at.eq(at),
+        ),
     )
-    .set((
-        payments::status.eq(status.as_str()),
-        payments::provider_ref.eq(provider_ref),
-        payments::decline_reason.eq(reason),
-        payments::attempt_started_at.eq(None::<NaiveDateTime>),
-        payments::updated_at.eq(at),
-    ))
     .execute(conn)
     .map(|rows| rows == 1)
 }
@@ -254,16 +260,17 @@ pub(crate) fn mark_refunded(
     order_id: Uuid,
     at: NaiveDateTime,
 ) -> QueryResult<bool> {
-    diesel::update(
-        payments::table
-            .filter(payments::order_id.eq(order_id.to_string()))
-            .filter(payments::status.eq(PaymentStatus::Captured.as_str())),
+    update(
+        payments::table,
+        payments::order_id
+            .eq(order_id.to_string())
+            .and(payments::status.eq(PaymentStatus::Captured.as_str())),
+        (
+            payments::status.eq(PaymentStatus::Refunded.as_str()),
+            payments::refunded_amount.eq(payments::amount),
+            payments::updated_at.eq(at),
+        ),
     )
-    .set((
-        payments::status.eq(PaymentStatus::Refunded.as_str()),
-        payments::refunded_amount.eq(payments::amount),
-        payments::updated_at.eq(at),
-    ))
     .execute(conn)
     .map(|rows| rows == 1)
 }
@@ -316,9 +323,12 @@ pub(crate) fn list_payments(
 /// capture gives its number back. The year's first invoice inserts the counter; two
 /// concurrent first invoices meet a unique violation, and the loser's caller retries.
 pub(crate) fn next_invoice_number(conn: &mut DbConnection, year: i32) -> QueryResult<i64> {
-    let updated = diesel::update(invoice_counters::table.find(year))
-        .set(invoice_counters::last_number.eq(invoice_counters::last_number + 1))
-        .execute(conn)?;
+    let updated = update(
+        invoice_counters::table,
+        invoice_counters::year.eq(year),
+        invoice_counters::last_number.eq(invoice_counters::last_number + 1),
+    )
+    .execute(conn)?;
     if updated == 0 {
         diesel::insert_into(invoice_counters::table)
             .values((

@@ -4,7 +4,7 @@
 //! that no interleaving of concurrent reservations can oversell, on SQLite or PostgreSQL.
 
 use catalog_contract::{Money, Product, ReservationStatus, StockLevels, StockLine};
-use chassis::db::DbConnection;
+use chassis::db::{DbConnection, update};
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use uuid::Uuid;
@@ -130,72 +130,81 @@ pub(crate) fn update_product(
     id: Uuid,
     changes: &ProductChanges,
 ) -> QueryResult<usize> {
-    diesel::update(products::table.find(id.to_string()))
-        .set(changes)
-        .execute(conn)
+    update(products::table, products::id.eq(id.to_string()), changes).execute(conn)
 }
 
 /// Takes the product's row lock (a no-op update) and answers whether the product exists.
 /// Read-then-write sequences call it first, so that on PostgreSQL what they read cannot
 /// change before they write, and the events they raise follow commit order.
 pub(crate) fn lock_product(conn: &mut DbConnection, id: Uuid) -> QueryResult<bool> {
-    diesel::update(products::table.find(id.to_string()))
-        .set(products::updated_at.eq(products::updated_at))
-        .execute(conn)
-        .map(|rows| rows == 1)
+    update(
+        products::table,
+        products::id.eq(id.to_string()),
+        products::updated_at.eq(products::updated_at),
+    )
+    .execute(conn)
+    .map(|rows| rows == 1)
 }
 
 /// Sets `on_hand` unless it would fall below what is reserved; answers whether it did.
 pub(crate) fn set_on_hand(conn: &mut DbConnection, id: Uuid, on_hand: i64) -> QueryResult<bool> {
-    diesel::update(
-        products::table
-            .find(id.to_string())
-            .filter(products::reserved.le(on_hand)),
+    update(
+        products::table,
+        products::id
+            .eq(id.to_string())
+            .and(products::reserved.le(on_hand)),
+        (
+            products::on_hand.eq(on_hand),
+            products::updated_at.eq(now()),
+        ),
     )
-    .set((
-        products::on_hand.eq(on_hand),
-        products::updated_at.eq(now()),
-    ))
     .execute(conn)
     .map(|rows| rows == 1)
 }
 
 /// Holds `quantity` units if that many are available; answers whether it did.
 pub(crate) fn hold(conn: &mut DbConnection, product_id: Uuid, quantity: i64) -> QueryResult<bool> {
-    diesel::update(
-        products::table
-            .find(product_id.to_string())
-            .filter((products::on_hand - products::reserved).ge(quantity)),
+    update(
+        products::table,
+        products::id
+            .eq(product_id.to_string())
+            .and((products::on_hand - products::reserved).ge(quantity)),
+        (
+            products::reserved.eq(products::reserved + quantity),
+            products::updated_at.eq(now()),
+        ),
     )
-    .set((
-        products::reserved.eq(products::reserved + quantity),
-        products::updated_at.eq(now()),
-    ))
     .execute(conn)
     .map(|rows| rows == 1)
 }
 
 /// Gives held units back.
 pub(crate) fn unhold(conn: &mut DbConnection, product_id: Uuid, quantity: i64) -> QueryResult<()> {
-    diesel::update(products::table.find(product_id.to_string()))
-        .set((
+    update(
+        products::table,
+        products::id.eq(product_id.to_string()),
+        (
             products::reserved.eq(products::reserved - quantity),
             products::updated_at.eq(now()),
-        ))
-        .execute(conn)
-        .map(|_| ())
+        ),
+    )
+    .execute(conn)
+    .map(|_| ())
 }
 
 /// Sells held units: they leave `reserved` and `on_hand`.
 pub(crate) fn sell(conn: &mut DbConnection, product_id: Uuid, quantity: i64) -> QueryResult<()> {
-    diesel::update(products::table.find(product_id.to_string()))
-        .set((
+    update(
+        products::table,
+        products::id.eq(product_id.to_string()),
+        (
             products::reserved.eq(products::reserved - quantity),
             products::on_hand.eq(products::on_hand - quantity),
             products::updated_at.eq(now()),
-        ))
-        .execute(conn)
-        .map(|_| ())
+        ),
+    )
+    .execute(conn)
+    .map(|_| ())
 }
 
 /// Puts sold units back on hand.
@@ -204,13 +213,16 @@ pub(crate) fn put_back(
     product_id: Uuid,
     quantity: i64,
 ) -> QueryResult<()> {
-    diesel::update(products::table.find(product_id.to_string()))
-        .set((
+    update(
+        products::table,
+        products::id.eq(product_id.to_string()),
+        (
             products::on_hand.eq(products::on_hand + quantity),
             products::updated_at.eq(now()),
-        ))
-        .execute(conn)
-        .map(|_| ())
+        ),
+    )
+    .execute(conn)
+    .map(|_| ())
 }
 
 /// An order's reservation as stored.
@@ -294,11 +306,14 @@ pub(crate) fn set_reservation_status(
     order_id: Uuid,
     status: ReservationStatus,
 ) -> QueryResult<()> {
-    diesel::update(reservations::table.find(order_id.to_string()))
-        .set((
+    update(
+        reservations::table,
+        reservations::order_id.eq(order_id.to_string()),
+        (
             reservations::status.eq(status.as_str()),
             reservations::updated_at.eq(now()),
-        ))
-        .execute(conn)
-        .map(|_| ())
+        ),
+    )
+    .execute(conn)
+    .map(|_| ())
 }

@@ -4,7 +4,7 @@
 //! IS NULL OR claimed_until < now`, so that of two workers (two processes on one
 //! PostgreSQL database) exactly one sends it.
 
-use chassis::db::DbConnection;
+use chassis::db::{DbConnection, update};
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use notifications_contract::{Channel, Delivery, DeliveryStatus, Webhook};
@@ -106,9 +106,12 @@ pub(crate) fn remember_recipient(
     email: &str,
 ) -> QueryResult<()> {
     let key = order_id.to_string();
-    let updated = diesel::update(order_recipients::table.find(&key))
-        .set(order_recipients::customer_email.eq(email))
-        .execute(conn)?;
+    let updated = update(
+        order_recipients::table,
+        order_recipients::order_id.eq(&key),
+        order_recipients::customer_email.eq(email),
+    )
+    .execute(conn)?;
     if updated == 0 {
         diesel::insert_into(order_recipients::table)
             .values((
@@ -228,7 +231,9 @@ pub(crate) fn list_deliveries(
     query.load(conn)
 }
 
-const OPEN: [&str; 1] = ["retrying"];
+/// The status of a delivery still to be attempted. (Compared with `=`, not `IN`: diesel
+/// never keeps an `IN` list's statement prepared.)
+const OPEN: &str = "retrying";
 
 /// Claims up to `limit` deliveries whose next attempt is due at `at` and that no live
 /// worker holds, until `until`; answers them.
@@ -239,7 +244,7 @@ pub(crate) fn claim_due(
     limit: i64,
 ) -> QueryResult<Vec<DeliveryRow>> {
     let due: Vec<String> = deliveries::table
-        .filter(deliveries::status.eq_any(OPEN))
+        .filter(deliveries::status.eq(OPEN))
         .filter(deliveries::next_attempt_at.le(at))
         .filter(
             deliveries::claimed_until
@@ -252,17 +257,15 @@ pub(crate) fn claim_due(
         .load(conn)?;
     let mut claimed = Vec::with_capacity(due.len());
     for id in due {
-        let won = diesel::update(
-            deliveries::table
-                .find(&id)
-                .filter(deliveries::status.eq_any(OPEN))
-                .filter(
-                    deliveries::claimed_until
-                        .is_null()
-                        .or(deliveries::claimed_until.lt(at)),
-                ),
+        let won = update(
+            deliveries::table,
+            deliveries::id.eq(&id).and(deliveries::status.eq(OPEN)).and(
+                deliveries::claimed_until
+                    .is_null()
+                    .or(deliveries::claimed_until.lt(at)),
+            ),
+            deliveries::claimed_until.eq(Some(until)),
         )
-        .set(deliveries::claimed_until.eq(Some(until)))
         .execute(conn)?;
         if won == 1 {
             claimed.push(
@@ -285,15 +288,18 @@ pub(crate) fn settle_attempt(
     last_error: Option<String>,
     next_attempt_at: NaiveDateTime,
 ) -> QueryResult<()> {
-    diesel::update(deliveries::table.find(id.to_owned()))
-        .set((
+    update(
+        deliveries::table,
+        deliveries::id.eq(id.to_owned()),
+        (
             deliveries::status.eq(status.as_str()),
             deliveries::attempts.eq(attempts),
             deliveries::last_error.eq(last_error),
             deliveries::next_attempt_at.eq(next_attempt_at),
             deliveries::claimed_until.eq(None::<NaiveDateTime>),
             deliveries::updated_at.eq(now()),
-        ))
-        .execute(conn)
-        .map(|_| ())
+        ),
+    )
+    .execute(conn)
+    .map(|_| ())
 }

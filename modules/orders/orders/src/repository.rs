@@ -1,6 +1,6 @@
 //! The orders module's queries, written once for both backends against `DbConnection`.
 
-use chassis::db::{DbConnection, utc_now};
+use chassis::db::{DbConnection, update, utc_now};
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use orders_contract::{Money, Order, OrderLine, OrderStatus, RejectionReason};
@@ -157,11 +157,21 @@ pub(crate) fn lines_of(conn: &mut DbConnection, ids: &[String]) -> QueryResult<V
         .load(conn)
 }
 
+/// One order's lines. (By `=`, not [`lines_of`]: diesel keeps this statement prepared, but
+/// never one with an `IN` list.)
+pub(crate) fn lines_of_order(conn: &mut DbConnection, order_id: &str) -> QueryResult<Vec<LineRow>> {
+    order_lines::table
+        .filter(order_lines::order_id.eq(order_id))
+        .order(order_lines::position.asc())
+        .select(LineRow::as_select())
+        .load(conn)
+}
+
 pub(crate) fn find_order(conn: &mut DbConnection, id: Uuid) -> QueryResult<Option<Order>> {
     let Some(row) = find_row(conn, id)? else {
         return Ok(None);
     };
-    let lines = lines_of(conn, std::slice::from_ref(&row.id))?;
+    let lines = lines_of_order(conn, &row.id)?;
     Ok(Some(row.into_order(lines)))
 }
 
@@ -204,21 +214,22 @@ pub(crate) fn claim_saga(
     lease_until: NaiveDateTime,
 ) -> QueryResult<bool> {
     let now = utc_now();
-    diesel::update(
-        orders::table
-            .find(id.to_string())
-            .filter(orders::saga_step.is_not_null())
-            .filter(
+    update(
+        orders::table,
+        orders::id
+            .eq(id.to_string())
+            .and(orders::saga_step.is_not_null())
+            .and(
                 orders::saga_lease_until
                     .is_null()
                     .or(orders::saga_lease_until.lt(now))
                     .or(orders::saga_owner.eq(owner)),
             ),
+        (
+            orders::saga_owner.eq(owner),
+            orders::saga_lease_until.eq(lease_until),
+        ),
     )
-    .set((
-        orders::saga_owner.eq(owner),
-        orders::saga_lease_until.eq(lease_until),
-    ))
     .execute(conn)
     .map(|rows| rows == 1)
 }
@@ -233,26 +244,30 @@ pub(crate) fn set_step(
     reason: Option<RejectionReason>,
     lease_until: NaiveDateTime,
 ) -> QueryResult<bool> {
-    let mut changes = diesel::update(
-        orders::table
-            .find(id.to_string())
-            .filter(orders::saga_owner.eq(owner)),
+    let mut changes = update(
+        orders::table,
+        orders::id
+            .eq(id.to_string())
+            .and(orders::saga_owner.eq(owner)),
+        (
+            orders::saga_step.eq(step.as_str()),
+            orders::saga_attempts.eq(0_i64),
+            orders::saga_next_at.eq(None::<NaiveDateTime>),
+            orders::saga_error.eq(None::<String>),
+            orders::saga_lease_until.eq(lease_until),
+            orders::updated_at.eq(utc_now()),
+        ),
     )
-    .set((
-        orders::saga_step.eq(step.as_str()),
-        orders::saga_attempts.eq(0_i64),
-        orders::saga_next_at.eq(None::<NaiveDateTime>),
-        orders::saga_error.eq(None::<String>),
-        orders::saga_lease_until.eq(lease_until),
-        orders::updated_at.eq(utc_now()),
-    ))
     .execute(conn)?;
     if changes == 1
         && let Some(reason) = reason
     {
-        changes = diesel::update(orders::table.find(id.to_string()))
-            .set(orders::rejection_reason.eq(reason.as_str()))
-            .execute(conn)?;
+        changes = update(
+            orders::table,
+            orders::id.eq(id.to_string()),
+            orders::rejection_reason.eq(reason.as_str()),
+        )
+        .execute(conn)?;
     }
     Ok(changes == 1)
 }
@@ -265,18 +280,19 @@ pub(crate) fn postpone(
     next_at: NaiveDateTime,
     error: &str,
 ) -> QueryResult<()> {
-    diesel::update(
-        orders::table
-            .find(id.to_string())
-            .filter(orders::saga_owner.eq(owner)),
+    update(
+        orders::table,
+        orders::id
+            .eq(id.to_string())
+            .and(orders::saga_owner.eq(owner)),
+        (
+            orders::saga_attempts.eq(orders::saga_attempts + 1),
+            orders::saga_next_at.eq(next_at),
+            orders::saga_error.eq(error),
+            orders::saga_owner.eq(None::<String>),
+            orders::saga_lease_until.eq(None::<NaiveDateTime>),
+        ),
     )
-    .set((
-        orders::saga_attempts.eq(orders::saga_attempts + 1),
-        orders::saga_next_at.eq(next_at),
-        orders::saga_error.eq(error),
-        orders::saga_owner.eq(None::<String>),
-        orders::saga_lease_until.eq(None::<NaiveDateTime>),
-    ))
     .execute(conn)
     .map(|_| ())
 }
@@ -291,29 +307,31 @@ pub(crate) fn finish(
     reason: Option<RejectionReason>,
 ) -> QueryResult<bool> {
     if let Some(reason) = reason {
-        diesel::update(
-            orders::table
-                .find(id.to_string())
-                .filter(orders::saga_owner.eq(owner)),
+        update(
+            orders::table,
+            orders::id
+                .eq(id.to_string())
+                .and(orders::saga_owner.eq(owner)),
+            orders::rejection_reason.eq(reason.as_str()),
         )
-        .set(orders::rejection_reason.eq(reason.as_str()))
         .execute(conn)?;
     }
-    diesel::update(
-        orders::table
-            .find(id.to_string())
-            .filter(orders::saga_owner.eq(owner)),
+    update(
+        orders::table,
+        orders::id
+            .eq(id.to_string())
+            .and(orders::saga_owner.eq(owner)),
+        (
+            orders::status.eq(status.as_str()),
+            orders::saga_step.eq(None::<String>),
+            orders::saga_next_at.eq(None::<NaiveDateTime>),
+            orders::saga_owner.eq(None::<String>),
+            orders::saga_lease_until.eq(None::<NaiveDateTime>),
+            orders::saga_error.eq(None::<String>),
+            orders::payment_token.eq(None::<String>),
+            orders::updated_at.eq(utc_now()),
+        ),
     )
-    .set((
-        orders::status.eq(status.as_str()),
-        orders::saga_step.eq(None::<String>),
-        orders::saga_next_at.eq(None::<NaiveDateTime>),
-        orders::saga_owner.eq(None::<String>),
-        orders::saga_lease_until.eq(None::<NaiveDateTime>),
-        orders::saga_error.eq(None::<String>),
-        orders::payment_token.eq(None::<String>),
-        orders::updated_at.eq(utc_now()),
-    ))
     .execute(conn)
     .map(|rows| rows == 1)
 }
@@ -325,19 +343,20 @@ pub(crate) fn start_cancellation(
     owner: &str,
     lease_until: NaiveDateTime,
 ) -> QueryResult<bool> {
-    diesel::update(
-        orders::table
-            .find(id.to_string())
-            .filter(orders::status.eq(OrderStatus::Confirmed.as_str()))
-            .filter(orders::saga_step.is_null()),
+    update(
+        orders::table,
+        orders::id
+            .eq(id.to_string())
+            .and(orders::status.eq(OrderStatus::Confirmed.as_str()))
+            .and(orders::saga_step.is_null()),
+        (
+            orders::saga_step.eq(Step::CancelRefund.as_str()),
+            orders::saga_attempts.eq(0_i64),
+            orders::saga_owner.eq(owner),
+            orders::saga_lease_until.eq(lease_until),
+            orders::updated_at.eq(utc_now()),
+        ),
     )
-    .set((
-        orders::saga_step.eq(Step::CancelRefund.as_str()),
-        orders::saga_attempts.eq(0_i64),
-        orders::saga_owner.eq(owner),
-        orders::saga_lease_until.eq(lease_until),
-        orders::updated_at.eq(utc_now()),
-    ))
     .execute(conn)
     .map(|rows| rows == 1)
 }
@@ -369,10 +388,13 @@ pub(crate) fn due_sagas(conn: &mut DbConnection, limit: i64) -> QueryResult<Vec<
 
 /// Gives up every saga lease: for a SQLite database, which only this process writes.
 pub(crate) fn release_all_leases(conn: &mut DbConnection) -> QueryResult<usize> {
-    diesel::update(orders::table.filter(orders::saga_owner.is_not_null()))
-        .set((
+    update(
+        orders::table,
+        orders::saga_owner.is_not_null(),
+        (
             orders::saga_owner.eq(None::<String>),
             orders::saga_lease_until.eq(None::<NaiveDateTime>),
-        ))
-        .execute(conn)
+        ),
+    )
+    .execute(conn)
 }

@@ -102,7 +102,7 @@ impl Saga {
             .db
             .read(move |conn| {
                 let row = repo::find_row(conn, id)?.ok_or(Error::OrderNotFound(id))?;
-                let lines = repo::lines_of(conn, std::slice::from_ref(&row.id))?;
+                let lines = repo::lines_of_order(conn, &row.id)?;
                 Ok::<_, Error>((row, lines))
             })
             .await?;
