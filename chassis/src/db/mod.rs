@@ -9,10 +9,12 @@
 //! comes from the statements themselves (conditional updates, unique keys).
 //!
 //! What a statement costs on SQLite: the connection keeps a `SELECT` or `INSERT` prepared,
-//! so it is parsed once; diesel never keeps an `UPDATE` (or an upsert, or an `IN` list)
-//! prepared, so each one is parsed on every call. Look rows up by key with `.get_result()`,
-//! never `.first()`: its `LIMIT ?` makes SQLite plan the statement again whenever the
-//! value is bound (a test in `tests/bazaar/architecture.rs` holds this).
+//! so it is parsed once; diesel never keeps its own `UPDATE`s, upserts or `IN` lists, so
+//! those are parsed on every call. Hence: updates go through [`update`], which the cache
+//! does keep; a single key is compared with `=`, not an `IN` list of one; and rows are
+//! looked up by key with `.get_result()`, never `.first()`, whose `LIMIT ?` makes SQLite
+//! plan the statement again whenever the value is bound (a test in
+//! `tests/bazaar/architecture.rs` holds this).
 
 use std::sync::Arc;
 use std::time::Duration;
