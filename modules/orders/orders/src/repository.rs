@@ -244,7 +244,7 @@ pub(crate) fn set_step(
     reason: Option<RejectionReason>,
     lease_until: NaiveDateTime,
 ) -> QueryResult<bool> {
-    let mut changes = update(
+    update(
         orders::table,
         orders::id
             .eq(id.to_string())
@@ -256,20 +256,12 @@ pub(crate) fn set_step(
             orders::saga_error.eq(None::<String>),
             orders::saga_lease_until.eq(lease_until),
             orders::updated_at.eq(utc_now()),
+            // Left out of the statement when `None`: an earlier reason stands.
+            reason.map(|reason| orders::rejection_reason.eq(reason.as_str())),
         ),
     )
-    .execute(conn)?;
-    if changes == 1
-        && let Some(reason) = reason
-    {
-        changes = update(
-            orders::table,
-            orders::id.eq(id.to_string()),
-            orders::rejection_reason.eq(reason.as_str()),
-        )
-        .execute(conn)?;
-    }
-    Ok(changes == 1)
+    .execute(conn)
+    .map(|rows| rows == 1)
 }
 
 /// Records a failed attempt: when to try again, and why; gives the lease up.
@@ -306,16 +298,6 @@ pub(crate) fn finish(
     status: OrderStatus,
     reason: Option<RejectionReason>,
 ) -> QueryResult<bool> {
-    if let Some(reason) = reason {
-        update(
-            orders::table,
-            orders::id
-                .eq(id.to_string())
-                .and(orders::saga_owner.eq(owner)),
-            orders::rejection_reason.eq(reason.as_str()),
-        )
-        .execute(conn)?;
-    }
     update(
         orders::table,
         orders::id
@@ -330,6 +312,8 @@ pub(crate) fn finish(
             orders::saga_error.eq(None::<String>),
             orders::payment_token.eq(None::<String>),
             orders::updated_at.eq(utc_now()),
+            // Left out of the statement when `None`: an earlier reason stands.
+            reason.map(|reason| orders::rejection_reason.eq(reason.as_str())),
         ),
     )
     .execute(conn)
