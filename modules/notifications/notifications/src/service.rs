@@ -331,9 +331,29 @@ impl NotificationsService {
 
     /// Applies one event once: records its deliveries together with the inbox record, and
     /// wakes the worker. A redelivered event answers [`Applied::Duplicate`] and records
-    /// nothing.
+    /// nothing; an event that asks for no e-mail and that no webhook wants is answered
+    /// [`Applied::Handled`] without writing anything.
     pub async fn handle(&self, event: &Envelope) -> Result<Applied, Error> {
         let plan = plan(event, &self.settings.operator_email)?;
+        if plan.mails.is_empty() && plan.remember.is_none() {
+            // Most events (every payment captured, say) ask for nothing unless a webhook
+            // wants them: such an event is settled by a read, not a write — a redelivery
+            // finds nothing to do either, so there is nothing for the inbox to guard.
+            let event_type = event.event_type.clone();
+            let wanted = self
+                .db
+                .read(move |conn| {
+                    Ok::<_, Error>(
+                        repo::all_webhooks(conn)?
+                            .iter()
+                            .any(|hook| hook.event_types().contains(&event_type)),
+                    )
+                })
+                .await?;
+            if !wanted {
+                return Ok(Applied::Handled);
+            }
+        }
         let channel = self.mail_channel();
         let owned = event.clone();
         let applied = self

@@ -199,6 +199,62 @@ async fn stock_low_e_mails_the_operator() {
     assert!(eml.contains("Subject: Stock low: Mug (MUG-1)"), "{eml}");
 }
 
+/// A payment captured asks for no e-mail: unless a webhook wants it, handling it writes
+/// nothing at all — not even the inbox record, as the same event handled once a webhook
+/// wants it shows.
+#[tokio::test]
+async fn an_event_nothing_asks_for_records_nothing() {
+    let local = support::local(Backend::Sqlite, quick_settings())
+        .await
+        .expect("sqlite");
+    let service = local.module.service();
+    let order = order(OrderStatus::Confirmed, "ada@example.com");
+    let captured = Envelope::new(
+        "billing",
+        billing_contract::event_types::PAYMENT_CAPTURED,
+        order.id,
+        &billing_contract::PaymentCaptured {
+            payment_id: Uuid::new_v4(),
+            order_id: order.id,
+            amount: order.total.clone(),
+            invoice_id: Uuid::new_v4(),
+            invoice_number: "2026-000001".into(),
+        },
+    )
+    .expect("event");
+
+    assert_eq!(
+        service.handle(&captured).await.expect("handled"),
+        Applied::Handled
+    );
+    assert_eq!(service.deliver_due().await.expect("delivered"), 0);
+    let port = local.module.port();
+    assert!(port.deliveries(order.id).await.expect("log").is_empty());
+    assert!(local.eml_files().is_empty());
+
+    service
+        .create_webhook(notifications_contract::CreateWebhook {
+            url: "http://127.0.0.1:9/hook".into(),
+            events: vec![billing_contract::event_types::PAYMENT_CAPTURED.into()],
+            secret: "k".into(),
+        })
+        .await
+        .expect("webhook");
+    // Not a duplicate: the first handling left no inbox record behind.
+    assert_eq!(
+        service.handle(&captured).await.expect("handled"),
+        Applied::Handled
+    );
+    assert_eq!(
+        service.handle(&captured).await.expect("handled"),
+        Applied::Duplicate
+    );
+    let deliveries = port.deliveries(order.id).await.expect("log");
+    assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+    assert_eq!(deliveries[0].channel, Channel::Webhook);
+    assert_eq!(deliveries[0].event_id, captured.id);
+}
+
 #[tokio::test]
 async fn the_module_subscribes_as_notifications_to_the_events_it_e_mails_about() {
     let local = support::local(Backend::Sqlite, quick_settings())
