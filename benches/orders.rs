@@ -61,6 +61,7 @@ fn serve(config: bazaar::Config) -> String {
 }
 
 async fn run(label: &str, config: bazaar::Config, clients: usize) {
+    let mail_folder = config.data_dir.join("outbox-mail");
     let base = serve(config);
     chassis::remote::install_tls_provider();
     let http = reqwest::Client::builder()
@@ -136,6 +137,16 @@ async fn run(label: &str, config: bazaar::Config, clients: usize) {
         outcomes.extend(worker.await.unwrap_or_default());
     }
     let elapsed = started.elapsed();
+    // Notifications works behind the answers: a run where it fell behind would look faster
+    // than the monolith can keep up, so say how far it got.
+    let mails = std::fs::read_dir(&mail_folder)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|entry| entry.file_name().to_string_lossy().ends_with(".eml"))
+                .count()
+        })
+        .unwrap_or(0);
     let confirmed = outcomes.iter().filter(|outcome| outcome.confirmed).count();
     let mut latencies: Vec<Duration> = outcomes.iter().map(|outcome| outcome.latency).collect();
     latencies.sort_unstable();
@@ -151,6 +162,11 @@ async fn run(label: &str, config: bazaar::Config, clients: usize) {
         at(0.5),
         at(0.99),
         rate / 3000.0,
+    );
+    println!(
+        "{:<12} e-mails written by the end of the run: {mails} ({:.0} % of the confirmed orders)",
+        "",
+        mails as f64 * 100.0 / confirmed.max(1) as f64,
     );
 }
 
