@@ -14,7 +14,9 @@
 //! does keep; a single key is compared with `=`, not an `IN` list of one; and rows are
 //! looked up by key with `.get_result()`, never `.first()`, whose `LIMIT ?` makes SQLite
 //! plan the statement again whenever the value is bound (a test in
-//! `tests/bazaar/architecture.rs` holds this).
+//! `tests/bazaar/architecture.rs` holds this). Statements run on the backend's own
+//! connection through [`per_backend!`](crate::per_backend), which spares diesel's
+//! `MultiConnection` rendering their SQL on every execution.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +37,25 @@ use crate::config::DatabaseUrl;
 use crate::events::Events;
 use crate::events::outbox;
 use crate::problem::ProblemCode;
+
+/// Runs a statement on the backend's own connection, the body written once and compiled
+/// for each backend: `per_backend!(conn, |c| query.execute(c))`.
+///
+/// Diesel's `MultiConnection` runs the same statement through a wrapper that renders its
+/// whole SQL on every pass over it: two or three times per execution (to check it may be
+/// cached, to collect its binds and, for a statement cached by its SQL, to key the cache).
+/// On the backend's own connection a statement cached by type is not rendered at all, so
+/// the repositories' statements go through this. Transactions stay on the `DbConnection`:
+/// its transaction manager is the backend connection's own.
+#[macro_export]
+macro_rules! per_backend {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::db::DbConnection::Sqlite($c) => $body,
+            $crate::db::DbConnection::Postgres($c) => $body,
+        }
+    };
+}
 
 /// A connection to either backend; repositories take `&mut DbConnection`.
 #[allow(missing_debug_implementations)] // diesel's connections are not `Debug`

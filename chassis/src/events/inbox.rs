@@ -41,22 +41,22 @@ impl Inbox {
         let event_id = event.id.to_string();
         self.db
             .write_with_events(move |conn, events| {
-                let seen: i64 = inbox::table
+                let seen: i64 = crate::per_backend!(conn, |c| inbox::table
                     .filter(inbox::consumer.eq(&consumer))
                     .filter(inbox::event_id.eq(&event_id))
                     .count()
-                    .get_result(conn)?;
+                    .get_result(c))?;
                 if seen > 0 {
                     return Ok(Applied::Duplicate);
                 }
                 effect(conn, events)?;
-                diesel::insert_into(inbox::table)
+                crate::per_backend!(conn, |c| diesel::insert_into(inbox::table)
                     .values((
                         inbox::consumer.eq(&consumer),
                         inbox::event_id.eq(&event_id),
                         inbox::handled_at.eq(utc_now()),
                     ))
-                    .execute(conn)?;
+                    .execute(c))?;
                 Ok(Applied::Handled)
             })
             .await

@@ -6,6 +6,7 @@
 
 use billing_contract::{Money, Payment, PaymentStatus};
 use chassis::db::{DbConnection, update};
+use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use uuid::Uuid;
@@ -102,13 +103,15 @@ pub(crate) fn find_payment(
     conn: &mut DbConnection,
     order_id: Uuid,
 ) -> QueryResult<Option<StoredPayment>> {
-    payments::table
-        .filter(payments::order_id.eq(order_id.to_string()))
-        .select(PaymentRow::as_select())
-        .get_result(conn)
-        .optional()?
-        .map(StoredPayment::try_from)
-        .transpose()
+    per_backend!(conn, |conn| {
+        payments::table
+            .filter(payments::order_id.eq(order_id.to_string()))
+            .select(PaymentRow::as_select())
+            .get_result(conn)
+            .optional()?
+            .map(StoredPayment::try_from)
+            .transpose()
+    })
 }
 
 /// Records a charge about to be sent to the gateway, its attempt starting `at`. A unique
@@ -120,20 +123,22 @@ pub(crate) fn insert_pending(
     amount: &Money,
     at: NaiveDateTime,
 ) -> QueryResult<()> {
-    diesel::insert_into(payments::table)
-        .values((
-            payments::id.eq(id.to_string()),
-            payments::order_id.eq(order_id.to_string()),
-            payments::amount.eq(amount.amount),
-            payments::currency.eq(&amount.currency),
-            payments::status.eq(PENDING),
-            payments::refunded_amount.eq(0_i64),
-            payments::attempt_started_at.eq(Some(at)),
-            payments::created_at.eq(at),
-            payments::updated_at.eq(at),
-        ))
-        .execute(conn)
-        .map(|_| ())
+    per_backend!(conn, |conn| {
+        diesel::insert_into(payments::table)
+            .values((
+                payments::id.eq(id.to_string()),
+                payments::order_id.eq(order_id.to_string()),
+                payments::amount.eq(amount.amount),
+                payments::currency.eq(&amount.currency),
+                payments::status.eq(PENDING),
+                payments::refunded_amount.eq(0_i64),
+                payments::attempt_started_at.eq(Some(at)),
+                payments::created_at.eq(at),
+                payments::updated_at.eq(at),
+            ))
+            .execute(conn)
+            .map(|_| ())
+    })
 }
 
 /// Takes over a pending charge for a new attempt starting `at`, if no attempt is in
@@ -145,23 +150,25 @@ pub(crate) fn claim_attempt(
     at: NaiveDateTime,
     stale_before: NaiveDateTime,
 ) -> QueryResult<bool> {
-    update(
-        payments::table,
-        payments::order_id
-            .eq(order_id.to_string())
-            .and(payments::status.eq(PENDING))
-            .and(
-                payments::attempt_started_at
-                    .is_null()
-                    .or(payments::attempt_started_at.lt(stale_before)),
+    per_backend!(conn, |conn| {
+        update(
+            payments::table,
+            payments::order_id
+                .eq(order_id.to_string())
+                .and(payments::status.eq(PENDING))
+                .and(
+                    payments::attempt_started_at
+                        .is_null()
+                        .or(payments::attempt_started_at.lt(stale_before)),
+                ),
+            (
+                payments::attempt_started_at.eq(Some(at)),
+                payments::updated_at.eq(at),
             ),
-        (
-            payments::attempt_started_at.eq(Some(at)),
-            payments::updated_at.eq(at),
-        ),
-    )
-    .execute(conn)
-    .map(|rows| rows == 1)
+        )
+        .execute(conn)
+        .map(|rows| rows == 1)
+    })
 }
 
 /// Ends the attempt that started at `started_at` without an answer, so that the next
@@ -171,19 +178,21 @@ pub(crate) fn release_attempt(
     order_id: Uuid,
     started_at: NaiveDateTime,
 ) -> QueryResult<bool> {
-    update(
-        payments::table,
-        payments::order_id
-            .eq(order_id.to_string())
-            .and(payments::status.eq(PENDING))
-            .and(payments::attempt_started_at.eq(Some(started_at))),
-        (
-            payments::attempt_started_at.eq(None::<NaiveDateTime>),
-            payments::updated_at.eq(now()),
-        ),
-    )
-    .execute(conn)
-    .map(|rows| rows == 1)
+    per_backend!(conn, |conn| {
+        update(
+            payments::table,
+            payments::order_id
+                .eq(order_id.to_string())
+                .and(payments::status.eq(PENDING))
+                .and(payments::attempt_started_at.eq(Some(started_at))),
+            (
+                payments::attempt_started_at.eq(None::<NaiveDateTime>),
+                payments::updated_at.eq(now()),
+            ),
+        )
+        .execute(conn)
+        .map(|rows| rows == 1)
+    })
 }
 
 /// The gateway's answer to a charge.
@@ -199,13 +208,15 @@ pub(crate) fn attempt_started_at(
     conn: &mut DbConnection,
     order_id: Uuid,
 ) -> QueryResult<Option<NaiveDateTime>> {
-    payments::table
-        .filter(payments::order_id.eq(order_id.to_string()))
-        .filter(payments::status.eq(PENDING))
-        .select(payments::attempt_started_at)
-        .first::<Option<NaiveDateTime>>(conn)
-        .optional()
-        .map(Option::flatten)
+    per_backend!(conn, |conn| {
+        payments::table
+            .filter(payments::order_id.eq(order_id.to_string()))
+            .filter(payments::status.eq(PENDING))
+            .select(payments::attempt_started_at)
+            .first::<Option<NaiveDateTime>>(conn)
+            .optional()
+            .map(Option::flatten)
+    })
 }
 
 /// Records the invoice issued for a captured payment.
@@ -214,13 +225,15 @@ pub(crate) fn set_invoice(
     order_id: Uuid,
     invoice_id: Uuid,
 ) -> QueryResult<()> {
-    update(
-        payments::table,
-        payments::order_id.eq(order_id.to_string()),
-        payments::invoice_id.eq(invoice_id.to_string()),
-    )
-    .execute(conn)
-    .map(|_| ())
+    per_backend!(conn, |conn| {
+        update(
+            payments::table,
+            payments::order_id.eq(order_id.to_string()),
+            payments::invoice_id.eq(invoice_id.to_string()),
+        )
+        .execute(conn)
+        .map(|_| ())
+    })
 }
 
 /// Settles a pending payment (taking its row lock); answers whether it was still pending.
@@ -230,27 +243,29 @@ pub(crate) fn settle(
     settlement: Settlement<'_>,
     at: NaiveDateTime,
 ) -> QueryResult<bool> {
-    let (status, provider_ref, reason) = match settlement {
-        Settlement::Captured { provider_ref } => {
-            (PaymentStatus::Captured, Some(provider_ref), None)
-        }
-        Settlement::Declined { reason } => (PaymentStatus::Declined, None, Some(reason)),
-    };
-    update(
-        payments::table,
-        payments::order_id
-            .eq(order_id.to_string())
-            .and(payments::status.eq(PENDING)),
-        (
-            payments::status.eq(status.as_str()),
-            payments::provider_ref.eq(provider_ref),
-            payments::decline_reason.eq(reason),
-            payments::attempt_started_at.eq(None::<NaiveDateTime>),
-            payments::updated_at.eq(at),
-        ),
-    )
-    .execute(conn)
-    .map(|rows| rows == 1)
+    per_backend!(conn, |conn| {
+        let (status, provider_ref, reason) = match settlement {
+            Settlement::Captured { provider_ref } => {
+                (PaymentStatus::Captured, Some(provider_ref), None)
+            }
+            Settlement::Declined { reason } => (PaymentStatus::Declined, None, Some(reason)),
+        };
+        update(
+            payments::table,
+            payments::order_id
+                .eq(order_id.to_string())
+                .and(payments::status.eq(PENDING)),
+            (
+                payments::status.eq(status.as_str()),
+                payments::provider_ref.eq(provider_ref),
+                payments::decline_reason.eq(reason),
+                payments::attempt_started_at.eq(None::<NaiveDateTime>),
+                payments::updated_at.eq(at),
+            ),
+        )
+        .execute(conn)
+        .map(|rows| rows == 1)
+    })
 }
 
 /// Marks a captured payment refunded in full (taking its row lock); answers whether it
@@ -260,19 +275,21 @@ pub(crate) fn mark_refunded(
     order_id: Uuid,
     at: NaiveDateTime,
 ) -> QueryResult<bool> {
-    update(
-        payments::table,
-        payments::order_id
-            .eq(order_id.to_string())
-            .and(payments::status.eq(PaymentStatus::Captured.as_str())),
-        (
-            payments::status.eq(PaymentStatus::Refunded.as_str()),
-            payments::refunded_amount.eq(payments::amount),
-            payments::updated_at.eq(at),
-        ),
-    )
-    .execute(conn)
-    .map(|rows| rows == 1)
+    per_backend!(conn, |conn| {
+        update(
+            payments::table,
+            payments::order_id
+                .eq(order_id.to_string())
+                .and(payments::status.eq(PaymentStatus::Captured.as_str())),
+            (
+                payments::status.eq(PaymentStatus::Refunded.as_str()),
+                payments::refunded_amount.eq(payments::amount),
+                payments::updated_at.eq(at),
+            ),
+        )
+        .execute(conn)
+        .map(|rows| rows == 1)
+    })
 }
 
 pub(crate) fn insert_refund(
@@ -281,18 +298,20 @@ pub(crate) fn insert_refund(
     provider_ref: &str,
     at: NaiveDateTime,
 ) -> QueryResult<()> {
-    diesel::insert_into(refunds::table)
-        .values((
-            refunds::id.eq(Uuid::now_v7().to_string()),
-            refunds::payment_id.eq(payment.id.to_string()),
-            refunds::order_id.eq(payment.order_id.to_string()),
-            refunds::amount.eq(payment.amount.amount),
-            refunds::currency.eq(&payment.amount.currency),
-            refunds::provider_ref.eq(provider_ref),
-            refunds::created_at.eq(at),
-        ))
-        .execute(conn)
-        .map(|_| ())
+    per_backend!(conn, |conn| {
+        diesel::insert_into(refunds::table)
+            .values((
+                refunds::id.eq(Uuid::now_v7().to_string()),
+                refunds::payment_id.eq(payment.id.to_string()),
+                refunds::order_id.eq(payment.order_id.to_string()),
+                refunds::amount.eq(payment.amount.amount),
+                refunds::currency.eq(&payment.amount.currency),
+                refunds::provider_ref.eq(provider_ref),
+                refunds::created_at.eq(at),
+            ))
+            .execute(conn)
+            .map(|_| ())
+    })
 }
 
 /// Up to `limit` settled payments in id order (UUIDv7: creation order), after `after`,
@@ -303,19 +322,21 @@ pub(crate) fn list_payments(
     after: Option<&str>,
     limit: i64,
 ) -> QueryResult<Vec<PaymentRow>> {
-    let mut select = payments::table
-        .select(PaymentRow::as_select())
-        .filter(payments::status.ne(PENDING))
-        .order(payments::id.asc())
-        .limit(limit)
-        .into_boxed();
-    if let Some(order_id) = order_id {
-        select = select.filter(payments::order_id.eq(order_id.to_string()));
-    }
-    if let Some(after) = after {
-        select = select.filter(payments::id.gt(after.to_owned()));
-    }
-    select.load(conn)
+    per_backend!(conn, |conn| {
+        let mut select = payments::table
+            .select(PaymentRow::as_select())
+            .filter(payments::status.ne(PENDING))
+            .order(payments::id.asc())
+            .limit(limit)
+            .into_boxed();
+        if let Some(order_id) = order_id {
+            select = select.filter(payments::order_id.eq(order_id.to_string()));
+        }
+        if let Some(after) = after {
+            select = select.filter(payments::id.gt(after.to_owned()));
+        }
+        select.load(conn)
+    })
 }
 
 /// The next invoice number of `year`, gap-free: the counter's `UPDATE` takes its row lock
@@ -323,24 +344,26 @@ pub(crate) fn list_payments(
 /// capture gives its number back. The year's first invoice inserts the counter; two
 /// concurrent first invoices meet a unique violation, and the loser's caller retries.
 pub(crate) fn next_invoice_number(conn: &mut DbConnection, year: i32) -> QueryResult<i64> {
-    let updated = update(
-        invoice_counters::table,
-        invoice_counters::year.eq(year),
-        invoice_counters::last_number.eq(invoice_counters::last_number + 1),
-    )
-    .execute(conn)?;
-    if updated == 0 {
-        diesel::insert_into(invoice_counters::table)
-            .values((
-                invoice_counters::year.eq(year),
-                invoice_counters::last_number.eq(1_i64),
-            ))
-            .execute(conn)?;
-    }
-    invoice_counters::table
-        .find(year)
-        .select(invoice_counters::last_number)
-        .get_result(conn)
+    per_backend!(conn, |conn| {
+        let updated = update(
+            invoice_counters::table,
+            invoice_counters::year.eq(year),
+            invoice_counters::last_number.eq(invoice_counters::last_number + 1),
+        )
+        .execute(conn)?;
+        if updated == 0 {
+            diesel::insert_into(invoice_counters::table)
+                .values((
+                    invoice_counters::year.eq(year),
+                    invoice_counters::last_number.eq(1_i64),
+                ))
+                .execute(conn)?;
+        }
+        invoice_counters::table
+            .find(year)
+            .select(invoice_counters::last_number)
+            .get_result(conn)
+    })
 }
 
 #[derive(Debug, Queryable, Selectable, Insertable)]
@@ -368,27 +391,33 @@ impl InvoiceRow {
 }
 
 pub(crate) fn insert_invoice(conn: &mut DbConnection, row: &InvoiceRow) -> QueryResult<()> {
-    diesel::insert_into(invoices::table)
-        .values(row)
-        .execute(conn)
-        .map(|_| ())
+    per_backend!(conn, |conn| {
+        diesel::insert_into(invoices::table)
+            .values(row)
+            .execute(conn)
+            .map(|_| ())
+    })
 }
 
 pub(crate) fn find_invoice(conn: &mut DbConnection, id: Uuid) -> QueryResult<Option<InvoiceRow>> {
-    invoices::table
-        .find(id.to_string())
-        .select(InvoiceRow::as_select())
-        .get_result(conn)
-        .optional()
+    per_backend!(conn, |conn| {
+        invoices::table
+            .find(id.to_string())
+            .select(InvoiceRow::as_select())
+            .get_result(conn)
+            .optional()
+    })
 }
 
 pub(crate) fn find_invoice_of_order(
     conn: &mut DbConnection,
     order_id: Uuid,
 ) -> QueryResult<Option<InvoiceRow>> {
-    invoices::table
-        .filter(invoices::order_id.eq(order_id.to_string()))
-        .select(InvoiceRow::as_select())
-        .get_result(conn)
-        .optional()
+    per_backend!(conn, |conn| {
+        invoices::table
+            .filter(invoices::order_id.eq(order_id.to_string()))
+            .select(InvoiceRow::as_select())
+            .get_result(conn)
+            .optional()
+    })
 }

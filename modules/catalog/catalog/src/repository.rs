@@ -5,6 +5,7 @@
 
 use catalog_contract::{Money, Product, ReservationStatus, StockLevels, StockLine};
 use chassis::db::{DbConnection, update};
+use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use uuid::Uuid;
@@ -64,26 +65,32 @@ pub(crate) struct ProductChanges {
 }
 
 pub(crate) fn insert_product(conn: &mut DbConnection, row: &ProductRow) -> QueryResult<()> {
-    diesel::insert_into(products::table)
-        .values(row)
-        .execute(conn)
-        .map(|_| ())
+    per_backend!(conn, |conn| {
+        diesel::insert_into(products::table)
+            .values(row)
+            .execute(conn)
+            .map(|_| ())
+    })
 }
 
 pub(crate) fn find_product(conn: &mut DbConnection, id: Uuid) -> QueryResult<Option<ProductRow>> {
-    products::table
-        .find(id.to_string())
-        .select(ProductRow::as_select())
-        .get_result(conn)
-        .optional()
+    per_backend!(conn, |conn| {
+        products::table
+            .find(id.to_string())
+            .select(ProductRow::as_select())
+            .get_result(conn)
+            .optional()
+    })
 }
 
 pub(crate) fn find_products(conn: &mut DbConnection, ids: &[Uuid]) -> QueryResult<Vec<ProductRow>> {
-    let keys: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-    products::table
-        .filter(products::id.eq_any(keys))
-        .select(ProductRow::as_select())
-        .load(conn)
+    per_backend!(conn, |conn| {
+        let keys: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        products::table
+            .filter(products::id.eq_any(keys))
+            .select(ProductRow::as_select())
+            .load(conn)
+    })
 }
 
 /// Up to `limit` products in id order (UUIDv7: creation order), after `after`, whose name
@@ -94,24 +101,26 @@ pub(crate) fn list_products(
     after: Option<&str>,
     limit: i64,
 ) -> QueryResult<Vec<ProductRow>> {
-    let mut select = products::table
-        .select(ProductRow::as_select())
-        .order(products::id.asc())
-        .limit(limit)
-        .into_boxed();
-    if let Some(after) = after {
-        select = select.filter(products::id.gt(after.to_owned()));
-    }
-    if let Some(query) = query {
-        let pattern = format!("%{}%", escape_like(&query.to_lowercase()));
-        select = select.filter(
-            lower(products::name)
-                .like(pattern.clone())
-                .escape('\\')
-                .or(lower(products::sku).like(pattern).escape('\\')),
-        );
-    }
-    select.load(conn)
+    per_backend!(conn, |conn| {
+        let mut select = products::table
+            .select(ProductRow::as_select())
+            .order(products::id.asc())
+            .limit(limit)
+            .into_boxed();
+        if let Some(after) = after {
+            select = select.filter(products::id.gt(after.to_owned()));
+        }
+        if let Some(query) = query {
+            let pattern = format!("%{}%", escape_like(&query.to_lowercase()));
+            select = select.filter(
+                lower(products::name)
+                    .like(pattern.clone())
+                    .escape('\\')
+                    .or(lower(products::sku).like(pattern).escape('\\')),
+            );
+        }
+        select.load(conn)
+    })
 }
 
 fn escape_like(text: &str) -> String {
@@ -130,81 +139,93 @@ pub(crate) fn update_product(
     id: Uuid,
     changes: &ProductChanges,
 ) -> QueryResult<usize> {
-    update(products::table, products::id.eq(id.to_string()), changes).execute(conn)
+    per_backend!(conn, |conn| {
+        update(products::table, products::id.eq(id.to_string()), changes).execute(conn)
+    })
 }
 
 /// Takes the product's row lock (a no-op update) and answers whether the product exists.
 /// Read-then-write sequences call it first, so that on PostgreSQL what they read cannot
 /// change before they write, and the events they raise follow commit order.
 pub(crate) fn lock_product(conn: &mut DbConnection, id: Uuid) -> QueryResult<bool> {
-    update(
-        products::table,
-        products::id.eq(id.to_string()),
-        products::updated_at.eq(products::updated_at),
-    )
-    .execute(conn)
-    .map(|rows| rows == 1)
+    per_backend!(conn, |conn| {
+        update(
+            products::table,
+            products::id.eq(id.to_string()),
+            products::updated_at.eq(products::updated_at),
+        )
+        .execute(conn)
+        .map(|rows| rows == 1)
+    })
 }
 
 /// Sets `on_hand` unless it would fall below what is reserved; answers whether it did.
 pub(crate) fn set_on_hand(conn: &mut DbConnection, id: Uuid, on_hand: i64) -> QueryResult<bool> {
-    update(
-        products::table,
-        products::id
-            .eq(id.to_string())
-            .and(products::reserved.le(on_hand)),
-        (
-            products::on_hand.eq(on_hand),
-            products::updated_at.eq(now()),
-        ),
-    )
-    .execute(conn)
-    .map(|rows| rows == 1)
+    per_backend!(conn, |conn| {
+        update(
+            products::table,
+            products::id
+                .eq(id.to_string())
+                .and(products::reserved.le(on_hand)),
+            (
+                products::on_hand.eq(on_hand),
+                products::updated_at.eq(now()),
+            ),
+        )
+        .execute(conn)
+        .map(|rows| rows == 1)
+    })
 }
 
 /// Holds `quantity` units if that many are available; answers whether it did.
 pub(crate) fn hold(conn: &mut DbConnection, product_id: Uuid, quantity: i64) -> QueryResult<bool> {
-    update(
-        products::table,
-        products::id
-            .eq(product_id.to_string())
-            .and((products::on_hand - products::reserved).ge(quantity)),
-        (
-            products::reserved.eq(products::reserved + quantity),
-            products::updated_at.eq(now()),
-        ),
-    )
-    .execute(conn)
-    .map(|rows| rows == 1)
+    per_backend!(conn, |conn| {
+        update(
+            products::table,
+            products::id
+                .eq(product_id.to_string())
+                .and((products::on_hand - products::reserved).ge(quantity)),
+            (
+                products::reserved.eq(products::reserved + quantity),
+                products::updated_at.eq(now()),
+            ),
+        )
+        .execute(conn)
+        .map(|rows| rows == 1)
+    })
 }
 
 /// Gives held units back.
 pub(crate) fn unhold(conn: &mut DbConnection, product_id: Uuid, quantity: i64) -> QueryResult<()> {
-    update(
-        products::table,
-        products::id.eq(product_id.to_string()),
-        (
-            products::reserved.eq(products::reserved - quantity),
-            products::updated_at.eq(now()),
-        ),
-    )
-    .execute(conn)
-    .map(|_| ())
+    per_backend!(conn, |conn| {
+        update(
+            products::table,
+            products::id.eq(product_id.to_string()),
+            (
+                products::reserved.eq(products::reserved - quantity),
+                products::updated_at.eq(now()),
+            ),
+        )
+        .execute(conn)
+        .map(|_| ())
+    })
 }
 
 /// Sells held units: they leave `reserved` and `on_hand`.
 pub(crate) fn sell(conn: &mut DbConnection, product_id: Uuid, quantity: i64) -> QueryResult<()> {
-    update(
-        products::table,
-        products::id.eq(product_id.to_string()),
-        (
-            products::reserved.eq(products::reserved - quantity),
-            products::on_hand.eq(products::on_hand - quantity),
-            products::updated_at.eq(now()),
-        ),
-    )
-    .execute(conn)
-    .map(|_| ())
+    per_backend!(conn, |conn| {
+        update(
+            products::table,
+            products::id.eq(product_id.to_string()),
+            (
+                products::reserved.eq(products::reserved - quantity),
+                products::on_hand.eq(products::on_hand - quantity),
+                products::updated_at.eq(now()),
+            ),
+        )
+        .execute(conn)
+        .map(|_| ())
+    })
 }
 
 /// Puts sold units back on hand.
@@ -213,16 +234,18 @@ pub(crate) fn put_back(
     product_id: Uuid,
     quantity: i64,
 ) -> QueryResult<()> {
-    update(
-        products::table,
-        products::id.eq(product_id.to_string()),
-        (
-            products::on_hand.eq(products::on_hand + quantity),
-            products::updated_at.eq(now()),
-        ),
-    )
-    .execute(conn)
-    .map(|_| ())
+    per_backend!(conn, |conn| {
+        update(
+            products::table,
+            products::id.eq(product_id.to_string()),
+            (
+                products::on_hand.eq(products::on_hand + quantity),
+                products::updated_at.eq(now()),
+            ),
+        )
+        .execute(conn)
+        .map(|_| ())
+    })
 }
 
 /// An order's reservation as stored.
@@ -237,33 +260,35 @@ pub(crate) fn find_reservation(
     conn: &mut DbConnection,
     order_id: Uuid,
 ) -> QueryResult<Option<StoredReservation>> {
-    let key = order_id.to_string();
-    let status: Option<String> = reservations::table
-        .find(&key)
-        .select(reservations::status)
-        .get_result(conn)
-        .optional()?;
-    let Some(status) = status else {
-        return Ok(None);
-    };
-    let status = ReservationStatus::parse(&status).ok_or_else(|| {
-        diesel::result::Error::DeserializationError(
-            format!("unknown reservation status {status:?}").into(),
-        )
-    })?;
-    let rows: Vec<(String, i64)> = reservation_lines::table
-        .filter(reservation_lines::order_id.eq(&key))
-        .select((reservation_lines::product_id, reservation_lines::quantity))
-        .order(reservation_lines::product_id.asc())
-        .load(conn)?;
-    let lines = rows
-        .into_iter()
-        .map(|(product_id, quantity)| StockLine {
-            product_id: Uuid::parse_str(&product_id).unwrap_or_default(),
-            quantity: u32::try_from(quantity).unwrap_or(u32::MAX),
-        })
-        .collect();
-    Ok(Some(StoredReservation { status, lines }))
+    per_backend!(conn, |conn| {
+        let key = order_id.to_string();
+        let status: Option<String> = reservations::table
+            .find(&key)
+            .select(reservations::status)
+            .get_result(conn)
+            .optional()?;
+        let Some(status) = status else {
+            return Ok(None);
+        };
+        let status = ReservationStatus::parse(&status).ok_or_else(|| {
+            diesel::result::Error::DeserializationError(
+                format!("unknown reservation status {status:?}").into(),
+            )
+        })?;
+        let rows: Vec<(String, i64)> = reservation_lines::table
+            .filter(reservation_lines::order_id.eq(&key))
+            .select((reservation_lines::product_id, reservation_lines::quantity))
+            .order(reservation_lines::product_id.asc())
+            .load(conn)?;
+        let lines = rows
+            .into_iter()
+            .map(|(product_id, quantity)| StockLine {
+                product_id: Uuid::parse_str(&product_id).unwrap_or_default(),
+                quantity: u32::try_from(quantity).unwrap_or(u32::MAX),
+            })
+            .collect();
+        Ok(Some(StoredReservation { status, lines }))
+    })
 }
 
 pub(crate) fn insert_reservation(
@@ -271,16 +296,18 @@ pub(crate) fn insert_reservation(
     order_id: Uuid,
     status: ReservationStatus,
 ) -> QueryResult<()> {
-    let at = now();
-    diesel::insert_into(reservations::table)
-        .values((
-            reservations::order_id.eq(order_id.to_string()),
-            reservations::status.eq(status.as_str()),
-            reservations::created_at.eq(at),
-            reservations::updated_at.eq(at),
-        ))
-        .execute(conn)
-        .map(|_| ())
+    per_backend!(conn, |conn| {
+        let at = now();
+        diesel::insert_into(reservations::table)
+            .values((
+                reservations::order_id.eq(order_id.to_string()),
+                reservations::status.eq(status.as_str()),
+                reservations::created_at.eq(at),
+                reservations::updated_at.eq(at),
+            ))
+            .execute(conn)
+            .map(|_| ())
+    })
 }
 
 pub(crate) fn insert_reservation_lines(
@@ -288,17 +315,19 @@ pub(crate) fn insert_reservation_lines(
     order_id: Uuid,
     lines: &[StockLine],
 ) -> QueryResult<()> {
-    let key = order_id.to_string();
-    for line in lines {
-        diesel::insert_into(reservation_lines::table)
-            .values((
-                reservation_lines::order_id.eq(&key),
-                reservation_lines::product_id.eq(line.product_id.to_string()),
-                reservation_lines::quantity.eq(i64::from(line.quantity)),
-            ))
-            .execute(conn)?;
-    }
-    Ok(())
+    per_backend!(conn, |conn| {
+        let key = order_id.to_string();
+        for line in lines {
+            diesel::insert_into(reservation_lines::table)
+                .values((
+                    reservation_lines::order_id.eq(&key),
+                    reservation_lines::product_id.eq(line.product_id.to_string()),
+                    reservation_lines::quantity.eq(i64::from(line.quantity)),
+                ))
+                .execute(conn)?;
+        }
+        Ok(())
+    })
 }
 
 pub(crate) fn set_reservation_status(
@@ -306,14 +335,16 @@ pub(crate) fn set_reservation_status(
     order_id: Uuid,
     status: ReservationStatus,
 ) -> QueryResult<()> {
-    update(
-        reservations::table,
-        reservations::order_id.eq(order_id.to_string()),
-        (
-            reservations::status.eq(status.as_str()),
-            reservations::updated_at.eq(now()),
-        ),
-    )
-    .execute(conn)
-    .map(|_| ())
+    per_backend!(conn, |conn| {
+        update(
+            reservations::table,
+            reservations::order_id.eq(order_id.to_string()),
+            (
+                reservations::status.eq(status.as_str()),
+                reservations::updated_at.eq(now()),
+            ),
+        )
+        .execute(conn)
+        .map(|_| ())
+    })
 }

@@ -5,6 +5,7 @@
 //! PostgreSQL database) exactly one sends it.
 
 use chassis::db::{DbConnection, update};
+use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use notifications_contract::{Channel, Delivery, DeliveryStatus, Webhook};
@@ -48,16 +49,18 @@ impl WebhookRow {
 }
 
 pub(crate) fn insert_webhook(conn: &mut DbConnection, row: &WebhookRow) -> QueryResult<()> {
-    diesel::insert_into(webhooks::table)
-        .values((
-            webhooks::id.eq(&row.id),
-            webhooks::url.eq(&row.url),
-            webhooks::events.eq(&row.events),
-            webhooks::secret.eq(&row.secret),
-            webhooks::created_at.eq(row.created_at),
-        ))
-        .execute(conn)
-        .map(|_| ())
+    per_backend!(conn, |conn| {
+        diesel::insert_into(webhooks::table)
+            .values((
+                webhooks::id.eq(&row.id),
+                webhooks::url.eq(&row.url),
+                webhooks::events.eq(&row.events),
+                webhooks::secret.eq(&row.secret),
+                webhooks::created_at.eq(row.created_at),
+            ))
+            .execute(conn)
+            .map(|_| ())
+    })
 }
 
 /// Webhooks in creation order (ids are UUIDv7), after the key `after`.
@@ -66,37 +69,45 @@ pub(crate) fn list_webhooks(
     after: Option<&str>,
     limit: i64,
 ) -> QueryResult<Vec<WebhookRow>> {
-    let mut query = webhooks::table
-        .select(WebhookRow::as_select())
-        .order(webhooks::id.asc())
-        .limit(limit)
-        .into_boxed();
-    if let Some(after) = after {
-        query = query.filter(webhooks::id.gt(after.to_owned()));
-    }
-    query.load(conn)
+    per_backend!(conn, |conn| {
+        let mut query = webhooks::table
+            .select(WebhookRow::as_select())
+            .order(webhooks::id.asc())
+            .limit(limit)
+            .into_boxed();
+        if let Some(after) = after {
+            query = query.filter(webhooks::id.gt(after.to_owned()));
+        }
+        query.load(conn)
+    })
 }
 
 pub(crate) fn all_webhooks(conn: &mut DbConnection) -> QueryResult<Vec<WebhookRow>> {
-    webhooks::table
-        .select(WebhookRow::as_select())
-        .order(webhooks::id.asc())
-        .load(conn)
+    per_backend!(conn, |conn| {
+        webhooks::table
+            .select(WebhookRow::as_select())
+            .order(webhooks::id.asc())
+            .load(conn)
+    })
 }
 
 pub(crate) fn find_webhook(conn: &mut DbConnection, id: &str) -> QueryResult<Option<WebhookRow>> {
-    webhooks::table
-        .find(id.to_owned())
-        .select(WebhookRow::as_select())
-        .get_result(conn)
-        .optional()
+    per_backend!(conn, |conn| {
+        webhooks::table
+            .find(id.to_owned())
+            .select(WebhookRow::as_select())
+            .get_result(conn)
+            .optional()
+    })
 }
 
 /// Answers whether the webhook existed.
 pub(crate) fn delete_webhook(conn: &mut DbConnection, id: Uuid) -> QueryResult<bool> {
-    diesel::delete(webhooks::table.find(id.to_string()))
-        .execute(conn)
-        .map(|deleted| deleted > 0)
+    per_backend!(conn, |conn| {
+        diesel::delete(webhooks::table.find(id.to_string()))
+            .execute(conn)
+            .map(|deleted| deleted > 0)
+    })
 }
 
 /// Remembers (or updates) whom an order's e-mails go to.
@@ -105,30 +116,34 @@ pub(crate) fn remember_recipient(
     order_id: Uuid,
     email: &str,
 ) -> QueryResult<()> {
-    let key = order_id.to_string();
-    let updated = update(
-        order_recipients::table,
-        order_recipients::order_id.eq(&key),
-        order_recipients::customer_email.eq(email),
-    )
-    .execute(conn)?;
-    if updated == 0 {
-        diesel::insert_into(order_recipients::table)
-            .values((
-                order_recipients::order_id.eq(&key),
-                order_recipients::customer_email.eq(email),
-            ))
-            .execute(conn)?;
-    }
-    Ok(())
+    per_backend!(conn, |conn| {
+        let key = order_id.to_string();
+        let updated = update(
+            order_recipients::table,
+            order_recipients::order_id.eq(&key),
+            order_recipients::customer_email.eq(email),
+        )
+        .execute(conn)?;
+        if updated == 0 {
+            diesel::insert_into(order_recipients::table)
+                .values((
+                    order_recipients::order_id.eq(&key),
+                    order_recipients::customer_email.eq(email),
+                ))
+                .execute(conn)?;
+        }
+        Ok(())
+    })
 }
 
 pub(crate) fn recipient_of(conn: &mut DbConnection, order_id: Uuid) -> QueryResult<Option<String>> {
-    order_recipients::table
-        .find(order_id.to_string())
-        .select(order_recipients::customer_email)
-        .get_result(conn)
-        .optional()
+    per_backend!(conn, |conn| {
+        order_recipients::table
+            .find(order_id.to_string())
+            .select(order_recipients::customer_email)
+            .get_result(conn)
+            .optional()
+    })
 }
 
 /// A delivery about to be recorded.
@@ -157,17 +172,19 @@ pub(crate) struct NewDelivery {
 
 /// Records a delivery unless one with its `dedup_key` exists; answers whether it did.
 pub(crate) fn insert_delivery(conn: &mut DbConnection, new: &NewDelivery) -> QueryResult<bool> {
-    let existing: i64 = deliveries::table
-        .filter(deliveries::dedup_key.eq(&new.dedup_key))
-        .count()
-        .get_result(conn)?;
-    if existing > 0 {
-        return Ok(false);
-    }
-    diesel::insert_into(deliveries::table)
-        .values(new)
-        .execute(conn)?;
-    Ok(true)
+    per_backend!(conn, |conn| {
+        let existing: i64 = deliveries::table
+            .filter(deliveries::dedup_key.eq(&new.dedup_key))
+            .count()
+            .get_result(conn)?;
+        if existing > 0 {
+            return Ok(false);
+        }
+        diesel::insert_into(deliveries::table)
+            .values(new)
+            .execute(conn)?;
+        Ok(true)
+    })
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -217,18 +234,20 @@ pub(crate) fn list_deliveries(
     after: Option<&str>,
     limit: i64,
 ) -> QueryResult<Vec<DeliveryRow>> {
-    let mut query = deliveries::table
-        .select(DeliveryRow::as_select())
-        .order(deliveries::id.asc())
-        .limit(limit)
-        .into_boxed();
-    if let Some(order_id) = order_id {
-        query = query.filter(deliveries::order_id.eq(order_id.to_string()));
-    }
-    if let Some(after) = after {
-        query = query.filter(deliveries::id.gt(after.to_owned()));
-    }
-    query.load(conn)
+    per_backend!(conn, |conn| {
+        let mut query = deliveries::table
+            .select(DeliveryRow::as_select())
+            .order(deliveries::id.asc())
+            .limit(limit)
+            .into_boxed();
+        if let Some(order_id) = order_id {
+            query = query.filter(deliveries::order_id.eq(order_id.to_string()));
+        }
+        if let Some(after) = after {
+            query = query.filter(deliveries::id.gt(after.to_owned()));
+        }
+        query.load(conn)
+    })
 }
 
 /// The status of a delivery still to be attempted. (Compared with `=`, not `IN`: diesel
@@ -243,40 +262,42 @@ pub(crate) fn claim_due(
     until: NaiveDateTime,
     limit: i64,
 ) -> QueryResult<Vec<DeliveryRow>> {
-    let due: Vec<String> = deliveries::table
-        .filter(deliveries::status.eq(OPEN))
-        .filter(deliveries::next_attempt_at.le(at))
-        .filter(
-            deliveries::claimed_until
-                .is_null()
-                .or(deliveries::claimed_until.lt(at)),
-        )
-        .order((deliveries::next_attempt_at.asc(), deliveries::id.asc()))
-        .select(deliveries::id)
-        .limit(limit)
-        .load(conn)?;
-    let mut claimed = Vec::with_capacity(due.len());
-    for id in due {
-        let won = update(
-            deliveries::table,
-            deliveries::id.eq(&id).and(deliveries::status.eq(OPEN)).and(
+    per_backend!(conn, |conn| {
+        let due: Vec<String> = deliveries::table
+            .filter(deliveries::status.eq(OPEN))
+            .filter(deliveries::next_attempt_at.le(at))
+            .filter(
                 deliveries::claimed_until
                     .is_null()
                     .or(deliveries::claimed_until.lt(at)),
-            ),
-            deliveries::claimed_until.eq(Some(until)),
-        )
-        .execute(conn)?;
-        if won == 1 {
-            claimed.push(
-                deliveries::table
-                    .find(&id)
-                    .select(DeliveryRow::as_select())
-                    .get_result(conn)?,
-            );
+            )
+            .order((deliveries::next_attempt_at.asc(), deliveries::id.asc()))
+            .select(deliveries::id)
+            .limit(limit)
+            .load(conn)?;
+        let mut claimed = Vec::with_capacity(due.len());
+        for id in due {
+            let won = update(
+                deliveries::table,
+                deliveries::id.eq(&id).and(deliveries::status.eq(OPEN)).and(
+                    deliveries::claimed_until
+                        .is_null()
+                        .or(deliveries::claimed_until.lt(at)),
+                ),
+                deliveries::claimed_until.eq(Some(until)),
+            )
+            .execute(conn)?;
+            if won == 1 {
+                claimed.push(
+                    deliveries::table
+                        .find(&id)
+                        .select(DeliveryRow::as_select())
+                        .get_result(conn)?,
+                );
+            }
         }
-    }
-    Ok(claimed)
+        Ok(claimed)
+    })
 }
 
 /// Records the outcome of an attempt and releases the claim.
@@ -288,18 +309,20 @@ pub(crate) fn settle_attempt(
     last_error: Option<String>,
     next_attempt_at: NaiveDateTime,
 ) -> QueryResult<()> {
-    update(
-        deliveries::table,
-        deliveries::id.eq(id.to_owned()),
-        (
-            deliveries::status.eq(status.as_str()),
-            deliveries::attempts.eq(attempts),
-            deliveries::last_error.eq(last_error),
-            deliveries::next_attempt_at.eq(next_attempt_at),
-            deliveries::claimed_until.eq(None::<NaiveDateTime>),
-            deliveries::updated_at.eq(now()),
-        ),
-    )
-    .execute(conn)
-    .map(|_| ())
+    per_backend!(conn, |conn| {
+        update(
+            deliveries::table,
+            deliveries::id.eq(id.to_owned()),
+            (
+                deliveries::status.eq(status.as_str()),
+                deliveries::attempts.eq(attempts),
+                deliveries::last_error.eq(last_error),
+                deliveries::next_attempt_at.eq(next_attempt_at),
+                deliveries::claimed_until.eq(None::<NaiveDateTime>),
+                deliveries::updated_at.eq(now()),
+            ),
+        )
+        .execute(conn)
+        .map(|_| ())
+    })
 }

@@ -1,6 +1,7 @@
 //! The orders module's queries, written once for both backends against `DbConnection`.
 
 use chassis::db::{DbConnection, update, utc_now};
+use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use orders_contract::{Money, Order, OrderLine, OrderStatus, RejectionReason};
@@ -99,16 +100,18 @@ pub(crate) fn insert_order(
     order: &OrderRow,
     lines: &[LineRow],
 ) -> QueryResult<()> {
-    diesel::insert_into(orders::table)
-        .values(order)
-        .execute(conn)?;
-    // One statement per line: batch inserts are not in the common SQL of both backends.
-    for line in lines {
-        diesel::insert_into(order_lines::table)
-            .values(line)
-            .execute(conn)?;
-    }
-    Ok(())
+    per_backend!(conn, |c| {
+        diesel::insert_into(orders::table)
+            .values(order)
+            .execute(c)?;
+        // One statement per line: batch inserts are not in the common SQL of both backends.
+        for line in lines {
+            diesel::insert_into(order_lines::table)
+                .values(line)
+                .execute(c)?;
+        }
+        Ok(())
+    })
 }
 
 pub(crate) fn insert_idempotency_key(
@@ -117,15 +120,17 @@ pub(crate) fn insert_idempotency_key(
     hash: &str,
     order_id: Uuid,
 ) -> QueryResult<()> {
-    diesel::insert_into(idempotency_keys::table)
-        .values((
-            idempotency_keys::idempotency_key.eq(key),
-            idempotency_keys::request_hash.eq(hash),
-            idempotency_keys::order_id.eq(order_id.to_string()),
-            idempotency_keys::created_at.eq(utc_now()),
-        ))
-        .execute(conn)
-        .map(|_| ())
+    per_backend!(conn, |conn| {
+        diesel::insert_into(idempotency_keys::table)
+            .values((
+                idempotency_keys::idempotency_key.eq(key),
+                idempotency_keys::request_hash.eq(hash),
+                idempotency_keys::order_id.eq(order_id.to_string()),
+                idempotency_keys::created_at.eq(utc_now()),
+            ))
+            .execute(conn)
+            .map(|_| ())
+    })
 }
 
 /// The order and request fingerprint stored under an idempotency key.
@@ -133,38 +138,42 @@ pub(crate) fn find_idempotency_key(
     conn: &mut DbConnection,
     key: &str,
 ) -> QueryResult<Option<(Uuid, String)>> {
-    let found: Option<(String, String)> = idempotency_keys::table
-        .find(key)
-        .select((idempotency_keys::order_id, idempotency_keys::request_hash))
-        .get_result(conn)
-        .optional()?;
-    Ok(found.map(|(order_id, hash)| (Uuid::parse_str(&order_id).unwrap_or_default(), hash)))
+    per_backend!(conn, |conn| {
+        let found: Option<(String, String)> = idempotency_keys::table
+            .find(key)
+            .select((idempotency_keys::order_id, idempotency_keys::request_hash))
+            .get_result(conn)
+            .optional()?;
+        Ok(found.map(|(order_id, hash)| (Uuid::parse_str(&order_id).unwrap_or_default(), hash)))
+    })
 }
 
 pub(crate) fn find_row(conn: &mut DbConnection, id: Uuid) -> QueryResult<Option<OrderRow>> {
-    orders::table
+    per_backend!(conn, |c| orders::table
         .find(id.to_string())
         .select(OrderRow::as_select())
-        .get_result(conn)
-        .optional()
+        .get_result(c)
+        .optional())
 }
 
 pub(crate) fn lines_of(conn: &mut DbConnection, ids: &[String]) -> QueryResult<Vec<LineRow>> {
-    order_lines::table
-        .filter(order_lines::order_id.eq_any(ids))
-        .order((order_lines::order_id.asc(), order_lines::position.asc()))
-        .select(LineRow::as_select())
-        .load(conn)
+    per_backend!(conn, |conn| {
+        order_lines::table
+            .filter(order_lines::order_id.eq_any(ids))
+            .order((order_lines::order_id.asc(), order_lines::position.asc()))
+            .select(LineRow::as_select())
+            .load(conn)
+    })
 }
 
 /// One order's lines. (By `=`, not [`lines_of`]: diesel keeps this statement prepared, but
 /// never one with an `IN` list.)
 pub(crate) fn lines_of_order(conn: &mut DbConnection, order_id: &str) -> QueryResult<Vec<LineRow>> {
-    order_lines::table
+    per_backend!(conn, |c| order_lines::table
         .filter(order_lines::order_id.eq(order_id))
         .order(order_lines::position.asc())
         .select(LineRow::as_select())
-        .load(conn)
+        .load(c))
 }
 
 pub(crate) fn find_order(conn: &mut DbConnection, id: Uuid) -> QueryResult<Option<Order>> {
@@ -213,25 +222,27 @@ pub(crate) fn claim_saga(
     owner: &str,
     lease_until: NaiveDateTime,
 ) -> QueryResult<bool> {
-    let now = utc_now();
-    update(
-        orders::table,
-        orders::id
-            .eq(id.to_string())
-            .and(orders::saga_step.is_not_null())
-            .and(
-                orders::saga_lease_until
-                    .is_null()
-                    .or(orders::saga_lease_until.lt(now))
-                    .or(orders::saga_owner.eq(owner)),
+    per_backend!(conn, |conn| {
+        let now = utc_now();
+        update(
+            orders::table,
+            orders::id
+                .eq(id.to_string())
+                .and(orders::saga_step.is_not_null())
+                .and(
+                    orders::saga_lease_until
+                        .is_null()
+                        .or(orders::saga_lease_until.lt(now))
+                        .or(orders::saga_owner.eq(owner)),
+                ),
+            (
+                orders::saga_owner.eq(owner),
+                orders::saga_lease_until.eq(lease_until),
             ),
-        (
-            orders::saga_owner.eq(owner),
-            orders::saga_lease_until.eq(lease_until),
-        ),
-    )
-    .execute(conn)
-    .map(|rows| rows == 1)
+        )
+        .execute(conn)
+        .map(|rows| rows == 1)
+    })
 }
 
 /// Records the next step (and the rejection reason compensation will end with), renewing
@@ -244,7 +255,7 @@ pub(crate) fn set_step(
     reason: Option<RejectionReason>,
     lease_until: NaiveDateTime,
 ) -> QueryResult<bool> {
-    update(
+    per_backend!(conn, |c| update(
         orders::table,
         orders::id
             .eq(id.to_string())
@@ -260,7 +271,7 @@ pub(crate) fn set_step(
             reason.map(|reason| orders::rejection_reason.eq(reason.as_str())),
         ),
     )
-    .execute(conn)
+    .execute(c))
     .map(|rows| rows == 1)
 }
 
@@ -272,21 +283,23 @@ pub(crate) fn postpone(
     next_at: NaiveDateTime,
     error: &str,
 ) -> QueryResult<()> {
-    update(
-        orders::table,
-        orders::id
-            .eq(id.to_string())
-            .and(orders::saga_owner.eq(owner)),
-        (
-            orders::saga_attempts.eq(orders::saga_attempts + 1),
-            orders::saga_next_at.eq(next_at),
-            orders::saga_error.eq(error),
-            orders::saga_owner.eq(None::<String>),
-            orders::saga_lease_until.eq(None::<NaiveDateTime>),
-        ),
-    )
-    .execute(conn)
-    .map(|_| ())
+    per_backend!(conn, |conn| {
+        update(
+            orders::table,
+            orders::id
+                .eq(id.to_string())
+                .and(orders::saga_owner.eq(owner)),
+            (
+                orders::saga_attempts.eq(orders::saga_attempts + 1),
+                orders::saga_next_at.eq(next_at),
+                orders::saga_error.eq(error),
+                orders::saga_owner.eq(None::<String>),
+                orders::saga_lease_until.eq(None::<NaiveDateTime>),
+            ),
+        )
+        .execute(conn)
+        .map(|_| ())
+    })
 }
 
 /// Ends the saga with the order's new status (and, when it is decided here, the rejection
@@ -298,7 +311,7 @@ pub(crate) fn finish(
     status: OrderStatus,
     reason: Option<RejectionReason>,
 ) -> QueryResult<bool> {
-    update(
+    per_backend!(conn, |c| update(
         orders::table,
         orders::id
             .eq(id.to_string())
@@ -316,7 +329,7 @@ pub(crate) fn finish(
             reason.map(|reason| orders::rejection_reason.eq(reason.as_str())),
         ),
     )
-    .execute(conn)
+    .execute(c))
     .map(|rows| rows == 1)
 }
 
@@ -327,58 +340,64 @@ pub(crate) fn start_cancellation(
     owner: &str,
     lease_until: NaiveDateTime,
 ) -> QueryResult<bool> {
-    update(
-        orders::table,
-        orders::id
-            .eq(id.to_string())
-            .and(orders::status.eq(OrderStatus::Confirmed.as_str()))
-            .and(orders::saga_step.is_null()),
-        (
-            orders::saga_step.eq(Step::CancelRefund.as_str()),
-            orders::saga_attempts.eq(0_i64),
-            orders::saga_owner.eq(owner),
-            orders::saga_lease_until.eq(lease_until),
-            orders::updated_at.eq(utc_now()),
-        ),
-    )
-    .execute(conn)
-    .map(|rows| rows == 1)
+    per_backend!(conn, |conn| {
+        update(
+            orders::table,
+            orders::id
+                .eq(id.to_string())
+                .and(orders::status.eq(OrderStatus::Confirmed.as_str()))
+                .and(orders::saga_step.is_null()),
+            (
+                orders::saga_step.eq(Step::CancelRefund.as_str()),
+                orders::saga_attempts.eq(0_i64),
+                orders::saga_owner.eq(owner),
+                orders::saga_lease_until.eq(lease_until),
+                orders::updated_at.eq(utc_now()),
+            ),
+        )
+        .execute(conn)
+        .map(|rows| rows == 1)
+    })
 }
 
 /// Sagas the recovery worker may resume now: due, and not held by a live lease.
 pub(crate) fn due_sagas(conn: &mut DbConnection, limit: i64) -> QueryResult<Vec<Uuid>> {
-    let now = utc_now();
-    let ids: Vec<String> = orders::table
-        .filter(orders::saga_step.is_not_null())
-        .filter(
-            orders::saga_next_at
-                .is_null()
-                .or(orders::saga_next_at.le(now)),
-        )
-        .filter(
-            orders::saga_lease_until
-                .is_null()
-                .or(orders::saga_lease_until.lt(now)),
-        )
-        .order(orders::saga_next_at.asc())
-        .limit(limit)
-        .select(orders::id)
-        .load(conn)?;
-    Ok(ids
-        .iter()
-        .filter_map(|id| Uuid::parse_str(id).ok())
-        .collect())
+    per_backend!(conn, |conn| {
+        let now = utc_now();
+        let ids: Vec<String> = orders::table
+            .filter(orders::saga_step.is_not_null())
+            .filter(
+                orders::saga_next_at
+                    .is_null()
+                    .or(orders::saga_next_at.le(now)),
+            )
+            .filter(
+                orders::saga_lease_until
+                    .is_null()
+                    .or(orders::saga_lease_until.lt(now)),
+            )
+            .order(orders::saga_next_at.asc())
+            .limit(limit)
+            .select(orders::id)
+            .load(conn)?;
+        Ok(ids
+            .iter()
+            .filter_map(|id| Uuid::parse_str(id).ok())
+            .collect())
+    })
 }
 
 /// Gives up every saga lease: for a SQLite database, which only this process writes.
 pub(crate) fn release_all_leases(conn: &mut DbConnection) -> QueryResult<usize> {
-    update(
-        orders::table,
-        orders::saga_owner.is_not_null(),
-        (
-            orders::saga_owner.eq(None::<String>),
-            orders::saga_lease_until.eq(None::<NaiveDateTime>),
-        ),
-    )
-    .execute(conn)
+    per_backend!(conn, |conn| {
+        update(
+            orders::table,
+            orders::saga_owner.is_not_null(),
+            (
+                orders::saga_owner.eq(None::<String>),
+                orders::saga_lease_until.eq(None::<NaiveDateTime>),
+            ),
+        )
+        .execute(conn)
+    })
 }
