@@ -83,14 +83,18 @@ pub(crate) fn find_product(conn: &mut DbConnection, id: Uuid) -> QueryResult<Opt
     })
 }
 
+/// The products of `ids` that exist, each once. One prepared lookup per id rather than one
+/// `IN` list: SQLite would parse and plan an `IN` list afresh on every order, and an order
+/// names few products.
 pub(crate) fn find_products(conn: &mut DbConnection, ids: &[Uuid]) -> QueryResult<Vec<ProductRow>> {
-    per_backend!(conn, |conn| {
-        let keys: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-        products::table
-            .filter(products::id.eq_any(keys))
-            .select(ProductRow::as_select())
-            .load(conn)
-    })
+    let mut unique = ids.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    let mut found = Vec::with_capacity(unique.len());
+    for id in unique {
+        found.extend(find_product(conn, id)?);
+    }
+    Ok(found)
 }
 
 /// Up to `limit` products in id order (UUIDv7: creation order), after `after`, whose name
