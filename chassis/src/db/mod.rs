@@ -38,8 +38,9 @@ use crate::events::Events;
 use crate::events::outbox;
 use crate::problem::ProblemCode;
 
-/// Runs a statement on the backend's own connection, the body written once and compiled
-/// for each backend: `per_backend!(conn, |c| query.execute(c))`.
+/// Runs statements on the backend's own connection, the body written once and compiled
+/// for each backend: `per_backend!(conn, |conn| query.execute(conn))` (the body's `conn`
+/// is the backend's connection, shadowing the `DbConnection`).
 ///
 /// Diesel's `MultiConnection` runs the same statement through a wrapper that renders its
 /// whole SQL on every pass over it: two or three times per execution (to check it may be
