@@ -1,6 +1,6 @@
 //! The seams that make extraction possible, checked from `cargo metadata` and `cargo tree`:
 //! modules depend on each other's contract crates only, and contract crates carry no
-//! diesel or actix. Also one rule of the repositories that a copied pattern would break.
+//! diesel or actix. Also two rules of the repositories that a copied pattern would break.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -203,12 +203,77 @@ fn repositories_look_rows_up_without_a_bound_limit() {
     let offenders: Vec<String> = files
         .iter()
         .filter(|path| {
-            std::fs::read_to_string(path).is_ok_and(|text| text.contains(".first(conn)"))
+            std::fs::read_to_string(path)
+                .is_ok_and(|text| text.contains(".first(conn)") || text.contains(".first::<"))
         })
         .map(|path| path.display().to_string())
         .collect();
     assert!(
         offenders.is_empty(),
         "use .get_result(conn) for lookups by key in {offenders:?}"
+    );
+}
+
+/// Repository functions run their statements on the backend's own connection, inside
+/// `chassis::per_backend!`: through diesel's `MultiConnection` every execution renders the
+/// statement's SQL again. A function that only combines other repository functions runs
+/// no statement itself and is left alone.
+#[test]
+fn repository_statements_run_on_the_backend_connection() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("modules"), &mut files);
+    let repositories: Vec<_> = files
+        .into_iter()
+        .filter(|path| path.file_name().is_some_and(|name| name == "repository.rs"))
+        .collect();
+    assert!(
+        repositories.len() >= 4,
+        "found only {} repositories",
+        repositories.len()
+    );
+    let runs_a_statement = |body: &str| {
+        [
+            ".execute(conn",
+            ".load(conn",
+            ".get_result(conn",
+            ".load::<",
+            ".get_result::<",
+        ]
+        .iter()
+        .any(|call| body.contains(call))
+    };
+    let mut offenders = Vec::new();
+    for path in &repositories {
+        let text = std::fs::read_to_string(path).expect("readable");
+        // Top-level functions: from each `fn` at the start of a line to the next.
+        let starts: Vec<usize> = text
+            .match_indices("\nfn ")
+            .chain(text.match_indices("\npub(crate) fn "))
+            .chain(text.match_indices("\npub fn "))
+            .map(|(at, _)| at)
+            .collect();
+        let mut starts = starts;
+        starts.sort_unstable();
+        for (index, start) in starts.iter().enumerate() {
+            let end = starts.get(index + 1).copied().unwrap_or(text.len());
+            let body = &text[*start..end];
+            if body.contains("conn: &mut DbConnection")
+                && runs_a_statement(body)
+                && !body.contains("per_backend!")
+            {
+                let name = body
+                    .trim_start()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                offenders.push(format!("{}: {name}", path.display()));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "run these statements inside per_backend!(conn, |conn| …): {offenders:#?}"
     );
 }

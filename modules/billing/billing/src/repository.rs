@@ -213,7 +213,7 @@ pub(crate) fn attempt_started_at(
             .filter(payments::order_id.eq(order_id.to_string()))
             .filter(payments::status.eq(PENDING))
             .select(payments::attempt_started_at)
-            .first::<Option<NaiveDateTime>>(conn)
+            .get_result::<Option<NaiveDateTime>>(conn)
             .optional()
             .map(Option::flatten)
     })

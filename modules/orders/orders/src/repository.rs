@@ -191,16 +191,18 @@ pub(crate) fn list_by_customer(
     before: Option<&str>,
     limit: i64,
 ) -> QueryResult<Vec<Order>> {
-    let mut query = orders::table
-        .filter(orders::customer_email.eq(customer_email))
-        .order(orders::id.desc())
-        .limit(limit)
-        .select(OrderRow::as_select())
-        .into_boxed();
-    if let Some(before) = before {
-        query = query.filter(orders::id.lt(before.to_owned()));
-    }
-    let rows: Vec<OrderRow> = query.load(conn)?;
+    let rows: Vec<OrderRow> = per_backend!(conn, |conn| {
+        let mut query = orders::table
+            .filter(orders::customer_email.eq(customer_email))
+            .order(orders::id.desc())
+            .limit(limit)
+            .select(OrderRow::as_select())
+            .into_boxed();
+        if let Some(before) = before {
+            query = query.filter(orders::id.lt(before.to_owned()));
+        }
+        query.load(conn)
+    })?;
     let ids: Vec<String> = rows.iter().map(|row| row.id.clone()).collect();
     let mut lines = lines_of(conn, &ids)?;
     Ok(rows
