@@ -425,8 +425,10 @@ struct Manager {
     url: DatabaseUrl,
 }
 
+/// `wal_autocheckpoint` is only a backstop: each database's checkpointer thread keeps the
+/// WAL far smaller (`sqlite_writer.rs`), off the writer's path.
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
-     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 10000;";
 
 impl r2d2::ManageConnection for Manager {
     type Connection = DbConnection;

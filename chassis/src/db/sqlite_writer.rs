@@ -10,10 +10,13 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc;
+use std::time::Duration;
 
 use diesel::Connection;
+use diesel::connection::SimpleConnection;
 
 use super::{DbConnection, DbError, Manager};
+use crate::config::DatabaseUrl;
 
 /// Most writes committed together.
 const MAX_BATCH: usize = 512;
@@ -30,26 +33,60 @@ pub(super) enum Job {
     Exclusive(Box<dyn FnOnce(&mut DbConnection) + Send>),
 }
 
+/// How often the checkpointer copies the WAL back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
 pub(super) struct SqliteWriter {
     jobs: mpsc::Sender<Job>,
+    /// Dropped with the writer: the checkpointer's cue to stop.
+    _checkpoints: mpsc::Sender<()>,
 }
 
 impl SqliteWriter {
     pub(super) fn start(manager: Manager) -> Result<Self, DbError> {
-        let conn = r2d2::ManageConnection::connect(&manager)
-            .map_err(|error| DbError::Unavailable(format!("{}: {error}", manager.url)))?;
+        let connect = |manager: &Manager| {
+            r2d2::ManageConnection::connect(manager)
+                .map_err(|error| DbError::Unavailable(format!("{}: {error}", manager.url)))
+        };
+        let conn = connect(&manager)?;
+        let checkpointer = connect(&manager)?;
+        let (stop_checkpoints, checkpoints) = mpsc::channel();
+        let url = manager.url.clone();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint_until_stopped(&url, checkpointer, &checkpoints))
+            .map_err(|error| {
+                DbError::Task(format!("cannot start the SQLite checkpointer: {error}"))
+            })?;
         let (jobs, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || run(manager, conn, queue))
             .map_err(|error| DbError::Task(format!("cannot start the SQLite writer: {error}")))?;
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs,
+            _checkpoints: stop_checkpoints,
+        })
     }
 
     pub(super) fn submit(&self, job: Job) -> Result<(), DbError> {
         self.jobs
             .send(job)
             .map_err(|_| DbError::Task("the SQLite writer has stopped".into()))
+    }
+}
+
+/// Copies the WAL back into the database file every [`CHECKPOINT_EVERY`], on a connection
+/// of its own, until the writer is dropped. A `PASSIVE` checkpoint waits for no reader and
+/// no writer, so the writer never stalls on one: left to SQLite, the writer itself runs a
+/// checkpoint (and its two `fsync`s) whenever the WAL reaches 1,000 pages, and every write
+/// queued behind it waits. The writer's own automatic checkpoint stays as a backstop, at
+/// a size this thread keeps the WAL well below.
+fn checkpoint_until_stopped(url: &DatabaseUrl, mut conn: DbConnection, stop: &mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(error) = conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE)") {
+            tracing::warn!(%url, %error, "SQLite checkpoint failed; the next one retries");
+        }
     }
 }
 
