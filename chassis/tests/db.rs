@@ -1,5 +1,6 @@
 //! The one database code path, on SQLite and PostgreSQL: migrations, transactions that
-//! commit or roll back, and honest errors for a database that cannot be reached.
+//! commit or roll back, honest errors for a database that cannot be reached, and SQLite's
+//! background checkpoint.
 
 mod common;
 
@@ -81,6 +82,35 @@ async fn sqlite_files_are_created_with_their_folder_in_wal_mode() {
         .expect("reads");
     assert_eq!(mode.journal_mode, "wal");
     assert!(path.exists());
+}
+
+/// Committed pages reach the database file itself a moment later, with no further write
+/// and far below the writer's own checkpoint threshold: the checkpointer thread copies the
+/// WAL back.
+#[tokio::test]
+async fn committed_pages_are_checkpointed_into_the_database_file_in_the_background() {
+    let folder = tempfile::tempdir().expect("tempdir");
+    let path = folder.path().join("module.db");
+    let db = Database::open(&DatabaseUrl::sqlite(&path), PoolOptions::default()).expect("opens");
+    db.migrate(MIGRATIONS).await.expect("migrates");
+    for n in 0..200 {
+        db.write(move |conn| insert(conn, &format!("item-{n}")).map_err(TestError::from))
+            .await
+            .expect("writes");
+    }
+    // The 200 rows (and the tables) are committed to the WAL; until a checkpoint, the
+    // database file holds at most its first page.
+    let checkpointed = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) > 4 * 4096;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !checkpointed() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        checkpointed(),
+        "the database file is still {} bytes",
+        std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
+    );
+    assert_eq!(count(&db).await, 200);
 }
 
 #[derive(QueryableByName)]
