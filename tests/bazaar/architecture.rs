@@ -247,13 +247,12 @@ fn repository_statements_run_on_the_backend_connection() {
     for path in &repositories {
         let text = std::fs::read_to_string(path).expect("readable");
         // Top-level functions: from each `fn` at the start of a line to the next.
-        let starts: Vec<usize> = text
+        let mut starts: Vec<usize> = text
             .match_indices("\nfn ")
             .chain(text.match_indices("\npub(crate) fn "))
             .chain(text.match_indices("\npub fn "))
             .map(|(at, _)| at)
             .collect();
-        let mut starts = starts;
         starts.sort_unstable();
         for (index, start) in starts.iter().enumerate() {
             let end = starts.get(index + 1).copied().unwrap_or(text.len());

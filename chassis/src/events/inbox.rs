@@ -41,22 +41,22 @@ impl Inbox {
         let event_id = event.id.to_string();
         self.db
             .write_with_events(move |conn, events| {
-                let seen: i64 = crate::per_backend!(conn, |c| inbox::table
+                let seen: i64 = crate::per_backend!(conn, |conn| inbox::table
                     .filter(inbox::consumer.eq(&consumer))
                     .filter(inbox::event_id.eq(&event_id))
                     .count()
-                    .get_result(c))?;
+                    .get_result(conn))?;
                 if seen > 0 {
                     return Ok(Applied::Duplicate);
                 }
                 effect(conn, events)?;
-                crate::per_backend!(conn, |c| diesel::insert_into(inbox::table)
+                crate::per_backend!(conn, |conn| diesel::insert_into(inbox::table)
                     .values((
                         inbox::consumer.eq(&consumer),
                         inbox::event_id.eq(&event_id),
                         inbox::handled_at.eq(utc_now()),
                     ))
-                    .execute(c))?;
+                    .execute(conn))?;
                 Ok(Applied::Handled)
             })
             .await

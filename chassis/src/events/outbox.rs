@@ -47,7 +47,7 @@ pub(crate) fn append(conn: &mut DbConnection, events: Events) -> Result<usize, D
     for event in &events.events {
         let envelope =
             serde_json::to_string(event).map_err(|error| DbError::Encoding(error.to_string()))?;
-        crate::per_backend!(conn, |c| diesel::insert_into(outbox::table)
+        crate::per_backend!(conn, |conn| diesel::insert_into(outbox::table)
             .values((
                 outbox::event_id.eq(event.id.to_string()),
                 outbox::event_type.eq(&event.event_type),
@@ -55,7 +55,7 @@ pub(crate) fn append(conn: &mut DbConnection, events: Events) -> Result<usize, D
                 outbox::occurred_at.eq(event.occurred_at.naive_utc()),
                 outbox::envelope.eq(envelope),
             ))
-            .execute(c))?;
+            .execute(conn))?;
     }
     Ok(events.events.len())
 }
@@ -429,7 +429,7 @@ fn claim(
 }
 
 fn mark_published(conn: &mut DbConnection, seqs: &[i64]) -> Result<(), DbError> {
-    crate::per_backend!(conn, |c| diesel::update(
+    crate::per_backend!(conn, |conn| diesel::update(
         outbox::table.filter(outbox::seq.eq_any(seqs))
     )
     .set((
@@ -437,7 +437,7 @@ fn mark_published(conn: &mut DbConnection, seqs: &[i64]) -> Result<(), DbError> 
         outbox::lease_owner.eq(None::<String>),
         outbox::lease_until.eq(None::<NaiveDateTime>),
     ))
-    .execute(c))?;
+    .execute(conn))?;
     Ok(())
 }
 
