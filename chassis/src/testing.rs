@@ -6,10 +6,9 @@
 //! CI (`CI=true`) fails loudly; elsewhere the test prints why and skips.
 
 use diesel::connection::SimpleConnection;
-use diesel::{Connection, PgConnection};
 
 use crate::config::DatabaseUrl;
-use crate::db::{Backend, Database, Migrations, PoolOptions};
+use crate::db::{Backend, Database, Migrations, PoolOptions, establish_postgres};
 
 pub const POSTGRES_URL_VAR: &str = "BAZAAR_TEST_POSTGRES_URL";
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -58,7 +57,7 @@ impl TestDatabase {
     pub fn postgres() -> Option<Self> {
         let admin_url =
             std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
-        let mut admin = match PgConnection::establish(&admin_url) {
+        let mut admin = match establish_postgres(&admin_url) {
             Ok(conn) => conn,
             Err(error) => {
                 let message = format!(
@@ -94,7 +93,7 @@ impl TestDatabase {
         let Cleanup::Postgres { admin_url, name } = &self.cleanup else {
             panic!("refuse_connections needs a PostgreSQL test database");
         };
-        let mut admin = match PgConnection::establish(admin_url) {
+        let mut admin = match establish_postgres(admin_url) {
             Ok(conn) => conn,
             Err(error) => panic!("cannot reach PostgreSQL: {error}"),
         };
@@ -131,7 +130,7 @@ impl TestDatabase {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         if let Cleanup::Postgres { admin_url, name } = &self.cleanup
-            && let Ok(mut admin) = PgConnection::establish(admin_url)
+            && let Ok(mut admin) = establish_postgres(admin_url)
         {
             let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         }

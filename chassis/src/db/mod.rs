@@ -427,6 +427,17 @@ struct Manager {
 
 /// `wal_autocheckpoint` is only a backstop: each database's checkpointer thread keeps the
 /// WAL far smaller (`sqlite_writer.rs`), off the writer's path.
+/// Every PostgreSQL connection the chassis opens goes through here.
+///
+/// libpq initialises the system OpenSSL on its first connection, and OpenSSL then frees
+/// its locks in an `atexit` handler, while r2d2's threads may still be opening connections:
+/// a segfault as the process exits (seen in one test run in three). Initialising OpenSSL
+/// first, without that handler, rules it out.
+pub(crate) fn establish_postgres(url: &str) -> diesel::ConnectionResult<diesel::PgConnection> {
+    openssl_sys::init();
+    diesel::PgConnection::establish(url)
+}
+
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
      PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 10000;";
 
@@ -436,7 +447,7 @@ impl r2d2::ManageConnection for Manager {
 
     fn connect(&self) -> Result<DbConnection, diesel::ConnectionError> {
         match self.url.sqlite_path() {
-            None => diesel::PgConnection::establish(self.url.expose()).map(DbConnection::Postgres),
+            None => establish_postgres(self.url.expose()).map(DbConnection::Postgres),
             Some(path) => {
                 let mut conn = diesel::SqliteConnection::establish(path)?;
                 conn.batch_execute(SQLITE_PRAGMAS)
