@@ -16,7 +16,7 @@ CREATE TABLE payments (
     attempt_started_at TIMESTAMP,
     created_at TIMESTAMP NOT NULL,
     updated_at TIMESTAMP NOT NULL
-);
+) WITHOUT ROWID;
 
 -- One per refunded payment (refunds are in full).
 CREATE TABLE refunds (
@@ -27,7 +27,7 @@ CREATE TABLE refunds (
     currency TEXT NOT NULL,
     provider_ref TEXT NOT NULL,
     created_at TIMESTAMP NOT NULL
-);
+) WITHOUT ROWID;
 
 -- One per captured payment, numbered without gaps per year (INV-2026-000001).
 CREATE TABLE invoices (
@@ -38,7 +38,7 @@ CREATE TABLE invoices (
     amount BIGINT NOT NULL CHECK (amount >= 1),
     currency TEXT NOT NULL,
     issued_at TIMESTAMP NOT NULL
-);
+) WITHOUT ROWID;
 
 -- The last invoice number given out per year; its row lock serializes numbering.
 CREATE TABLE invoice_counters (

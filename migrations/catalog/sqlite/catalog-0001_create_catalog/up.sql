@@ -16,11 +16,11 @@ CREATE TABLE reservations (
     status TEXT NOT NULL CHECK (status IN ('reserved', 'released', 'committed', 'restocked')),
     created_at TIMESTAMP NOT NULL,
     updated_at TIMESTAMP NOT NULL
-);
+) WITHOUT ROWID;
 
 CREATE TABLE reservation_lines (
     order_id TEXT NOT NULL REFERENCES reservations (order_id),
     product_id TEXT NOT NULL REFERENCES products (id),
     quantity BIGINT NOT NULL CHECK (quantity > 0),
     PRIMARY KEY (order_id, product_id)
-);
+) WITHOUT ROWID;

@@ -4,7 +4,7 @@
 
 CREATE TABLE outbox (
     seq BIGSERIAL PRIMARY KEY,
-    event_id TEXT NOT NULL UNIQUE,
+    event_id TEXT NOT NULL,
     event_type TEXT NOT NULL,
     event_key TEXT NOT NULL,
     occurred_at TIMESTAMP NOT NULL,

@@ -13,7 +13,7 @@ CREATE TABLE webhooks (
 CREATE TABLE order_recipients (
     order_id TEXT PRIMARY KEY NOT NULL,
     customer_email TEXT NOT NULL
-);
+) WITHOUT ROWID;
 
 -- One message to one recipient caused by one event. `dedup_key` is unique: an e-mail's is
 -- its template, order (or event) and recipient, a webhook call's its event and webhook, so

@@ -18,7 +18,7 @@ CREATE TABLE orders (
     saga_error TEXT,
     created_at TIMESTAMP NOT NULL,
     updated_at TIMESTAMP NOT NULL
-);
+) WITHOUT ROWID;
 CREATE INDEX orders_by_customer ON orders (customer_email, id);
 CREATE INDEX orders_saga_due ON orders (saga_next_at) WHERE saga_step IS NOT NULL;
 
@@ -32,11 +32,11 @@ CREATE TABLE order_lines (
     unit_price BIGINT NOT NULL,
     line_total BIGINT NOT NULL,
     PRIMARY KEY (order_id, position)
-);
+) WITHOUT ROWID;
 
 CREATE TABLE idempotency_keys (
     idempotency_key TEXT PRIMARY KEY NOT NULL,
     request_hash TEXT NOT NULL,
     order_id TEXT NOT NULL REFERENCES orders (id),
     created_at TIMESTAMP NOT NULL
-);
+) WITHOUT ROWID;
