@@ -7,7 +7,8 @@
 # (BAZAAR_CONFIG=/path/in/container.toml).
 
 FROM rust:1.95-bookworm AS builder
-# libpq for diesel's PostgreSQL driver; SQLite is compiled in from source (bundled).
+# libpq for diesel's PostgreSQL driver (libpq-dev brings OpenSSL's headers, which openssl-sys
+# links against too); SQLite is compiled in from source (bundled).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libpq-dev \
  && rm -rf /var/lib/apt/lists/*
