@@ -1,6 +1,6 @@
 //! The one database code path, on SQLite and PostgreSQL: migrations, transactions that
-//! commit or roll back, honest errors for a database that cannot be reached, and SQLite's
-//! background checkpoint.
+//! commit or roll back, honest errors for a database that cannot be reached, the thread a
+//! read runs on, and SQLite's background checkpoint.
 
 mod common;
 
@@ -178,4 +178,34 @@ async fn failed_writes_leave_concurrent_ones_committed_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failed_writes_leave_concurrent_ones_committed_on_postgres() {
     failed_writes_leave_concurrent_ones_committed(Backend::Postgres).await;
+}
+
+/// Whether a read runs on the calling thread; `None` when the backend is not available
+/// (outside CI only: `TestDatabase` fails the test under CI).
+async fn a_read_runs_on_the_calling_thread(backend: Backend) -> Option<bool> {
+    let test_db = TestDatabase::new(backend)?;
+    let db = test_db.open(MIGRATIONS).await;
+    let caller = std::thread::current().id();
+    let reader = db
+        .read(|_conn| Ok::<_, TestError>(std::thread::current().id()))
+        .await
+        .expect("reads");
+    Some(reader == caller)
+}
+
+// On SQLite no hand-off to a blocking thread: the read is shorter than the hand-off.
+#[tokio::test]
+async fn a_sqlite_read_runs_on_the_calling_thread() {
+    assert_eq!(
+        a_read_runs_on_the_calling_thread(Backend::Sqlite).await,
+        Some(true)
+    );
+}
+
+// On PostgreSQL a round trip must not hold an executor thread.
+#[tokio::test]
+async fn a_postgres_read_runs_on_a_blocking_thread() {
+    if let Some(on_caller) = a_read_runs_on_the_calling_thread(Backend::Postgres).await {
+        assert!(!on_caller);
+    }
 }

@@ -1,11 +1,15 @@
 //! The one database code path for SQLite (the embedded default) and PostgreSQL.
 //!
 //! A module's repository is written once against [`DbConnection`], diesel's
-//! `MultiConnection` over both backends. No query runs on the async executor: reads (and
-//! PostgreSQL writes) take a pooled connection on tokio's blocking threads. SQLite allows
-//! one writer at a time, so on SQLite every [`Database::write`] goes to the database's one
-//! writer thread, which commits the writes waiting together (`sqlite_writer`); readers still
-//! run in parallel thanks to WAL. On PostgreSQL writers run concurrently and correctness
+//! `MultiConnection` over both backends. PostgreSQL reads and writes take a pooled
+//! connection on tokio's blocking threads: a network round trip must not hold an executor
+//! thread. A SQLite read runs on the calling thread itself: it reads pages the process
+//! mostly has in memory and takes microseconds, less than handing it to a blocking thread
+//! and back (which cost more CPU than the read, and 15-20 % of the orders/s measured in
+//! BENCHMARKS.md); the reader pool holds a connection per executor thread so that such a
+//! read never waits for one. SQLite allows one writer at a time, so on SQLite every
+//! [`Database::write`] goes to the database's one writer thread, which commits the writes
+//! waiting together (`sqlite_writer`); readers still run in parallel thanks to WAL. On PostgreSQL writers run concurrently and correctness
 //! comes from the statements themselves (conditional updates, unique keys).
 //!
 //! What a statement costs on SQLite: the connection keeps a `SELECT` or `INSERT` prepared,
@@ -241,8 +245,17 @@ impl Database {
                 DbError::Unavailable(format!("cannot create {}: {error}", folder.display()))
             })?;
         }
+        let max_size = match backend {
+            // Every executor thread may be inside a SQLite read at once (see the module docs).
+            Backend::Sqlite => std::thread::available_parallelism()
+                .map_or(1, |threads| {
+                    u32::try_from(threads.get()).unwrap_or(u32::MAX)
+                })
+                .max(options.max_size),
+            Backend::Postgres => options.max_size,
+        };
         let pool = r2d2::Pool::builder()
-            .max_size(options.max_size.max(1))
+            .max_size(max_size.max(1))
             .min_idle(Some(1))
             // No `SELECT 1` round trip before every checkout: a broken connection is
             // detected by `has_broken` and by the failing query itself, which the caller
@@ -274,13 +287,19 @@ impl Database {
         &self.inner.url
     }
 
-    /// Runs `work` with a pooled connection on a blocking thread.
+    /// Runs `work` with a pooled connection: on the calling thread on SQLite, on a
+    /// blocking thread on PostgreSQL (see the module docs). `work` is a few statements, not
+    /// a long computation.
     pub async fn read<T, E, F>(&self, work: F) -> Result<T, E>
     where
         F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
+        if self.inner.backend == Backend::Sqlite {
+            let mut conn = self.inner.checkout()?;
+            return work(&mut conn);
+        }
         let inner = Arc::clone(&self.inner);
         spawn_blocking(move || {
             let mut conn = inner.checkout()?;
