@@ -37,6 +37,24 @@ impl Inbox {
         F: FnOnce(&mut DbConnection, &mut Events) -> Result<(), E> + Send + 'static,
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
+        Ok(match self.apply_returning(event, effect).await? {
+            Some(()) => Applied::Handled,
+            None => Applied::Duplicate,
+        })
+    }
+
+    /// [`Inbox::apply`], answering what the effect answered, or `None` for an event handled
+    /// before (the effect did not run).
+    pub async fn apply_returning<T, E, F>(
+        &self,
+        event: &Envelope,
+        effect: F,
+    ) -> Result<Option<T>, E>
+    where
+        F: FnOnce(&mut DbConnection, &mut Events) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + From<diesel::result::Error> + Send + 'static,
+    {
         let consumer = self.consumer.clone();
         let event_id = event.id.to_string();
         self.db
@@ -47,9 +65,9 @@ impl Inbox {
                     .count()
                     .get_result(conn))?;
                 if seen > 0 {
-                    return Ok(Applied::Duplicate);
+                    return Ok(None);
                 }
-                effect(conn, events)?;
+                let answer = effect(conn, events)?;
                 crate::per_backend!(conn, |conn| diesel::insert_into(inbox::table)
                     .values((
                         inbox::consumer.eq(&consumer),
@@ -57,7 +75,7 @@ impl Inbox {
                         inbox::handled_at.eq(utc_now()),
                     ))
                     .execute(conn))?;
-                Ok(Applied::Handled)
+                Ok(Some(answer))
             })
             .await
     }

@@ -166,8 +166,32 @@ pub(crate) struct NewDelivery {
     pub(crate) status: String,
     pub(crate) attempts: i64,
     pub(crate) next_attempt_at: NaiveDateTime,
+    /// Set when the recording handler attempts the delivery itself right after commit.
+    pub(crate) claimed_until: Option<NaiveDateTime>,
     pub(crate) created_at: NaiveDateTime,
     pub(crate) updated_at: NaiveDateTime,
+}
+
+impl NewDelivery {
+    /// The row as the database now holds it.
+    pub(crate) fn into_row(self) -> DeliveryRow {
+        DeliveryRow {
+            id: self.id,
+            event_id: self.event_id,
+            channel: self.channel,
+            recipient: self.recipient,
+            template: self.template,
+            webhook_id: self.webhook_id,
+            subject: self.subject,
+            text_body: self.text_body,
+            html_body: self.html_body,
+            payload: self.payload,
+            status: self.status,
+            attempts: self.attempts,
+            last_error: None,
+            created_at: self.created_at,
+        }
+    }
 }
 
 /// Records a delivery unless one with its `dedup_key` exists; answers whether it did.

@@ -14,7 +14,7 @@ use notifications_contract::{
     NotificationsSettings, Webhook,
 };
 use orders_contract::{OrderCancelled, OrderConfirmed, OrderRejected};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::channels::{self, Failure, Mail, Mailer, WebhookSender};
@@ -48,13 +48,16 @@ const MAX_DELIVERIES_PER_ORDER: i64 = 1000;
 /// Notifications' behaviour: the event handler that records deliveries, the delivery
 /// worker that performs them, the webhook admin operations and the delivery log.
 ///
-/// The handler never sends anything: in the transaction of its inbox record it records one
-/// delivery per e-mail and per matching webhook, each under a unique `dedup_key` (an
-/// e-mail's: template, order and recipient), so that a redelivered event — or a second
-/// event about the same outcome — records nothing new. The worker
-/// ([`NotificationsService::run_worker`]) claims due deliveries under a lease and sends
-/// each in a task of its own, at most `notifications.concurrency` at once, so a slow or
-/// dead endpoint holds one slot and delays nothing else. A failed attempt is retried with
+/// The handler sends nothing before its record is committed: in the transaction of its
+/// inbox record it records one delivery per e-mail and per matching webhook, each under a
+/// unique `dedup_key` (an e-mail's: template, order and recipient), so that a redelivered
+/// event — or a second event about the same outcome — records nothing new. Every attempt
+/// holds a lease on its delivery (`claimed_until`) and one of `notifications.concurrency`
+/// slots, and runs in a task of its own, so a slow or dead endpoint holds one slot and
+/// delays nothing else. The handler records the e-mails it has free slots for already
+/// leased, and attempts them once committed; the worker
+/// ([`NotificationsService::run_worker`]) claims everything else that is due — webhooks,
+/// e-mails beyond the free slots, retries, leases that lapsed with a stopped process. A failed attempt is retried with
 /// exponential backoff and jitter (`retrying`) until `notifications.max_attempts`, then the
 /// delivery is `failed` with its last error.
 #[derive(Debug, Clone)]
@@ -65,6 +68,9 @@ pub struct NotificationsService {
     mailer: Arc<Mailer>,
     webhooks: WebhookSender,
     backoff: Backoff,
+    /// Attempts under way, at most `notifications.concurrency`: the worker's and those the
+    /// handler starts itself.
+    slots: Arc<Semaphore>,
     wake: Arc<Notify>,
 }
 
@@ -176,14 +182,27 @@ fn order_of(event: &Envelope) -> Option<Uuid> {
         .flatten()
 }
 
-/// Records the deliveries of `plan` (in the inbox's transaction).
+/// The e-mails the recording handler sends itself, right after commit, with the worker's
+/// slots it holds for them: they are recorded already claimed for `lease`, which spares the
+/// worker a claim (a write) per e-mail, and the worker takes them over only if that claim
+/// lapses (the process stopped before sending).
+struct SendNow {
+    count: usize,
+    lease: TimeDelta,
+}
+
+/// Records the deliveries of `plan` (in the inbox's transaction); answers those recorded
+/// claimed, for the caller to attempt.
 fn record(
     conn: &mut DbConnection,
     event: &Envelope,
     plan: Plan,
     mail_channel: Channel,
-) -> Result<(), Error> {
+    send_now: &SendNow,
+) -> Result<Vec<DeliveryRow>, Error> {
     let at = repo::now();
+    let claimed_until = at.checked_add_signed(send_now.lease).unwrap_or(at);
+    let mut claimed = Vec::new();
     let order_id = order_of(event).map(|id| id.to_string());
     let new =
         |dedup_key: String, channel: Channel, recipient: String, template: &str| NewDelivery {
@@ -203,6 +222,7 @@ fn record(
             status: DeliveryStatus::Retrying.as_str().to_owned(),
             attempts: 0,
             next_attempt_at: at,
+            claimed_until: None,
             created_at: at,
             updated_at: at,
         };
@@ -228,7 +248,13 @@ fn record(
         delivery.subject = Some(mail.rendered.subject);
         delivery.text_body = Some(mail.rendered.text);
         delivery.html_body = Some(mail.rendered.html);
-        repo::insert_delivery(conn, &delivery)?;
+        let send = claimed.len() < send_now.count;
+        if send {
+            delivery.claimed_until = Some(claimed_until);
+        }
+        if repo::insert_delivery(conn, &delivery)? && send {
+            claimed.push(delivery.into_row());
+        }
     }
     let hooks: Vec<WebhookRow> = repo::all_webhooks(conn)?
         .into_iter()
@@ -245,7 +271,7 @@ fn record(
             repo::insert_delivery(conn, &delivery)?;
         }
     }
-    Ok(())
+    Ok(claimed)
 }
 
 /// Checks a webhook subscription; the message names the field.
@@ -316,6 +342,7 @@ impl NotificationsService {
             webhooks: WebhookSender::new(settings.webhook_timeout),
             backoff: Backoff::from_settings(settings),
             settings: Arc::new(settings.clone()),
+            slots: Arc::new(Semaphore::new(settings.concurrency.max(1))),
             wake: Arc::new(Notify::new()),
             db,
         }
@@ -329,8 +356,8 @@ impl NotificationsService {
         }
     }
 
-    /// Applies one event once: records its deliveries together with the inbox record, and
-    /// wakes the worker. A redelivered event answers [`Applied::Duplicate`] and records
+    /// Applies one event once: records its deliveries together with the inbox record,
+    /// starts the e-mails it holds slots for, and wakes the worker for the rest. A redelivered event answers [`Applied::Duplicate`] and records
     /// nothing; an event that asks for no e-mail and that no webhook wants is answered
     /// [`Applied::Handled`] without writing anything.
     pub async fn handle(&self, event: &Envelope) -> Result<Applied, Error> {
@@ -356,16 +383,41 @@ impl NotificationsService {
         }
         let channel = self.mail_channel();
         let owned = event.clone();
-        let applied = self
+        // A slot free now is taken for an e-mail of this event, sent as soon as it is
+        // recorded; e-mails beyond the free slots, and webhooks, are left to the worker.
+        let slots: Vec<OwnedSemaphorePermit> = plan
+            .mails
+            .iter()
+            .map_while(|_| Arc::clone(&self.slots).try_acquire_owned().ok())
+            .collect();
+        let send_now = SendNow {
+            count: slots.len(),
+            lease: self.lease(),
+        };
+        let recorded = self
             .inbox
-            .apply(event, move |conn, _events| {
-                record(conn, &owned, plan, channel)
+            .apply_returning(event, move |conn, _events| {
+                record(conn, &owned, plan, channel, &send_now)
             })
             .await?;
-        if applied == Applied::Handled {
-            self.wake.notify_one();
+        let Some(claimed) = recorded else {
+            return Ok(Applied::Duplicate);
+        };
+        for (row, slot) in claimed.into_iter().zip(slots) {
+            self.spawn_attempt(row, slot);
         }
-        Ok(applied)
+        self.wake.notify_one();
+        Ok(Applied::Handled)
+    }
+
+    /// Attempts a claimed delivery in a task of its own, holding `slot` until it is done.
+    fn spawn_attempt(&self, row: DeliveryRow, slot: OwnedSemaphorePermit) {
+        let service = self.clone();
+        tokio::spawn(async move {
+            service.attempt(row).await;
+            drop(slot);
+            service.wake.notify_one();
+        });
     }
 
     /// The delivery log in creation order, of one order if `order_id` is given.
@@ -559,24 +611,18 @@ impl NotificationsService {
 
     /// The delivery worker: runs until its task is aborted.
     pub async fn run_worker(self) {
-        let slots = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
         loop {
-            let free = slots.available_permits();
+            let free = self.slots.available_permits();
             let mut claimed_all = false;
             if free > 0 {
                 match self.claim_due(free).await {
                     Ok(claimed) => {
                         claimed_all = claimed.len() == free;
                         for row in claimed {
-                            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                            let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
                                 return;
                             };
-                            let service = self.clone();
-                            tokio::spawn(async move {
-                                service.attempt(row).await;
-                                drop(slot);
-                                service.wake.notify_one();
-                            });
+                            self.spawn_attempt(row, slot);
                         }
                     }
                     Err(error) => {
@@ -584,7 +630,7 @@ impl NotificationsService {
                     }
                 }
             }
-            if claimed_all && slots.available_permits() > 0 {
+            if claimed_all && self.slots.available_permits() > 0 {
                 continue;
             }
             tokio::select! {

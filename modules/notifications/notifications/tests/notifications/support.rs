@@ -57,6 +57,18 @@ impl Local {
         files
     }
 
+    /// Waits until `count` `.eml` files are written, and answers them.
+    pub(crate) async fn wait_for_eml_files(&self, count: usize) -> Vec<PathBuf> {
+        for _ in 0..300 {
+            let files = self.eml_files();
+            if files.len() >= count {
+                return files;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("never {count} e-mail files: {:?}", self.eml_files());
+    }
+
     /// Waits until every delivery of `order_id` is settled the way `done` says, and
     /// answers them.
     pub(crate) async fn wait_for(

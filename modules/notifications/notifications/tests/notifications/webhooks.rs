@@ -306,3 +306,76 @@ async fn a_deleted_webhook_gets_no_more_calls() {
     assert_eq!(hook.last_error.as_deref(), Some("webhook deleted"));
     assert!(state.calls.lock().expect("lock").is_empty());
 }
+
+/// The handler sends an e-mail itself only with a free slot of `notifications.concurrency`:
+/// while a slow webhook holds the only slot, the next order's e-mail is recorded, left
+/// unattempted, and sent by the worker once the slot is free.
+#[tokio::test]
+async fn an_e_mail_waits_for_a_free_slot() {
+    let settings = notifications_contract::NotificationsSettings {
+        concurrency: 1,
+        max_attempts: 1,
+        ..quick_settings()
+    };
+    let local = support::local(Backend::Sqlite, settings)
+        .await
+        .expect("sqlite");
+    // Slower than `webhook_timeout` (500 ms): the call holds the slot until it times out.
+    let (slow_url, slow) = receiver(&[], Duration::from_secs(3)).await;
+    let service = local.module.service();
+    service
+        .create_webhook(subscription(&slow_url, "k"))
+        .await
+        .expect("created");
+    let workers = local.module.spawn_workers();
+    let is_email = |channel: Channel| matches!(channel, Channel::File | Channel::Email);
+
+    let first = order(OrderStatus::Confirmed, "ada@example.com");
+    service.handle(&order_event(&first)).await.expect("handled");
+    local
+        .wait_for(first.id, |log| {
+            log.iter()
+                .any(|d| is_email(d.channel) && d.status == DeliveryStatus::Sent)
+        })
+        .await;
+    for _ in 0..100 {
+        if !slow.calls.lock().expect("lock").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        slow.calls.lock().expect("lock").len(),
+        1,
+        "the webhook call is under way"
+    );
+
+    let second = order(OrderStatus::Confirmed, "bob@example.com");
+    service
+        .handle(&order_event(&second))
+        .await
+        .expect("handled");
+    // Long enough for an attempt to be made, well within the webhook's 500 ms.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let log = local
+        .module
+        .port()
+        .deliveries(second.id)
+        .await
+        .expect("log");
+    let e_mail = log.iter().find(|d| is_email(d.channel)).expect("recorded");
+    assert_eq!(
+        (e_mail.status, e_mail.attempts),
+        (DeliveryStatus::Retrying, 0),
+        "no slot, so not attempted yet: {log:?}"
+    );
+    local
+        .wait_for(second.id, |log| {
+            log.iter()
+                .any(|d| is_email(d.channel) && d.status == DeliveryStatus::Sent)
+        })
+        .await;
+    for worker in workers {
+        worker.abort();
+    }
+}
