@@ -278,16 +278,15 @@ pub(crate) fn list_deliveries(
 /// never keeps an `IN` list's statement prepared.)
 const OPEN: &str = "retrying";
 
-/// Claims up to `limit` deliveries whose next attempt is due at `at` and that no live
-/// worker holds, until `until`; answers them.
-pub(crate) fn claim_due(
+/// Up to `limit` deliveries whose next attempt is due at `at` and that no live worker
+/// holds, oldest first. A read: most wake-ups of the worker find nothing.
+pub(crate) fn due(
     conn: &mut DbConnection,
     at: NaiveDateTime,
-    until: NaiveDateTime,
     limit: i64,
-) -> QueryResult<Vec<DeliveryRow>> {
+) -> QueryResult<Vec<String>> {
     per_backend!(conn, |conn| {
-        let due: Vec<String> = deliveries::table
+        deliveries::table
             .filter(deliveries::status.eq(OPEN))
             .filter(deliveries::next_attempt_at.le(at))
             .filter(
@@ -298,12 +297,23 @@ pub(crate) fn claim_due(
             .order((deliveries::next_attempt_at.asc(), deliveries::id.asc()))
             .select(deliveries::id)
             .limit(limit)
-            .load(conn)?;
-        let mut claimed = Vec::with_capacity(due.len());
-        for id in due {
+            .load(conn)
+    })
+}
+
+/// Claims those of `ids` still open and unheld at `at`, until `until`; answers them.
+pub(crate) fn claim(
+    conn: &mut DbConnection,
+    ids: &[String],
+    at: NaiveDateTime,
+    until: NaiveDateTime,
+) -> QueryResult<Vec<DeliveryRow>> {
+    per_backend!(conn, |conn| {
+        let mut claimed = Vec::with_capacity(ids.len());
+        for id in ids {
             let won = update(
                 deliveries::table,
-                deliveries::id.eq(&id).and(deliveries::status.eq(OPEN)).and(
+                deliveries::id.eq(id).and(deliveries::status.eq(OPEN)).and(
                     deliveries::claimed_until
                         .is_null()
                         .or(deliveries::claimed_until.lt(at)),
@@ -314,7 +324,7 @@ pub(crate) fn claim_due(
             if won == 1 {
                 claimed.push(
                     deliveries::table
-                        .find(&id)
+                        .find(id)
                         .select(DeliveryRow::as_select())
                         .get_result(conn)?,
                 );

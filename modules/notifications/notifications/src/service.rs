@@ -191,18 +191,26 @@ struct SendNow {
     lease: TimeDelta,
 }
 
-/// Records the deliveries of `plan` (in the inbox's transaction); answers those recorded
-/// claimed, for the caller to attempt.
+/// What [`record`] recorded.
+#[derive(Default)]
+struct Recorded {
+    /// Recorded leased, for the caller to attempt.
+    claimed: Vec<DeliveryRow>,
+    /// Whether deliveries were recorded for the worker.
+    for_worker: bool,
+}
+
+/// Records the deliveries of `plan` (in the inbox's transaction).
 fn record(
     conn: &mut DbConnection,
     event: &Envelope,
     plan: Plan,
     mail_channel: Channel,
     send_now: &SendNow,
-) -> Result<Vec<DeliveryRow>, Error> {
+) -> Result<Recorded, Error> {
     let at = repo::now();
     let claimed_until = at.checked_add_signed(send_now.lease).unwrap_or(at);
-    let mut claimed = Vec::new();
+    let mut recorded = Recorded::default();
     let order_id = order_of(event).map(|id| id.to_string());
     let new =
         |dedup_key: String, channel: Channel, recipient: String, template: &str| NewDelivery {
@@ -248,12 +256,16 @@ fn record(
         delivery.subject = Some(mail.rendered.subject);
         delivery.text_body = Some(mail.rendered.text);
         delivery.html_body = Some(mail.rendered.html);
-        let send = claimed.len() < send_now.count;
+        let send = recorded.claimed.len() < send_now.count;
         if send {
             delivery.claimed_until = Some(claimed_until);
         }
-        if repo::insert_delivery(conn, &delivery)? && send {
-            claimed.push(delivery.into_row());
+        if repo::insert_delivery(conn, &delivery)? {
+            if send {
+                recorded.claimed.push(delivery.into_row());
+            } else {
+                recorded.for_worker = true;
+            }
         }
     }
     let hooks: Vec<WebhookRow> = repo::all_webhooks(conn)?
@@ -268,10 +280,10 @@ fn record(
             let mut delivery = new(dedup_key, Channel::Webhook, hook.url, &event.event_type);
             delivery.webhook_id = Some(hook.id);
             delivery.payload = Some(body.clone());
-            repo::insert_delivery(conn, &delivery)?;
+            recorded.for_worker |= repo::insert_delivery(conn, &delivery)?;
         }
     }
-    Ok(claimed)
+    Ok(recorded)
 }
 
 /// Checks a webhook subscription; the message names the field.
@@ -400,13 +412,15 @@ impl NotificationsService {
                 record(conn, &owned, plan, channel, &send_now)
             })
             .await?;
-        let Some(claimed) = recorded else {
+        let Some(recorded) = recorded else {
             return Ok(Applied::Duplicate);
         };
-        for (row, slot) in claimed.into_iter().zip(slots) {
+        for (row, slot) in recorded.claimed.into_iter().zip(slots) {
             self.spawn_attempt(row, slot);
         }
-        self.wake.notify_one();
+        if recorded.for_worker {
+            self.wake.notify_one();
+        }
         Ok(Applied::Handled)
     }
 
@@ -512,14 +526,26 @@ impl NotificationsService {
         TimeDelta::from_std(longest).unwrap_or(TimeDelta::MAX)
     }
 
+    /// Claims up to `limit` due deliveries: found by a read, claimed by a write only if
+    /// there are any (the claim checks again that nobody took them in between).
     async fn claim_due(&self, limit: usize) -> Result<Vec<DeliveryRow>, Error> {
+        // Always the same LIMIT: a new value bound to `LIMIT ?` makes SQLite plan again.
+        let most = i64::try_from(self.settings.concurrency.max(1)).unwrap_or(i64::MAX);
+        let at = repo::now();
+        let mut ids = self
+            .db
+            .read(move |conn| repo::due(conn, at, most).map_err(Error::from))
+            .await?;
+        ids.truncate(limit);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let lease = self.lease();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.db
             .write(move |conn| {
                 let at = repo::now();
                 let until = at.checked_add_signed(lease).unwrap_or(at);
-                repo::claim_due(conn, at, until, limit).map_err(Error::from)
+                repo::claim(conn, &ids, at, until).map_err(Error::from)
             })
             .await
     }

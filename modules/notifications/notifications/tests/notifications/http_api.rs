@@ -5,7 +5,9 @@ use actix_web::test::{self, TestRequest};
 use chassis::db::Backend;
 use chassis::remote::RemoteSettings;
 use chassis::secret::Secret;
-use notifications_contract::{HttpNotifications, Notifications, NotificationsError};
+use notifications_contract::{
+    DeliveryStatus, HttpNotifications, Notifications, NotificationsError,
+};
 use orders_contract::OrderStatus;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -265,12 +267,11 @@ async fn the_delivery_log_is_filtered_by_order_and_paged() {
             .await
             .expect("handled");
     }
-    local
-        .module
-        .service()
-        .deliver_due()
-        .await
-        .expect("delivered");
+    for order in &orders {
+        local
+            .wait_for(order.id, support::all(1, DeliveryStatus::Sent))
+            .await;
+    }
 
     let all: Value = test::call_and_read_body_json(
         &service,
@@ -382,11 +383,8 @@ async fn the_remote_client_answers_like_the_service(backend: Backend) {
         .await
         .expect("handled");
     local
-        .module
-        .service()
-        .deliver_due()
-        .await
-        .expect("delivered");
+        .wait_for(order.id, support::all(1, DeliveryStatus::Sent))
+        .await;
     let server = RemoteServer::start(&local.module).await;
     let client = HttpNotifications::new(
         server.url.clone(),
