@@ -1,3 +1,2 @@
 DROP TABLE deliveries;
-DROP TABLE order_recipients;
 DROP TABLE webhooks;

@@ -8,13 +8,6 @@ CREATE TABLE webhooks (
     created_at TIMESTAMP NOT NULL
 );
 
--- Whom an order's e-mails go to, learnt from the orders' events (billing's refund event
--- does not carry the customer's address, and a consumer never calls back).
-CREATE TABLE order_recipients (
-    order_id TEXT PRIMARY KEY NOT NULL,
-    customer_email TEXT NOT NULL
-) WITHOUT ROWID;
-
 -- One message to one recipient caused by one event. `dedup_key` is unique: an e-mail's is
 -- its template, order (or event) and recipient, a webhook call's its event and webhook, so
 -- that no redelivery of an event, nor a second event about the same outcome, sends twice.

@@ -11,7 +11,7 @@ use diesel::prelude::*;
 use notifications_contract::{Channel, Delivery, DeliveryStatus, Webhook};
 use uuid::Uuid;
 
-use crate::schema::{deliveries, order_recipients, webhooks};
+use crate::schema::{deliveries, webhooks};
 
 pub(crate) use chassis::db::utc_now as now;
 
@@ -110,39 +110,18 @@ pub(crate) fn delete_webhook(conn: &mut DbConnection, id: Uuid) -> QueryResult<b
     })
 }
 
-/// Remembers (or updates) whom an order's e-mails go to.
-pub(crate) fn remember_recipient(
-    conn: &mut DbConnection,
-    order_id: Uuid,
-    email: &str,
-) -> QueryResult<()> {
+/// Whom an order's e-mails go to: the recipient of an e-mail already recorded about the
+/// order. Every order event records one to the order's customer, so the customer is known
+/// from the order's first event on, without a table of its own.
+pub(crate) fn customer_of(conn: &mut DbConnection, order_id: Uuid) -> QueryResult<Option<String>> {
     per_backend!(conn, |conn| {
-        let key = order_id.to_string();
-        let updated = update(
-            order_recipients::table,
-            order_recipients::order_id.eq(&key),
-            order_recipients::customer_email.eq(email),
-        )
-        .execute(conn)?;
-        if updated == 0 {
-            diesel::insert_into(order_recipients::table)
-                .values((
-                    order_recipients::order_id.eq(&key),
-                    order_recipients::customer_email.eq(email),
-                ))
-                .execute(conn)?;
-        }
-        Ok(())
-    })
-}
-
-pub(crate) fn recipient_of(conn: &mut DbConnection, order_id: Uuid) -> QueryResult<Option<String>> {
-    per_backend!(conn, |conn| {
-        order_recipients::table
-            .find(order_id.to_string())
-            .select(order_recipients::customer_email)
-            .get_result(conn)
-            .optional()
+        let recipients: Vec<String> = deliveries::table
+            .filter(deliveries::order_id.eq(order_id.to_string()))
+            .filter(deliveries::channel.ne(Channel::Webhook.as_str()))
+            .order(deliveries::id.asc())
+            .select(deliveries::recipient)
+            .load(conn)?;
+        Ok(recipients.into_iter().next())
     })
 }
 

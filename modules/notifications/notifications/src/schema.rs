@@ -11,13 +11,6 @@ diesel::table! {
 }
 
 diesel::table! {
-    order_recipients (order_id) {
-        order_id -> Text,
-        customer_email -> Text,
-    }
-}
-
-diesel::table! {
     deliveries (id) {
         id -> Text,
         dedup_key -> Text,
@@ -42,4 +35,4 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(webhooks, order_recipients, deliveries);
+diesel::allow_tables_to_appear_in_same_query!(webhooks, deliveries);

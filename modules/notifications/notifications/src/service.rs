@@ -95,8 +95,6 @@ struct PlannedMail {
 /// What an event asks of this module.
 #[derive(Debug, Clone, Default)]
 struct Plan {
-    /// An order's customer, to remember for later events about the order.
-    remember: Option<(Uuid, String)>,
     mails: Vec<PlannedMail>,
 }
 
@@ -114,7 +112,6 @@ fn plan(event: &Envelope, operator_email: &str) -> Result<Plan, Error> {
     use catalog_contract::event_types as catalog;
     use orders_contract::event_types as orders;
     let order_mail = |template, order: &orders_contract::Order, rendered| Plan {
-        remember: Some((order.id, order.customer_email.clone())),
         mails: vec![PlannedMail {
             template,
             to: To::Address(order.customer_email.clone()),
@@ -150,7 +147,6 @@ fn plan(event: &Envelope, operator_email: &str) -> Result<Plan, Error> {
         billing::PAYMENT_REFUNDED => {
             let refund: PaymentRefunded = payload(event)?;
             Plan {
-                remember: None,
                 mails: vec![PlannedMail {
                     template: template::PAYMENT_REFUNDED,
                     to: To::CustomerOf(refund.order_id),
@@ -162,7 +158,6 @@ fn plan(event: &Envelope, operator_email: &str) -> Result<Plan, Error> {
         catalog::STOCK_LOW => {
             let stock: StockLow = payload(event)?;
             Plan {
-                remember: None,
                 mails: vec![PlannedMail {
                     template: template::STOCK_LOW,
                     to: To::Address(operator_email.to_owned()),
@@ -234,13 +229,10 @@ fn record(
             created_at: at,
             updated_at: at,
         };
-    if let Some((order, email)) = &plan.remember {
-        repo::remember_recipient(conn, *order, email)?;
-    }
     for mail in plan.mails {
         let recipient = match mail.to {
             To::Address(address) => address,
-            To::CustomerOf(order) => repo::recipient_of(conn, order)?.ok_or_else(|| {
+            To::CustomerOf(order) => repo::customer_of(conn, order)?.ok_or_else(|| {
                 Error::Event(format!(
                     "the customer of order {order} is not known yet (no order event seen)"
                 ))
@@ -374,7 +366,7 @@ impl NotificationsService {
     /// [`Applied::Handled`] without writing anything.
     pub async fn handle(&self, event: &Envelope) -> Result<Applied, Error> {
         let plan = plan(event, &self.settings.operator_email)?;
-        if plan.mails.is_empty() && plan.remember.is_none() {
+        if plan.mails.is_empty() {
             // Most events (every payment captured, say) ask for nothing unless a webhook
             // wants them: such an event is settled by a read, not a write — a redelivery
             // finds nothing to do either, so there is nothing for the inbox to guard.
@@ -739,7 +731,7 @@ mod tests {
         )
         .expect("event");
         let plan = plan(&event, "op@example.com").expect("planned");
-        assert!(plan.mails.is_empty() && plan.remember.is_none());
+        assert!(plan.mails.is_empty());
     }
 
     #[test]
