@@ -9,8 +9,9 @@
 //! BENCHMARKS.md); the reader pool holds a connection per executor thread so that such a
 //! read never waits for one. SQLite allows one writer at a time, so on SQLite every
 //! [`Database::write`] goes to the database's one writer thread, which commits the writes
-//! waiting together (`sqlite_writer`); readers still run in parallel thanks to WAL. On PostgreSQL writers run concurrently and correctness
-//! comes from the statements themselves (conditional updates, unique keys).
+//! waiting together (`sqlite_writer`); readers still run in parallel thanks to WAL. On
+//! PostgreSQL writers run concurrently and correctness comes from the statements
+//! themselves (conditional updates, unique keys).
 //!
 //! What a statement costs on SQLite: the connection keeps a `SELECT` or `INSERT` prepared,
 //! so it is parsed once; diesel never keeps its own `UPDATE`s, upserts or `IN` lists, so
@@ -308,8 +309,9 @@ impl Database {
         .await
     }
 
-    /// Runs `work` inside one transaction on a blocking thread: committed if it returns
-    /// `Ok`, rolled back if it returns `Err`.
+    /// Runs `work` inside one transaction, committed if it returns `Ok`, rolled back if it
+    /// returns `Err`: on SQLite on the writer thread (with group commit), on PostgreSQL on
+    /// a blocking thread.
     pub async fn write<T, E, F>(&self, work: F) -> Result<T, E>
     where
         F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
@@ -444,8 +446,6 @@ struct Manager {
     url: DatabaseUrl,
 }
 
-/// `wal_autocheckpoint` is only a backstop: each database's checkpointer thread keeps the
-/// WAL far smaller (`sqlite_writer.rs`), off the writer's path.
 /// Every PostgreSQL connection the chassis opens goes through here.
 ///
 /// libpq initialises the system OpenSSL on its first connection, and OpenSSL then frees
@@ -457,6 +457,8 @@ pub(crate) fn establish_postgres(url: &str) -> diesel::ConnectionResult<diesel::
     diesel::PgConnection::establish(url)
 }
 
+/// `wal_autocheckpoint` is only a backstop: each database's checkpointer thread keeps the
+/// WAL far smaller (`sqlite_writer.rs`), off the writer's path.
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
      PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 10000;";
 

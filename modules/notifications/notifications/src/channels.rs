@@ -1,6 +1,7 @@
 //! How a delivery travels: SMTP (lettre), an `.eml` file, or a signed webhook POST.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::message::{Mailbox, MultiPart};
@@ -53,15 +54,21 @@ pub(crate) fn message(from: &str, mail: &Mail<'_>) -> Result<Message, Failure> {
 #[derive(Clone)]
 pub(crate) enum Mailer {
     Smtp(Result<AsyncSmtpTransport<Tokio1Executor>, String>),
-    /// `<data_dir>/outbox-mail/`.
-    File(PathBuf),
+    /// `<data_dir>/outbox-mail/`, written one file at a time: creating a file locks the
+    /// folder, and where creating one is slow (ext4 without a journal, after many files were
+    /// deleted, scans past every inode freed in the last minutes) concurrent writers would
+    /// only spin on that lock, taking the CPU the rest of the process needs.
+    File {
+        folder: PathBuf,
+        writing: Arc<tokio::sync::Mutex<()>>,
+    },
 }
 
 impl std::fmt::Debug for Mailer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Mailer::Smtp(_) => f.write_str("Mailer::Smtp"),
-            Mailer::File(folder) => f.debug_tuple("Mailer::File").field(folder).finish(),
+            Mailer::File { folder, .. } => f.debug_tuple("Mailer::File").field(folder).finish(),
         }
     }
 }
@@ -78,7 +85,10 @@ impl Mailer {
                     .map_err(|error| format!("notifications.smtp_url: {error}"));
                 Mailer::Smtp(transport)
             }
-            None => Mailer::File(data_dir.join("outbox-mail")),
+            None => Mailer::File {
+                folder: data_dir.join("outbox-mail"),
+                writing: Arc::new(tokio::sync::Mutex::new(())),
+            },
         }
     }
 
@@ -92,10 +102,11 @@ impl Mailer {
                 }
                 Err(error) => Err(Failure::Transient(format!("SMTP: {error}"))),
             },
-            Mailer::File(folder) => {
+            Mailer::File { folder, writing } => {
                 let folder = folder.clone();
                 let name = format!("{id}.eml");
                 let bytes = message.formatted();
+                let _one_at_a_time = writing.lock().await;
                 tokio::task::spawn_blocking(move || write_eml(&folder, &name, &bytes))
                     .await
                     .map_err(|error| Failure::Transient(format!("file channel: {error}")))?

@@ -57,9 +57,9 @@ const MAX_DELIVERIES_PER_ORDER: i64 = 1000;
 /// delays nothing else. The handler records the e-mails it has free slots for already
 /// leased, and attempts them once committed; the worker
 /// ([`NotificationsService::run_worker`]) claims everything else that is due — webhooks,
-/// e-mails beyond the free slots, retries, leases that lapsed with a stopped process. A failed attempt is retried with
-/// exponential backoff and jitter (`retrying`) until `notifications.max_attempts`, then the
-/// delivery is `failed` with its last error.
+/// e-mails beyond the free slots, retries, leases that lapsed with a stopped process. A
+/// failed attempt is retried with exponential backoff and jitter (`retrying`) until
+/// `notifications.max_attempts`, then the delivery is `failed` with its last error.
 #[derive(Debug, Clone)]
 pub struct NotificationsService {
     db: Database,
@@ -356,14 +356,15 @@ impl NotificationsService {
     pub fn mail_channel(&self) -> Channel {
         match *self.mailer {
             Mailer::Smtp(_) => Channel::Email,
-            Mailer::File(_) => Channel::File,
+            Mailer::File { .. } => Channel::File,
         }
     }
 
     /// Applies one event once: records its deliveries together with the inbox record,
-    /// starts the e-mails it holds slots for, and wakes the worker for the rest. A redelivered event answers [`Applied::Duplicate`] and records
-    /// nothing; an event that asks for no e-mail and that no webhook wants is answered
-    /// [`Applied::Handled`] without writing anything.
+    /// starts the e-mails it holds slots for, and wakes the worker for the rest. A
+    /// redelivered event answers [`Applied::Duplicate`] and records nothing; an event that
+    /// asks for no e-mail and that no webhook wants is answered [`Applied::Handled`]
+    /// without writing anything.
     pub async fn handle(&self, event: &Envelope) -> Result<Applied, Error> {
         let plan = plan(event, &self.settings.operator_email)?;
         if plan.mails.is_empty() {
