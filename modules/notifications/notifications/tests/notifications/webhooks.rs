@@ -9,7 +9,7 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use chassis::db::Backend;
 use chassis::module::LocalModule;
 use hmac::{Hmac, Mac};
-use notifications_contract::{Channel, CreateWebhook, DeliveryStatus};
+use notifications_contract::{Channel, CreateWebhook, Delivery, DeliveryStatus};
 use orders_contract::OrderStatus;
 use sha2::Sha256;
 
@@ -329,15 +329,14 @@ async fn an_e_mail_waits_for_a_free_slot() {
         .expect("created");
     let workers = local.module.spawn_workers();
     let is_email = |channel: Channel| matches!(channel, Channel::File | Channel::Email);
+    let e_mail_sent = |log: &[Delivery]| {
+        log.iter()
+            .any(|d| is_email(d.channel) && d.status == DeliveryStatus::Sent)
+    };
 
     let first = order(OrderStatus::Confirmed, "ada@example.com");
     service.handle(&order_event(&first)).await.expect("handled");
-    local
-        .wait_for(first.id, |log| {
-            log.iter()
-                .any(|d| is_email(d.channel) && d.status == DeliveryStatus::Sent)
-        })
-        .await;
+    local.wait_for(first.id, e_mail_sent).await;
     for _ in 0..100 {
         if !slow.calls.lock().expect("lock").is_empty() {
             break;
@@ -369,12 +368,7 @@ async fn an_e_mail_waits_for_a_free_slot() {
         (DeliveryStatus::Retrying, 0),
         "no slot, so not attempted yet: {log:?}"
     );
-    local
-        .wait_for(second.id, |log| {
-            log.iter()
-                .any(|d| is_email(d.channel) && d.status == DeliveryStatus::Sent)
-        })
-        .await;
+    local.wait_for(second.id, e_mail_sent).await;
     for worker in workers {
         worker.abort();
     }
