@@ -6,8 +6,9 @@
 //! thread. A SQLite read runs on the calling thread itself: it reads pages the process
 //! mostly has in memory and takes microseconds, less than handing it to a blocking thread
 //! and back (which cost more CPU than the read, and 15-20 % of the orders/s measured in
-//! BENCHMARKS.md); the reader pool holds a connection per executor thread so that such a
-//! read never waits for one. SQLite allows one writer at a time, so on SQLite every
+//! BENCHMARKS.md). The reader pool has at least a connection per core, and a read holds
+//! its connection only for its few statements, never across an `.await`, so a read that
+//! finds them all taken waits microseconds. SQLite allows one writer at a time, so on SQLite every
 //! [`Database::write`] goes to the database's one writer thread, which commits the writes
 //! waiting together (`sqlite_writer`); readers still run in parallel thanks to WAL. On
 //! PostgreSQL writers run concurrently and correctness comes from the statements
@@ -247,7 +248,7 @@ impl Database {
             })?;
         }
         let max_size = match backend {
-            // Every executor thread may be inside a SQLite read at once (see the module docs).
+            // An executor thread per core may be inside a SQLite read at once (module docs).
             Backend::Sqlite => std::thread::available_parallelism()
                 .map_or(1, |threads| {
                     u32::try_from(threads.get()).unwrap_or(u32::MAX)
