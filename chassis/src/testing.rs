@@ -188,6 +188,8 @@ impl TestServer {
         let server = match actix_web::HttpServer::new(move || module_app(module.clone()))
             .workers(1)
             .disable_signals()
+            // `stop` closes every connection at once, kept-alive ones included.
+            .shutdown_timeout(0)
             .listen(listener)
         {
             Ok(server) => server.run(),
@@ -202,8 +204,11 @@ impl TestServer {
         Self { url, handle }
     }
 
+    /// Answers once the server is gone: its worker stopped, every connection closed. (A
+    /// stop that does not wait for the worker leaves a kept-alive connection answering a
+    /// request or two more, which made "unavailable once stopped" tests flaky.)
     pub async fn stop(self) {
-        self.handle.stop(false).await;
+        self.handle.stop(true).await;
     }
 }
 
