@@ -54,21 +54,60 @@ pub(crate) fn message(from: &str, mail: &Mail<'_>) -> Result<Message, Failure> {
 #[derive(Clone)]
 pub(crate) enum Mailer {
     Smtp(Result<AsyncSmtpTransport<Tokio1Executor>, String>),
-    /// `<data_dir>/outbox-mail/`, written one file at a time: creating a file locks the
-    /// folder, and where creating one is slow (ext4 without a journal, after many files were
-    /// deleted, scans past every inode freed in the last minutes) concurrent writers would
-    /// only spin on that lock, taking the CPU the rest of the process needs.
-    File {
-        folder: PathBuf,
-        writing: Arc<tokio::sync::Mutex<()>>,
-    },
+    /// `<data_dir>/outbox-mail/`.
+    File(Result<Arc<FileWriter>, String>),
+}
+
+/// A file to write, and whom to tell when it is written.
+type FileJob = (
+    String,
+    Vec<u8>,
+    tokio::sync::oneshot::Sender<std::io::Result<()>>,
+);
+
+/// The one thread that writes the `.eml` files of a folder, one after the other.
+///
+/// Creating a file locks the folder, and where creating one is slow (ext4 without a
+/// journal, after many files were deleted, scans past every inode freed in the last
+/// minutes) writers in parallel only spin on that lock, taking the CPU the rest of the
+/// process needs; one writer draining a queue also spares a hand-off to a blocking thread
+/// per file. The thread ends when the last `Mailer` using it is dropped.
+pub(crate) struct FileWriter {
+    folder: PathBuf,
+    jobs: std::sync::mpsc::Sender<FileJob>,
+}
+
+impl FileWriter {
+    fn start(folder: PathBuf) -> Result<Self, String> {
+        let (jobs, queue) = std::sync::mpsc::channel::<FileJob>();
+        let target = folder.clone();
+        std::thread::Builder::new()
+            .name("eml-writer".into())
+            .spawn(move || {
+                for (name, bytes, done) in queue {
+                    let _caller_gone = done.send(write_eml(&target, &name, &bytes));
+                }
+            })
+            .map_err(|error| format!("cannot start the .eml writer: {error}"))?;
+        Ok(Self { folder, jobs })
+    }
+
+    async fn write(&self, name: String, bytes: Vec<u8>) -> std::io::Result<()> {
+        let (done, written) = tokio::sync::oneshot::channel();
+        let stopped = || std::io::Error::other("the .eml writer has stopped");
+        self.jobs.send((name, bytes, done)).map_err(|_| stopped())?;
+        written.await.map_err(|_| stopped())?
+    }
 }
 
 impl std::fmt::Debug for Mailer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Mailer::Smtp(_) => f.write_str("Mailer::Smtp"),
-            Mailer::File { folder, .. } => f.debug_tuple("Mailer::File").field(folder).finish(),
+            Mailer::File(Ok(writer)) => {
+                f.debug_tuple("Mailer::File").field(&writer.folder).finish()
+            }
+            Mailer::File(Err(error)) => f.debug_tuple("Mailer::File").field(error).finish(),
         }
     }
 }
@@ -85,10 +124,7 @@ impl Mailer {
                     .map_err(|error| format!("notifications.smtp_url: {error}"));
                 Mailer::Smtp(transport)
             }
-            None => Mailer::File {
-                folder: data_dir.join("outbox-mail"),
-                writing: Arc::new(tokio::sync::Mutex::new(())),
-            },
+            None => Mailer::File(FileWriter::start(data_dir.join("outbox-mail")).map(Arc::new)),
         }
     }
 
@@ -102,16 +138,11 @@ impl Mailer {
                 }
                 Err(error) => Err(Failure::Transient(format!("SMTP: {error}"))),
             },
-            Mailer::File { folder, writing } => {
-                let folder = folder.clone();
-                let name = format!("{id}.eml");
-                let bytes = message.formatted();
-                let _one_at_a_time = writing.lock().await;
-                tokio::task::spawn_blocking(move || write_eml(&folder, &name, &bytes))
-                    .await
-                    .map_err(|error| Failure::Transient(format!("file channel: {error}")))?
-                    .map_err(|error| Failure::Transient(format!("file channel: {error}")))
-            }
+            Mailer::File(Err(error)) => Err(Failure::Transient(error.clone())),
+            Mailer::File(Ok(writer)) => writer
+                .write(format!("{id}.eml"), message.formatted())
+                .await
+                .map_err(|error| Failure::Transient(format!("file channel: {error}"))),
         }
     }
 }

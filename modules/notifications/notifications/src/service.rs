@@ -356,7 +356,7 @@ impl NotificationsService {
     pub fn mail_channel(&self) -> Channel {
         match *self.mailer {
             Mailer::Smtp(_) => Channel::Email,
-            Mailer::File { .. } => Channel::File,
+            Mailer::File(_) => Channel::File,
         }
     }
 
