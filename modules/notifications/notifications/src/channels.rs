@@ -149,10 +149,16 @@ impl Mailer {
 
 /// Writes `<folder>/<name>` whole or not at all: a retry overwrites the same file, so one
 /// message is one file.
+/// The folder is made when a write finds it missing, not checked before every file.
 fn write_eml(folder: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(folder)?;
     let partial = folder.join(format!(".{name}.partial"));
-    std::fs::write(&partial, bytes)?;
+    if let Err(error) = std::fs::write(&partial, bytes) {
+        if error.kind() != std::io::ErrorKind::NotFound {
+            return Err(error);
+        }
+        std::fs::create_dir_all(folder)?;
+        std::fs::write(&partial, bytes)?;
+    }
     std::fs::rename(&partial, folder.join(name))
 }
 
