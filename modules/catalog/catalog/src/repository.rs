@@ -334,21 +334,28 @@ pub(crate) fn insert_reservation_lines(
     })
 }
 
-pub(crate) fn set_reservation_status(
+/// Moves an order's reservation from `from` to `to`; answers whether it did. The status
+/// in the `WHERE` clause makes the move happen once: of concurrent callers (PostgreSQL
+/// runs them at once; the second waits for the first's row lock, then finds the status
+/// moved) exactly one sees a row updated, and only that one may move the stock.
+pub(crate) fn move_reservation(
     conn: &mut DbConnection,
     order_id: Uuid,
-    status: ReservationStatus,
-) -> QueryResult<()> {
+    from: ReservationStatus,
+    to: ReservationStatus,
+) -> QueryResult<bool> {
     per_backend!(conn, |conn| {
         update(
             reservations::table,
-            reservations::order_id.eq(order_id.to_string()),
+            reservations::order_id
+                .eq(order_id.to_string())
+                .and(reservations::status.eq(from.as_str())),
             (
-                reservations::status.eq(status.as_str()),
+                reservations::status.eq(to.as_str()),
                 reservations::updated_at.eq(now()),
             ),
         )
         .execute(conn)
-        .map(|_| ())
+        .map(|rows| rows == 1)
     })
 }

@@ -171,7 +171,8 @@ impl CatalogService {
     }
 
     /// Moves an existing reservation from `from` to `to`, applying `apply` to each line;
-    /// answers as is when it is already in `to`.
+    /// answers as is when it is already in `to`. The status moves first, by a conditional
+    /// write, so that of concurrent calls only the one that moved it moves the stock.
     async fn transition(
         &self,
         order_id: Uuid,
@@ -189,10 +190,20 @@ impl CatalogService {
                 if stored.status != from {
                     return Err(conflict(order_id, stored.status));
                 }
+                if !repo::move_reservation(conn, order_id, from, to)? {
+                    // A concurrent call moved it between the read and the write, and has
+                    // moved the stock: answer what it made of the reservation.
+                    let now = repo::find_reservation(conn, order_id)?
+                        .ok_or(CatalogError::ReservationNotFound(order_id))?;
+                    return if now.status == to {
+                        Ok(reservation(order_id, now))
+                    } else {
+                        Err(conflict(order_id, now.status))
+                    };
+                }
                 for line in &stored.lines {
                     apply(conn, line.product_id, i64::from(line.quantity))?;
                 }
-                repo::set_reservation_status(conn, order_id, to)?;
                 Ok(reservation(
                     order_id,
                     StoredReservation {

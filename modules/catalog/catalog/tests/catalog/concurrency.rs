@@ -1,7 +1,7 @@
 //! Stock under contention: no interleaving of concurrent reservations oversells, and a
 //! reservation repeated for the same order takes stock once — on both backends.
 
-use catalog_contract::{CatalogError, StockLine};
+use catalog_contract::{CatalogError, Reservation, ReservationStatus, StockLine};
 use chassis::db::Backend;
 use futures::future::join_all;
 use uuid::Uuid;
@@ -86,4 +86,144 @@ async fn repeating_a_reservation_concurrently_takes_stock_once_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn repeating_a_reservation_concurrently_takes_stock_once_on_postgres() {
     one_order_reserved_concurrently_takes_stock_once(Backend::Postgres).await;
+}
+
+/// Runs `calls` copies of one stock call for `order` at once; answers every outcome.
+async fn at_once<F, Fut>(calls: usize, call: F) -> Vec<Result<Reservation, CatalogError>>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Reservation, CatalogError>> + Send + 'static,
+{
+    join_all((0..calls).map(|_| tokio::spawn(call())))
+        .await
+        .into_iter()
+        .map(|joined| joined.expect("task ran"))
+        .collect()
+}
+
+async fn repeated_transitions_move_stock_once(backend: Backend) {
+    let Some(catalog) = support::local(backend).await else {
+        return;
+    };
+    let item = product(&catalog.module, "Transitions", 10).await;
+    let port = catalog.module.port();
+    let order = Uuid::new_v4();
+    let line = StockLine {
+        product_id: item.id,
+        quantity: 3,
+    };
+    port.reserve(order, &[line]).await.expect("reserves");
+
+    let commits = at_once(8, || {
+        let port = port.clone();
+        async move { port.commit(order).await }
+    })
+    .await;
+    for outcome in commits {
+        assert_eq!(outcome.expect("every commit answers").status, ReservationStatus::Committed);
+    }
+    let stock = stock_of(&catalog.module, &item).await;
+    assert_eq!((stock.on_hand, stock.reserved), (7, 0), "sold once");
+
+    let restocks = at_once(8, || {
+        let port = port.clone();
+        async move { port.restock(order).await }
+    })
+    .await;
+    for outcome in restocks {
+        assert_eq!(outcome.expect("every restock answers").status, ReservationStatus::Restocked);
+    }
+    let stock = stock_of(&catalog.module, &item).await;
+    assert_eq!((stock.on_hand, stock.reserved), (10, 0), "put back once");
+
+    let other = Uuid::new_v4();
+    port.reserve(other, &[line]).await.expect("reserves");
+    let releases = at_once(8, || {
+        let port = port.clone();
+        async move { port.release(other).await }
+    })
+    .await;
+    for outcome in releases {
+        assert_eq!(outcome.expect("every release answers").status, ReservationStatus::Released);
+    }
+    let stock = stock_of(&catalog.module, &item).await;
+    assert_eq!((stock.on_hand, stock.reserved), (10, 0), "given back once");
+}
+
+/// A commit racing a release of the same reservation: exactly one of them moves it, the
+/// other answers a conflict naming the winner's status, and the stock shows the winner only.
+async fn commit_racing_release_moves_stock_for_the_winner_only(backend: Backend) {
+    let Some(catalog) = support::local(backend).await else {
+        return;
+    };
+    let item = product(&catalog.module, "Race", 100).await;
+    let port = catalog.module.port();
+    let (mut committed, mut released) = (0, 0);
+    for _ in 0..10 {
+        let order = Uuid::new_v4();
+        let line = StockLine {
+            product_id: item.id,
+            quantity: 2,
+        };
+        port.reserve(order, &[line]).await.expect("reserves");
+        let calls = (0..8).map(|i| {
+            let port = port.clone();
+            tokio::spawn(async move {
+                if i % 2 == 0 {
+                    port.commit(order).await
+                } else {
+                    port.release(order).await
+                }
+            })
+        });
+        let outcomes: Vec<_> = join_all(calls)
+            .await
+            .into_iter()
+            .map(|joined| joined.expect("task ran"))
+            .collect();
+        let winner = outcomes
+            .iter()
+            .find_map(|outcome| outcome.as_ref().ok().map(|r| r.status))
+            .expect("one call wins");
+        for outcome in &outcomes {
+            match outcome {
+                Ok(reservation) => assert_eq!(reservation.status, winner),
+                Err(CatalogError::ReservationConflict { status, .. }) => {
+                    assert_eq!(*status, winner, "the loser names the winner's status")
+                }
+                Err(other) => panic!("unexpected answer {other:?}"),
+            }
+        }
+        match winner {
+            ReservationStatus::Committed => committed += 1,
+            ReservationStatus::Released => released += 1,
+            other => panic!("unexpected winner {other:?}"),
+        }
+    }
+    let stock = stock_of(&catalog.module, &item).await;
+    assert_eq!(
+        (stock.on_hand, stock.reserved),
+        (100 - 2 * committed, 0),
+        "{committed} committed, {released} released"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commits_restocks_and_releases_move_stock_once_on_sqlite() {
+    repeated_transitions_move_stock_once(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commits_restocks_and_releases_move_stock_once_on_postgres() {
+    repeated_transitions_move_stock_once(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_racing_a_release_moves_stock_for_the_winner_only_on_sqlite() {
+    commit_racing_release_moves_stock_for_the_winner_only(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_racing_a_release_moves_stock_for_the_winner_only_on_postgres() {
+    commit_racing_release_moves_stock_for_the_winner_only(Backend::Postgres).await;
 }
