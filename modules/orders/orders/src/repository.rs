@@ -216,8 +216,9 @@ pub(crate) fn list_by_customer(
         .collect())
 }
 
-/// Takes the saga of `id` for `owner` until `lease_until`, unless another owner's lease
-/// still runs or no saga work remains; answers whether it did.
+/// Takes the saga of `id` for the run `owner` until `lease_until`, unless a lease still
+/// runs (whoever holds it: a run never shares a saga) or no saga work remains; answers
+/// whether it did.
 pub(crate) fn claim_saga(
     conn: &mut DbConnection,
     id: Uuid,
@@ -234,8 +235,7 @@ pub(crate) fn claim_saga(
                 .and(
                     orders::saga_lease_until
                         .is_null()
-                        .or(orders::saga_lease_until.lt(now))
-                        .or(orders::saga_owner.eq(owner)),
+                        .or(orders::saga_lease_until.lt(now)),
                 ),
             (
                 orders::saga_owner.eq(owner),

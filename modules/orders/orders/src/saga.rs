@@ -42,13 +42,14 @@ pub(crate) struct Saga {
     catalog: Arc<dyn Catalog>,
     billing: Arc<dyn Billing>,
     settings: OrdersSettings,
-    owner: String,
+    /// Names this process in the lease tokens of its runs.
+    process: String,
 }
 
 impl std::fmt::Debug for Saga {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Saga")
-            .field("owner", &self.owner)
+            .field("process", &self.process)
             .finish_non_exhaustive()
     }
 }
@@ -65,12 +66,15 @@ impl Saga {
             catalog,
             billing,
             settings,
-            owner: format!("orders-{}", Uuid::new_v4()),
+            process: format!("orders-{}", Uuid::new_v4()),
         }
     }
 
-    pub(crate) fn owner(&self) -> &str {
-        &self.owner
+    /// A fresh lease token for one run of one saga. The lease belongs to a run, not to the
+    /// process: two tasks of one process (a cancel and its retry, the recovery worker)
+    /// must not both run a saga, so a run never takes over a lease it did not take itself.
+    pub(crate) fn new_run(&self) -> String {
+        format!("{}/{}", self.process, Uuid::new_v4().simple())
     }
 
     pub(crate) fn lease_until(&self) -> NaiveDateTime {
@@ -89,7 +93,8 @@ impl Saga {
     /// this run ended it. Does nothing if another process holds the saga or no saga work
     /// remains.
     pub(crate) async fn run(&self, id: Uuid) -> Result<Option<Order>, Error> {
-        let owner = self.owner.clone();
+        let run = self.new_run();
+        let owner = run.clone();
         let lease_until = self.lease_until();
         let claimed = self
             .db
@@ -98,6 +103,11 @@ impl Saga {
         if !claimed {
             return Ok(None);
         }
+        self.run_claimed(id, run).await
+    }
+
+    /// Runs the saga of `id`, whose lease the run `run` has just taken.
+    pub(crate) async fn run_claimed(&self, id: Uuid, run: String) -> Result<Option<Order>, Error> {
         let (row, lines) = self
             .db
             .read(move |conn| {
@@ -106,19 +116,26 @@ impl Saga {
                 Ok::<_, Error>((row, lines))
             })
             .await?;
-        self.drive(row, lines).await
+        self.drive(row, lines, &run).await
     }
 
-    /// Runs the saga of an order this process has just stored (and so holds), as stored.
+    /// Runs the saga of an order this process has just stored (with the lease of a run of
+    /// its own), as stored.
     pub(crate) async fn run_new(
         &self,
         row: OrderRow,
         lines: Vec<LineRow>,
     ) -> Result<Option<Order>, Error> {
-        self.drive(row, lines).await
+        let run = row.saga_owner.clone().unwrap_or_default();
+        self.drive(row, lines, &run).await
     }
 
-    async fn drive(&self, mut row: OrderRow, lines: Vec<LineRow>) -> Result<Option<Order>, Error> {
+    async fn drive(
+        &self,
+        mut row: OrderRow,
+        lines: Vec<LineRow>,
+        run: &str,
+    ) -> Result<Option<Order>, Error> {
         let id = row.order_id();
         // This process holds the saga from here on, so the row read above stays true
         // except for what `record_step` writes, which is mirrored below.
@@ -135,7 +152,7 @@ impl Saga {
             };
             match outcome {
                 Outcome::Next(next, reason) => {
-                    if !self.record_step(id, next, reason).await? {
+                    if !self.record_step(id, run, next, reason).await? {
                         return Ok(None);
                     }
                     row.saga_step = Some(next.as_str().to_owned());
@@ -144,9 +161,11 @@ impl Saga {
                         row.rejection_reason = Some(reason.as_str().to_owned());
                     }
                 }
-                Outcome::Finish(status, reason) => return self.finish(id, status, reason).await,
+                Outcome::Finish(status, reason) => {
+                    return self.finish(id, run, status, reason).await;
+                }
                 Outcome::RetryLater(error) => {
-                    self.postpone(id, row.saga_attempts, error).await?;
+                    self.postpone(id, run, row.saga_attempts, error).await?;
                     return Ok(None);
                 }
             }
@@ -249,10 +268,11 @@ impl Saga {
     async fn record_step(
         &self,
         id: Uuid,
+        run: &str,
         step: Step,
         reason: Option<RejectionReason>,
     ) -> Result<bool, Error> {
-        let owner = self.owner.clone();
+        let owner = run.to_owned();
         let lease_until = self.lease_until();
         self.db
             .write(move |conn| {
@@ -261,8 +281,8 @@ impl Saga {
             .await
     }
 
-    async fn postpone(&self, id: Uuid, attempts: i64, error: String) -> Result<(), Error> {
-        let owner = self.owner.clone();
+    async fn postpone(&self, id: Uuid, run: &str, attempts: i64, error: String) -> Result<(), Error> {
+        let owner = run.to_owned();
         let next_at = utc_now() + backoff(attempts);
         tracing::info!(order_id = %id, attempts = attempts + 1, %error, "saga step postponed");
         self.db
@@ -277,10 +297,11 @@ impl Saga {
     async fn finish(
         &self,
         id: Uuid,
+        run: &str,
         status: OrderStatus,
         reason: Option<RejectionReason>,
     ) -> Result<Option<Order>, Error> {
-        let owner = self.owner.clone();
+        let owner = run.to_owned();
         let finished = self
             .db
             .write_with_events(move |conn, events| {

@@ -16,6 +16,8 @@ use crate::saga::Saga;
 
 /// Sagas the recovery worker resumes at once.
 const RECOVERY_CONCURRENCY: usize = 16;
+/// How often a request waiting for another request's saga looks at the order again.
+const SAGA_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The orders module's behaviour: placing, reading and cancelling orders, and the
 /// [`Orders`] port other modules call.
@@ -138,7 +140,7 @@ impl OrdersService {
             saga_attempts: 0,
             saga_next_at: None,
             saga_deadline: self.saga.deadline(),
-            saga_owner: Some(self.saga.owner().to_owned()),
+            saga_owner: Some(self.saga.new_run()),
             saga_lease_until: Some(self.saga.lease_until()),
             saga_error: None,
             created_at: now,
@@ -146,6 +148,7 @@ impl OrdersService {
         };
         let stored_key = idempotency_key.clone();
         let (saga_row, saga_lines) = (row.clone(), lines.clone());
+        let placed = row.clone().into_order(lines.clone());
         let stored = self
             .db
             .write(move |conn| {
@@ -171,6 +174,14 @@ impl OrdersService {
                         )
                     });
             }
+            // The connection went away: the commit may have happened or not. Only an order
+            // known not to be stored may be answered 503, so look.
+            (Err(error @ Error::Database(chassis::db::DbError::Unavailable(_))), _) => {
+                if !self.stored_after_all(id).await {
+                    return Err(error);
+                }
+                tracing::warn!(order_id = %id, %error, "the order was stored although its write failed");
+            }
             (Err(error), _) => return Err(error),
         }
         metrics::counter!("bazaar_orders_placed_total").increment(1);
@@ -181,10 +192,35 @@ impl OrdersService {
                 None
             })
         });
-        // The saga goes on after the answer if it takes longer than `sync_wait`.
+        // The saga goes on after the answer if it takes longer than `sync_wait`. The order
+        // exists from here on, so the answer is the order, never an error: as read now,
+        // or, should the database not answer, as it was placed (`pending`).
         match tokio::time::timeout(self.settings.sync_wait, running).await {
             Ok(Ok(Some(ended))) => Ok(ended),
-            _ => self.order(id).await,
+            _ => Ok(self.order(id).await.unwrap_or_else(|error| {
+                tracing::warn!(order_id = %id, %error, "cannot read the order placed; answering it as placed");
+                placed
+            })),
+        }
+    }
+
+    /// Whether the order `id`, whose write failed with the database unreachable, was
+    /// committed after all. Looks until the database answers or `orders.sync_wait` has
+    /// passed; an order that cannot be seen by then is taken as not stored.
+    async fn stored_after_all(&self, id: Uuid) -> bool {
+        let give_up = tokio::time::Instant::now() + self.settings.sync_wait;
+        loop {
+            let found = self
+                .db
+                .read(move |conn| repo::find_row(conn, id).map_err(Error::from))
+                .await;
+            match found {
+                Ok(row) => return row.is_some(),
+                Err(_) if tokio::time::Instant::now() < give_up => {
+                    tokio::time::sleep(SAGA_POLL).await;
+                }
+                Err(_) => return false,
+            }
         }
     }
 
@@ -245,22 +281,54 @@ impl OrdersService {
                 });
             }
         }
-        let owner = self.saga.owner().to_owned();
+        let run = self.saga.new_run();
+        let owner = run.clone();
         let lease_until = self.saga.lease_until();
-        self.db
+        let started = self
+            .db
             .write(move |conn| {
                 repo::start_cancellation(conn, id, &owner, lease_until).map_err(Error::from)
             })
             .await?;
-        self.saga.run(id).await?;
-        let order = self.order(id).await?;
-        if order.status == OrderStatus::Cancelled {
-            Ok(order)
+        let order = if started {
+            self.saga.run_claimed(id, run).await?;
+            self.order(id).await?
+        } else if let Some(ended) = self.saga.run(id).await? {
+            // A cancellation started earlier had stopped for a peer; this run finished it.
+            ended
         } else {
-            Err(Error::Unavailable(
+            // Another request's run holds the cancellation (a double click, a retry): it
+            // refunds and restocks; this one answers what that run comes to.
+            self.await_saga(id).await?
+        };
+        match order.status {
+            OrderStatus::Cancelled => Ok(order),
+            OrderStatus::Confirmed => Err(Error::Unavailable(
                 "the cancellation has started and will finish once billing and the catalog answer"
                     .into(),
-            ))
+            )),
+            status => Err(Error::NotCancellable {
+                order_id: id,
+                status: status.as_str(),
+            }),
+        }
+    }
+
+    /// The order once its saga has ended, or as it stands after `orders.sync_wait`.
+    async fn await_saga(&self, id: Uuid) -> Result<Order, Error> {
+        let give_up = tokio::time::Instant::now() + self.settings.sync_wait;
+        loop {
+            let running = self
+                .db
+                .read(move |conn| {
+                    let row = repo::find_row(conn, id)?.ok_or(Error::OrderNotFound(id))?;
+                    Ok::<_, Error>(row.step().is_some())
+                })
+                .await?;
+            if !running || tokio::time::Instant::now() >= give_up {
+                return self.order(id).await;
+            }
+            tokio::time::sleep(SAGA_POLL).await;
         }
     }
 

@@ -45,14 +45,12 @@ async fn with_one_order() -> (support::Fixture, Order) {
     (fixture, placed)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_orders_conform() {
     let (fixture, placed) = with_one_order().await;
     let port = orders::OrdersModule::from_service(fixture.service.clone()).port();
     suite(port.as_ref(), &placed).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_orders_conform_and_report_unavailable_when_the_process_is_gone() {
     let (fixture, placed) = with_one_order().await;
     let server =
@@ -77,3 +75,8 @@ async fn http_orders_conform_and_report_unavailable_when_the_process_is_gone() {
         "{outcome:?}"
     );
 }
+
+crate::support::on_both_backends!(
+    local_orders_conform,
+    http_orders_conform_and_report_unavailable_when_the_process_is_gone,
+);

@@ -41,7 +41,6 @@ fn body(product_id: Uuid) -> Value {
     json!({"customer_email": "ada@example.com", "lines": [{"product_id": product_id, "quantity": 2}], "payment": {"token": "tok_visa"}})
 }
 
-#[actix_web::test]
 async fn place_read_list_and_cancel_an_order() {
     let item = product(1250);
     let (catalog, billing) = happy_peers(&item);
@@ -130,7 +129,6 @@ async fn place_read_list_and_cancel_an_order() {
     assert_eq!(again, cancelled, "cancelling twice answers the same order");
 }
 
-#[actix_web::test]
 async fn placing_errors() {
     let item = product(100);
     let mut catalog = MockCatalog::new();
@@ -271,7 +269,6 @@ async fn placing_errors() {
     problem(bad_limit, 422, "validation_failed").await;
 }
 
-#[actix_web::test]
 async fn an_unreachable_catalog_answers_503_with_retry_after() {
     let mut catalog = MockCatalog::new();
     catalog
@@ -297,7 +294,6 @@ async fn an_unreachable_catalog_answers_503_with_retry_after() {
     problem(response, 503, "dependency_unavailable").await;
 }
 
-#[actix_web::test]
 async fn reading_and_cancelling_unknown_or_unfinished_orders() {
     let item = product(100);
     let mut catalog = catalog_knowing(&item);
@@ -367,7 +363,6 @@ async fn reading_and_cancelling_unknown_or_unfinished_orders() {
     .await;
 }
 
-#[actix_web::test]
 async fn the_internal_route_needs_the_service_token() {
     let item = product(100);
     let (catalog, billing) = happy_peers(&item);
@@ -401,3 +396,11 @@ async fn the_internal_route_needs_the_service_token() {
     .await;
     assert_eq!(read, order);
 }
+
+crate::support::on_both_backends_in_actix!(
+    place_read_list_and_cancel_an_order,
+    placing_errors,
+    an_unreachable_catalog_answers_503_with_retry_after,
+    reading_and_cancelling_unknown_or_unfinished_orders,
+    the_internal_route_needs_the_service_token,
+);

@@ -31,7 +31,6 @@ async fn wait_until_settled(fixture: &support::Fixture, id: uuid::Uuid) -> order
     panic!("order {id} stayed pending");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paid_order_with_stock_is_confirmed_and_announced() {
     let item = product(1250);
     let mut catalog = catalog_knowing(&item);
@@ -78,7 +77,6 @@ async fn a_paid_order_with_stock_is_confirmed_and_announced() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_out_of_stock_is_rejected_without_charging() {
     let item = product(100);
     let mut catalog = catalog_knowing(&item);
@@ -98,7 +96,6 @@ async fn an_order_out_of_stock_is_rejected_without_charging() {
     assert_eq!(placed.rejection_reason, Some(RejectionReason::OutOfStock));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declined_payment_releases_the_stock_and_rejects() {
     let item = product(100);
     let mut catalog = catalog_knowing(&item);
@@ -132,7 +129,6 @@ async fn a_declined_payment_releases_the_stock_and_rejects() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transient_gateway_error_is_retried_until_the_charge_goes_through() {
     let item = product(100);
     let mut catalog = catalog_knowing(&item);
@@ -177,7 +173,6 @@ async fn a_transient_gateway_error_is_retried_until_the_charge_goes_through() {
     assert_eq!(settled.status, OrderStatus::Confirmed);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_catalog_that_comes_back_lets_the_order_through() {
     let item = product(100);
     let mut catalog = catalog_knowing(&item);
@@ -217,7 +212,6 @@ async fn an_unreachable_catalog_that_comes_back_lets_the_order_through() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_unreachable_past_the_deadline_is_compensated_and_rejected() {
     let item = product(100);
     let mut catalog = catalog_knowing(&item);
@@ -260,7 +254,6 @@ async fn a_peer_unreachable_past_the_deadline_is_compensated_and_rejected() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_catalog_unreachable_at_placement_creates_no_order() {
     let item = product(100);
     let mut catalog = MockCatalog::new();
@@ -285,7 +278,6 @@ async fn the_catalog_unreachable_at_placement_creates_no_order() {
     assert!(listed.items.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_product_is_refused_before_any_order_exists() {
     let item = product(100);
     let mut catalog = MockCatalog::new();
@@ -304,7 +296,6 @@ async fn an_unknown_product_is_refused_before_any_order_exists() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_idempotency_key_answers_the_same_order_and_charges_once() {
     let item = product(300);
     let mut catalog = catalog_knowing(&item);
@@ -369,7 +360,6 @@ async fn resumes_after_a_crash_at(
     assert_eq!(order.status, expected, "resumed at {step_reached}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_each_step_resumes_from_the_recorded_step() {
     // Crashed before reserving: everything runs.
     let mut catalog = MockCatalog::new();
@@ -445,7 +435,6 @@ async fn a_crash_after_each_step_resumes_from_the_recorded_step() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirmed_order_is_cancelled_once_with_refund_and_restock() {
     let item = product(100);
     let mut catalog = catalog_knowing(&item);
@@ -495,7 +484,6 @@ async fn a_confirmed_order_is_cancelled_once_with_refund_and_restock() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_confirmed_order_can_be_cancelled() {
     let item = product(100);
     let mut catalog = catalog_knowing(&item);
@@ -519,3 +507,110 @@ async fn only_a_confirmed_order_can_be_cancelled() {
         matches!(fixture.service.cancel(unknown).await, Err(Error::OrderNotFound(id)) if id == unknown)
     );
 }
+
+/// A double click, a retrying client: cancels of one order at once run one cancellation
+/// (one refund, one restock: `times(1)`), and every one of them answers the cancelled order.
+async fn concurrent_cancels_of_one_order_refund_and_restock_once() {
+    let item = product(100);
+    let mut catalog = catalog_knowing(&item);
+    let mut billing = MockBilling::new();
+    catalog
+        .expect_reserve()
+        .times(1)
+        .returning(|id, lines| Ok(reservation(id, ReservationStatus::Reserved, lines)));
+    billing.expect_charge().times(1).returning(|c| {
+        Ok(payment(
+            c.order_id,
+            c.amount.amount,
+            PaymentStatus::Captured,
+        ))
+    });
+    catalog
+        .expect_commit()
+        .times(1)
+        .returning(|id| Ok(reservation(id, ReservationStatus::Committed, &[])));
+    // Slow enough that every cancel arrives while the first one's run is under way.
+    billing.expect_refund().times(1).returning(|id| {
+        std::thread::sleep(Duration::from_millis(100));
+        Ok(payment(id, 100, PaymentStatus::Refunded))
+    });
+    catalog
+        .expect_restock()
+        .times(1)
+        .returning(|id| Ok(reservation(id, ReservationStatus::Restocked, &[])));
+    let fixture = fixture(catalog, billing, settings()).await;
+    let placed = fixture
+        .service
+        .place(request(&item, 1, "tok_visa"), None)
+        .await
+        .expect("placed");
+    assert_eq!(placed.status, OrderStatus::Confirmed);
+    let cancels = (0..8).map(|_| {
+        let service = fixture.service.clone();
+        tokio::spawn(async move { service.cancel(placed.id).await })
+    });
+    for answer in futures::future::join_all(cancels).await {
+        let order = answer.expect("task ran").expect("every cancel answers the order");
+        assert_eq!(order.status, OrderStatus::Cancelled);
+    }
+    assert_eq!(
+        outbox::stats(&fixture.db).await.expect("stats").pending,
+        2,
+        "confirmed, then cancelled once"
+    );
+}
+
+/// Identical requests with one Idempotency-Key at once: one order, one charge, and every
+/// request answers that order.
+async fn concurrent_identical_idempotent_orders_create_and_charge_once() {
+    let item = product(100);
+    let mut catalog = catalog_knowing(&item);
+    let mut billing = MockBilling::new();
+    catalog
+        .expect_reserve()
+        .times(1)
+        .returning(|id, lines| Ok(reservation(id, ReservationStatus::Reserved, lines)));
+    billing.expect_charge().times(1).returning(|c| {
+        Ok(payment(
+            c.order_id,
+            c.amount.amount,
+            PaymentStatus::Captured,
+        ))
+    });
+    catalog
+        .expect_commit()
+        .times(1)
+        .returning(|id| Ok(reservation(id, ReservationStatus::Committed, &[])));
+    let fixture = fixture(catalog, billing, settings()).await;
+    let places = (0..8).map(|_| {
+        let service = fixture.service.clone();
+        let request = request(&item, 1, "tok_visa");
+        tokio::spawn(async move { service.place(request, Some("checkout-race".into())).await })
+    });
+    let answers: Vec<_> = futures::future::join_all(places)
+        .await
+        .into_iter()
+        .map(|answer| answer.expect("task ran").expect("every request answers the order"))
+        .collect();
+    let first = answers[0].id;
+    assert!(answers.iter().all(|order| order.id == first), "{answers:?}");
+    let settled = wait_until_settled(&fixture, first).await;
+    assert_eq!(settled.status, OrderStatus::Confirmed);
+}
+
+crate::support::on_both_backends!(
+    a_paid_order_with_stock_is_confirmed_and_announced,
+    an_order_out_of_stock_is_rejected_without_charging,
+    a_declined_payment_releases_the_stock_and_rejects,
+    a_transient_gateway_error_is_retried_until_the_charge_goes_through,
+    an_unreachable_catalog_that_comes_back_lets_the_order_through,
+    a_peer_unreachable_past_the_deadline_is_compensated_and_rejected,
+    the_catalog_unreachable_at_placement_creates_no_order,
+    an_unknown_product_is_refused_before_any_order_exists,
+    the_same_idempotency_key_answers_the_same_order_and_charges_once,
+    a_crash_after_each_step_resumes_from_the_recorded_step,
+    a_confirmed_order_is_cancelled_once_with_refund_and_restock,
+    only_a_confirmed_order_can_be_cancelled,
+    concurrent_cancels_of_one_order_refund_and_restock_once,
+    concurrent_identical_idempotent_orders_create_and_charge_once,
+);
