@@ -13,6 +13,12 @@ use crate::db::{Backend, Database, Migrations, PoolOptions, establish_postgres};
 pub const POSTGRES_URL_VAR: &str = "BAZAAR_TEST_POSTGRES_URL";
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
+#[derive(diesel::QueryableByName)]
+struct Ended {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    ended: i64,
+}
+
 /// A database that exists for as long as this value.
 #[derive(Debug)]
 pub struct TestDatabase {
@@ -103,6 +109,29 @@ impl TestDatabase {
         );
         if let Err(error) = admin.batch_execute(&statements) {
             panic!("cannot cut {name} off: {error}");
+        }
+    }
+
+    /// PostgreSQL only: ends every open connection to the database (as an operator's
+    /// `pg_terminate_backend`, or a server restart, would); new connections are welcome.
+    /// Answers how many were ended.
+    pub fn terminate_connections(&self) -> i64 {
+        use diesel::RunQueryDsl as _;
+        let Cleanup::Postgres { admin_url, name } = &self.cleanup else {
+            panic!("terminate_connections needs a PostgreSQL test database");
+        };
+        let mut admin = match establish_postgres(admin_url) {
+            Ok(conn) => conn,
+            Err(error) => panic!("cannot reach PostgreSQL: {error}"),
+        };
+        let ended = diesel::sql_query(format!(
+            "SELECT count(*) AS ended FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{name}' AND pid <> pg_backend_pid()) AS terminated"
+        ))
+        .get_result::<Ended>(&mut admin);
+        match ended {
+            Ok(ended) => ended.ended,
+            Err(error) => panic!("cannot end the connections to {name}: {error}"),
         }
     }
 

@@ -209,3 +209,70 @@ async fn a_postgres_read_runs_on_a_blocking_thread() {
         assert!(!on_caller);
     }
 }
+
+/// Connections the server ended under the pool (`pg_terminate_backend`, a restart): the
+/// read that meets one is told the database is unavailable (a 503, never a 500), and the
+/// pool drops the dead connections and opens fresh ones by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_connections_are_unavailable_and_the_pool_recovers_on_postgres() {
+    let Some(test_db) = TestDatabase::new(Backend::Postgres) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    db.write(|conn| insert(conn, "before").map_err(TestError::from))
+        .await
+        .expect("writes");
+    assert!(test_db.terminate_connections() >= 1, "the pool had connections");
+    let mut unavailable = 0;
+    for _ in 0..20 {
+        let read = db
+            .read(|conn| {
+                items::table
+                    .count()
+                    .get_result::<i64>(conn)
+                    .map_err(TestError::from)
+            })
+            .await;
+        match read {
+            Ok(count) => {
+                assert_eq!(count, 1);
+                break;
+            }
+            Err(TestError::Db(DbError::Unavailable(_))) => unavailable += 1,
+            Err(other) => panic!("a lost connection must be Unavailable, got {other:?}"),
+        }
+    }
+    assert!(unavailable <= 16, "every dead connection is dropped once met");
+    assert_eq!(count(&db).await, 1, "the pool recovered");
+    db.write(|conn| insert(conn, "after").map_err(TestError::from))
+        .await
+        .expect("writes again");
+}
+
+/// Instances started at once on a fresh database all migrate it, in turns: none fails on
+/// tables another one is creating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_migrating_one_fresh_database_at_once_all_succeed_on_postgres() {
+    let Some(test_db) = TestDatabase::new(Backend::Postgres) else {
+        return;
+    };
+    let instances: Vec<Database> = (0..4)
+        .map(|_| Database::open(test_db.url(), PoolOptions::default()).expect("opens"))
+        .collect();
+    let migrations = instances
+        .iter()
+        .map(|db| {
+            let db = db.clone();
+            tokio::spawn(async move { db.migrate(MIGRATIONS).await })
+        })
+        .collect::<Vec<_>>();
+    let mut applied_by = 0;
+    for migration in futures::future::join_all(migrations).await {
+        let applied = migration.expect("task ran").expect("every instance migrates");
+        if !applied.is_empty() {
+            applied_by += 1;
+        }
+    }
+    assert_eq!(applied_by, 1, "one instance applied the migrations, the others found none");
+    assert_eq!(count(&instances[0]).await, 0);
+}

@@ -108,7 +108,10 @@ impl From<diesel::result::Error> for DbError {
         match &error {
             // The server went away under an open connection: the database is unavailable,
             // not broken, and the caller should try again later.
-            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
+            Error::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                _,
+            ) => {
                 DbError::Unavailable(error.to_string())
             }
             Error::DatabaseError(DatabaseErrorKind::Unknown, info)
@@ -180,6 +183,10 @@ const CHASSIS_MIGRATIONS: Migrations = Migrations {
     postgres: &CHASSIS_POSTGRES,
 };
 
+/// The PostgreSQL advisory lock key migrations run under, the same for every module and
+/// process (an arbitrary constant: "bazaar" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0062_617a_6161_72;
+
 /// Now, in UTC, at the microsecond precision both backends store.
 pub fn utc_now() -> chrono::NaiveDateTime {
     use chrono::Timelike as _;
@@ -211,7 +218,7 @@ pub struct Database {
 }
 
 struct Inner {
-    pool: r2d2::Pool<Manager>,
+    pool: r2d2::Pool<PoolManager>,
     backend: Backend,
     url: DatabaseUrl,
     /// SQLite only: the one thread that writes, with group commit.
@@ -264,7 +271,7 @@ impl Database {
             // sees as an error and may retry.
             .test_on_check_out(false)
             .connection_timeout(options.connection_timeout)
-            .build(Manager { url: url.clone() })
+            .build(PoolManager(Manager { url: url.clone() }))
             .map_err(|error| DbError::Unavailable(format!("{url}: {error}")))?;
         let sqlite_writer = match backend {
             Backend::Sqlite => Some(SqliteWriter::start(Manager { url: url.clone() })?),
@@ -299,15 +306,10 @@ impl Database {
         E: From<DbError> + Send + 'static,
     {
         if self.inner.backend == Backend::Sqlite {
-            let mut conn = self.inner.checkout()?;
-            return work(&mut conn);
+            return self.inner.with_connection(work);
         }
         let inner = Arc::clone(&self.inner);
-        spawn_blocking(move || {
-            let mut conn = inner.checkout()?;
-            work(&mut conn)
-        })
-        .await
+        spawn_blocking(move || inner.with_connection(work)).await
     }
 
     /// Runs `work` inside one transaction, committed if it returns `Ok`, rolled back if it
@@ -361,11 +363,7 @@ impl Database {
             }
             None => {
                 let inner = Arc::clone(&self.inner);
-                spawn_blocking(move || {
-                    let mut conn = inner.checkout()?;
-                    in_transaction(&mut conn)
-                })
-                .await?
+                spawn_blocking(move || inner.with_connection(in_transaction)).await?
             }
         };
         if appended > 0 {
@@ -382,7 +380,7 @@ impl Database {
     /// Applies the pending migrations of the chassis's event tables and then of one
     /// module; answers the versions applied.
     pub async fn migrate(&self, migrations: Migrations) -> Result<Vec<String>, DbError> {
-        let apply = move |conn: &mut DbConnection| -> Result<Vec<String>, DbError> {
+        let apply_all = move |conn: &mut DbConnection| -> Result<Vec<String>, DbError> {
             let mut applied = Vec::new();
             for set in [CHASSIS_MIGRATIONS, migrations] {
                 let versions = match conn {
@@ -396,6 +394,19 @@ impl Database {
             }
             Ok(applied)
         };
+        // Instances started at once would each find the same migrations pending and run
+        // them together, and all but one fail ("relation already exists"). On PostgreSQL
+        // they take turns under a session advisory lock, and each one after the first
+        // finds nothing left to do. (A SQLite file belongs to one process.)
+        let apply = move |conn: &mut DbConnection| -> Result<Vec<String>, DbError> {
+            if matches!(conn, DbConnection::Sqlite(_)) {
+                return apply_all(conn);
+            }
+            conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))?;
+            let applied = apply_all(conn);
+            conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))?;
+            applied
+        };
         match &self.inner.sqlite_writer {
             Some(writer) => {
                 let (reply, answer) = tokio::sync::oneshot::channel();
@@ -408,7 +419,7 @@ impl Database {
             }
             None => {
                 let inner = Arc::clone(&self.inner);
-                spawn_blocking(move || apply(&mut *inner.checkout()?)).await
+                spawn_blocking(move || inner.with_connection(apply)).await
             }
         }
     }
@@ -421,10 +432,37 @@ impl Database {
 }
 
 impl Inner {
-    fn checkout(&self) -> Result<r2d2::PooledConnection<Manager>, DbError> {
-        self.pool
+    /// Runs `work` on a pooled connection. A connection whose server went away (the
+    /// server restarted, or an operator terminated its backend) fails every statement
+    /// from then on, and nothing else tells the pool: so after a failure the connection
+    /// is pinged, and one that does not answer is dropped instead of going back, and the
+    /// pool opens a fresh one, and the error is the database being unavailable (503, try
+    /// again), not the statement's. A healthy connection costs nothing extra.
+    fn with_connection<T, E>(
+        &self,
+        work: impl FnOnce(&mut DbConnection) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<DbError>,
+    {
+        let mut pooled = self
+            .pool
             .get()
-            .map_err(|error| DbError::Unavailable(format!("{}: {error}", self.url)))
+            .map_err(|error| DbError::Unavailable(format!("{}: {error}", self.url)))?;
+        let result = work(&mut pooled.conn);
+        if result.is_err()
+            && matches!(pooled.conn, DbConnection::Postgres(_))
+            && pooled.conn.ping().is_err()
+        {
+            // Whatever the statement's error said, the cause is the lost connection: the
+            // caller should try again later (and a write did not commit).
+            pooled.lost = true;
+            return Err(E::from(DbError::Unavailable(format!(
+                "{}: the connection to the server was lost",
+                self.url
+            ))));
+        }
+        result
     }
 }
 
@@ -462,6 +500,33 @@ pub(crate) fn establish_postgres(url: &str) -> diesel::ConnectionResult<diesel::
 /// WAL far smaller (`sqlite_writer.rs`), off the writer's path.
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
      PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 10000;";
+
+/// A connection of the pool, and whether it was found dead after a failed statement.
+struct Pooled {
+    conn: DbConnection,
+    lost: bool,
+}
+
+/// The pool's manager: [`Manager`]'s connections, dropped once found dead.
+#[derive(Debug)]
+struct PoolManager(Manager);
+
+impl r2d2::ManageConnection for PoolManager {
+    type Connection = Pooled;
+    type Error = diesel::ConnectionError;
+
+    fn connect(&self) -> Result<Pooled, diesel::ConnectionError> {
+        r2d2::ManageConnection::connect(&self.0).map(|conn| Pooled { conn, lost: false })
+    }
+
+    fn is_valid(&self, pooled: &mut Pooled) -> Result<(), diesel::ConnectionError> {
+        r2d2::ManageConnection::is_valid(&self.0, &mut pooled.conn)
+    }
+
+    fn has_broken(&self, pooled: &mut Pooled) -> bool {
+        pooled.lost || r2d2::ManageConnection::has_broken(&self.0, &mut pooled.conn)
+    }
+}
 
 impl r2d2::ManageConnection for Manager {
     type Connection = DbConnection;
