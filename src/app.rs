@@ -238,6 +238,42 @@ impl Composition {
                 }
             }
         }
+        self.check_event_destinations()
+    }
+
+    /// The reverse of the check above: an in-process bus cannot get a local module's events
+    /// to a consumer in another process either; the relay would mark them sent to nobody.
+    /// So a process that publishes what a remote consumer needs refuses to start.
+    fn check_event_destinations(&self) -> anyhow::Result<()> {
+        let consumers = [(
+            notifications_contract::MODULE,
+            &notifications_contract::CONSUMED_EVENT_TYPES[..],
+        )];
+        for (consumer, event_types) in consumers {
+            let remote = self.entries.iter().any(|entry| {
+                entry.name == consumer && matches!(entry.placement, Placement::Remote(_))
+            });
+            if !remote {
+                continue;
+            }
+            let lost: Vec<&str> = event_types
+                .iter()
+                .copied()
+                .filter(|event_type| {
+                    let source = event_type.split('.').next().unwrap_or_default();
+                    self.local.iter().any(|module| module.name() == source)
+                })
+                .collect();
+            if !lost.is_empty() {
+                anyhow::bail!(
+                    "{consumer} runs in another process (modules.{consumer}.mode = \"remote\") and consumes {}, \
+                     which this process publishes; an in-process bus cannot carry events between processes: \
+                     run {consumer} here (modules.{consumer}.mode = \"local\"), or set modules.{consumer}.mode = \"off\" \
+                     to run without it; broker transports (bus.kind = nats or rabbitmq) are not available in this version",
+                    lost.join(", ")
+                );
+            }
+        }
         Ok(())
     }
 

@@ -317,8 +317,9 @@ impl EventsSettings {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModuleSettings {
-    /// `local` (compiled in and served here) or `remote` (reached over HTTP at `url`).
-    /// Unset: local when the module is compiled into this binary, otherwise absent.
+    /// `local` (compiled in and served here), `remote` (reached over HTTP at `url`) or `off`
+    /// (neither: this deployment runs without it). Unset: local when the module is
+    /// compiled into this binary, otherwise remote when `url` is set, otherwise absent.
     pub mode: Option<ModuleMode>,
     /// Base URL of the process serving the module, when `mode = "remote"`.
     pub url: Option<Url>,
@@ -333,6 +334,7 @@ pub struct ModuleSettings {
 pub enum ModuleMode {
     Local,
     Remote,
+    Off,
 }
 
 /// Where a module runs in this process, once config and compiled features are combined.
@@ -354,6 +356,7 @@ impl ModuleSettings {
                 ),
             )),
             (Some(ModuleMode::Local), true) | (None, true) => Ok(Placement::Local),
+            (Some(ModuleMode::Off), _) => Ok(Placement::Absent),
             (Some(ModuleMode::Remote), _) => match &self.url {
                 Some(url) => Ok(Placement::Remote(url.clone())),
                 None => Err(ConfigError::key(

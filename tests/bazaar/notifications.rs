@@ -165,3 +165,45 @@ async fn a_local_consumer_of_a_remote_modules_events_is_a_start_up_error_naming_
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_local_publisher_of_what_a_remote_consumer_needs_is_a_start_up_error_naming_the_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = support::config(dir.path());
+    config.modules.notifications.mode = Some(chassis::config::ModuleMode::Remote);
+    config.modules.notifications.url = Some("http://127.0.0.1:9/".parse().expect("url"));
+    let error = bazaar::compose(&config)
+        .await
+        .expect_err("refused")
+        .to_string();
+    for needed in [
+        "orders.order_confirmed",
+        "billing.payment_refunded",
+        "catalog.stock_low",
+        "modules.notifications.mode",
+    ] {
+        assert!(error.contains(needed), "{needed} missing from: {error}");
+    }
+}
+
+#[tokio::test]
+async fn a_module_turned_off_is_neither_hosted_nor_reached() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = support::config(dir.path());
+    config.modules.notifications.mode = Some(chassis::config::ModuleMode::Off);
+    let composition = bazaar::compose(&config).await.expect("composes");
+    assert!(
+        composition
+            .local
+            .iter()
+            .all(|module| module.name() != "notifications"),
+        "not hosted"
+    );
+    let entry = composition
+        .entries
+        .iter()
+        .find(|entry| entry.name == "notifications")
+        .expect("listed");
+    assert_eq!(entry.placement, chassis::config::Placement::Absent);
+    assert!(!dir.path().join("notifications.db").exists(), "no database");
+}

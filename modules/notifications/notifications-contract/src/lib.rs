@@ -25,3 +25,20 @@ pub use settings::NotificationsSettings;
 
 /// The module's name, as used in config (`modules.notifications`), consumers and metrics.
 pub const MODULE: &str = "notifications";
+
+/// The event types notifications consumes, wherever it runs. A process that publishes any
+/// of them must get them to notifications, even when notifications runs in another
+/// process: the composition root checks it at start-up. Spelled out here because this
+/// crate may not depend on the publishers' contracts; the notifications crate's tests
+/// check that its subscription is exactly this list.
+pub const CONSUMED_EVENT_TYPES: [&str; 9] = [
+    "orders.order_confirmed",
+    "orders.order_rejected",
+    "orders.order_cancelled",
+    "billing.payment_captured",
+    "billing.payment_declined",
+    "billing.payment_refunded",
+    "catalog.product_created",
+    "catalog.price_changed",
+    "catalog.stock_low",
+];

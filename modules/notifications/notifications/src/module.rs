@@ -114,3 +114,17 @@ impl LocalModule for NotificationsModule {
         vec![tokio::spawn(self.service.clone().run_worker())]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_subscription_consumes_exactly_what_the_contract_declares() {
+        let mut subscribed = EVENT_TYPES.to_vec();
+        let mut declared = notifications_contract::CONSUMED_EVENT_TYPES.to_vec();
+        subscribed.sort_unstable();
+        declared.sort_unstable();
+        assert_eq!(subscribed, declared);
+    }
+}
