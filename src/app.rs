@@ -169,6 +169,14 @@ pub async fn compose(config: &Config) -> anyhow::Result<Composition> {
             }
             _ => {}
         }
+        if placement == Placement::Local
+            && let Some(module) = composition.local.last()
+        {
+            probes.push(Probe::Schema(
+                module.database().clone(),
+                module.migrations(),
+            ));
+        }
         composition.entries.push(ModuleEntry {
             name,
             placement,

@@ -11,13 +11,15 @@ use url::Url;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::config::Placement;
-use crate::db::Database;
+use crate::db::{Database, Migrations};
 use crate::remote::RemoteClient;
 
 /// Something `/health/ready` checks for a module.
 #[derive(Debug, Clone)]
 pub enum Probe {
     Database(Database),
+    /// The module's schema is at its latest migration.
+    Schema(Database, Migrations),
     Peer(RemoteClient),
 }
 
@@ -89,6 +91,17 @@ impl Operations {
     }
 }
 
+async fn schema_check(db: &Database, migrations: Migrations) -> Result<(), String> {
+    match db.pending_migrations(migrations).await {
+        Ok(pending) if pending.is_empty() => Ok(()),
+        Ok(pending) => Err(format!(
+            "not at its latest migration: {} pending; run `bazaar migrate`",
+            pending.join(", ")
+        )),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 async fn live() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
@@ -102,6 +115,7 @@ async fn ready(ops: web::Data<Operations>) -> HttpResponse {
         for probe in &module.probes {
             let (key, outcome) = match probe {
                 Probe::Database(db) => ("database", db.ping().await.map_err(|e| e.to_string())),
+                Probe::Schema(db, migrations) => ("schema", schema_check(db, *migrations).await),
                 Probe::Peer(client) => ("peer", client.ping().await.map_err(|e| e.to_string())),
             };
             module_ok &= outcome.is_ok();

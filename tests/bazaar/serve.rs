@@ -230,3 +230,59 @@ async fn a_process_with_a_remote_catalog_reports_and_probes_it() {
     assert_eq!(down["status"], "error");
     assert_eq!(down["modules"][0]["checks"]["peer"]["status"], "error");
 }
+
+/// `/health/ready` fails while a module's schema lags its code (a restored database, a
+/// migration rolled back): the check names what is pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_while_a_modules_schema_is_not_at_its_latest_migration() {
+    use diesel::prelude::*;
+    let data = tempfile::tempdir().expect("tempdir");
+    let base = support::spawn(support::config(data.path())).await;
+    let http = support::http();
+    let ready = http
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .expect("ready");
+    assert_eq!(ready.status(), 200);
+
+    let path = data.path().join("billing.db");
+    let mut conn = SqliteConnection::establish(&path.display().to_string()).expect("opens");
+    let forgotten: String = diesel::dsl::sql::<diesel::sql_types::Text>(
+        "SELECT max(version) FROM __diesel_schema_migrations WHERE version LIKE 'billing%'",
+    )
+    .get_result(&mut conn)
+    .expect("the latest billing migration");
+    diesel::sql_query(format!(
+        "DELETE FROM __diesel_schema_migrations WHERE version = '{forgotten}'"
+    ))
+    .execute(&mut conn)
+    .expect("forgets it");
+
+    let ready = http
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .expect("ready");
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.expect("json");
+    let billing = ready["modules"]
+        .as_array()
+        .expect("modules")
+        .iter()
+        .find(|m| m["name"] == "billing")
+        .cloned()
+        .expect("billing");
+    assert_eq!(billing["checks"]["database"]["status"], "ok");
+    assert_eq!(billing["checks"]["schema"]["status"], "error");
+    let error = billing["checks"]["schema"]["error"].as_str().expect("says why");
+    assert!(error.contains(&forgotten), "{error}");
+    let catalog = ready["modules"]
+        .as_array()
+        .expect("modules")
+        .iter()
+        .find(|m| m["name"] == "catalog")
+        .cloned()
+        .expect("catalog");
+    assert_eq!(catalog["checks"]["schema"]["status"], "ok");
+}

@@ -424,6 +424,29 @@ impl Database {
         }
     }
 
+    /// The migrations of the chassis's tables and of one module not applied to this
+    /// database yet, for `/health/ready`: a process whose schema lags its code (a restore,
+    /// a failed `bazaar migrate`) is not ready.
+    pub async fn pending_migrations(&self, migrations: Migrations) -> Result<Vec<String>, DbError> {
+        self.read(move |conn| {
+            let mut pending = Vec::new();
+            for set in [CHASSIS_MIGRATIONS, migrations] {
+                let versions: Vec<String> = match conn {
+                    DbConnection::Sqlite(conn) => conn
+                        .pending_migrations(Embedded(set.sqlite))
+                        .map(|found| found.iter().map(|m| m.name().version().to_string()).collect()),
+                    DbConnection::Postgres(conn) => conn
+                        .pending_migrations(Embedded(set.postgres))
+                        .map(|found| found.iter().map(|m| m.name().version().to_string()).collect()),
+                }
+                .map_err(|error| DbError::Migration(error.to_string()))?;
+                pending.extend(versions);
+            }
+            Ok(pending)
+        })
+        .await
+    }
+
     /// Whether the database answers, for `/health/ready`.
     pub async fn ping(&self) -> Result<(), DbError> {
         self.read(|conn| conn.batch_execute("SELECT 1").map_err(DbError::from))
