@@ -374,6 +374,12 @@ pub async fn start(
     listener: TcpListener,
 ) -> anyhow::Result<actix_web::dev::Server> {
     let composition = compose(&config).await?;
+    for module in &composition.local {
+        module
+            .database()
+            .serve_exclusively()
+            .with_context(|| format!("module {}: cannot serve its database", module.name()))?;
+    }
     for (module, versions) in composition.migrate().await? {
         if !versions.is_empty() {
             tracing::info!(module, ?versions, "applied migrations");

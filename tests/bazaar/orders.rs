@@ -165,7 +165,7 @@ async fn forty_orders_for_ten_units(config: bazaar::Config) {
             .filter(|order| order["status"] == status)
             .count()
     };
-    assert_eq!(count("confirmed"), 10, "exactly the stock is sold");
+    assert_eq!(count("confirmed"), 10, "exactly the stock is sold: {orders:?}");
     assert_eq!(count("rejected"), 30);
     assert!(
         orders

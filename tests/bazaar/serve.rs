@@ -286,3 +286,21 @@ async fn readiness_fails_while_a_modules_schema_is_not_at_its_latest_migration()
         .expect("catalog");
     assert_eq!(catalog["checks"]["schema"]["status"], "ok");
 }
+
+/// A SQLite file belongs to one serving process: a second server on the same data
+/// directory refuses to start and says why, and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_sqlite_data_directory_refuses_to_start() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let _first = support::spawn(support::config(data.path())).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds a free port");
+    let refused = bazaar::start(support::config(data.path()), listener)
+        .await
+        .map(|_| ())
+        .expect_err("the second server is refused");
+    let message = format!("{refused:#}");
+    assert!(
+        message.contains("catalog.db") && message.contains("in use by another process"),
+        "{message}"
+    );
+}

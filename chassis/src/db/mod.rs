@@ -100,6 +100,12 @@ pub enum DbError {
     Task(String),
     #[error("cannot encode or decode a stored value: {0}")]
     Encoding(String),
+    /// A SQLite file another process is serving.
+    #[error(
+        "{0} is in use by another process (a second `bazaar serve` on the same data directory?): \
+         stop that one, or give this one its own data_dir or database_url"
+    )]
+    InUse(String),
 }
 
 impl From<diesel::result::Error> for DbError {
@@ -130,18 +136,22 @@ impl ProblemCode for DbError {
     fn status(&self) -> u16 {
         match self {
             DbError::Unavailable(_) => 503,
-            DbError::Query(_) | DbError::Migration(_) | DbError::Task(_) | DbError::Encoding(_) => {
-                500
-            }
+            DbError::Query(_)
+            | DbError::Migration(_)
+            | DbError::Task(_)
+            | DbError::Encoding(_)
+            | DbError::InUse(_) => 500,
         }
     }
 
     fn code(&self) -> &'static str {
         match self {
             DbError::Unavailable(_) => crate::problem::codes::DEPENDENCY_UNAVAILABLE,
-            DbError::Query(_) | DbError::Migration(_) | DbError::Task(_) | DbError::Encoding(_) => {
-                crate::problem::codes::INTERNAL_ERROR
-            }
+            DbError::Query(_)
+            | DbError::Migration(_)
+            | DbError::Task(_)
+            | DbError::Encoding(_)
+            | DbError::InUse(_) => crate::problem::codes::INTERNAL_ERROR,
         }
     }
 }
@@ -225,6 +235,9 @@ struct Inner {
     sqlite_writer: Option<SqliteWriter>,
     /// Rung after a transaction that wrote outbox rows commits: wakes the relay.
     outbox_signal: Arc<tokio::sync::Notify>,
+    /// SQLite only, once [`Database::serve_exclusively`] took it: the lock that keeps a
+    /// second server off this file, held as long as the database is open.
+    serving_lock: std::sync::Mutex<Option<std::fs::File>>,
 }
 
 impl std::fmt::Debug for Database {
@@ -284,8 +297,41 @@ impl Database {
                 url: url.clone(),
                 sqlite_writer,
                 outbox_signal: Arc::new(tokio::sync::Notify::new()),
+                serving_lock: std::sync::Mutex::new(None),
             }),
         })
+    }
+
+    /// Claims a SQLite database for this process's server, or refuses: a SQLite file
+    /// belongs to one serving process (its writer thread, the leases it clears at start),
+    /// and a second `bazaar serve` on the same data directory would write beside the
+    /// first. The claim is an exclusive `flock` on `<file>.lock`, which the kernel
+    /// releases when the process ends, however it ends; it is held as long as this
+    /// database is open. PostgreSQL serves any number of processes: nothing to claim.
+    pub fn serve_exclusively(&self) -> Result<(), DbError> {
+        let Some(path) = self.inner.url.sqlite_path() else {
+            return Ok(());
+        };
+        let lock_path = format!("{path}.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|error| DbError::Unavailable(format!("cannot open {lock_path}: {error}")))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(DbError::InUse(path.to_owned()));
+            }
+            Err(std::fs::TryLockError::Error(error)) => {
+                return Err(DbError::Unavailable(format!("cannot lock {lock_path}: {error}")));
+            }
+        }
+        if let Ok(mut held) = self.inner.serving_lock.lock() {
+            *held = Some(file);
+        }
+        Ok(())
     }
 
     pub fn backend(&self) -> Backend {
