@@ -45,9 +45,13 @@ impl std::fmt::Debug for Composition {
 fn open_database(config: &Config, name: &str) -> anyhow::Result<Database> {
     let settings = config.module(name);
     let url = settings.database_url_or_default(name, &config.data_dir);
-    let default_size = if url.is_postgres() { 10 } else { 8 };
+    // PostgreSQL pools share the process's `database.max_connections`.
+    let postgres_share = config
+        .postgres_pools()?
+        .into_iter()
+        .find_map(|(module, size)| (module == name).then_some(size));
     let options = PoolOptions {
-        max_size: settings.pool_size.unwrap_or(default_size),
+        max_size: postgres_share.unwrap_or(settings.pool_size.unwrap_or(8)),
         ..PoolOptions::default()
     };
     Database::open(&url, options)

@@ -1,8 +1,8 @@
 use std::path::{Path, PathBuf};
 
 use chassis::config::{
-    AuthSettings, BusKind, BusSettings, ConfigError, EventsSettings, LogSettings, ModuleSettings,
-    Placement, ServerSettings, ShopSettings,
+    AuthSettings, BusKind, BusSettings, ConfigError, DatabaseSettings, EventsSettings,
+    LogSettings, ModuleSettings, Placement, ServerSettings, ShopSettings,
 };
 use chassis::remote::RemoteSettings;
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,7 @@ pub struct Config {
     pub shop: ShopSettings,
     pub auth: AuthSettings,
     pub log: LogSettings,
+    pub database: DatabaseSettings,
     pub bus: BusSettings,
     pub events: EventsSettings,
     pub remote: RemoteSettings,
@@ -45,6 +46,7 @@ impl Default for Config {
             shop: ShopSettings::default(),
             auth: AuthSettings::default(),
             log: LogSettings::default(),
+            database: DatabaseSettings::default(),
             bus: BusSettings::default(),
             events: EventsSettings::default(),
             remote: RemoteSettings::default(),
@@ -98,6 +100,7 @@ impl Config {
         self.notifications
             .validate()
             .map_err(ConfigError::Invalid)?;
+        self.postgres_pools()?;
         if self.remote.max_concurrency == 0 {
             return Err(ConfigError::key(
                 "remote.max_concurrency",
@@ -105,6 +108,54 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The pool size of each local module on PostgreSQL, within `database.max_connections`
+    /// for the whole process: a `modules.<name>.pool_size` is taken as set, and the rest of
+    /// the budget is shared evenly by the modules without one (at least 2 each, so that a
+    /// relay and a request can run at once). Sizes that exceed the budget are refused.
+    pub(crate) fn postgres_pools(&self) -> Result<Vec<(&'static str, u32)>, ConfigError> {
+        let on_postgres: Vec<&'static str> = COMPILED_IN
+            .iter()
+            .map(|(name, _)| *name)
+            .filter(|name| matches!(self.placement(name), Ok(Placement::Local)))
+            .filter(|name| {
+                self.module(name)
+                    .database_url_or_default(name, &self.data_dir)
+                    .is_postgres()
+            })
+            .collect();
+        let budget = self.database.max_connections;
+        let set: u32 = on_postgres
+            .iter()
+            .filter_map(|name| self.module(name).pool_size)
+            .sum();
+        let unset = on_postgres
+            .iter()
+            .filter(|name| self.module(name).pool_size.is_none())
+            .count() as u32;
+        let share = budget.saturating_sub(set).checked_div(unset).unwrap_or(0);
+        if set + unset * share.max(2) > budget {
+            let sizes: Vec<String> = on_postgres
+                .iter()
+                .map(|name| match self.module(name).pool_size {
+                    Some(size) => format!("modules.{name}.pool_size = {size}"),
+                    None => format!("{name}: 2 at least"),
+                })
+                .collect();
+            return Err(ConfigError::key(
+                "database.max_connections",
+                format!(
+                    "{budget} PostgreSQL connections for this process cannot hold its pools ({}); \
+                     raise it, or lower the pool sizes",
+                    sizes.join(", ")
+                ),
+            ));
+        }
+        Ok(on_postgres
+            .into_iter()
+            .map(|name| (name, self.module(name).pool_size.unwrap_or(share)))
+            .collect())
     }
 
     pub(crate) fn module(&self, name: &str) -> &ModuleSettings {
@@ -178,6 +229,45 @@ mod tests {
         let error = load(&[("BAZAAR__CATALOG__LOW_STOCK_THRESHOLD", "-1")]).expect_err("negative");
         assert!(
             error.to_string().contains("catalog.low_stock_threshold"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn postgres_pools_share_the_process_budget() {
+        let url = "postgres://postgres@127.0.0.1:5432/shop";
+        let config = load(&[
+            ("BAZAAR__MODULES__CATALOG__DATABASE_URL", url),
+            ("BAZAAR__MODULES__ORDERS__DATABASE_URL", url),
+            ("BAZAAR__MODULES__BILLING__DATABASE_URL", url),
+            ("BAZAAR__MODULES__NOTIFICATIONS__DATABASE_URL", url),
+        ])
+        .expect("valid");
+        let pools = config.postgres_pools().expect("fits");
+        assert_eq!(pools.len(), 4);
+        assert!(pools.iter().all(|(_, size)| *size == 5), "{pools:?}");
+        let total: u32 = pools.iter().map(|(_, size)| size).sum();
+        assert!(total <= config.database.max_connections);
+        assert!(4 * total <= 100 - 3, "four instances fit PostgreSQL's default");
+
+        let config = load(&[
+            ("BAZAAR__MODULES__CATALOG__DATABASE_URL", url),
+            ("BAZAAR__MODULES__CATALOG__POOL_SIZE", "12"),
+            ("BAZAAR__MODULES__ORDERS__DATABASE_URL", url),
+        ])
+        .expect("valid");
+        let pools = config.postgres_pools().expect("fits");
+        assert_eq!(pools, vec![("catalog", 12), ("orders", 8)]);
+
+        let error = load(&[
+            ("BAZAAR__MODULES__CATALOG__DATABASE_URL", url),
+            ("BAZAAR__MODULES__CATALOG__POOL_SIZE", "19"),
+            ("BAZAAR__MODULES__ORDERS__DATABASE_URL", url),
+        ])
+        .expect_err("over the budget");
+        assert!(
+            error.to_string().contains("database.max_connections")
+                && error.to_string().contains("modules.catalog.pool_size = 19"),
             "{error}"
         );
     }

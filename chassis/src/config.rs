@@ -202,6 +202,24 @@ pub enum LogFormat {
     Json,
 }
 
+/// `database`: what one process may ask of PostgreSQL.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// The most PostgreSQL connections one process opens, all its local modules' pools
+    /// together. The default lets four instances share a PostgreSQL server left at its
+    /// default `max_connections = 100`, with room for administrators.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 20,
+        }
+    }
+}
+
 /// `bus`: how events travel between modules.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
