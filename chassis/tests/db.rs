@@ -222,7 +222,10 @@ async fn terminated_connections_are_unavailable_and_the_pool_recovers_on_postgre
     db.write(|conn| insert(conn, "before").map_err(TestError::from))
         .await
         .expect("writes");
-    assert!(test_db.terminate_connections() >= 1, "the pool had connections");
+    assert!(
+        test_db.terminate_connections() >= 1,
+        "the pool had connections"
+    );
     let mut unavailable = 0;
     for _ in 0..20 {
         let read = db
@@ -242,7 +245,10 @@ async fn terminated_connections_are_unavailable_and_the_pool_recovers_on_postgre
             Err(other) => panic!("a lost connection must be Unavailable, got {other:?}"),
         }
     }
-    assert!(unavailable <= 16, "every dead connection is dropped once met");
+    assert!(
+        unavailable <= 16,
+        "every dead connection is dropped once met"
+    );
     assert_eq!(count(&db).await, 1, "the pool recovered");
     db.write(|conn| insert(conn, "after").map_err(TestError::from))
         .await
@@ -268,11 +274,67 @@ async fn instances_migrating_one_fresh_database_at_once_all_succeed_on_postgres(
         .collect::<Vec<_>>();
     let mut applied_by = 0;
     for migration in futures::future::join_all(migrations).await {
-        let applied = migration.expect("task ran").expect("every instance migrates");
+        let applied = migration
+            .expect("task ran")
+            .expect("every instance migrates");
         if !applied.is_empty() {
             applied_by += 1;
         }
     }
-    assert_eq!(applied_by, 1, "one instance applied the migrations, the others found none");
+    assert_eq!(
+        applied_by, 1,
+        "one instance applied the migrations, the others found none"
+    );
     assert_eq!(count(&instances[0]).await, 0);
+}
+
+/// A flood of writes past what the SQLite writer may hold queued: the excess is refused at
+/// once as unavailable (a 503) and writes nothing; every write accepted is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_past_the_sqlite_writers_queue_are_refused_and_write_nothing() {
+    let test_db = TestDatabase::sqlite();
+    let db = test_db.open(MIGRATIONS).await;
+    // Holds the writer, so that the flood queues behind it.
+    let blocker = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.write(|conn| {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                insert(conn, "blocker").map_err(TestError::from)
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let flood: Vec<_> = (0..6000)
+        .map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.write(move |conn| insert(conn, &format!("w{i}")).map_err(TestError::from))
+                    .await
+            })
+        })
+        .collect();
+    let (mut written, mut refused) = (0_i64, 0);
+    for write in futures::future::join_all(flood).await {
+        match write.expect("task ran") {
+            Ok(_) => written += 1,
+            Err(TestError::Db(DbError::Unavailable(_))) => refused += 1,
+            Err(other) => panic!("a refused write is Unavailable, got {other:?}"),
+        }
+    }
+    blocker
+        .await
+        .expect("task ran")
+        .expect("the blocker commits");
+    assert!(refused > 0, "the queue is bounded");
+    assert!(
+        written >= 4096,
+        "a full queue's worth is accepted: {written}"
+    );
+    assert_eq!(
+        count(&db).await,
+        written + 1,
+        "exactly the accepted writes are stored"
+    );
 }

@@ -117,9 +117,7 @@ impl From<diesel::result::Error> for DbError {
             Error::DatabaseError(
                 DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
                 _,
-            ) => {
-                DbError::Unavailable(error.to_string())
-            }
+            ) => DbError::Unavailable(error.to_string()),
             Error::DatabaseError(DatabaseErrorKind::Unknown, info)
                 if info.message().contains("database is locked")
                     || info.message().contains("terminating connection")
@@ -325,7 +323,9 @@ impl Database {
                 return Err(DbError::InUse(path.to_owned()));
             }
             Err(std::fs::TryLockError::Error(error)) => {
-                return Err(DbError::Unavailable(format!("cannot lock {lock_path}: {error}")));
+                return Err(DbError::Unavailable(format!(
+                    "cannot lock {lock_path}: {error}"
+                )));
             }
         }
         if let Ok(mut held) = self.inner.serving_lock.lock() {
@@ -478,12 +478,22 @@ impl Database {
             let mut pending = Vec::new();
             for set in [CHASSIS_MIGRATIONS, migrations] {
                 let versions: Vec<String> = match conn {
-                    DbConnection::Sqlite(conn) => conn
-                        .pending_migrations(Embedded(set.sqlite))
-                        .map(|found| found.iter().map(|m| m.name().version().to_string()).collect()),
+                    DbConnection::Sqlite(conn) => {
+                        conn.pending_migrations(Embedded(set.sqlite)).map(|found| {
+                            found
+                                .iter()
+                                .map(|m| m.name().version().to_string())
+                                .collect()
+                        })
+                    }
                     DbConnection::Postgres(conn) => conn
                         .pending_migrations(Embedded(set.postgres))
-                        .map(|found| found.iter().map(|m| m.name().version().to_string()).collect()),
+                        .map(|found| {
+                            found
+                                .iter()
+                                .map(|m| m.name().version().to_string())
+                                .collect()
+                        }),
                 }
                 .map_err(|error| DbError::Migration(error.to_string()))?;
                 pending.extend(versions);

@@ -21,6 +21,12 @@ use crate::config::DatabaseUrl;
 /// Most writes committed together.
 const MAX_BATCH: usize = 512;
 
+/// Most writes waiting for the writer. Past it a write is refused at once as
+/// `Unavailable` (a 503 with `Retry-After`, nothing written) rather than queued: under a
+/// flood the queue, and the memory it holds, stay bounded. Eight batches is seconds of
+/// work on a slow disk, far more than callers that answer within `orders.sync_wait` wait.
+const MAX_QUEUED: usize = 8 * MAX_BATCH;
+
 /// What a write reports once the batch it ran in has committed or failed.
 pub(super) type Finish = Box<dyn FnOnce(Result<(), DbError>) + Send>;
 
@@ -37,7 +43,7 @@ pub(super) enum Job {
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 pub(super) struct SqliteWriter {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::SyncSender<Job>,
     /// Dropped with the writer: the checkpointer's cue to stop.
     _checkpoints: mpsc::Sender<()>,
 }
@@ -58,7 +64,7 @@ impl SqliteWriter {
             .map_err(|error| {
                 DbError::Task(format!("cannot start the SQLite checkpointer: {error}"))
             })?;
-        let (jobs, queue) = mpsc::channel();
+        let (jobs, queue) = mpsc::sync_channel(MAX_QUEUED);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || run(manager, conn, queue))
@@ -70,9 +76,17 @@ impl SqliteWriter {
     }
 
     pub(super) fn submit(&self, job: Job) -> Result<(), DbError> {
-        self.jobs
-            .send(job)
-            .map_err(|_| DbError::Task("the SQLite writer has stopped".into()))
+        self.jobs.try_send(job).map_err(|error| match error {
+            mpsc::TrySendError::Full(_) => {
+                metrics::counter!("bazaar_db_writes_refused_total").increment(1);
+                DbError::Unavailable(format!(
+                    "the SQLite writer has {MAX_QUEUED} writes waiting; try again shortly"
+                ))
+            }
+            mpsc::TrySendError::Disconnected(_) => {
+                DbError::Task("the SQLite writer has stopped".into())
+            }
+        })
     }
 }
 

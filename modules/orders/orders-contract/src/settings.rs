@@ -20,6 +20,10 @@ pub struct OrdersSettings {
     /// How long one process owns a running saga; another process resumes it after that.
     #[serde(with = "humantime_serde")]
     pub saga_lease: Duration,
+    /// Most orders whose saga this process runs at once after placing them; past it,
+    /// `POST /orders` answers 503 with `Retry-After` and creates nothing, so that a flood
+    /// cannot queue work (and memory) without end.
+    pub max_sagas_in_flight: usize,
 }
 
 impl Default for OrdersSettings {
@@ -29,6 +33,7 @@ impl Default for OrdersSettings {
             saga_deadline: Duration::from_secs(300),
             recovery_interval: Duration::from_secs(1),
             saga_lease: Duration::from_secs(30),
+            max_sagas_in_flight: 256,
         }
     }
 }
@@ -41,6 +46,9 @@ impl OrdersSettings {
         }
         if self.recovery_interval.is_zero() {
             return Err("orders.recovery_interval: must be above 0".into());
+        }
+        if self.max_sagas_in_flight == 0 {
+            return Err("orders.max_sagas_in_flight: must be at least 1".into());
         }
         if self.saga_lease < Duration::from_secs(1) {
             return Err("orders.saga_lease: must be at least 1s".into());

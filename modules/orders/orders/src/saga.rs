@@ -281,7 +281,13 @@ impl Saga {
             .await
     }
 
-    async fn postpone(&self, id: Uuid, run: &str, attempts: i64, error: String) -> Result<(), Error> {
+    async fn postpone(
+        &self,
+        id: Uuid,
+        run: &str,
+        attempts: i64,
+        error: String,
+    ) -> Result<(), Error> {
         let owner = run.to_owned();
         let next_at = utc_now() + backoff(attempts);
         tracing::info!(order_id = %id, attempts = attempts + 1, %error, "saga step postponed");

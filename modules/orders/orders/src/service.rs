@@ -28,6 +28,8 @@ pub struct OrdersService {
     currency: String,
     settings: OrdersSettings,
     saga: Arc<Saga>,
+    /// One per placed order whose saga task is running: `orders.max_sagas_in_flight`.
+    sagas_in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for OrdersService {
@@ -57,6 +59,9 @@ impl OrdersService {
             db,
             catalog,
             currency: currency.into(),
+            sagas_in_flight: Arc::new(tokio::sync::Semaphore::new(
+                settings.max_sagas_in_flight.max(1),
+            )),
             settings,
             saga,
         }
@@ -82,6 +87,18 @@ impl OrdersService {
                 return Ok(order);
             }
         }
+        // Taken before anything is stored, so that a refusal creates nothing; held by the
+        // saga's task until it ends.
+        let in_flight = Arc::clone(&self.sagas_in_flight)
+            .try_acquire_owned()
+            .map_err(|_| {
+                metrics::counter!("bazaar_orders_refused_total", "reason" => "overloaded")
+                    .increment(1);
+                Error::Unavailable(format!(
+                    "{} orders are being placed; try again shortly",
+                    self.settings.max_sagas_in_flight
+                ))
+            })?;
         let ids: Vec<Uuid> = request.lines.iter().map(|line| line.product_id).collect();
         let products = self
             .catalog
@@ -187,6 +204,7 @@ impl OrdersService {
         metrics::counter!("bazaar_orders_placed_total").increment(1);
         let saga = Arc::clone(&self.saga);
         let running = tokio::spawn(async move {
+            let _in_flight = in_flight;
             saga.run_new(saga_row, saga_lines).await.unwrap_or_else(|error| {
                 tracing::warn!(order_id = %id, %error, "saga stopped; the recovery worker resumes it");
                 None

@@ -120,7 +120,10 @@ async fn repeated_transitions_move_stock_once(backend: Backend) {
     })
     .await;
     for outcome in commits {
-        assert_eq!(outcome.expect("every commit answers").status, ReservationStatus::Committed);
+        assert_eq!(
+            outcome.expect("every commit answers").status,
+            ReservationStatus::Committed
+        );
     }
     let stock = stock_of(&catalog.module, &item).await;
     assert_eq!((stock.on_hand, stock.reserved), (7, 0), "sold once");
@@ -131,7 +134,10 @@ async fn repeated_transitions_move_stock_once(backend: Backend) {
     })
     .await;
     for outcome in restocks {
-        assert_eq!(outcome.expect("every restock answers").status, ReservationStatus::Restocked);
+        assert_eq!(
+            outcome.expect("every restock answers").status,
+            ReservationStatus::Restocked
+        );
     }
     let stock = stock_of(&catalog.module, &item).await;
     assert_eq!((stock.on_hand, stock.reserved), (10, 0), "put back once");
@@ -144,7 +150,10 @@ async fn repeated_transitions_move_stock_once(backend: Backend) {
     })
     .await;
     for outcome in releases {
-        assert_eq!(outcome.expect("every release answers").status, ReservationStatus::Released);
+        assert_eq!(
+            outcome.expect("every release answers").status,
+            ReservationStatus::Released
+        );
     }
     let stock = stock_of(&catalog.module, &item).await;
     assert_eq!((stock.on_hand, stock.reserved), (10, 0), "given back once");

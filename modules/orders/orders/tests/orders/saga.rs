@@ -550,7 +550,9 @@ async fn concurrent_cancels_of_one_order_refund_and_restock_once() {
         tokio::spawn(async move { service.cancel(placed.id).await })
     });
     for answer in futures::future::join_all(cancels).await {
-        let order = answer.expect("task ran").expect("every cancel answers the order");
+        let order = answer
+            .expect("task ran")
+            .expect("every cancel answers the order");
         assert_eq!(order.status, OrderStatus::Cancelled);
     }
     assert_eq!(
@@ -590,12 +592,78 @@ async fn concurrent_identical_idempotent_orders_create_and_charge_once() {
     let answers: Vec<_> = futures::future::join_all(places)
         .await
         .into_iter()
-        .map(|answer| answer.expect("task ran").expect("every request answers the order"))
+        .map(|answer| {
+            answer
+                .expect("task ran")
+                .expect("every request answers the order")
+        })
         .collect();
     let first = answers[0].id;
     assert!(answers.iter().all(|order| order.id == first), "{answers:?}");
     let settled = wait_until_settled(&fixture, first).await;
     assert_eq!(settled.status, OrderStatus::Confirmed);
+}
+
+/// Past `orders.max_sagas_in_flight` orders being placed at once, a placement is refused
+/// as unavailable (503) and creates nothing; every accepted one completes.
+async fn orders_past_the_sagas_in_flight_bound_are_refused_and_create_nothing() {
+    let item = product(100);
+    let mut catalog = catalog_knowing(&item);
+    let mut billing = MockBilling::new();
+    catalog
+        .expect_reserve()
+        .returning(|id, lines| Ok(reservation(id, ReservationStatus::Reserved, lines)));
+    // Slow enough that all placements overlap.
+    billing.expect_charge().returning(|c| {
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(payment(
+            c.order_id,
+            c.amount.amount,
+            PaymentStatus::Captured,
+        ))
+    });
+    catalog
+        .expect_commit()
+        .returning(|id| Ok(reservation(id, ReservationStatus::Committed, &[])));
+    let bounded = orders_contract::OrdersSettings {
+        max_sagas_in_flight: 2,
+        ..settings()
+    };
+    let fixture = fixture(catalog, billing, bounded).await;
+    let places = (0..6).map(|_| {
+        let service = fixture.service.clone();
+        let request = request(&item, 1, "tok_visa");
+        tokio::spawn(async move { service.place(request, None).await })
+    });
+    let answers: Vec<_> = futures::future::join_all(places)
+        .await
+        .into_iter()
+        .map(|answer| answer.expect("task ran"))
+        .collect();
+    let accepted: Vec<_> = answers.iter().filter_map(|a| a.as_ref().ok()).collect();
+    let refused = answers
+        .iter()
+        .filter(|a| matches!(a, Err(Error::Unavailable(_))))
+        .count();
+    assert_eq!((accepted.len(), refused), (2, 4), "{answers:?}");
+    let stored = fixture
+        .service
+        .list(
+            "ada@example.com".into(),
+            chassis::page::PageRequest {
+                after: None,
+                limit: 50,
+            },
+        )
+        .await
+        .expect("lists");
+    assert_eq!(stored.items.len(), 2, "a refused placement stores nothing");
+    for order in accepted {
+        assert_eq!(
+            wait_until_settled(&fixture, order.id).await.status,
+            OrderStatus::Confirmed
+        );
+    }
 }
 
 crate::support::on_both_backends!(
@@ -613,4 +681,5 @@ crate::support::on_both_backends!(
     only_a_confirmed_order_can_be_cancelled,
     concurrent_cancels_of_one_order_refund_and_restock_once,
     concurrent_identical_idempotent_orders_create_and_charge_once,
+    orders_past_the_sagas_in_flight_bound_are_refused_and_create_nothing,
 );

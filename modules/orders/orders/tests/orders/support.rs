@@ -25,6 +25,7 @@ pub(crate) fn settings() -> OrdersSettings {
         saga_deadline: Duration::from_secs(60),
         recovery_interval: Duration::from_millis(50),
         saga_lease: Duration::from_secs(30),
+        max_sagas_in_flight: 256,
     }
 }
 
@@ -91,7 +92,9 @@ pub(crate) use on_both_backends_in_actix;
 
 /// The backend of the running test (SQLite outside [`on`]).
 pub(crate) fn backend() -> Backend {
-    BACKEND.try_with(|backend| *backend).unwrap_or(Backend::Sqlite)
+    BACKEND
+        .try_with(|backend| *backend)
+        .unwrap_or(Backend::Sqlite)
 }
 
 pub(crate) async fn fixture(
