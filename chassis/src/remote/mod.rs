@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use url::Url;
 
-pub use breaker::{BreakerState, CircuitBreaker};
+pub use breaker::{BreakerPass, BreakerState, CircuitBreaker};
 
 use crate::problem::{PROBLEM_JSON, Problem};
 use crate::secret::Secret;
@@ -261,13 +261,15 @@ impl RemoteClient {
         query: &[(&str, String)],
         body: Option<Vec<u8>>,
     ) -> Result<Vec<u8>, Attempt> {
-        if !self.inner.breaker.try_acquire() {
+        let Some(pass) = self.inner.breaker.try_acquire() else {
             return Err(Attempt::Transient("circuit breaker is open".into()));
-        }
+        };
+        // If this future is dropped while the request is out, the pass drops with it and
+        // the breaker does not wait for an outcome that will never come.
         let result = self.send(method, url, query, body).await;
         match &result {
-            Err(Attempt::Transient(_)) => self.inner.breaker.record_failure(),
-            Ok(_) | Err(Attempt::Answered(_)) => self.inner.breaker.record_success(),
+            Err(Attempt::Transient(_)) => pass.failed(),
+            Ok(_) | Err(Attempt::Answered(_)) => pass.succeeded(),
         }
         result
     }
