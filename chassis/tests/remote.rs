@@ -347,3 +347,61 @@ async fn a_half_open_probe_dropped_before_its_answer_lets_a_later_probe_through(
     assert_eq!(client.breaker_state(), BreakerState::Closed);
     peer.handle.stop(false).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_refused_by_the_concurrency_cap_is_neither_retried_nor_counted_against_the_peer() {
+    let peer = peer().await;
+    let client = client(
+        &peer.url,
+        RemoteSettings {
+            timeout: Duration::from_millis(1000),
+            // A retry of the refused call would find the slot free at 1400 ms.
+            retries: 2,
+            breaker_failures: 1,
+            max_concurrency: 1,
+            ..settings()
+        },
+    );
+    // A call waits for a slot at most the timeout, so it is refused only behind two calls
+    // that each answer within it: the first holds the slot 0-700 ms, the second 700-1400 ms,
+    // and the third gives up waiting at 1000 ms.
+    let slow_call = |started: Duration| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(started).await;
+            client
+                .get::<serde_json::Value>("/slow", &[("ms", "700".to_owned())])
+                .await
+        })
+    };
+    let first = slow_call(Duration::ZERO);
+    let second = slow_call(Duration::from_millis(50));
+    let refused = slow_call(Duration::from_millis(100));
+    match refused.await.expect("task ran") {
+        Err(RemoteError::Unavailable { reason, .. }) => {
+            assert!(reason.contains("too many calls in flight"), "{reason}")
+        }
+        other => panic!("expected the cap to refuse, got {other:?}"),
+    }
+    assert_eq!(
+        client.breaker_state(),
+        BreakerState::Closed,
+        "a refusal at the cap is not the peer failing"
+    );
+    first.await.expect("task ran").expect("first call answered");
+    second
+        .await
+        .expect("task ran")
+        .expect("second call answered");
+    assert_eq!(
+        peer.counters.calls.load(Ordering::SeqCst),
+        2,
+        "the refused call never reached the peer"
+    );
+    let answer: serde_json::Value = client
+        .get("/whoami", &[])
+        .await
+        .expect("the peer is still called");
+    assert_eq!(answer["authorization"], "Bearer svc-token");
+    peer.handle.stop(false).await;
+}
