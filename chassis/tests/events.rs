@@ -411,6 +411,166 @@ async fn a_poison_event_does_not_hold_up_other_keys() {
     publishing.abort();
 }
 
+/// Panics on one event for its first `panics` attempts (`usize::MAX`: always), and records
+/// the events it handles.
+struct Panicky {
+    target: uuid::Uuid,
+    panics: usize,
+    recorder: Recorder,
+}
+
+impl Panicky {
+    fn new(target: uuid::Uuid, panics: usize) -> Self {
+        Self {
+            target,
+            panics,
+            recorder: Recorder::default(),
+        }
+    }
+
+    fn attempts_at(&self, id: uuid::Uuid) -> usize {
+        self.recorder
+            .attempts
+            .lock()
+            .expect("lock")
+            .get(&id)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl EventHandler for Panicky {
+    async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
+        if event.id == self.target && self.attempts_at(event.id) < self.panics {
+            self.recorder
+                .attempts
+                .lock()
+                .expect("lock")
+                .entry(event.id)
+                .and_modify(|count| *count += 1)
+                .or_insert(1);
+            panic!("handler bug on purpose");
+        }
+        self.recorder.handle(event).await
+    }
+}
+
+/// Waits until the relay has marked every outbox row published.
+async fn all_published(db: &Database) {
+    for _ in 0..400 {
+        if pending(db).await == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting until every outbox row is published");
+}
+
+async fn panicking_handlers(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    let bus = Arc::new(InProcessBus::new());
+    let poison = event("boom", 0);
+    let doomed = Arc::new(Panicky::new(poison.id, usize::MAX));
+    let recovers = Arc::new(Panicky::new(poison.id, 2));
+    subscribe(&bus, &db, "doomed", doomed.clone()).await;
+    subscribe(&bus, &db, "recovers", recovers.clone()).await;
+    let relay = OutboxRelay::new("test", db.clone(), bus.clone(), quick_relay()).spawn();
+    let mut events = vec![poison.clone()];
+    events.extend((1..20).map(|n| event(&format!("key-{}", n % 8), n)));
+    events.push(event("boom", 20));
+    for event in events.clone() {
+        commit_event(&db, event).await;
+    }
+
+    eventually("every event but the poison one handled by both", || {
+        doomed.recorder.delivered.load(Ordering::SeqCst) == events.len() - 1
+            && recovers.recorder.delivered.load(Ordering::SeqCst) == events.len()
+    })
+    .await;
+    all_published(&db).await;
+    assert_eq!(
+        recovers.attempts_at(poison.id),
+        3,
+        "two panics counted as failed attempts, then handled"
+    );
+    let boom_order = |recorder: &Recorder| {
+        recorder
+            .ids()
+            .into_iter()
+            .filter(|id| events.iter().any(|e| e.id == *id && e.key == "boom"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        boom_order(&recovers.recorder),
+        vec![poison.id, events[events.len() - 1].id],
+        "the later event of the panicking key waited for it"
+    );
+    assert_eq!(
+        doomed.attempts_at(poison.id),
+        4,
+        "a panic on every attempt spends every attempt"
+    );
+    let letters = DeadLetters::new(db.clone());
+    let parked = letters.list(false).await.expect("lists");
+    assert_eq!(parked.len(), 1, "only the poison event, for its consumer");
+    assert_eq!(parked[0].consumer, "doomed");
+    assert_eq!(parked[0].event, poison);
+    assert_eq!(parked[0].attempts, 4);
+    assert!(
+        parked[0].error.contains("panicked") && parked[0].error.contains("handler bug on purpose"),
+        "{}",
+        parked[0].error
+    );
+
+    // The lanes and the relay still work: later events of every key, the panicking one too.
+    let later: Vec<Envelope> = (21..40)
+        .map(|n| event(&format!("key-{}", n % 8), n))
+        .chain([event("boom", 40)])
+        .collect();
+    for event in later.clone() {
+        commit_event(&db, event).await;
+    }
+    let total = events.len() + later.len();
+    eventually("later events handled by both", || {
+        doomed.recorder.delivered.load(Ordering::SeqCst) == total - 1
+            && recovers.recorder.delivered.load(Ordering::SeqCst) == total
+    })
+    .await;
+    all_published(&db).await;
+
+    // A replay that panics again counts as failing again; the letter stays open.
+    let report = letters
+        .replay(
+            &[("doomed".to_owned(), doomed.clone() as Arc<dyn EventHandler>)],
+            None,
+        )
+        .await
+        .expect("replays");
+    assert_eq!(
+        (report.replayed, report.failed_again, report.skipped),
+        (0, 1, 0)
+    );
+    let parked = letters.list(false).await.expect("lists");
+    assert_eq!(parked.len(), 1, "still open");
+    assert_eq!(parked[0].attempts, 5);
+    assert!(parked[0].error.contains("panicked"), "{}", parked[0].error);
+    relay.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_retried_and_parked_without_stalling_on_sqlite() {
+    panicking_handlers(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_retried_and_parked_without_stalling_on_postgres() {
+    panicking_handlers(Backend::Postgres).await;
+}
+
 async fn rollback_publishes_nothing(backend: Backend) {
     let Some(test_db) = TestDatabase::new(backend) else {
         return;

@@ -45,10 +45,17 @@ async fn conflict() -> HttpResponse {
     chassis::http::problem_response(&problem)
 }
 
-async fn slow(counters: web::Data<Counters>) -> HttpResponse {
+#[derive(serde::Deserialize)]
+struct Delay {
+    ms: Option<u64>,
+}
+
+/// Answers after `?ms=` milliseconds, 150 by default.
+async fn slow(counters: web::Data<Counters>, delay: web::Query<Delay>) -> HttpResponse {
+    counters.calls.fetch_add(1, Ordering::SeqCst);
     let now = counters.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     counters.max_in_flight.fetch_max(now, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(delay.ms.unwrap_or(150))).await;
     counters.in_flight.fetch_sub(1, Ordering::SeqCst);
     HttpResponse::Ok().json(serde_json::json!({"ok": true}))
 }
@@ -286,5 +293,115 @@ async fn a_503_problem_from_a_live_peer_is_handed_back_without_tripping_the_brea
         3,
         "not retried: the peer answered"
     );
+    peer.handle.stop(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_probe_dropped_before_its_answer_lets_a_later_probe_through() {
+    let peer = peer().await;
+    let cooldown = Duration::from_millis(200);
+    let client = client(
+        &peer.url,
+        RemoteSettings {
+            retries: 0,
+            breaker_failures: 1,
+            breaker_cooldown: cooldown,
+            ..settings()
+        },
+    );
+    let outcome: Result<serde_json::Value, _> = client.get("/down", &[]).await;
+    assert!(matches!(outcome, Err(RemoteError::Unavailable { .. })));
+    assert_eq!(client.breaker_state(), BreakerState::Open);
+    tokio::time::sleep(cooldown).await;
+
+    // The probe reaches the peer, and its caller gives up on it before the answer.
+    let probe = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .get::<serde_json::Value>("/slow", &[("ms", "1000".to_owned())])
+                .await
+        })
+    };
+    for _ in 0..200 {
+        if peer.counters.in_flight.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        peer.counters.in_flight.load(Ordering::SeqCst),
+        1,
+        "probe sent"
+    );
+    probe.abort();
+    assert!(probe.await.expect_err("aborted").is_cancelled());
+
+    // The abandoned probe says nothing about the peer: one cool-down later, another goes.
+    tokio::time::sleep(cooldown).await;
+    let answer: serde_json::Value = client
+        .get("/whoami", &[])
+        .await
+        .expect("the next probe goes through");
+    assert_eq!(answer["authorization"], "Bearer svc-token");
+    assert_eq!(client.breaker_state(), BreakerState::Closed);
+    peer.handle.stop(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_refused_by_the_concurrency_cap_is_neither_retried_nor_counted_against_the_peer() {
+    let peer = peer().await;
+    let client = client(
+        &peer.url,
+        RemoteSettings {
+            timeout: Duration::from_millis(1000),
+            // A retry of the refused call would find the slot free at 1400 ms.
+            retries: 2,
+            breaker_failures: 1,
+            max_concurrency: 1,
+            ..settings()
+        },
+    );
+    // A call waits for a slot at most the timeout, so it is refused only behind two calls
+    // that each answer within it: the first holds the slot 0-700 ms, the second 700-1400 ms,
+    // and the third gives up waiting at 1000 ms.
+    let slow_call = |started: Duration| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(started).await;
+            client
+                .get::<serde_json::Value>("/slow", &[("ms", "700".to_owned())])
+                .await
+        })
+    };
+    let first = slow_call(Duration::ZERO);
+    let second = slow_call(Duration::from_millis(50));
+    let refused = slow_call(Duration::from_millis(100));
+    match refused.await.expect("task ran") {
+        Err(RemoteError::Unavailable { reason, .. }) => {
+            assert!(reason.contains("too many calls in flight"), "{reason}")
+        }
+        other => panic!("expected the cap to refuse, got {other:?}"),
+    }
+    assert_eq!(
+        client.breaker_state(),
+        BreakerState::Closed,
+        "a refusal at the cap is not the peer failing"
+    );
+    first.await.expect("task ran").expect("first call answered");
+    second
+        .await
+        .expect("task ran")
+        .expect("second call answered");
+    assert_eq!(
+        peer.counters.calls.load(Ordering::SeqCst),
+        2,
+        "the refused call never reached the peer"
+    );
+    let answer: serde_json::Value = client
+        .get("/whoami", &[])
+        .await
+        .expect("the peer is still called");
+    assert_eq!(answer["authorization"], "Bearer svc-token");
     peer.handle.stop(false).await;
 }

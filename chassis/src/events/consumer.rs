@@ -5,18 +5,21 @@
 //! other, so order per key holds. When an event fails, its key leaves the lane: a retry
 //! task takes that event and every later event of the same key (retrying with exponential
 //! backoff and jitter, then parking in the consumer's dead letters), while the lane goes on
-//! with every other key. A poison event therefore delays its own key only.
+//! with every other key. A poison event therefore delays its own key only. A handler that
+//! panics has failed that attempt, like one that returns an error.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::FutureExt as _;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{BusError, Envelope, HandlerError, Subscription};
+use super::{BusError, Envelope, EventHandler, HandlerError, Subscription};
 
 /// Lanes per consumer: enough to keep a slow key from holding up many others, few enough
 /// that a two-core machine does not thrash.
@@ -85,7 +88,7 @@ impl Shared {
     }
 
     async fn attempt(&self, event: &Envelope) -> Result<(), HandlerError> {
-        let outcome = self.subscription.handler.handle(event).await;
+        let outcome = handle(self.subscription.handler.as_ref(), event).await;
         if let Err(error) = &outcome {
             metrics::counter!("bazaar_event_handler_failures_total", "consumer" => self.consumer().to_owned())
                 .increment(1);
@@ -93,6 +96,28 @@ impl Shared {
         }
         outcome
     }
+}
+
+/// Hands `event` to `handler`, a panic included in the failures: a panic that unwound
+/// into a lane or retry task would end that task, leaving its batch unsettled (the relay's
+/// publish waiting for ever) and its keys with nobody to handle them.
+pub(crate) async fn handle(
+    handler: &dyn EventHandler,
+    event: &Envelope,
+) -> Result<(), HandlerError> {
+    // Unwind safety: the consumer's own state is not touched while the handler runs, and
+    // whatever state the handler left half-changed is its own, as it is for an error.
+    AssertUnwindSafe(handler.handle(event))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("no message");
+            Err(HandlerError(format!("the handler panicked: {message}")))
+        })
 }
 
 /// A running subscription.

@@ -82,7 +82,7 @@ impl DeadLetters {
 
     /// Hands parked events again to their consumer's handler, once each: `only` one of
     /// them, or every one not replayed yet. A success marks the dead letter replayed; a
-    /// failure records the new error.
+    /// failure (a panic too) records the new error.
     pub async fn replay(
         &self,
         handlers: &[(String, Arc<dyn EventHandler>)],
@@ -100,7 +100,7 @@ impl DeadLetters {
                 report.skipped += 1;
                 continue;
             };
-            let outcome = handler.handle(&letter.event).await;
+            let outcome = super::consumer::handle(handler.as_ref(), &letter.event).await;
             let id = letter.id.to_string();
             match outcome {
                 Ok(()) => {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use url::Url;
 
-pub use breaker::{BreakerState, CircuitBreaker};
+pub use breaker::{BreakerPass, BreakerState, CircuitBreaker};
 
 use crate::problem::{PROBLEM_JSON, Problem};
 use crate::secret::Secret;
@@ -24,7 +24,11 @@ use crate::secret::Secret;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RemoteSettings {
-    /// Per-call timeout.
+    /// Timeout of each attempt's request, from connecting to the end of the answer. The
+    /// wait for a slot under `max_concurrency` is bounded by the same duration but is not
+    /// part of it (a peer is not blamed for a request cut short by local queueing), so an
+    /// attempt can take up to twice `timeout`, and a call `1 + retries` such attempts plus
+    /// the delays between them.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// Extra attempts for idempotent calls after a transient failure.
@@ -37,7 +41,10 @@ pub struct RemoteSettings {
     /// How long the breaker stays open before letting one probe call through.
     #[serde(with = "humantime_serde")]
     pub breaker_cooldown: Duration,
-    /// Calls in flight at once to one peer; more wait, within the timeout.
+    /// Calls in flight at once to one peer. A call beyond it waits for a slot for up to
+    /// `timeout`, and then fails as unavailable without being sent: that refusal is not
+    /// the peer failing, so it does not count towards `breaker_failures` and is not
+    /// retried.
     pub max_concurrency: usize,
 }
 
@@ -93,6 +100,10 @@ struct Inner {
 /// A failed attempt, before it becomes a [`RemoteError`].
 #[derive(Debug)]
 enum Attempt {
+    /// Not sent: the breaker is open, or no slot under the concurrency cap freed up in
+    /// time. Says nothing about the peer, so it is neither counted by the breaker nor
+    /// retried (a wait for a slot has spent the call's timeout already).
+    Refused(String),
     /// Worth retrying (if idempotent) and counted by the breaker.
     Transient(String),
     /// The peer answered; a 4xx does not count against the breaker.
@@ -236,7 +247,7 @@ impl RemoteClient {
         let outcome_label = match &outcome {
             Ok(_) => "ok",
             Err(Attempt::Answered(_)) => "problem",
-            Err(Attempt::Transient(_)) => "unavailable",
+            Err(Attempt::Transient(_) | Attempt::Refused(_)) => "unavailable",
         };
         metrics::histogram!(
             "bazaar_port_call_duration_seconds",
@@ -250,7 +261,7 @@ impl RemoteClient {
         );
         outcome.map_err(|failure| match failure {
             Attempt::Answered(problem) => RemoteError::Problem(problem),
-            Attempt::Transient(reason) => self.unavailable(reason),
+            Attempt::Transient(reason) | Attempt::Refused(reason) => self.unavailable(reason),
         })
     }
 
@@ -261,13 +272,27 @@ impl RemoteClient {
         query: &[(&str, String)],
         body: Option<Vec<u8>>,
     ) -> Result<Vec<u8>, Attempt> {
-        if !self.inner.breaker.try_acquire() {
-            return Err(Attempt::Transient("circuit breaker is open".into()));
+        // Checked before queueing for a slot too, so that an open breaker answers at once.
+        if !self.inner.breaker.allows() {
+            return Err(Attempt::Refused("circuit breaker is open".into()));
         }
+        // The slot is taken before the breaker's pass, so that a half-open probe is not
+        // held up (nor given up) by local queueing.
+        let _slot = tokio::time::timeout(self.inner.settings.timeout, self.inner.permits.acquire())
+            .await
+            .map_err(|_| Attempt::Refused("too many calls in flight".into()))?
+            .map_err(|_| Attempt::Refused("client is shut down".into()))?;
+        let Some(pass) = self.inner.breaker.try_acquire() else {
+            return Err(Attempt::Refused("circuit breaker is open".into()));
+        };
+        // If this future is dropped while the request is out, the pass drops with it and
+        // the breaker does not wait for an outcome that will never come.
         let result = self.send(method, url, query, body).await;
         match &result {
-            Err(Attempt::Transient(_)) => self.inner.breaker.record_failure(),
-            Ok(_) | Err(Attempt::Answered(_)) => self.inner.breaker.record_success(),
+            Err(Attempt::Transient(_)) => pass.failed(),
+            Ok(_) | Err(Attempt::Answered(_)) => pass.succeeded(),
+            // Not sent, so nothing learnt about the peer.
+            Err(Attempt::Refused(_)) => drop(pass),
         }
         result
     }
@@ -279,11 +304,6 @@ impl RemoteClient {
         query: &[(&str, String)],
         body: Option<Vec<u8>>,
     ) -> Result<Vec<u8>, Attempt> {
-        let timeout = self.inner.settings.timeout;
-        let _permit = tokio::time::timeout(timeout, self.inner.permits.acquire())
-            .await
-            .map_err(|_| Attempt::Transient("too many calls in flight".into()))?
-            .map_err(|_| Attempt::Transient("client is shut down".into()))?;
         let mut request = self
             .inner
             .http
