@@ -2,6 +2,7 @@
 
 mod architecture;
 mod cli;
+mod faults;
 mod notifications;
 mod orders;
 mod serve;

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::support::{self, ADMIN_TOKEN};
 
-async fn create_product(
+pub(crate) async fn create_product(
     http: &reqwest::Client,
     base: &str,
     sku: &str,
@@ -31,12 +31,15 @@ async fn create_product(
     created["id"].as_str().expect("id").to_owned()
 }
 
-fn order_body(product_id: &str, quantity: u32, token: &str) -> Value {
+pub(crate) fn order_body(product_id: &str, quantity: u32, token: &str) -> Value {
     json!({"customer_email": "load@example.com", "lines": [{"product_id": product_id, "quantity": quantity}], "payment": {"token": token}})
 }
 
 /// Every payment billing holds, by order id.
-async fn payments_by_order(http: &reqwest::Client, base: &str) -> HashMap<String, Vec<Value>> {
+pub(crate) async fn payments_by_order(
+    http: &reqwest::Client,
+    base: &str,
+) -> HashMap<String, Vec<Value>> {
     let mut by_order: HashMap<String, Vec<Value>> = HashMap::new();
     let mut uri = format!("{base}/billing/payments?limit=200");
     loop {
@@ -65,7 +68,7 @@ async fn payments_by_order(http: &reqwest::Client, base: &str) -> HashMap<String
 /// The invariants of spec §4 at rest: no product oversold, every confirmed order has
 /// exactly one captured payment equal to its total, no rejected order keeps a captured
 /// payment, reserved stock is zero.
-async fn assert_invariants(
+pub(crate) async fn assert_invariants(
     http: &reqwest::Client,
     base: &str,
     product_id: &str,
@@ -165,7 +168,11 @@ async fn forty_orders_for_ten_units(config: bazaar::Config) {
             .filter(|order| order["status"] == status)
             .count()
     };
-    assert_eq!(count("confirmed"), 10, "exactly the stock is sold: {orders:?}");
+    assert_eq!(
+        count("confirmed"),
+        10,
+        "exactly the stock is sold: {orders:?}"
+    );
     assert_eq!(count("rejected"), 30);
     assert!(
         orders

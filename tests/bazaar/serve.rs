@@ -275,7 +275,9 @@ async fn readiness_fails_while_a_modules_schema_is_not_at_its_latest_migration()
         .expect("billing");
     assert_eq!(billing["checks"]["database"]["status"], "ok");
     assert_eq!(billing["checks"]["schema"]["status"], "error");
-    let error = billing["checks"]["schema"]["error"].as_str().expect("says why");
+    let error = billing["checks"]["schema"]["error"]
+        .as_str()
+        .expect("says why");
     assert!(error.contains(&forgotten), "{error}");
     let catalog = ready["modules"]
         .as_array()
