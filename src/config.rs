@@ -1,8 +1,8 @@
 use std::path::{Path, PathBuf};
 
 use chassis::config::{
-    AuthSettings, BusKind, BusSettings, ConfigError, DatabaseSettings, EventsSettings,
-    LogSettings, ModuleSettings, Placement, ServerSettings, ShopSettings,
+    AuthSettings, BusKind, BusSettings, ConfigError, DatabaseSettings, EventsSettings, LogSettings,
+    ModuleSettings, Placement, ServerSettings, ShopSettings,
 };
 use chassis::remote::RemoteSettings;
 use serde::{Deserialize, Serialize};
@@ -248,7 +248,10 @@ mod tests {
         assert!(pools.iter().all(|(_, size)| *size == 5), "{pools:?}");
         let total: u32 = pools.iter().map(|(_, size)| size).sum();
         assert!(total <= config.database.max_connections);
-        assert!(4 * total <= 100 - 3, "four instances fit PostgreSQL's default");
+        assert!(
+            4 * total <= 100 - 3,
+            "four instances fit PostgreSQL's default"
+        );
 
         let config = load(&[
             ("BAZAAR__MODULES__CATALOG__DATABASE_URL", url),

@@ -5,7 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use chassis::http::{ApiResult, Json, Query, Service, path_id};
 use chassis::page::{Page, PageParams};
 use chassis::problem::Problem;
-use orders_contract::Order;
+use orders_contract::{Order, OrderStatus};
 use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi};
 
@@ -104,11 +104,20 @@ async fn get_order(service: web::Data<OrdersService>, id: web::Path<String>) -> 
 
 /// Cancel a confirmed order: its payment is refunded and its stock restocked.
 #[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders", params(("id" = Uuid, Path)),
-    responses((status = 200, body = Order), (status = 404, body = Problem),
+    responses((status = 200, description = "cancelled: refunded and restocked", body = Order),
+        (status = 202, description = "the cancellation has started, and finishes once billing and the catalog can be reached: the order is still `confirmed`; poll it", body = Order),
+        (status = 404, body = Problem),
         (status = 409, description = "order_not_cancellable", body = Problem),
-        (status = 503, description = "dependency_unavailable: the cancellation goes on", body = Problem)))]
+        (status = 503, description = "dependency_unavailable: nothing was changed", body = Problem)))]
 async fn cancel_order(service: web::Data<OrdersService>, id: web::Path<String>) -> ApiResult {
-    Ok(HttpResponse::Ok().json(service.cancel(path_id(&id, "order")?).await?))
+    let order = service.cancel(path_id(&id, "order")?).await?;
+    if order.status == OrderStatus::Cancelled {
+        Ok(HttpResponse::Ok().json(order))
+    } else {
+        Ok(HttpResponse::Accepted()
+            .insert_header(("Location", format!("/orders/{}", order.id)))
+            .json(order))
+    }
 }
 
 /// Read an order (the port's `order`).

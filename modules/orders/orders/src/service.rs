@@ -286,7 +286,9 @@ impl OrdersService {
     }
 
     /// Cancels a confirmed order: refund, then restock. Cancelling a cancelled order
-    /// answers it as is; any other status is `order_not_cancellable`.
+    /// answers it as is; any other status is `order_not_cancellable`. Answers the order
+    /// `cancelled`, or still `confirmed` when the cancellation has started but billing or
+    /// the catalog cannot be reached now (the recovery worker finishes it).
     pub async fn cancel(&self, id: Uuid) -> Result<Order, Error> {
         let order = self.order(id).await?;
         match order.status {
@@ -320,11 +322,10 @@ impl OrdersService {
             self.await_saga(id).await?
         };
         match order.status {
-            OrderStatus::Cancelled => Ok(order),
-            OrderStatus::Confirmed => Err(Error::Unavailable(
-                "the cancellation has started and will finish once billing and the catalog answer"
-                    .into(),
-            )),
+            // Still `confirmed`: the cancellation is recorded and the recovery worker
+            // finishes it once billing and the catalog answer. Something has changed, so
+            // the answer is the order (the edge says 202), not an error.
+            OrderStatus::Cancelled | OrderStatus::Confirmed => Ok(order),
             status => Err(Error::NotCancellable {
                 order_id: id,
                 status: status.as_str(),

@@ -397,10 +397,89 @@ async fn the_internal_route_needs_the_service_token() {
     assert_eq!(read, order);
 }
 
+/// A cancellation that cannot reach billing now is under way, not failed: 202 with the
+/// order (still `confirmed`) and where to poll it; it ends `cancelled` once billing answers.
+async fn a_cancellation_waiting_for_a_peer_is_accepted_and_finished_later() {
+    let item = product(100);
+    let mut catalog = catalog_knowing(&item);
+    let mut billing = MockBilling::new();
+    catalog
+        .expect_reserve()
+        .returning(|id, lines| Ok(reservation(id, ReservationStatus::Reserved, lines)));
+    billing.expect_charge().returning(|c| {
+        Ok(payment(
+            c.order_id,
+            c.amount.amount,
+            PaymentStatus::Captured,
+        ))
+    });
+    catalog
+        .expect_commit()
+        .returning(|id| Ok(reservation(id, ReservationStatus::Committed, &[])));
+    let mut refunds = mockall::Sequence::new();
+    billing
+        .expect_refund()
+        .times(1)
+        .in_sequence(&mut refunds)
+        .returning(|_| Err(billing_contract::BillingError::Unavailable("down".into())));
+    billing
+        .expect_refund()
+        .in_sequence(&mut refunds)
+        .returning(|id| Ok(payment(id, 200, PaymentStatus::Refunded)));
+    catalog
+        .expect_restock()
+        .returning(|id| Ok(reservation(id, ReservationStatus::Restocked, &[])));
+    let fixture = fixture(catalog, billing, settings()).await;
+    let service = test::init_service(app(fixture.service.clone())).await;
+    let order: Value = test::call_and_read_body_json(
+        &service,
+        TestRequest::post()
+            .uri("/orders")
+            .set_json(body(item.id))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(order["status"], "confirmed");
+    let id = order["id"].as_str().expect("id");
+    let response = test::call_service(
+        &service,
+        TestRequest::post()
+            .uri(&format!("/orders/{id}/cancel"))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(response.status(), 202);
+    assert_eq!(
+        response
+            .headers()
+            .get("location")
+            .and_then(|value| value.to_str().ok()),
+        Some(format!("/orders/{id}").as_str())
+    );
+    let underway: Value = test::read_body_json(response).await;
+    assert_eq!(underway["status"], "confirmed");
+    let mut status = String::new();
+    for _ in 0..100 {
+        fixture.service.recover_due().await.expect("recovers");
+        let order = fixture
+            .service
+            .order(id.parse().expect("uuid"))
+            .await
+            .expect("reads");
+        status = order.status.as_str().to_owned();
+        if status == "cancelled" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, "cancelled", "the recovery worker finished it");
+}
+
 crate::support::on_both_backends_in_actix!(
     place_read_list_and_cancel_an_order,
     placing_errors,
     an_unreachable_catalog_answers_503_with_retry_after,
     reading_and_cancelling_unknown_or_unfinished_orders,
     the_internal_route_needs_the_service_token,
+    a_cancellation_waiting_for_a_peer_is_accepted_and_finished_later,
 );
