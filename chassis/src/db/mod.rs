@@ -193,7 +193,7 @@ const CHASSIS_MIGRATIONS: Migrations = Migrations {
 
 /// The PostgreSQL advisory lock key migrations run under, the same for every module and
 /// process (an arbitrary constant: "bazaar" in ASCII).
-const MIGRATION_LOCK: i64 = 0x0062_617a_6161_72;
+const MIGRATION_LOCK: i64 = 0x0000_6261_7a61_6172;
 
 /// Now, in UTC, at the microsecond precision both backends store.
 pub fn utc_now() -> chrono::NaiveDateTime {
