@@ -147,6 +147,11 @@ pub(crate) struct Server {
 }
 
 impl Server {
+    /// The server process's id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Ends the process at once, as a crash would: no shutdown, nothing flushed.
     pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();

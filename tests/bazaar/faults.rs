@@ -227,9 +227,9 @@ async fn connections_terminated_mid_load_leave_every_answer_true_on_postgres() {
     drop(databases);
 }
 
-/// Resident memory of this process, in KiB.
-fn resident_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("reads /proc");
+/// Resident memory of process `pid`, in KiB.
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reads /proc");
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
@@ -237,16 +237,22 @@ fn resident_kib() -> u64 {
         .expect("VmRSS")
 }
 
-/// Six floods of 600 orders from 300 clients at once, against a bound of 16 sagas in
-/// flight: the excess is answered 503 with nothing created, every accepted order is
-/// confirmed, and memory after the last flood is where it was after the second.
+/// Six floods of 600 orders from 300 clients at once against `bazaar serve` (its own
+/// process, so that its memory is its own), bounded at 16 sagas in flight: the excess is
+/// answered 503 with nothing created, every accepted order is confirmed, and the server's
+/// memory after the last flood is where it was after the second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flood_past_the_bounds_is_refused_with_nothing_created_and_memory_flat() {
-    let data = tempfile::tempdir().expect("tempdir");
-    let mut config = support::config(data.path());
-    config.orders.max_sagas_in_flight = 16;
-    config.server.workers = Some(2);
-    let base = support::spawn(config).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = crate::cli::start_with(
+        dir.path(),
+        &[
+            ("BAZAAR__ORDERS__MAX_SAGAS_IN_FLIGHT", "16"),
+            ("BAZAAR__SERVER__WORKERS", "2"),
+        ],
+    );
+    let base = format!("http://127.0.0.1:{}", server.port);
+    chassis::remote::install_tls_provider();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
@@ -277,7 +283,7 @@ async fn a_flood_past_the_bounds_is_refused_with_nothing_created_and_memory_flat
                 }
             }
         }
-        resident.push(resident_kib());
+        resident.push(resident_kib(server.pid()));
     }
     assert!(refused > 0, "the flood went past the bound");
     assert!(
@@ -290,8 +296,8 @@ async fn a_flood_past_the_bounds_is_refused_with_nothing_created_and_memory_flat
         stored.iter().all(|order| order["status"] == "confirmed"),
         "every accepted order completes"
     );
-    // The first flood warms the allocator's arenas up; from the second on, memory stays
-    // where it is (within a fifth) however many floods come.
+    // The first flood warms the allocator and the pools up; from the second on, memory
+    // stays where it is (within a fifth) however many floods come.
     let (warm, last) = (resident[1], resident[5]);
     assert!(
         last <= warm + warm / 5,
