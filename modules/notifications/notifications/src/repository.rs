@@ -2,7 +2,9 @@
 //!
 //! A delivery is claimed by the worker with one conditional `UPDATE … WHERE claimed_until
 //! IS NULL OR claimed_until < now`, so that of two workers (two processes on one
-//! PostgreSQL database) exactly one sends it.
+//! PostgreSQL database) exactly one sends it. An attempt records its outcome only while the
+//! delivery still holds its own claim (`settle_attempt`), so an attempt that outlived its
+//! lease, and whose delivery another attempt claimed since, changes nothing.
 
 use chassis::db::{DbConnection, update};
 use chassis::per_backend;
@@ -168,6 +170,7 @@ impl NewDelivery {
             status: self.status,
             attempts: self.attempts,
             last_error: None,
+            claimed_until: self.claimed_until,
             created_at: self.created_at,
         }
     }
@@ -206,6 +209,9 @@ pub(crate) struct DeliveryRow {
     pub(crate) status: String,
     pub(crate) attempts: i64,
     pub(crate) last_error: Option<String>,
+    /// The claim an attempt holds the delivery under; it records its outcome only while
+    /// the delivery still carries it.
+    pub(crate) claimed_until: Option<NaiveDateTime>,
     pub(crate) created_at: NaiveDateTime,
 }
 
@@ -313,19 +319,30 @@ pub(crate) fn claim(
     })
 }
 
-/// Records the outcome of an attempt and releases the claim.
+/// Records the outcome of the attempt that claimed the delivery until `claimed_until`, and
+/// releases the claim; answers whether the attempt still held it.
+///
+/// A claim's `claimed_until` is the claim's own: a new claim is taken only once the old one
+/// has run out (`claimed_until < at`), and is `at` plus a lease, so each claim of a delivery
+/// ends later than every earlier one. An attempt whose lease lapsed and whose delivery was
+/// claimed again no longer matches, and its outcome — possibly a failure after the newer
+/// attempt succeeded — is not recorded over the newer attempt's.
 pub(crate) fn settle_attempt(
     conn: &mut DbConnection,
     id: &str,
+    claimed_until: NaiveDateTime,
     status: DeliveryStatus,
     attempts: i64,
     last_error: Option<String>,
     next_attempt_at: NaiveDateTime,
-) -> QueryResult<()> {
+) -> QueryResult<bool> {
     per_backend!(conn, |conn| {
         update(
             deliveries::table,
-            deliveries::id.eq(id.to_owned()),
+            deliveries::id
+                .eq(id.to_owned())
+                .and(deliveries::status.eq(OPEN))
+                .and(deliveries::claimed_until.eq(claimed_until)),
             (
                 deliveries::status.eq(status.as_str()),
                 deliveries::attempts.eq(attempts),
@@ -336,6 +353,6 @@ pub(crate) fn settle_attempt(
             ),
         )
         .execute(conn)
-        .map(|_| ())
+        .map(|settled| settled == 1)
     })
 }

@@ -573,8 +573,14 @@ impl NotificationsService {
         }
     }
 
-    /// Makes one attempt at a claimed delivery and records its outcome.
+    /// Makes one attempt at a claimed delivery and records its outcome, unless the
+    /// delivery was claimed again meanwhile (this attempt outlived its lease).
     async fn attempt(&self, row: DeliveryRow) {
+        let Some(claim) = row.claimed_until else {
+            // Every row handed here was claimed; one that was not could be sent twice.
+            tracing::warn!(delivery = %row.id, "an unclaimed delivery is not attempted");
+            return;
+        };
         let outcome = self.send(&row).await;
         let attempts = row.attempts.saturating_add(1);
         let at = repo::now();
@@ -593,28 +599,37 @@ impl NotificationsService {
                 }
             }
         };
-        match status {
-            DeliveryStatus::Failed => tracing::warn!(
-                delivery = %row.id, recipient = %row.recipient, attempts,
-                error = last_error.as_deref().unwrap_or_default(), "delivery failed"
-            ),
-            DeliveryStatus::Retrying => tracing::info!(
-                delivery = %row.id, attempts,
-                error = last_error.as_deref().unwrap_or_default(), "delivery will be retried"
-            ),
-            _ => tracing::debug!(delivery = %row.id, channel = %row.channel, "delivered"),
-        }
         let id = row.id.clone();
+        let error = last_error.clone();
         let settled = self
             .db
             .write(move |conn| {
-                repo::settle_attempt(conn, &id, status, attempts, last_error, next)
+                repo::settle_attempt(conn, &id, claim, status, attempts, error, next)
                     .map_err(DbError::from)
             })
             .await;
-        if let Err(error) = settled {
-            // The claim runs out and the delivery is attempted again.
-            tracing::warn!(delivery = %row.id, %error, "cannot record a delivery attempt");
+        let error = last_error.as_deref().unwrap_or_default();
+        match settled {
+            Ok(true) => match status {
+                DeliveryStatus::Failed => tracing::warn!(
+                    delivery = %row.id, recipient = %row.recipient, attempts, error,
+                    "delivery failed"
+                ),
+                DeliveryStatus::Retrying => tracing::info!(
+                    delivery = %row.id, attempts, error, "delivery will be retried"
+                ),
+                DeliveryStatus::Sent => {
+                    tracing::debug!(delivery = %row.id, channel = %row.channel, "delivered");
+                }
+            },
+            Ok(false) => tracing::info!(
+                delivery = %row.id, outcome = %status, error,
+                "an attempt that outlived its lease is dropped: another attempt holds the delivery"
+            ),
+            Err(error) => {
+                // The claim runs out and the delivery is attempted again.
+                tracing::warn!(delivery = %row.id, %error, "cannot record a delivery attempt");
+            }
         }
     }
 

@@ -1,15 +1,19 @@
 //! Webhooks against a local actix server on 127.0.0.1: the signature, retries on 500,
-//! giving up, and a slow endpoint that delays nobody else.
+//! giving up, a slow endpoint that delays nobody else, and an attempt that outlived its
+//! lease.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-use chassis::db::Backend;
+use chassis::db::{Backend, DbError};
 use chassis::module::LocalModule;
+use diesel::RunQueryDsl;
 use hmac::{Hmac, Mac};
-use notifications_contract::{Channel, CreateWebhook, Delivery, DeliveryStatus};
+use notifications_contract::{
+    Channel, CreateWebhook, Delivery, DeliveryStatus, NotificationsSettings,
+};
 use orders_contract::OrderStatus;
 use sha2::Sha256;
 
@@ -28,6 +32,8 @@ struct Receiver {
     /// The statuses to answer, in turn; 200 once it is empty.
     script: Mutex<VecDeque<u16>>,
     delay: Mutex<Duration>,
+    /// When set, the first call waits for this before it answers.
+    hold_first: tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
 
 async fn receive(
@@ -44,6 +50,10 @@ async fn receive(
         signature,
         body: body.to_vec(),
     });
+    let held = state.hold_first.lock().await.take();
+    if let Some(release) = held {
+        let _released_or_test_over = release.await;
+    }
     let delay = *state.delay.lock().expect("lock");
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -372,4 +382,97 @@ async fn an_e_mail_waits_for_a_free_slot() {
     for worker in workers {
         worker.abort();
     }
+}
+
+/// An attempt that outlives its lease, while another attempt claims the delivery again and
+/// delivers it, records nothing when it ends: the newer attempt's result stands.
+async fn a_stale_attempt_changes_nothing_once_the_delivery_is_claimed_again(backend: Backend) {
+    let settings = NotificationsSettings {
+        // Longer than the test: no call times out.
+        webhook_timeout: Duration::from_secs(30),
+        ..quick_settings()
+    };
+    let Some(local) = support::local(backend, settings).await else {
+        return;
+    };
+    // Statuses go out in the order calls end: the newer attempt's 200 first, then the
+    // stale attempt's 500.
+    let (url, state) = receiver(&[200, 500], Duration::ZERO).await;
+    let (release, held) = tokio::sync::oneshot::channel();
+    *state.hold_first.lock().await = Some(held);
+    let service = local.module.service().clone();
+    service
+        .create_webhook(subscription(&url, "k"))
+        .await
+        .expect("created");
+    let order = order(OrderStatus::Confirmed, "ada@example.com");
+    service.handle(&order_event(&order)).await.expect("handled");
+    let hook = |log: Vec<Delivery>| {
+        let hook = log
+            .into_iter()
+            .find(|d| d.channel == Channel::Webhook)
+            .expect("a webhook delivery");
+        (hook.status, hook.attempts, hook.last_error)
+    };
+
+    // The first attempt claims the delivery; its call is held at the receiver.
+    let stale = tokio::spawn({
+        let service = service.clone();
+        async move { service.deliver_due().await }
+    });
+    for _ in 0..200 {
+        if !state.calls.lock().expect("lock").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        state.calls.lock().expect("lock").len(),
+        1,
+        "first call made"
+    );
+    // Its lease lapses, as it would if the attempt took longer than the lease…
+    local
+        .module
+        .database()
+        .write(|conn| {
+            chassis::per_backend!(conn, |conn| {
+                diesel::sql_query(
+                    "UPDATE deliveries SET claimed_until = '2000-01-01 00:00:00' \
+                     WHERE channel = 'webhook'",
+                )
+                .execute(conn)
+            })
+            .map_err(DbError::from)
+        })
+        .await
+        .expect("lease lapsed");
+    // …and a second attempt claims the delivery again and delivers it.
+    assert_eq!(service.deliver_due().await.expect("delivered"), 1);
+    let port = local.module.port();
+    assert_eq!(
+        hook(port.deliveries(order.id).await.expect("log")),
+        (DeliveryStatus::Sent, 1, None)
+    );
+
+    // The stale attempt's call ends now, failed: recorded, it would have the delivered
+    // webhook called again.
+    release.send(()).expect("the first call is held");
+    assert_eq!(stale.await.expect("ran").expect("attempted"), 1);
+    assert_eq!(state.calls.lock().expect("lock").len(), 2);
+    assert_eq!(
+        hook(port.deliveries(order.id).await.expect("log")),
+        (DeliveryStatus::Sent, 1, None),
+        "the stale attempt's 500 is not recorded"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_attempt_changes_nothing_once_the_delivery_is_claimed_again_sqlite() {
+    a_stale_attempt_changes_nothing_once_the_delivery_is_claimed_again(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_stale_attempt_changes_nothing_once_the_delivery_is_claimed_again_postgres() {
+    a_stale_attempt_changes_nothing_once_the_delivery_is_claimed_again(Backend::Postgres).await;
 }
