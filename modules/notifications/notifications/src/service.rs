@@ -355,7 +355,7 @@ impl NotificationsService {
     /// The channel e-mails take: `email` with an SMTP server, else `file`.
     pub fn mail_channel(&self) -> Channel {
         match *self.mailer {
-            Mailer::Smtp(_) => Channel::Email,
+            Mailer::Smtp(..) => Channel::Email,
             Mailer::File(_) => Channel::File,
         }
     }

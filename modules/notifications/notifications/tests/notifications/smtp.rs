@@ -2,6 +2,7 @@
 //! EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP and QUIT and keeps what it received.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chassis::db::Backend;
 use notifications_contract::{Channel, DeliveryStatus, NotificationsSettings};
@@ -210,4 +211,38 @@ async fn an_smtp_server_that_is_down_means_retrying_then_failed() {
     for worker in workers {
         worker.abort();
     }
+}
+
+/// An SMTP server that accepts the connection and then never answers fails the attempt
+/// after `notifications.smtp_timeout`, like one that is down: the attempt, and the e-mail
+/// slot it holds, do not hang.
+#[tokio::test]
+async fn an_smtp_server_that_never_answers_fails_the_attempt_after_smtp_timeout() {
+    let (port, _accepted) = support::hanging_server().await;
+    let settings = NotificationsSettings {
+        smtp_url: Some(chassis::secret::SecretUrl::new(format!(
+            "smtp://127.0.0.1:{port}"
+        ))),
+        smtp_timeout: Duration::from_millis(300),
+        max_attempts: 1,
+        ..quick_settings()
+    };
+    let local = support::local(Backend::Sqlite, settings)
+        .await
+        .expect("sqlite");
+    let order = order(OrderStatus::Confirmed, "ada@example.com");
+    local
+        .module
+        .service()
+        .handle(&order_event(&order))
+        .await
+        .expect("handled");
+    let log = local
+        .wait_for(order.id, all(1, DeliveryStatus::Failed))
+        .await;
+    assert_eq!(
+        log[0].last_error.as_deref(),
+        Some("SMTP: timed out after 300ms"),
+        "{log:?}"
+    );
 }
