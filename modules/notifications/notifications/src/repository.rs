@@ -263,15 +263,37 @@ pub(crate) fn list_deliveries(
 /// never keeps an `IN` list's statement prepared.)
 const OPEN: &str = "retrying";
 
-/// Up to `limit` deliveries whose next attempt is due at `at` and that no live worker
-/// holds, oldest first. A read: most wake-ups of the worker find nothing.
+/// The two kinds of delivery, which are sent from slots of their own and claimed apart, so
+/// that webhooks never wait for e-mails, nor e-mails for webhooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `email` or `file`.
+    Mail,
+    Webhook,
+}
+
+impl Kind {
+    pub(crate) fn of(row: &DeliveryRow) -> Self {
+        if row.channel == Channel::Webhook.as_str() {
+            Kind::Webhook
+        } else {
+            Kind::Mail
+        }
+    }
+}
+
+/// Up to `limit` deliveries of `kind` whose next attempt is due at `at` and that no live
+/// worker holds, oldest first. A read: most wake-ups of the worker find nothing.
 pub(crate) fn due(
     conn: &mut DbConnection,
     at: NaiveDateTime,
+    kind: Kind,
     limit: i64,
 ) -> QueryResult<Vec<String>> {
+    let webhook = Channel::Webhook.as_str();
+    // Two statements rather than one boxed query, so that both stay prepared.
     per_backend!(conn, |conn| {
-        deliveries::table
+        let due = deliveries::table
             .filter(deliveries::status.eq(OPEN))
             .filter(deliveries::next_attempt_at.le(at))
             .filter(
@@ -281,8 +303,11 @@ pub(crate) fn due(
             )
             .order((deliveries::next_attempt_at.asc(), deliveries::id.asc()))
             .select(deliveries::id)
-            .limit(limit)
-            .load(conn)
+            .limit(limit);
+        match kind {
+            Kind::Mail => due.filter(deliveries::channel.ne(webhook)).load(conn),
+            Kind::Webhook => due.filter(deliveries::channel.eq(webhook)).load(conn),
+        }
     })
 }
 

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::channels::{self, Failure, Mail, Mailer, WebhookSender};
 use crate::error::Error;
 use crate::render::{self, Rendered, template};
-use crate::repository::{self as repo, DeliveryRow, NewDelivery, WebhookRow};
+use crate::repository::{self as repo, DeliveryRow, Kind, NewDelivery, WebhookRow};
 use crate::retry::{AfterFailure, Backoff};
 
 /// The event types this module consumes: those it e-mails about, and every other one a
@@ -52,12 +52,14 @@ const MAX_DELIVERIES_PER_ORDER: i64 = 1000;
 /// inbox record it records one delivery per e-mail and per matching webhook, each under a
 /// unique `dedup_key` (an e-mail's: template, order and recipient), so that a redelivered
 /// event — or a second event about the same outcome — records nothing new. Every attempt
-/// holds a lease on its delivery (`claimed_until`) and one of `notifications.concurrency`
-/// slots, and runs in a task of its own, so a slow or dead endpoint holds one slot and
-/// delays nothing else. The handler records the e-mails it has free slots for already
-/// leased, and attempts them once committed; the worker
-/// ([`NotificationsService::run_worker`]) claims everything else that is due — webhooks,
-/// e-mails beyond the free slots, retries, leases that lapsed with a stopped process. A
+/// holds a lease on its delivery (`claimed_until`) and a slot — one of
+/// `notifications.concurrency` for an e-mail, one of `notifications.webhook_concurrency` for
+/// a webhook call — and runs in a task of its own, so a slow or dead endpoint holds one slot
+/// and delays nothing else; and webhooks that never answer, however many, take no slot an
+/// e-mail needs. The handler records the e-mails it has free slots for already leased, and
+/// attempts them once committed; the workers ([`NotificationsService::spawn_workers`], one
+/// per kind of delivery) claim everything else that is due — webhooks, e-mails beyond the
+/// free slots, retries, leases that lapsed with a stopped process. A
 /// failed attempt is retried with exponential backoff and jitter (`retrying`) until
 /// `notifications.max_attempts`, then the delivery is `failed` with its last error.
 #[derive(Debug, Clone)]
@@ -68,10 +70,30 @@ pub struct NotificationsService {
     mailer: Arc<Mailer>,
     webhooks: WebhookSender,
     backoff: Backoff,
-    /// Attempts under way, at most `notifications.concurrency`: the worker's and those the
-    /// handler starts itself.
+    /// E-mails: the worker's attempts and those the handler starts itself.
+    mail_lane: Lane,
+    /// Webhook calls, which only the worker makes.
+    webhook_lane: Lane,
+}
+
+/// The slots of one kind of delivery, and the bell of the worker that claims it.
+#[derive(Debug, Clone)]
+struct Lane {
     slots: Arc<Semaphore>,
+    /// How many slots there are: the most deliveries one claim takes.
+    size: usize,
     wake: Arc<Notify>,
+}
+
+impl Lane {
+    fn new(size: usize) -> Self {
+        let size = size.max(1);
+        Self {
+            slots: Arc::new(Semaphore::new(size)),
+            size,
+            wake: Arc::new(Notify::new()),
+        }
+    }
 }
 
 /// To whom an e-mail goes.
@@ -177,7 +199,7 @@ fn order_of(event: &Envelope) -> Option<Uuid> {
         .flatten()
 }
 
-/// The e-mails the recording handler sends itself, right after commit, with the worker's
+/// The e-mails the recording handler sends itself, right after commit, with the e-mail
 /// slots it holds for them: they are recorded already claimed for `lease`, which spares the
 /// worker a claim (a write) per e-mail, and the worker takes them over only if that claim
 /// lapses (the process stopped before sending).
@@ -191,8 +213,10 @@ struct SendNow {
 struct Recorded {
     /// Recorded leased, for the caller to attempt.
     claimed: Vec<DeliveryRow>,
-    /// Whether deliveries were recorded for the worker.
-    for_worker: bool,
+    /// Whether e-mails were recorded for the worker.
+    mails_for_worker: bool,
+    /// Whether webhook calls were recorded (always for the worker).
+    webhooks_for_worker: bool,
 }
 
 /// Records the deliveries of `plan` (in the inbox's transaction).
@@ -256,7 +280,7 @@ fn record(
             if send {
                 recorded.claimed.push(delivery.into_row());
             } else {
-                recorded.for_worker = true;
+                recorded.mails_for_worker = true;
             }
         }
     }
@@ -272,7 +296,7 @@ fn record(
             let mut delivery = new(dedup_key, Channel::Webhook, hook.url, &event.event_type);
             delivery.webhook_id = Some(hook.id);
             delivery.payload = Some(body.clone());
-            recorded.for_worker |= repo::insert_delivery(conn, &delivery)?;
+            recorded.webhooks_for_worker |= repo::insert_delivery(conn, &delivery)?;
         }
     }
     Ok(recorded)
@@ -346,8 +370,8 @@ impl NotificationsService {
             webhooks: WebhookSender::new(settings.webhook_timeout),
             backoff: Backoff::from_settings(settings),
             settings: Arc::new(settings.clone()),
-            slots: Arc::new(Semaphore::new(settings.concurrency.max(1))),
-            wake: Arc::new(Notify::new()),
+            mail_lane: Lane::new(settings.concurrency),
+            webhook_lane: Lane::new(settings.webhook_concurrency),
             db,
         }
     }
@@ -361,7 +385,7 @@ impl NotificationsService {
     }
 
     /// Applies one event once: records its deliveries together with the inbox record,
-    /// starts the e-mails it holds slots for, and wakes the worker for the rest. A
+    /// starts the e-mails it holds slots for, and wakes the workers for the rest. A
     /// redelivered event answers [`Applied::Duplicate`] and records nothing; an event that
     /// asks for no e-mail and that no webhook wants is answered [`Applied::Handled`]
     /// without writing anything.
@@ -388,12 +412,12 @@ impl NotificationsService {
         }
         let channel = self.mail_channel();
         let owned = event.clone();
-        // A slot free now is taken for an e-mail of this event, sent as soon as it is
-        // recorded; e-mails beyond the free slots, and webhooks, are left to the worker.
+        // An e-mail slot free now is taken for an e-mail of this event, sent as soon as it
+        // is recorded; e-mails beyond the free slots, and webhooks, are left to the workers.
         let slots: Vec<OwnedSemaphorePermit> = plan
             .mails
             .iter()
-            .map_while(|_| Arc::clone(&self.slots).try_acquire_owned().ok())
+            .map_while(|_| Arc::clone(&self.mail_lane.slots).try_acquire_owned().ok())
             .collect();
         let send_now = SendNow {
             count: slots.len(),
@@ -411,20 +435,32 @@ impl NotificationsService {
         for (row, slot) in recorded.claimed.into_iter().zip(slots) {
             self.spawn_attempt(row, slot);
         }
-        if recorded.for_worker {
-            self.wake.notify_one();
+        if recorded.mails_for_worker {
+            self.mail_lane.wake.notify_one();
+        }
+        if recorded.webhooks_for_worker {
+            self.webhook_lane.wake.notify_one();
         }
         Ok(Applied::Handled)
     }
 
-    /// Attempts a claimed delivery in a task of its own, holding `slot` until it is done.
+    /// Attempts a claimed delivery in a task of its own, holding `slot` (of the delivery's
+    /// kind) until it is done.
     fn spawn_attempt(&self, row: DeliveryRow, slot: OwnedSemaphorePermit) {
         let service = self.clone();
         tokio::spawn(async move {
+            let kind = Kind::of(&row);
             service.attempt(row).await;
             drop(slot);
-            service.wake.notify_one();
+            service.lane(kind).wake.notify_one();
         });
+    }
+
+    fn lane(&self, kind: Kind) -> &Lane {
+        match kind {
+            Kind::Mail => &self.mail_lane,
+            Kind::Webhook => &self.webhook_lane,
+        }
     }
 
     /// The delivery log in creation order, of one order if `order_id` is given.
@@ -519,15 +555,15 @@ impl NotificationsService {
         TimeDelta::from_std(longest).unwrap_or(TimeDelta::MAX)
     }
 
-    /// Claims up to `limit` due deliveries: found by a read, claimed by a write only if
-    /// there are any (the claim checks again that nobody took them in between).
-    async fn claim_due(&self, limit: usize) -> Result<Vec<DeliveryRow>, Error> {
+    /// Claims up to `limit` due deliveries of `kind`: found by a read, claimed by a write
+    /// only if there are any (the claim checks again that nobody took them in between).
+    async fn claim_due(&self, kind: Kind, limit: usize) -> Result<Vec<DeliveryRow>, Error> {
         // Always the same LIMIT: a new value bound to `LIMIT ?` makes SQLite plan again.
-        let most = i64::try_from(self.settings.concurrency.max(1)).unwrap_or(i64::MAX);
+        let most = i64::try_from(self.lane(kind).size).unwrap_or(i64::MAX);
         let at = repo::now();
         let mut ids = self
             .db
-            .read(move |conn| repo::due(conn, at, most).map_err(Error::from))
+            .read(move |conn| repo::due(conn, at, kind, most).map_err(Error::from))
             .await?;
         ids.truncate(limit);
         if ids.is_empty() {
@@ -633,42 +669,59 @@ impl NotificationsService {
         }
     }
 
-    /// Sends every delivery due now, at most `notifications.concurrency` at once, and
-    /// answers how many it attempted; for tests and one-shot runs. The worker does the same
-    /// continuously.
+    /// Sends every delivery due now, at most `notifications.concurrency` e-mails and
+    /// `notifications.webhook_concurrency` webhook calls at once, and answers how many it
+    /// attempted; for tests and one-shot runs. The workers do the same continuously.
     pub async fn deliver_due(&self) -> Result<usize, Error> {
-        let claimed = self.claim_due(self.settings.concurrency).await?;
+        let mut claimed = self.claim_due(Kind::Mail, self.mail_lane.size).await?;
+        claimed.extend(
+            self.claim_due(Kind::Webhook, self.webhook_lane.size)
+                .await?,
+        );
         let count = claimed.len();
         futures::future::join_all(claimed.into_iter().map(|row| self.attempt(row))).await;
         Ok(count)
     }
 
-    /// The delivery worker: runs until its task is aborted.
-    pub async fn run_worker(self) {
+    /// The delivery workers, one for e-mails and one for webhooks, each claiming for its
+    /// own slots: neither ever waits for the other's deliveries. They run until their tasks
+    /// are aborted.
+    pub fn spawn_workers(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        [Kind::Mail, Kind::Webhook]
+            .into_iter()
+            .map(|kind| tokio::spawn(self.clone().run_worker(kind)))
+            .collect()
+    }
+
+    async fn run_worker(self, kind: Kind) {
+        let lane = self.lane(kind).clone();
         loop {
-            let free = self.slots.available_permits();
+            let free = lane.slots.available_permits();
             let mut claimed_all = false;
             if free > 0 {
-                match self.claim_due(free).await {
+                match self.claim_due(kind, free).await {
                     Ok(claimed) => {
                         claimed_all = claimed.len() == free;
                         for row in claimed {
-                            let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
+                            // Only the handler takes slots besides this worker, and only
+                            // e-mail slots for e-mails it sends at once: a wait here is
+                            // behind e-mails of this lane, never behind webhooks.
+                            let Ok(slot) = Arc::clone(&lane.slots).acquire_owned().await else {
                                 return;
                             };
                             self.spawn_attempt(row, slot);
                         }
                     }
                     Err(error) => {
-                        tracing::warn!(%error, "cannot claim due deliveries");
+                        tracing::warn!(%error, ?kind, "cannot claim due deliveries");
                     }
                 }
             }
-            if claimed_all && self.slots.available_permits() > 0 {
+            if claimed_all && lane.slots.available_permits() > 0 {
                 continue;
             }
             tokio::select! {
-                () = self.wake.notified() => {}
+                () = lane.wake.notified() => {}
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
             }
         }

@@ -40,6 +40,20 @@ pub(crate) async fn hanging_server() -> (u16, Arc<AtomicUsize>) {
     (port, accepted)
 }
 
+/// Waits until `accepted` reaches `count`.
+pub(crate) async fn wait_for_connections(accepted: &AtomicUsize, count: usize) {
+    for _ in 0..300 {
+        if accepted.load(Ordering::SeqCst) >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "never {count} connections, only {}",
+        accepted.load(Ordering::SeqCst)
+    );
+}
+
 /// Settings with quick retries, for tests.
 pub(crate) fn quick_settings() -> NotificationsSettings {
     NotificationsSettings {
@@ -51,6 +65,7 @@ pub(crate) fn quick_settings() -> NotificationsSettings {
         retry_delay: Duration::from_millis(20),
         max_retry_delay: Duration::from_millis(80),
         concurrency: 8,
+        webhook_concurrency: 8,
         poll_interval: Duration::from_millis(20),
         ..NotificationsSettings::default()
     }

@@ -1,6 +1,6 @@
 //! Webhooks against a local actix server on 127.0.0.1: the signature, retries on 500,
-//! giving up, a slow endpoint that delays nobody else, and an attempt that outlived its
-//! lease.
+//! giving up, a slow endpoint that delays nobody else, endpoints that never answer and
+//! still delay no e-mail, and an attempt that outlived its lease.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -17,7 +17,7 @@ use notifications_contract::{
 use orders_contract::OrderStatus;
 use sha2::Sha256;
 
-use crate::support::{self, all, order, order_event, quick_settings};
+use crate::support::{self, Local, all, order, order_event, quick_settings};
 
 /// What the receiver got: the signature header and the body.
 #[derive(Debug, Clone)]
@@ -317,71 +317,115 @@ async fn a_deleted_webhook_gets_no_more_calls() {
     assert!(state.calls.lock().expect("lock").is_empty());
 }
 
-/// The handler sends an e-mail itself only with a free slot of `notifications.concurrency`:
-/// while a slow webhook holds the only slot, the next order's e-mail is recorded, left
-/// unattempted, and sent by the worker once the slot is free.
-#[tokio::test]
-async fn an_e_mail_waits_for_a_free_slot() {
-    let settings = notifications_contract::NotificationsSettings {
-        concurrency: 1,
-        max_attempts: 1,
-        ..quick_settings()
-    };
-    let local = support::local(Backend::Sqlite, settings)
-        .await
-        .expect("sqlite");
-    // Slower than `webhook_timeout` (500 ms): the call holds the slot until it times out.
-    let (slow_url, slow) = receiver(&[], Duration::from_secs(3)).await;
-    let service = local.module.service();
-    service
-        .create_webhook(subscription(&slow_url, "k"))
-        .await
-        .expect("created");
-    let workers = local.module.spawn_workers();
-    let is_email = |channel: Channel| matches!(channel, Channel::File | Channel::Email);
-    let e_mail_sent = |log: &[Delivery]| {
-        log.iter()
-            .any(|d| is_email(d.channel) && d.status == DeliveryStatus::Sent)
-    };
-
-    let first = order(OrderStatus::Confirmed, "ada@example.com");
-    service.handle(&order_event(&first)).await.expect("handled");
-    local.wait_for(first.id, e_mail_sent).await;
-    for _ in 0..100 {
-        if !slow.calls.lock().expect("lock").is_empty() {
-            break;
+/// Waits at most `within` for the e-mail about `order_id` to be as `wanted` says.
+async fn e_mail_within(
+    local: &Local,
+    order_id: uuid::Uuid,
+    within: Duration,
+    wanted: impl Fn(&Delivery) -> bool,
+) -> Delivery {
+    let started = std::time::Instant::now();
+    let port = local.module.port();
+    loop {
+        let log = port.deliveries(order_id).await.expect("log");
+        let e_mail = log
+            .into_iter()
+            .find(|d| matches!(d.channel, Channel::File | Channel::Email))
+            .expect("an e-mail is recorded with the event");
+        if wanted(&e_mail) {
+            return e_mail;
         }
+        assert!(
+            started.elapsed() < within,
+            "after {:?}: {e_mail:?}",
+            started.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(
-        slow.calls.lock().expect("lock").len(),
-        1,
-        "the webhook call is under way"
-    );
+}
 
+/// Webhook calls have slots of their own (`notifications.webhook_concurrency`): while
+/// endpoints that never answer hold every one of them, with more calls queued behind, an
+/// order's e-mail is still sent at once, and so is an e-mail the worker retries, well
+/// before any webhook call times out.
+async fn hanging_webhooks_never_delay_an_e_mail(backend: Backend) {
+    let settings = NotificationsSettings {
+        webhook_timeout: Duration::from_secs(5),
+        concurrency: 4,
+        webhook_concurrency: 4,
+        ..quick_settings()
+    };
+    let Some(local) = support::local(backend, settings).await else {
+        return;
+    };
+    let (port, accepted) = support::hanging_server().await;
+    let service = local.module.service();
+    for n in 0..12 {
+        service
+            .create_webhook(subscription(
+                &format!("http://127.0.0.1:{port}/hook-{n}"),
+                "k",
+            ))
+            .await
+            .expect("created");
+    }
+    let workers = local.module.spawn_workers();
+    let first = order(OrderStatus::Confirmed, "ada@example.com");
+    service.handle(&order_event(&first)).await.expect("handled");
+    // Every webhook slot is taken by a call that hangs.
+    support::wait_for_connections(&accepted, 4).await;
+    let prompt = Duration::from_secs(1);
+
+    // An e-mail the handler sends itself.
     let second = order(OrderStatus::Confirmed, "bob@example.com");
     service
         .handle(&order_event(&second))
         .await
         .expect("handled");
-    // Long enough for an attempt to be made, well within the webhook's 500 ms.
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let log = local
-        .module
-        .port()
-        .deliveries(second.id)
-        .await
-        .expect("log");
-    let e_mail = log.iter().find(|d| is_email(d.channel)).expect("recorded");
-    assert_eq!(
-        (e_mail.status, e_mail.attempts),
-        (DeliveryStatus::Retrying, 0),
-        "no slot, so not attempted yet: {log:?}"
+    let sent = |d: &Delivery| d.status == DeliveryStatus::Sent;
+    let e_mail = e_mail_within(&local, second.id, prompt, sent).await;
+    assert_eq!(e_mail.recipient, "bob@example.com");
+    assert_eq!(local.eml_files().len(), 2, "both e-mails are written");
+
+    // An e-mail the worker sends: the retry of one whose first attempt failed, because the
+    // folder of `.eml` files was a file for a moment.
+    let folder = local.data_dir.path().join("outbox-mail");
+    std::fs::remove_dir_all(&folder).expect("removed");
+    std::fs::write(&folder, b"").expect("a file in the folder's place");
+    let third = order(OrderStatus::Confirmed, "cy@example.com");
+    service.handle(&order_event(&third)).await.expect("handled");
+    e_mail_within(&local, third.id, prompt, |d| d.attempts == 1).await;
+    std::fs::remove_file(&folder).expect("removed");
+    let e_mail = e_mail_within(&local, third.id, prompt, sent).await;
+    assert_eq!(e_mail.attempts, 2, "{e_mail:?}");
+
+    // Meanwhile the webhooks hang: no call has ended.
+    let port = local.module.port();
+    let mut hooks = Vec::new();
+    for order in [&first, &second, &third] {
+        hooks.extend(port.deliveries(order.id).await.expect("log"));
+    }
+    hooks.retain(|d| d.channel == Channel::Webhook);
+    assert_eq!(hooks.len(), 36);
+    assert!(
+        hooks
+            .iter()
+            .all(|d| d.status == DeliveryStatus::Retrying && d.attempts == 0),
+        "{hooks:?}"
     );
-    local.wait_for(second.id, e_mail_sent).await;
     for worker in workers {
         worker.abort();
     }
+}
+
+#[tokio::test]
+async fn hanging_webhooks_never_delay_an_e_mail_sqlite() {
+    hanging_webhooks_never_delay_an_e_mail(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn hanging_webhooks_never_delay_an_e_mail_postgres() {
+    hanging_webhooks_never_delay_an_e_mail(Backend::Postgres).await;
 }
 
 /// An attempt that outlives its lease, while another attempt claims the delivery again and
