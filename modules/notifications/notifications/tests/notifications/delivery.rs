@@ -219,6 +219,7 @@ async fn an_event_nothing_asks_for_records_nothing() {
             amount: order.total.clone(),
             invoice_id: Uuid::new_v4(),
             invoice_number: "2026-000001".into(),
+            customer_email: order.customer_email.clone(),
         },
     )
     .expect("event");

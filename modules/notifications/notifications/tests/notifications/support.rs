@@ -204,6 +204,7 @@ pub(crate) fn refund_event(order: &Order) -> Envelope {
         payment_id: Uuid::new_v4(),
         order_id: order.id,
         amount: order.total.clone(),
+        customer_email: order.customer_email.clone(),
     };
     Envelope::new(
         "billing",
