@@ -112,21 +112,6 @@ pub(crate) fn delete_webhook(conn: &mut DbConnection, id: Uuid) -> QueryResult<b
     })
 }
 
-/// Whom an order's e-mails go to: the recipient of an e-mail already recorded about the
-/// order. Every order event records one to the order's customer, so the customer is known
-/// from the order's first event on, without a table of its own.
-pub(crate) fn customer_of(conn: &mut DbConnection, order_id: Uuid) -> QueryResult<Option<String>> {
-    per_backend!(conn, |conn| {
-        let recipients: Vec<String> = deliveries::table
-            .filter(deliveries::order_id.eq(order_id.to_string()))
-            .filter(deliveries::channel.ne(Channel::Webhook.as_str()))
-            .order(deliveries::id.asc())
-            .select(deliveries::recipient)
-            .load(conn)?;
-        Ok(recipients.into_iter().next())
-    })
-}
-
 /// A delivery about to be recorded.
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = deliveries)]

@@ -96,18 +96,11 @@ impl Lane {
     }
 }
 
-/// To whom an e-mail goes.
-#[derive(Debug, Clone)]
-enum To {
-    Address(String),
-    /// The customer of an order, as learnt from the orders' events.
-    CustomerOf(Uuid),
-}
-
 #[derive(Debug, Clone)]
 struct PlannedMail {
     template: &'static str,
-    to: To,
+    /// The recipient, as the event names them: no e-mail depends on an earlier event.
+    to: String,
     /// What makes the e-mail unique besides template and recipient: the order, or the
     /// event for messages not about an order.
     scope: String,
@@ -136,7 +129,7 @@ fn plan(event: &Envelope, operator_email: &str) -> Result<Plan, Error> {
     let order_mail = |template, order: &orders_contract::Order, rendered| Plan {
         mails: vec![PlannedMail {
             template,
-            to: To::Address(order.customer_email.clone()),
+            to: order.customer_email.clone(),
             scope: order.id.to_string(),
             rendered,
         }],
@@ -171,7 +164,7 @@ fn plan(event: &Envelope, operator_email: &str) -> Result<Plan, Error> {
             Plan {
                 mails: vec![PlannedMail {
                     template: template::PAYMENT_REFUNDED,
-                    to: To::CustomerOf(refund.order_id),
+                    to: refund.customer_email,
                     scope: refund.order_id.to_string(),
                     rendered: render::payment_refunded(refund.order_id, &refund.amount),
                 }],
@@ -182,7 +175,7 @@ fn plan(event: &Envelope, operator_email: &str) -> Result<Plan, Error> {
             Plan {
                 mails: vec![PlannedMail {
                     template: template::STOCK_LOW,
-                    to: To::Address(operator_email.to_owned()),
+                    to: operator_email.to_owned(),
                     scope: event.id.to_string(),
                     rendered: render::stock_low(&stock),
                 }],
@@ -254,14 +247,7 @@ fn record(
             updated_at: at,
         };
     for mail in plan.mails {
-        let recipient = match mail.to {
-            To::Address(address) => address,
-            To::CustomerOf(order) => repo::customer_of(conn, order)?.ok_or_else(|| {
-                Error::Event(format!(
-                    "the customer of order {order} is not known yet (no order event seen)"
-                ))
-            })?,
-        };
+        let recipient = mail.to;
         let dedup_key = format!(
             "email:{}:{}:{}",
             mail.template,
