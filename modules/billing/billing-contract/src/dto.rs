@@ -64,4 +64,7 @@ pub struct ChargeRequest {
     pub amount: Money,
     /// The payment method's token, as the payment provider issued it.
     pub token: String,
+    /// Whom the order belongs to. Billing keeps it with the payment and names it in its
+    /// events, so that their consumers (the refund e-mail) need nothing else.
+    pub customer_email: String,
 }

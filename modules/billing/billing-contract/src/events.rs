@@ -1,4 +1,5 @@
-//! Billing's events (spec §5).
+//! Billing's events (spec §5). Each names the order's customer, so that a consumer needs
+//! no other event about the order (spec §5: payloads carry what consumers need).
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -19,6 +20,8 @@ pub struct PaymentCaptured {
     pub amount: Money,
     pub invoice_id: Uuid,
     pub invoice_number: String,
+    /// The customer, as the charge named them.
+    pub customer_email: String,
 }
 
 /// `billing.payment_declined`
@@ -28,6 +31,8 @@ pub struct PaymentDeclined {
     pub order_id: Uuid,
     pub amount: Money,
     pub reason: String,
+    /// The customer, as the charge named them.
+    pub customer_email: String,
 }
 
 /// `billing.payment_refunded`
@@ -36,4 +41,6 @@ pub struct PaymentRefunded {
     pub payment_id: Uuid,
     pub order_id: Uuid,
     pub amount: Money,
+    /// The customer, as the charge named them: whom the refund e-mail goes to.
+    pub customer_email: String,
 }

@@ -19,8 +19,9 @@ pub trait Billing: Send + Sync {
     /// Answers the payment: `captured` (an invoice is issued with it) or `declined` (the
     /// provider refused; charging again answers the same declined payment). MUST return
     /// [`BillingError::InvalidRequest`] for an amount below 1, another currency than the
-    /// shop's, or an empty token; and [`BillingError::ChargeConflict`] when the order was
-    /// charged before with another amount.
+    /// shop's, an empty token or an empty customer e-mail; and
+    /// [`BillingError::ChargeConflict`] when the order was charged before with another
+    /// amount.
     async fn charge(&self, request: ChargeRequest) -> Result<Payment, BillingError>;
 
     /// Gives a captured order's money back in full.

@@ -10,6 +10,8 @@ use crate::error::Error;
 
 /// Longest payment token accepted, in characters.
 pub(crate) const TOKEN_MAX_CHARS: usize = 200;
+/// Longest customer e-mail accepted, in characters: the longest address there can be.
+pub(crate) const EMAIL_MAX_CHARS: usize = 254;
 
 /// The invoice issued for a captured payment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -44,6 +46,16 @@ pub(crate) fn validate_charge(request: &ChargeRequest, currency: &str) -> Result
             "token: must be at most {TOKEN_MAX_CHARS} characters"
         )));
     }
+    if request.customer_email.trim().is_empty() {
+        return Err(Error::Validation(
+            "customer_email: must not be empty".into(),
+        ));
+    }
+    if request.customer_email.chars().count() > EMAIL_MAX_CHARS {
+        return Err(Error::Validation(format!(
+            "customer_email: must be at most {EMAIL_MAX_CHARS} characters"
+        )));
+    }
     Ok(())
 }
 
@@ -61,6 +73,7 @@ mod tests {
             order_id: Uuid::new_v4(),
             amount: Money::new(1999, "EUR"),
             token: "tok_visa".into(),
+            customer_email: "ada@example.com".into(),
         }
     }
 
@@ -123,6 +136,27 @@ mod tests {
                 },
                 "token",
             ),
+            (
+                ChargeRequest {
+                    customer_email: String::new(),
+                    ..charge()
+                },
+                "customer_email",
+            ),
+            (
+                ChargeRequest {
+                    customer_email: " ".into(),
+                    ..charge()
+                },
+                "customer_email",
+            ),
+            (
+                ChargeRequest {
+                    customer_email: format!("{}@example.com", "a".repeat(243)),
+                    ..charge()
+                },
+                "customer_email",
+            ),
         ];
         for (request, field) in cases {
             let error = validate_charge(&request, "EUR").expect_err("refused");
@@ -136,6 +170,7 @@ mod tests {
         let at_limits = ChargeRequest {
             amount: Money::new(1, "EUR"),
             token: "t".repeat(200),
+            customer_email: format!("{}@example.com", "a".repeat(242)),
             ..charge()
         };
         assert!(validate_charge(&at_limits, "EUR").is_ok());

@@ -31,6 +31,7 @@ pub(crate) struct PaymentRow {
     pub(crate) invoice_id: Option<String>,
     pub(crate) refunded_amount: i64,
     pub(crate) created_at: NaiveDateTime,
+    pub(crate) customer_email: String,
 }
 
 /// Where a stored payment stands: still being charged, or settled.
@@ -48,6 +49,8 @@ pub(crate) struct StoredPayment {
     pub(crate) order_id: Uuid,
     pub(crate) amount: Money,
     pub(crate) provider_ref: Option<String>,
+    /// Whom the order belongs to, as the first charge named them: for the events.
+    pub(crate) customer_email: String,
     invoice_id: Option<Uuid>,
     refunded_amount: i64,
     created_at: NaiveDateTime,
@@ -73,6 +76,7 @@ impl TryFrom<PaymentRow> for StoredPayment {
             order_id: Uuid::parse_str(&row.order_id).unwrap_or_default(),
             amount: Money::new(row.amount, row.currency),
             provider_ref: row.provider_ref,
+            customer_email: row.customer_email,
             invoice_id: row.invoice_id.and_then(|id| Uuid::parse_str(&id).ok()),
             refunded_amount: row.refunded_amount,
             created_at: row.created_at,
@@ -121,6 +125,7 @@ pub(crate) fn insert_pending(
     id: Uuid,
     order_id: Uuid,
     amount: &Money,
+    customer_email: &str,
     at: NaiveDateTime,
 ) -> QueryResult<()> {
     per_backend!(conn, |conn| {
@@ -130,6 +135,7 @@ pub(crate) fn insert_pending(
                 payments::order_id.eq(order_id.to_string()),
                 payments::amount.eq(amount.amount),
                 payments::currency.eq(&amount.currency),
+                payments::customer_email.eq(customer_email),
                 payments::status.eq(PENDING),
                 payments::refunded_amount.eq(0_i64),
                 payments::attempt_started_at.eq(Some(at)),

@@ -14,6 +14,7 @@ diesel::table! {
         attempt_started_at -> Nullable<Timestamp>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        customer_email -> Text,
     }
 }
 

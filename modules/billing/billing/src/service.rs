@@ -76,14 +76,16 @@ fn lost_race(error: &Error) -> bool {
     matches!(error, Error::Database(DbError::Query(error)) if is_unique_violation(error))
 }
 
+/// The payment of `order_id`, as stored now.
+fn stored(conn: &mut DbConnection, order_id: Uuid) -> Result<StoredPayment, Error> {
+    repo::find_payment(conn, order_id)?.ok_or_else(|| {
+        BillingError::Internal(format!("the payment of order {order_id} vanished")).into()
+    })
+}
+
 /// The settled payment of `order_id`, as stored now.
 fn current(conn: &mut DbConnection, order_id: Uuid) -> Result<Payment, Error> {
-    match repo::find_payment(conn, order_id)? {
-        None => {
-            Err(BillingError::Internal(format!("the payment of order {order_id} vanished")).into())
-        }
-        Some(stored) => stored.settled().ok_or_else(in_progress),
-    }
+    stored(conn, order_id)?.settled().ok_or_else(in_progress)
 }
 
 fn task_failed(error: tokio::task::JoinError) -> BillingError {
@@ -167,12 +169,20 @@ impl BillingService {
     async fn begin(&self, request: &ChargeRequest) -> Result<Begun, Error> {
         let order_id = request.order_id;
         let amount = request.amount.clone();
+        let customer_email = request.customer_email.clone();
         let stale_after = TimeDelta::from_std(self.gateway_timeout).unwrap_or(TimeDelta::MAX);
         self.db
             .write(move |conn| {
                 let at = repo::now();
                 let Some(stored) = repo::find_payment(conn, order_id)? else {
-                    repo::insert_pending(conn, Uuid::now_v7(), order_id, &amount, at)?;
+                    repo::insert_pending(
+                        conn,
+                        Uuid::now_v7(),
+                        order_id,
+                        &amount,
+                        &customer_email,
+                        at,
+                    )?;
                     return Ok(Begun::Attempt(at));
                 };
                 if stored.amount != amount {
@@ -258,7 +268,9 @@ impl BillingService {
                     // A concurrent attempt settled it first.
                     return current(conn, order_id);
                 }
-                let mut payment = current(conn, order_id)?;
+                let stored = stored(conn, order_id)?;
+                let customer_email = stored.customer_email.clone();
+                let mut payment = stored.settled().ok_or_else(in_progress)?;
                 match answer {
                     Answer::Captured(_) => {
                         let invoice = issue_invoice(conn, &payment, at)?;
@@ -270,6 +282,7 @@ impl BillingService {
                             amount: payment.amount.clone(),
                             invoice_id: invoice.id,
                             invoice_number: invoice.number,
+                            customer_email,
                         };
                         raise(events, event_types::PAYMENT_CAPTURED, order_id, &captured)?;
                     }
@@ -279,6 +292,7 @@ impl BillingService {
                             order_id,
                             amount: payment.amount.clone(),
                             reason,
+                            customer_email,
                         };
                         raise(events, event_types::PAYMENT_DECLINED, order_id, &declined)?;
                     }
@@ -333,6 +347,7 @@ impl BillingService {
                     payment_id: stored.id,
                     order_id,
                     amount: stored.amount.clone(),
+                    customer_email: stored.customer_email.clone(),
                 };
                 raise(events, event_types::PAYMENT_REFUNDED, order_id, &refund)?;
                 current(conn, order_id)

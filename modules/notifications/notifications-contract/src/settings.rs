@@ -30,8 +30,11 @@ pub struct NotificationsSettings {
     /// The longest wait between two attempts.
     #[serde(with = "humantime_serde")]
     pub max_retry_delay: Duration,
-    /// Deliveries in flight at once.
+    /// E-mails in flight at once.
     pub concurrency: usize,
+    /// Webhook calls in flight at once. Slots of their own, apart from the e-mails', so
+    /// that endpoints that are slow or never answer cannot hold up customer e-mails.
+    pub webhook_concurrency: usize,
     /// How often the delivery worker looks for due deliveries when nothing wakes it.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
@@ -49,6 +52,7 @@ impl Default for NotificationsSettings {
             retry_delay: Duration::from_secs(2),
             max_retry_delay: Duration::from_secs(600),
             concurrency: 16,
+            webhook_concurrency: 16,
             poll_interval: Duration::from_secs(1),
         }
     }
@@ -120,6 +124,9 @@ impl NotificationsSettings {
         if self.concurrency == 0 {
             return Err("notifications.concurrency: must be at least 1".into());
         }
+        if self.webhook_concurrency == 0 {
+            return Err("notifications.webhook_concurrency: must be at least 1".into());
+        }
         Ok(())
     }
 }
@@ -169,6 +176,10 @@ mod tests {
                 concurrency: 0,
                 ..Default::default()
             },
+            NotificationsSettings {
+                webhook_concurrency: 0,
+                ..Default::default()
+            },
         ];
         let keys = [
             "notifications.smtp_url",
@@ -178,6 +189,7 @@ mod tests {
             "notifications.max_attempts",
             "notifications.webhook_timeout",
             "notifications.concurrency",
+            "notifications.webhook_concurrency",
         ];
         for (settings, key) in cases.iter().zip(keys) {
             let error = settings.validate().expect_err("refused");

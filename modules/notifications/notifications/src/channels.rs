@@ -53,7 +53,8 @@ pub(crate) fn message(from: &str, mail: &Mail<'_>) -> Result<Message, Failure> {
 /// Where e-mails go.
 #[derive(Clone)]
 pub(crate) enum Mailer {
-    Smtp(Result<AsyncSmtpTransport<Tokio1Executor>, String>),
+    /// The transport, and the longest wait for one message (`notifications.smtp_timeout`).
+    Smtp(Result<AsyncSmtpTransport<Tokio1Executor>, String>, Duration),
     /// `<data_dir>/outbox-mail/`.
     File(Result<Arc<FileWriter>, String>),
 }
@@ -103,7 +104,7 @@ impl FileWriter {
 impl std::fmt::Debug for Mailer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Mailer::Smtp(_) => f.write_str("Mailer::Smtp"),
+            Mailer::Smtp(..) => f.write_str("Mailer::Smtp"),
             Mailer::File(Ok(writer)) => {
                 f.debug_tuple("Mailer::File").field(&writer.folder).finish()
             }
@@ -122,7 +123,7 @@ impl Mailer {
                 let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
                     .map(|builder| builder.timeout(Some(timeout)).build())
                     .map_err(|error| format!("notifications.smtp_url: {error}"));
-                Mailer::Smtp(transport)
+                Mailer::Smtp(transport, timeout)
             }
             None => Mailer::File(FileWriter::start(data_dir.join("outbox-mail")).map(Arc::new)),
         }
@@ -130,14 +131,21 @@ impl Mailer {
 
     pub(crate) async fn send(&self, message: Message, id: &str) -> Result<(), Failure> {
         match self {
-            Mailer::Smtp(Err(error)) => Err(Failure::Transient(error.clone())),
-            Mailer::Smtp(Ok(transport)) => match transport.send(message).await {
-                Ok(_) => Ok(()),
-                Err(error) if error.is_permanent() => {
-                    Err(Failure::Permanent(format!("SMTP: {error}")))
+            Mailer::Smtp(Err(error), _) => Err(Failure::Transient(error.clone())),
+            // lettre's own timeout bounds connecting only: a server that accepts and then
+            // never answers would hold the attempt, and its e-mail slot, for good.
+            Mailer::Smtp(Ok(transport), timeout) => {
+                match tokio::time::timeout(*timeout, transport.send(message)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(error)) if error.is_permanent() => {
+                        Err(Failure::Permanent(format!("SMTP: {error}")))
+                    }
+                    Ok(Err(error)) => Err(Failure::Transient(format!("SMTP: {error}"))),
+                    Err(_) => Err(Failure::Transient(format!(
+                        "SMTP: timed out after {timeout:?}"
+                    ))),
                 }
-                Err(error) => Err(Failure::Transient(format!("SMTP: {error}"))),
-            },
+            }
             Mailer::File(Err(error)) => Err(Failure::Transient(error.clone())),
             Mailer::File(Ok(writer)) => writer
                 .write(format!("{id}.eml"), message.formatted())

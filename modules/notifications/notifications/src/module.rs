@@ -109,9 +109,9 @@ impl LocalModule for NotificationsModule {
         }]
     }
 
-    /// The delivery worker.
+    /// The delivery workers, one for e-mails and one for webhooks.
     fn spawn_workers(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        vec![tokio::spawn(self.service.clone().run_worker())]
+        self.service.spawn_workers()
     }
 }
 

@@ -2,7 +2,9 @@
 //!
 //! A delivery is claimed by the worker with one conditional `UPDATE … WHERE claimed_until
 //! IS NULL OR claimed_until < now`, so that of two workers (two processes on one
-//! PostgreSQL database) exactly one sends it.
+//! PostgreSQL database) exactly one sends it. An attempt records its outcome only while the
+//! delivery still holds its own claim (`settle_attempt`), so an attempt that outlived its
+//! lease, and whose delivery another attempt claimed since, changes nothing.
 
 use chassis::db::{DbConnection, update};
 use chassis::per_backend;
@@ -110,21 +112,6 @@ pub(crate) fn delete_webhook(conn: &mut DbConnection, id: Uuid) -> QueryResult<b
     })
 }
 
-/// Whom an order's e-mails go to: the recipient of an e-mail already recorded about the
-/// order. Every order event records one to the order's customer, so the customer is known
-/// from the order's first event on, without a table of its own.
-pub(crate) fn customer_of(conn: &mut DbConnection, order_id: Uuid) -> QueryResult<Option<String>> {
-    per_backend!(conn, |conn| {
-        let recipients: Vec<String> = deliveries::table
-            .filter(deliveries::order_id.eq(order_id.to_string()))
-            .filter(deliveries::channel.ne(Channel::Webhook.as_str()))
-            .order(deliveries::id.asc())
-            .select(deliveries::recipient)
-            .load(conn)?;
-        Ok(recipients.into_iter().next())
-    })
-}
-
 /// A delivery about to be recorded.
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = deliveries)]
@@ -168,6 +155,7 @@ impl NewDelivery {
             status: self.status,
             attempts: self.attempts,
             last_error: None,
+            claimed_until: self.claimed_until,
             created_at: self.created_at,
         }
     }
@@ -206,6 +194,9 @@ pub(crate) struct DeliveryRow {
     pub(crate) status: String,
     pub(crate) attempts: i64,
     pub(crate) last_error: Option<String>,
+    /// The claim an attempt holds the delivery under; it records its outcome only while
+    /// the delivery still carries it.
+    pub(crate) claimed_until: Option<NaiveDateTime>,
     pub(crate) created_at: NaiveDateTime,
 }
 
@@ -257,15 +248,37 @@ pub(crate) fn list_deliveries(
 /// never keeps an `IN` list's statement prepared.)
 const OPEN: &str = "retrying";
 
-/// Up to `limit` deliveries whose next attempt is due at `at` and that no live worker
-/// holds, oldest first. A read: most wake-ups of the worker find nothing.
+/// The two kinds of delivery, which are sent from slots of their own and claimed apart, so
+/// that webhooks never wait for e-mails, nor e-mails for webhooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `email` or `file`.
+    Mail,
+    Webhook,
+}
+
+impl Kind {
+    pub(crate) fn of(row: &DeliveryRow) -> Self {
+        if row.channel == Channel::Webhook.as_str() {
+            Kind::Webhook
+        } else {
+            Kind::Mail
+        }
+    }
+}
+
+/// Up to `limit` deliveries of `kind` whose next attempt is due at `at` and that no live
+/// worker holds, oldest first. A read: most wake-ups of the worker find nothing.
 pub(crate) fn due(
     conn: &mut DbConnection,
     at: NaiveDateTime,
+    kind: Kind,
     limit: i64,
 ) -> QueryResult<Vec<String>> {
+    let webhook = Channel::Webhook.as_str();
+    // Two statements rather than one boxed query, so that both stay prepared.
     per_backend!(conn, |conn| {
-        deliveries::table
+        let due = deliveries::table
             .filter(deliveries::status.eq(OPEN))
             .filter(deliveries::next_attempt_at.le(at))
             .filter(
@@ -275,8 +288,11 @@ pub(crate) fn due(
             )
             .order((deliveries::next_attempt_at.asc(), deliveries::id.asc()))
             .select(deliveries::id)
-            .limit(limit)
-            .load(conn)
+            .limit(limit);
+        match kind {
+            Kind::Mail => due.filter(deliveries::channel.ne(webhook)).load(conn),
+            Kind::Webhook => due.filter(deliveries::channel.eq(webhook)).load(conn),
+        }
     })
 }
 
@@ -313,19 +329,30 @@ pub(crate) fn claim(
     })
 }
 
-/// Records the outcome of an attempt and releases the claim.
+/// Records the outcome of the attempt that claimed the delivery until `claimed_until`, and
+/// releases the claim; answers whether the attempt still held it.
+///
+/// A claim's `claimed_until` is the claim's own: a new claim is taken only once the old one
+/// has run out (`claimed_until < at`), and is `at` plus a lease, so each claim of a delivery
+/// ends later than every earlier one. An attempt whose lease lapsed and whose delivery was
+/// claimed again no longer matches, and its outcome — possibly a failure after the newer
+/// attempt succeeded — is not recorded over the newer attempt's.
 pub(crate) fn settle_attempt(
     conn: &mut DbConnection,
     id: &str,
+    claimed_until: NaiveDateTime,
     status: DeliveryStatus,
     attempts: i64,
     last_error: Option<String>,
     next_attempt_at: NaiveDateTime,
-) -> QueryResult<()> {
+) -> QueryResult<bool> {
     per_backend!(conn, |conn| {
         update(
             deliveries::table,
-            deliveries::id.eq(id.to_owned()),
+            deliveries::id
+                .eq(id.to_owned())
+                .and(deliveries::status.eq(OPEN))
+                .and(deliveries::claimed_until.eq(claimed_until)),
             (
                 deliveries::status.eq(status.as_str()),
                 deliveries::attempts.eq(attempts),
@@ -336,6 +363,6 @@ pub(crate) fn settle_attempt(
             ),
         )
         .execute(conn)
-        .map(|_| ())
+        .map(|settled| settled == 1)
     })
 }

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::channels::{self, Failure, Mail, Mailer, WebhookSender};
 use crate::error::Error;
 use crate::render::{self, Rendered, template};
-use crate::repository::{self as repo, DeliveryRow, NewDelivery, WebhookRow};
+use crate::repository::{self as repo, DeliveryRow, Kind, NewDelivery, WebhookRow};
 use crate::retry::{AfterFailure, Backoff};
 
 /// The event types this module consumes: those it e-mails about, and every other one a
@@ -52,12 +52,14 @@ const MAX_DELIVERIES_PER_ORDER: i64 = 1000;
 /// inbox record it records one delivery per e-mail and per matching webhook, each under a
 /// unique `dedup_key` (an e-mail's: template, order and recipient), so that a redelivered
 /// event — or a second event about the same outcome — records nothing new. Every attempt
-/// holds a lease on its delivery (`claimed_until`) and one of `notifications.concurrency`
-/// slots, and runs in a task of its own, so a slow or dead endpoint holds one slot and
-/// delays nothing else. The handler records the e-mails it has free slots for already
-/// leased, and attempts them once committed; the worker
-/// ([`NotificationsService::run_worker`]) claims everything else that is due — webhooks,
-/// e-mails beyond the free slots, retries, leases that lapsed with a stopped process. A
+/// holds a lease on its delivery (`claimed_until`) and a slot — one of
+/// `notifications.concurrency` for an e-mail, one of `notifications.webhook_concurrency` for
+/// a webhook call — and runs in a task of its own, so a slow or dead endpoint holds one slot
+/// and delays nothing else; and webhooks that never answer, however many, take no slot an
+/// e-mail needs. The handler records the e-mails it has free slots for already leased, and
+/// attempts them once committed; the workers ([`NotificationsService::spawn_workers`], one
+/// per kind of delivery) claim everything else that is due — webhooks, e-mails beyond the
+/// free slots, retries, leases that lapsed with a stopped process. A
 /// failed attempt is retried with exponential backoff and jitter (`retrying`) until
 /// `notifications.max_attempts`, then the delivery is `failed` with its last error.
 #[derive(Debug, Clone)]
@@ -68,24 +70,37 @@ pub struct NotificationsService {
     mailer: Arc<Mailer>,
     webhooks: WebhookSender,
     backoff: Backoff,
-    /// Attempts under way, at most `notifications.concurrency`: the worker's and those the
-    /// handler starts itself.
+    /// E-mails: the worker's attempts and those the handler starts itself.
+    mail_lane: Lane,
+    /// Webhook calls, which only the worker makes.
+    webhook_lane: Lane,
+}
+
+/// The slots of one kind of delivery, and the bell of the worker that claims it.
+#[derive(Debug, Clone)]
+struct Lane {
     slots: Arc<Semaphore>,
+    /// How many slots there are: the most deliveries one claim takes.
+    size: usize,
     wake: Arc<Notify>,
 }
 
-/// To whom an e-mail goes.
-#[derive(Debug, Clone)]
-enum To {
-    Address(String),
-    /// The customer of an order, as learnt from the orders' events.
-    CustomerOf(Uuid),
+impl Lane {
+    fn new(size: usize) -> Self {
+        let size = size.max(1);
+        Self {
+            slots: Arc::new(Semaphore::new(size)),
+            size,
+            wake: Arc::new(Notify::new()),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 struct PlannedMail {
     template: &'static str,
-    to: To,
+    /// The recipient, as the event names them: no e-mail depends on an earlier event.
+    to: String,
     /// What makes the e-mail unique besides template and recipient: the order, or the
     /// event for messages not about an order.
     scope: String,
@@ -114,7 +129,7 @@ fn plan(event: &Envelope, operator_email: &str) -> Result<Plan, Error> {
     let order_mail = |template, order: &orders_contract::Order, rendered| Plan {
         mails: vec![PlannedMail {
             template,
-            to: To::Address(order.customer_email.clone()),
+            to: order.customer_email.clone(),
             scope: order.id.to_string(),
             rendered,
         }],
@@ -149,7 +164,7 @@ fn plan(event: &Envelope, operator_email: &str) -> Result<Plan, Error> {
             Plan {
                 mails: vec![PlannedMail {
                     template: template::PAYMENT_REFUNDED,
-                    to: To::CustomerOf(refund.order_id),
+                    to: refund.customer_email,
                     scope: refund.order_id.to_string(),
                     rendered: render::payment_refunded(refund.order_id, &refund.amount),
                 }],
@@ -160,7 +175,7 @@ fn plan(event: &Envelope, operator_email: &str) -> Result<Plan, Error> {
             Plan {
                 mails: vec![PlannedMail {
                     template: template::STOCK_LOW,
-                    to: To::Address(operator_email.to_owned()),
+                    to: operator_email.to_owned(),
                     scope: event.id.to_string(),
                     rendered: render::stock_low(&stock),
                 }],
@@ -177,7 +192,7 @@ fn order_of(event: &Envelope) -> Option<Uuid> {
         .flatten()
 }
 
-/// The e-mails the recording handler sends itself, right after commit, with the worker's
+/// The e-mails the recording handler sends itself, right after commit, with the e-mail
 /// slots it holds for them: they are recorded already claimed for `lease`, which spares the
 /// worker a claim (a write) per e-mail, and the worker takes them over only if that claim
 /// lapses (the process stopped before sending).
@@ -191,8 +206,10 @@ struct SendNow {
 struct Recorded {
     /// Recorded leased, for the caller to attempt.
     claimed: Vec<DeliveryRow>,
-    /// Whether deliveries were recorded for the worker.
-    for_worker: bool,
+    /// Whether e-mails were recorded for the worker.
+    mails_for_worker: bool,
+    /// Whether webhook calls were recorded (always for the worker).
+    webhooks_for_worker: bool,
 }
 
 /// Records the deliveries of `plan` (in the inbox's transaction).
@@ -230,14 +247,7 @@ fn record(
             updated_at: at,
         };
     for mail in plan.mails {
-        let recipient = match mail.to {
-            To::Address(address) => address,
-            To::CustomerOf(order) => repo::customer_of(conn, order)?.ok_or_else(|| {
-                Error::Event(format!(
-                    "the customer of order {order} is not known yet (no order event seen)"
-                ))
-            })?,
-        };
+        let recipient = mail.to;
         let dedup_key = format!(
             "email:{}:{}:{}",
             mail.template,
@@ -256,7 +266,7 @@ fn record(
             if send {
                 recorded.claimed.push(delivery.into_row());
             } else {
-                recorded.for_worker = true;
+                recorded.mails_for_worker = true;
             }
         }
     }
@@ -272,7 +282,7 @@ fn record(
             let mut delivery = new(dedup_key, Channel::Webhook, hook.url, &event.event_type);
             delivery.webhook_id = Some(hook.id);
             delivery.payload = Some(body.clone());
-            recorded.for_worker |= repo::insert_delivery(conn, &delivery)?;
+            recorded.webhooks_for_worker |= repo::insert_delivery(conn, &delivery)?;
         }
     }
     Ok(recorded)
@@ -346,8 +356,8 @@ impl NotificationsService {
             webhooks: WebhookSender::new(settings.webhook_timeout),
             backoff: Backoff::from_settings(settings),
             settings: Arc::new(settings.clone()),
-            slots: Arc::new(Semaphore::new(settings.concurrency.max(1))),
-            wake: Arc::new(Notify::new()),
+            mail_lane: Lane::new(settings.concurrency),
+            webhook_lane: Lane::new(settings.webhook_concurrency),
             db,
         }
     }
@@ -355,13 +365,13 @@ impl NotificationsService {
     /// The channel e-mails take: `email` with an SMTP server, else `file`.
     pub fn mail_channel(&self) -> Channel {
         match *self.mailer {
-            Mailer::Smtp(_) => Channel::Email,
+            Mailer::Smtp(..) => Channel::Email,
             Mailer::File(_) => Channel::File,
         }
     }
 
     /// Applies one event once: records its deliveries together with the inbox record,
-    /// starts the e-mails it holds slots for, and wakes the worker for the rest. A
+    /// starts the e-mails it holds slots for, and wakes the workers for the rest. A
     /// redelivered event answers [`Applied::Duplicate`] and records nothing; an event that
     /// asks for no e-mail and that no webhook wants is answered [`Applied::Handled`]
     /// without writing anything.
@@ -388,12 +398,12 @@ impl NotificationsService {
         }
         let channel = self.mail_channel();
         let owned = event.clone();
-        // A slot free now is taken for an e-mail of this event, sent as soon as it is
-        // recorded; e-mails beyond the free slots, and webhooks, are left to the worker.
+        // An e-mail slot free now is taken for an e-mail of this event, sent as soon as it
+        // is recorded; e-mails beyond the free slots, and webhooks, are left to the workers.
         let slots: Vec<OwnedSemaphorePermit> = plan
             .mails
             .iter()
-            .map_while(|_| Arc::clone(&self.slots).try_acquire_owned().ok())
+            .map_while(|_| Arc::clone(&self.mail_lane.slots).try_acquire_owned().ok())
             .collect();
         let send_now = SendNow {
             count: slots.len(),
@@ -411,20 +421,32 @@ impl NotificationsService {
         for (row, slot) in recorded.claimed.into_iter().zip(slots) {
             self.spawn_attempt(row, slot);
         }
-        if recorded.for_worker {
-            self.wake.notify_one();
+        if recorded.mails_for_worker {
+            self.mail_lane.wake.notify_one();
+        }
+        if recorded.webhooks_for_worker {
+            self.webhook_lane.wake.notify_one();
         }
         Ok(Applied::Handled)
     }
 
-    /// Attempts a claimed delivery in a task of its own, holding `slot` until it is done.
+    /// Attempts a claimed delivery in a task of its own, holding `slot` (of the delivery's
+    /// kind) until it is done.
     fn spawn_attempt(&self, row: DeliveryRow, slot: OwnedSemaphorePermit) {
         let service = self.clone();
         tokio::spawn(async move {
+            let kind = Kind::of(&row);
             service.attempt(row).await;
             drop(slot);
-            service.wake.notify_one();
+            service.lane(kind).wake.notify_one();
         });
+    }
+
+    fn lane(&self, kind: Kind) -> &Lane {
+        match kind {
+            Kind::Mail => &self.mail_lane,
+            Kind::Webhook => &self.webhook_lane,
+        }
     }
 
     /// The delivery log in creation order, of one order if `order_id` is given.
@@ -519,15 +541,15 @@ impl NotificationsService {
         TimeDelta::from_std(longest).unwrap_or(TimeDelta::MAX)
     }
 
-    /// Claims up to `limit` due deliveries: found by a read, claimed by a write only if
-    /// there are any (the claim checks again that nobody took them in between).
-    async fn claim_due(&self, limit: usize) -> Result<Vec<DeliveryRow>, Error> {
+    /// Claims up to `limit` due deliveries of `kind`: found by a read, claimed by a write
+    /// only if there are any (the claim checks again that nobody took them in between).
+    async fn claim_due(&self, kind: Kind, limit: usize) -> Result<Vec<DeliveryRow>, Error> {
         // Always the same LIMIT: a new value bound to `LIMIT ?` makes SQLite plan again.
-        let most = i64::try_from(self.settings.concurrency.max(1)).unwrap_or(i64::MAX);
+        let most = i64::try_from(self.lane(kind).size).unwrap_or(i64::MAX);
         let at = repo::now();
         let mut ids = self
             .db
-            .read(move |conn| repo::due(conn, at, most).map_err(Error::from))
+            .read(move |conn| repo::due(conn, at, kind, most).map_err(Error::from))
             .await?;
         ids.truncate(limit);
         if ids.is_empty() {
@@ -573,8 +595,14 @@ impl NotificationsService {
         }
     }
 
-    /// Makes one attempt at a claimed delivery and records its outcome.
+    /// Makes one attempt at a claimed delivery and records its outcome, unless the
+    /// delivery was claimed again meanwhile (this attempt outlived its lease).
     async fn attempt(&self, row: DeliveryRow) {
+        let Some(claim) = row.claimed_until else {
+            // Every row handed here was claimed; one that was not could be sent twice.
+            tracing::warn!(delivery = %row.id, "an unclaimed delivery is not attempted");
+            return;
+        };
         let outcome = self.send(&row).await;
         let attempts = row.attempts.saturating_add(1);
         let at = repo::now();
@@ -593,67 +621,93 @@ impl NotificationsService {
                 }
             }
         };
-        match status {
-            DeliveryStatus::Failed => tracing::warn!(
-                delivery = %row.id, recipient = %row.recipient, attempts,
-                error = last_error.as_deref().unwrap_or_default(), "delivery failed"
-            ),
-            DeliveryStatus::Retrying => tracing::info!(
-                delivery = %row.id, attempts,
-                error = last_error.as_deref().unwrap_or_default(), "delivery will be retried"
-            ),
-            _ => tracing::debug!(delivery = %row.id, channel = %row.channel, "delivered"),
-        }
         let id = row.id.clone();
+        let error = last_error.clone();
         let settled = self
             .db
             .write(move |conn| {
-                repo::settle_attempt(conn, &id, status, attempts, last_error, next)
+                repo::settle_attempt(conn, &id, claim, status, attempts, error, next)
                     .map_err(DbError::from)
             })
             .await;
-        if let Err(error) = settled {
-            // The claim runs out and the delivery is attempted again.
-            tracing::warn!(delivery = %row.id, %error, "cannot record a delivery attempt");
+        let error = last_error.as_deref().unwrap_or_default();
+        match settled {
+            Ok(true) => match status {
+                DeliveryStatus::Failed => tracing::warn!(
+                    delivery = %row.id, recipient = %row.recipient, attempts, error,
+                    "delivery failed"
+                ),
+                DeliveryStatus::Retrying => tracing::info!(
+                    delivery = %row.id, attempts, error, "delivery will be retried"
+                ),
+                DeliveryStatus::Sent => {
+                    tracing::debug!(delivery = %row.id, channel = %row.channel, "delivered");
+                }
+            },
+            Ok(false) => tracing::info!(
+                delivery = %row.id, outcome = %status, error,
+                "an attempt that outlived its lease is dropped: another attempt holds the delivery"
+            ),
+            Err(error) => {
+                // The claim runs out and the delivery is attempted again.
+                tracing::warn!(delivery = %row.id, %error, "cannot record a delivery attempt");
+            }
         }
     }
 
-    /// Sends every delivery due now, at most `notifications.concurrency` at once, and
-    /// answers how many it attempted; for tests and one-shot runs. The worker does the same
-    /// continuously.
+    /// Sends every delivery due now, at most `notifications.concurrency` e-mails and
+    /// `notifications.webhook_concurrency` webhook calls at once, and answers how many it
+    /// attempted; for tests and one-shot runs. The workers do the same continuously.
     pub async fn deliver_due(&self) -> Result<usize, Error> {
-        let claimed = self.claim_due(self.settings.concurrency).await?;
+        let mut claimed = self.claim_due(Kind::Mail, self.mail_lane.size).await?;
+        claimed.extend(
+            self.claim_due(Kind::Webhook, self.webhook_lane.size)
+                .await?,
+        );
         let count = claimed.len();
         futures::future::join_all(claimed.into_iter().map(|row| self.attempt(row))).await;
         Ok(count)
     }
 
-    /// The delivery worker: runs until its task is aborted.
-    pub async fn run_worker(self) {
+    /// The delivery workers, one for e-mails and one for webhooks, each claiming for its
+    /// own slots: neither ever waits for the other's deliveries. They run until their tasks
+    /// are aborted.
+    pub fn spawn_workers(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        [Kind::Mail, Kind::Webhook]
+            .into_iter()
+            .map(|kind| tokio::spawn(self.clone().run_worker(kind)))
+            .collect()
+    }
+
+    async fn run_worker(self, kind: Kind) {
+        let lane = self.lane(kind).clone();
         loop {
-            let free = self.slots.available_permits();
+            let free = lane.slots.available_permits();
             let mut claimed_all = false;
             if free > 0 {
-                match self.claim_due(free).await {
+                match self.claim_due(kind, free).await {
                     Ok(claimed) => {
                         claimed_all = claimed.len() == free;
                         for row in claimed {
-                            let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
+                            // Only the handler takes slots besides this worker, and only
+                            // e-mail slots for e-mails it sends at once: a wait here is
+                            // behind e-mails of this lane, never behind webhooks.
+                            let Ok(slot) = Arc::clone(&lane.slots).acquire_owned().await else {
                                 return;
                             };
                             self.spawn_attempt(row, slot);
                         }
                     }
                     Err(error) => {
-                        tracing::warn!(%error, "cannot claim due deliveries");
+                        tracing::warn!(%error, ?kind, "cannot claim due deliveries");
                     }
                 }
             }
-            if claimed_all && self.slots.available_permits() > 0 {
+            if claimed_all && lane.slots.available_permits() > 0 {
                 continue;
             }
             tokio::select! {
-                () = self.wake.notified() => {}
+                () = lane.wake.notified() => {}
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
             }
         }

@@ -204,6 +204,7 @@ impl Saga {
                     order_id: id,
                     amount: row.total(),
                     token: row.payment_token.clone().unwrap_or_default(),
+                    customer_email: row.customer_email.clone(),
                 };
                 match self.billing.charge(request).await {
                     Ok(payment) if payment.status == PaymentStatus::Captured => {

@@ -123,12 +123,15 @@ async fn charge_refuses_invalid_requests(port: &dyn Billing, billing: &LocalBill
     let order = Uuid::new_v4();
     let mut other_currency = charge(order, 100, "tok_visa");
     other_currency.amount.currency = "USD".into();
+    let mut no_customer = charge(order, 100, "tok_visa");
+    no_customer.customer_email = String::new();
     let cases = [
         (charge(order, 0, "tok_visa"), "amount.amount"),
         (charge(order, -100, "tok_visa"), "amount.amount"),
         (other_currency, "amount.currency"),
         (charge(order, 100, ""), "token"),
         (charge(order, 100, &"t".repeat(201)), "token"),
+        (no_customer, "customer_email"),
     ];
     for (request, field) in cases {
         let outcome = port.charge(request.clone()).await;

@@ -17,7 +17,7 @@ use chassis::events::{
 use chassis::module::LocalModule;
 use uuid::Uuid;
 
-use crate::support::{self, LocalBilling, charge, eur};
+use crate::support::{self, CUSTOMER, LocalBilling, charge, eur};
 
 #[derive(Default)]
 pub(crate) struct Recorder {
@@ -91,10 +91,9 @@ async fn events_of_payments(backend: Backend) {
     let port = billing.module.port();
 
     let paid = Uuid::new_v4();
-    let payment = port
-        .charge(charge(paid, 4999, "tok_visa"))
-        .await
-        .expect("captured");
+    let mut paid_charge = charge(paid, 4999, "tok_visa");
+    paid_charge.customer_email = "cy@example.com".into();
+    let payment = port.charge(paid_charge).await.expect("captured");
     let seen = recorder.wait_for(1).await;
     assert_eq!(seen[0].event_type, event_types::PAYMENT_CAPTURED);
     assert_eq!(seen[0].source_module, "billing");
@@ -115,6 +114,7 @@ async fn events_of_payments(backend: Backend) {
             amount: eur(4999),
             invoice_id: invoice.id,
             invoice_number: invoice.number,
+            customer_email: "cy@example.com".into(),
         }
     );
 
@@ -132,6 +132,7 @@ async fn events_of_payments(backend: Backend) {
             order_id: refused,
             amount: eur(120),
             reason: "unknown test token".into(),
+            customer_email: CUSTOMER.into(),
         }
     );
 
@@ -145,6 +146,8 @@ async fn events_of_payments(backend: Backend) {
             payment_id: payment.id,
             order_id: paid,
             amount: eur(4999),
+            // Kept with the payment since the charge.
+            customer_email: "cy@example.com".into(),
         }
     );
 

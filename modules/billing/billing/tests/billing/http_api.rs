@@ -268,7 +268,7 @@ async fn internal_charge_answers_the_payment_and_its_errors() {
     let billing = support::local(Backend::Sqlite).await.expect("sqlite");
     let service = service!(billing);
     let order = Uuid::new_v4();
-    let body = json!({"order_id": order, "amount": {"amount": 1234, "currency": "EUR"}, "token": "tok_visa"});
+    let body = json!({"order_id": order, "amount": {"amount": 1234, "currency": "EUR"}, "token": "tok_visa", "customer_email": "ada@example.com"});
 
     let without = TestRequest::post()
         .uri("/internal/billing/charges")
@@ -317,7 +317,7 @@ async fn internal_charge_answers_the_payment_and_its_errors() {
     assert_eq!(again, payment, "idempotent per order");
 
     let conflict = internal(TestRequest::post().uri("/internal/billing/charges"))
-        .set_json(json!({"order_id": order, "amount": {"amount": 999, "currency": "EUR"}, "token": "tok_visa"}))
+        .set_json(json!({"order_id": order, "amount": {"amount": 999, "currency": "EUR"}, "token": "tok_visa", "customer_email": "ada@example.com"}))
         .to_request();
     let body = problem(
         test::call_service(&service, conflict).await,
@@ -351,27 +351,35 @@ async fn internal_charge_answers_the_payment_and_its_errors() {
     let fresh = Uuid::new_v4();
     let cases = [
         (
-            json!({"order_id": fresh, "amount": {"amount": 0, "currency": "EUR"}, "token": "tok_visa"}),
+            json!({"order_id": fresh, "amount": {"amount": 0, "currency": "EUR"}, "token": "tok_visa", "customer_email": "ada@example.com"}),
             "amount.amount",
         ),
         (
-            json!({"order_id": fresh, "amount": {"amount": 10, "currency": "USD"}, "token": "tok_visa"}),
+            json!({"order_id": fresh, "amount": {"amount": 10, "currency": "USD"}, "token": "tok_visa", "customer_email": "ada@example.com"}),
             "amount.currency",
         ),
         (
-            json!({"order_id": fresh, "amount": {"amount": 10, "currency": "EUR"}, "token": ""}),
+            json!({"order_id": fresh, "amount": {"amount": 10, "currency": "EUR"}, "token": "", "customer_email": "ada@example.com"}),
             "token",
         ),
         (
-            json!({"order_id": fresh, "amount": {"amount": 10, "currency": "EUR"}}),
+            json!({"order_id": fresh, "amount": {"amount": 10, "currency": "EUR"}, "customer_email": "ada@example.com"}),
             "token",
         ),
         (
-            json!({"order_id": "nope", "amount": {"amount": 10, "currency": "EUR"}, "token": "tok_visa"}),
+            json!({"order_id": fresh, "amount": {"amount": 10, "currency": "EUR"}, "token": "tok_visa", "customer_email": ""}),
+            "customer_email",
+        ),
+        (
+            json!({"order_id": fresh, "amount": {"amount": 10, "currency": "EUR"}, "token": "tok_visa"}),
+            "customer_email",
+        ),
+        (
+            json!({"order_id": "nope", "amount": {"amount": 10, "currency": "EUR"}, "token": "tok_visa", "customer_email": "ada@example.com"}),
             "order_id",
         ),
         (
-            json!({"order_id": fresh, "amount": {"amount": 1.5, "currency": "EUR"}, "token": "tok_visa"}),
+            json!({"order_id": fresh, "amount": {"amount": 1.5, "currency": "EUR"}, "token": "tok_visa", "customer_email": "ada@example.com"}),
             "amount.amount",
         ),
     ];
@@ -390,7 +398,7 @@ async fn internal_charge_answers_the_payment_and_its_errors() {
     assert_eq!(billing.gateway.charges_of(fresh), 0);
 
     let failing = internal(TestRequest::post().uri("/internal/billing/charges"))
-        .set_json(json!({"order_id": Uuid::new_v4(), "amount": {"amount": 10, "currency": "EUR"}, "token": "tok_error"}))
+        .set_json(json!({"order_id": Uuid::new_v4(), "amount": {"amount": 10, "currency": "EUR"}, "token": "tok_error", "customer_email": "ada@example.com"}))
         .to_request();
     let response = test::call_service(&service, failing).await;
     assert_eq!(

@@ -160,11 +160,15 @@ pub(crate) fn eur(amount: i64) -> Money {
     Money::new(amount, "EUR")
 }
 
-/// A charge of `amount` euro cents for `order_id` with `token`.
+/// Whom the tests' orders belong to.
+pub(crate) const CUSTOMER: &str = "ada@example.com";
+
+/// A charge of `amount` euro cents for `order_id` with `token`, for [`CUSTOMER`].
 pub(crate) fn charge(order_id: Uuid, amount: i64, token: &str) -> ChargeRequest {
     ChargeRequest {
         order_id,
         amount: eur(amount),
         token: token.into(),
+        customer_email: CUSTOMER.into(),
     }
 }

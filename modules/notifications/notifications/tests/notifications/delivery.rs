@@ -1,5 +1,5 @@
 //! Events in, deliveries out: exactly one e-mail per order outcome per recipient, the file
-//! channel, the refund and stock e-mails, on SQLite and PostgreSQL.
+//! channel, the refund (with no event before it) and stock e-mails, on SQLite and PostgreSQL.
 
 use chassis::db::Backend;
 use chassis::events::{Applied, Envelope};
@@ -133,40 +133,40 @@ async fn every_outcome_e_mails_its_customer_once_postgres() {
     every_outcome_e_mails_its_customer_once(Backend::Postgres).await;
 }
 
-#[tokio::test]
-async fn a_refund_of_an_order_never_seen_fails_until_its_customer_is_known() {
-    let local = support::local(Backend::Sqlite, quick_settings())
-        .await
-        .expect("sqlite");
+/// `billing.payment_refunded` names the customer: its e-mail goes to them even when no other
+/// event about the order came before it.
+async fn a_refund_with_no_earlier_event_is_e_mailed_to_the_customer_it_names(backend: Backend) {
+    let Some(local) = support::local(backend, quick_settings()).await else {
+        return;
+    };
     let service = local.module.service();
     let order = order(OrderStatus::Confirmed, "dee@example.com");
-    let refund = refund_event(&order);
-    assert!(service.handle(&refund).await.is_err());
-    assert!(
-        local
-            .module
-            .port()
-            .deliveries(order.id)
-            .await
-            .expect("log")
-            .is_empty()
-    );
-    // Once the order's event arrived, the retried refund is handled.
-    service.handle(&order_event(&order)).await.expect("handled");
     assert_eq!(
-        service.handle(&refund).await.expect("handled"),
+        service
+            .handle(&refund_event(&order))
+            .await
+            .expect("handled"),
         Applied::Handled
     );
+    let log = local.wait_for(order.id, all(1, DeliveryStatus::Sent)).await;
     assert_eq!(
-        local
-            .module
-            .port()
-            .deliveries(order.id)
-            .await
-            .expect("log")
-            .len(),
-        2
+        (log[0].template.as_str(), log[0].recipient.as_str()),
+        ("payment_refunded", "dee@example.com")
     );
+    let files = local.eml_files();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let eml = std::fs::read_to_string(&files[0]).expect("eml");
+    assert!(eml.contains("To: dee@example.com"), "{eml}");
+}
+
+#[tokio::test]
+async fn a_refund_with_no_earlier_event_is_e_mailed_to_the_customer_it_names_sqlite() {
+    a_refund_with_no_earlier_event_is_e_mailed_to_the_customer_it_names(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_refund_with_no_earlier_event_is_e_mailed_to_the_customer_it_names_postgres() {
+    a_refund_with_no_earlier_event_is_e_mailed_to_the_customer_it_names(Backend::Postgres).await;
 }
 
 #[tokio::test]
@@ -219,6 +219,7 @@ async fn an_event_nothing_asks_for_records_nothing() {
             amount: order.total.clone(),
             invoice_id: Uuid::new_v4(),
             invoice_number: "2026-000001".into(),
+            customer_email: order.customer_email.clone(),
         },
     )
     .expect("event");

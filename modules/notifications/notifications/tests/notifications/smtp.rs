@@ -2,6 +2,7 @@
 //! EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP and QUIT and keeps what it received.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chassis::db::Backend;
 use notifications_contract::{Channel, DeliveryStatus, NotificationsSettings};
@@ -207,6 +208,91 @@ async fn an_smtp_server_that_is_down_means_retrying_then_failed() {
             .is_some_and(|e| e.contains("SMTP")),
         "{log:?}"
     );
+    for worker in workers {
+        worker.abort();
+    }
+}
+
+/// An SMTP server that accepts the connection and then never answers fails the attempt
+/// after `notifications.smtp_timeout`, like one that is down: the attempt, and the e-mail
+/// slot it holds, do not hang.
+#[tokio::test]
+async fn an_smtp_server_that_never_answers_fails_the_attempt_after_smtp_timeout() {
+    let (port, _accepted) = support::hanging_server().await;
+    let settings = NotificationsSettings {
+        smtp_url: Some(chassis::secret::SecretUrl::new(format!(
+            "smtp://127.0.0.1:{port}"
+        ))),
+        smtp_timeout: Duration::from_millis(300),
+        max_attempts: 1,
+        ..quick_settings()
+    };
+    let local = support::local(Backend::Sqlite, settings)
+        .await
+        .expect("sqlite");
+    let order = order(OrderStatus::Confirmed, "ada@example.com");
+    local
+        .module
+        .service()
+        .handle(&order_event(&order))
+        .await
+        .expect("handled");
+    let log = local
+        .wait_for(order.id, all(1, DeliveryStatus::Failed))
+        .await;
+    assert_eq!(
+        log[0].last_error.as_deref(),
+        Some("SMTP: timed out after 300ms"),
+        "{log:?}"
+    );
+}
+
+/// The handler sends an e-mail itself only with a free e-mail slot (`notifications.concurrency`):
+/// while an SMTP server that never answers holds the only one, the next order's e-mail is
+/// recorded, left unattempted, and attempted by the worker once the slot is free.
+#[tokio::test]
+async fn an_e_mail_waits_for_a_free_e_mail_slot() {
+    let (port, accepted) = support::hanging_server().await;
+    let settings = NotificationsSettings {
+        smtp_url: Some(chassis::secret::SecretUrl::new(format!(
+            "smtp://127.0.0.1:{port}"
+        ))),
+        smtp_timeout: Duration::from_millis(500),
+        concurrency: 1,
+        max_attempts: 1,
+        ..quick_settings()
+    };
+    let local = support::local(Backend::Sqlite, settings)
+        .await
+        .expect("sqlite");
+    let service = local.module.service();
+    let workers = chassis::module::LocalModule::spawn_workers(&local.module);
+    let first = order(OrderStatus::Confirmed, "ada@example.com");
+    service.handle(&order_event(&first)).await.expect("handled");
+    // The first e-mail's session hangs, holding the only slot until `smtp_timeout`.
+    support::wait_for_connections(&accepted, 1).await;
+
+    let second = order(OrderStatus::Confirmed, "bob@example.com");
+    service
+        .handle(&order_event(&second))
+        .await
+        .expect("handled");
+    // Long enough for an attempt to be made, well within the 500 ms of `smtp_timeout`.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let log = local
+        .module
+        .port()
+        .deliveries(second.id)
+        .await
+        .expect("log");
+    assert_eq!(
+        (log.len(), log[0].status, log[0].attempts),
+        (1, DeliveryStatus::Retrying, 0),
+        "no slot, so not attempted yet: {log:?}"
+    );
+    local
+        .wait_for(second.id, |log| log.iter().any(|d| d.attempts == 1))
+        .await;
     for worker in workers {
         worker.abort();
     }

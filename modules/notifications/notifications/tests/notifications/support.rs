@@ -2,6 +2,8 @@
 //! as the other modules publish them, and a wait for the delivery worker.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chassis::db::Backend;
@@ -18,6 +20,40 @@ pub(crate) use chassis::testing::{
     ADMIN_TOKEN, SERVICE_TOKEN, TestServer as RemoteServer, module_app as app,
 };
 
+/// A TCP server on 127.0.0.1 that accepts every connection and never answers, holding it
+/// open for as long as the test runs: a webhook receiver or SMTP server that hangs. Answers
+/// its port and the count of connections accepted so far.
+pub(crate) async fn hanging_server() -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (port, accepted)
+}
+
+/// Waits until `accepted` reaches `count`.
+pub(crate) async fn wait_for_connections(accepted: &AtomicUsize, count: usize) {
+    for _ in 0..300 {
+        if accepted.load(Ordering::SeqCst) >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "never {count} connections, only {}",
+        accepted.load(Ordering::SeqCst)
+    );
+}
+
 /// Settings with quick retries, for tests.
 pub(crate) fn quick_settings() -> NotificationsSettings {
     NotificationsSettings {
@@ -29,6 +65,7 @@ pub(crate) fn quick_settings() -> NotificationsSettings {
         retry_delay: Duration::from_millis(20),
         max_retry_delay: Duration::from_millis(80),
         concurrency: 8,
+        webhook_concurrency: 8,
         poll_interval: Duration::from_millis(20),
         ..NotificationsSettings::default()
     }
@@ -167,6 +204,7 @@ pub(crate) fn refund_event(order: &Order) -> Envelope {
         payment_id: Uuid::new_v4(),
         order_id: order.id,
         amount: order.total.clone(),
+        customer_email: order.customer_email.clone(),
     };
     Envelope::new(
         "billing",

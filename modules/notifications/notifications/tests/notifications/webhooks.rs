@@ -1,19 +1,23 @@
 //! Webhooks against a local actix server on 127.0.0.1: the signature, retries on 500,
-//! giving up, and a slow endpoint that delays nobody else.
+//! giving up, a slow endpoint that delays nobody else, endpoints that never answer and
+//! still delay no e-mail, and an attempt that outlived its lease.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-use chassis::db::Backend;
+use chassis::db::{Backend, DbError};
 use chassis::module::LocalModule;
+use diesel::RunQueryDsl;
 use hmac::{Hmac, Mac};
-use notifications_contract::{Channel, CreateWebhook, Delivery, DeliveryStatus};
+use notifications_contract::{
+    Channel, CreateWebhook, Delivery, DeliveryStatus, NotificationsSettings,
+};
 use orders_contract::OrderStatus;
 use sha2::Sha256;
 
-use crate::support::{self, all, order, order_event, quick_settings};
+use crate::support::{self, Local, all, order, order_event, quick_settings};
 
 /// What the receiver got: the signature header and the body.
 #[derive(Debug, Clone)]
@@ -28,6 +32,8 @@ struct Receiver {
     /// The statuses to answer, in turn; 200 once it is empty.
     script: Mutex<VecDeque<u16>>,
     delay: Mutex<Duration>,
+    /// When set, the first call waits for this before it answers.
+    hold_first: tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
 
 async fn receive(
@@ -44,6 +50,10 @@ async fn receive(
         signature,
         body: body.to_vec(),
     });
+    let held = state.hold_first.lock().await.take();
+    if let Some(release) = held {
+        let _released_or_test_over = release.await;
+    }
     let delay = *state.delay.lock().expect("lock");
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -307,69 +317,206 @@ async fn a_deleted_webhook_gets_no_more_calls() {
     assert!(state.calls.lock().expect("lock").is_empty());
 }
 
-/// The handler sends an e-mail itself only with a free slot of `notifications.concurrency`:
-/// while a slow webhook holds the only slot, the next order's e-mail is recorded, left
-/// unattempted, and sent by the worker once the slot is free.
-#[tokio::test]
-async fn an_e_mail_waits_for_a_free_slot() {
-    let settings = notifications_contract::NotificationsSettings {
-        concurrency: 1,
-        max_attempts: 1,
-        ..quick_settings()
-    };
-    let local = support::local(Backend::Sqlite, settings)
-        .await
-        .expect("sqlite");
-    // Slower than `webhook_timeout` (500 ms): the call holds the slot until it times out.
-    let (slow_url, slow) = receiver(&[], Duration::from_secs(3)).await;
-    let service = local.module.service();
-    service
-        .create_webhook(subscription(&slow_url, "k"))
-        .await
-        .expect("created");
-    let workers = local.module.spawn_workers();
-    let is_email = |channel: Channel| matches!(channel, Channel::File | Channel::Email);
-    let e_mail_sent = |log: &[Delivery]| {
-        log.iter()
-            .any(|d| is_email(d.channel) && d.status == DeliveryStatus::Sent)
-    };
-
-    let first = order(OrderStatus::Confirmed, "ada@example.com");
-    service.handle(&order_event(&first)).await.expect("handled");
-    local.wait_for(first.id, e_mail_sent).await;
-    for _ in 0..100 {
-        if !slow.calls.lock().expect("lock").is_empty() {
-            break;
+/// Waits at most `within` for the e-mail about `order_id` to be as `wanted` says.
+async fn e_mail_within(
+    local: &Local,
+    order_id: uuid::Uuid,
+    within: Duration,
+    wanted: impl Fn(&Delivery) -> bool,
+) -> Delivery {
+    let started = std::time::Instant::now();
+    let port = local.module.port();
+    loop {
+        let log = port.deliveries(order_id).await.expect("log");
+        let e_mail = log
+            .into_iter()
+            .find(|d| matches!(d.channel, Channel::File | Channel::Email))
+            .expect("an e-mail is recorded with the event");
+        if wanted(&e_mail) {
+            return e_mail;
         }
+        assert!(
+            started.elapsed() < within,
+            "after {:?}: {e_mail:?}",
+            started.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(
-        slow.calls.lock().expect("lock").len(),
-        1,
-        "the webhook call is under way"
-    );
+}
 
+/// Webhook calls have slots of their own (`notifications.webhook_concurrency`): while
+/// endpoints that never answer hold every one of them, with more calls queued behind, an
+/// order's e-mail is still sent at once, and so is an e-mail the worker retries, well
+/// before any webhook call times out.
+async fn hanging_webhooks_never_delay_an_e_mail(backend: Backend) {
+    let settings = NotificationsSettings {
+        webhook_timeout: Duration::from_secs(5),
+        concurrency: 4,
+        webhook_concurrency: 4,
+        ..quick_settings()
+    };
+    let Some(local) = support::local(backend, settings).await else {
+        return;
+    };
+    let (port, accepted) = support::hanging_server().await;
+    let service = local.module.service();
+    for n in 0..12 {
+        service
+            .create_webhook(subscription(
+                &format!("http://127.0.0.1:{port}/hook-{n}"),
+                "k",
+            ))
+            .await
+            .expect("created");
+    }
+    let workers = local.module.spawn_workers();
+    let first = order(OrderStatus::Confirmed, "ada@example.com");
+    service.handle(&order_event(&first)).await.expect("handled");
+    // Every webhook slot is taken by a call that hangs.
+    support::wait_for_connections(&accepted, 4).await;
+    let prompt = Duration::from_secs(1);
+
+    // An e-mail the handler sends itself.
     let second = order(OrderStatus::Confirmed, "bob@example.com");
     service
         .handle(&order_event(&second))
         .await
         .expect("handled");
-    // Long enough for an attempt to be made, well within the webhook's 500 ms.
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let log = local
-        .module
-        .port()
-        .deliveries(second.id)
-        .await
-        .expect("log");
-    let e_mail = log.iter().find(|d| is_email(d.channel)).expect("recorded");
-    assert_eq!(
-        (e_mail.status, e_mail.attempts),
-        (DeliveryStatus::Retrying, 0),
-        "no slot, so not attempted yet: {log:?}"
+    let sent = |d: &Delivery| d.status == DeliveryStatus::Sent;
+    let e_mail = e_mail_within(&local, second.id, prompt, sent).await;
+    assert_eq!(e_mail.recipient, "bob@example.com");
+    assert_eq!(local.eml_files().len(), 2, "both e-mails are written");
+
+    // An e-mail the worker sends: the retry of one whose first attempt failed, because the
+    // folder of `.eml` files was a file for a moment.
+    let folder = local.data_dir.path().join("outbox-mail");
+    std::fs::remove_dir_all(&folder).expect("removed");
+    std::fs::write(&folder, b"").expect("a file in the folder's place");
+    let third = order(OrderStatus::Confirmed, "cy@example.com");
+    service.handle(&order_event(&third)).await.expect("handled");
+    e_mail_within(&local, third.id, prompt, |d| d.attempts == 1).await;
+    std::fs::remove_file(&folder).expect("removed");
+    let e_mail = e_mail_within(&local, third.id, prompt, sent).await;
+    assert_eq!(e_mail.attempts, 2, "{e_mail:?}");
+
+    // Meanwhile the webhooks hang: no call has ended.
+    let port = local.module.port();
+    let mut hooks = Vec::new();
+    for order in [&first, &second, &third] {
+        hooks.extend(port.deliveries(order.id).await.expect("log"));
+    }
+    hooks.retain(|d| d.channel == Channel::Webhook);
+    assert_eq!(hooks.len(), 36);
+    assert!(
+        hooks
+            .iter()
+            .all(|d| d.status == DeliveryStatus::Retrying && d.attempts == 0),
+        "{hooks:?}"
     );
-    local.wait_for(second.id, e_mail_sent).await;
     for worker in workers {
         worker.abort();
     }
+}
+
+#[tokio::test]
+async fn hanging_webhooks_never_delay_an_e_mail_sqlite() {
+    hanging_webhooks_never_delay_an_e_mail(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn hanging_webhooks_never_delay_an_e_mail_postgres() {
+    hanging_webhooks_never_delay_an_e_mail(Backend::Postgres).await;
+}
+
+/// An attempt that outlives its lease, while another attempt claims the delivery again and
+/// delivers it, records nothing when it ends: the newer attempt's result stands.
+async fn a_stale_attempt_changes_nothing_once_the_delivery_is_claimed_again(backend: Backend) {
+    let settings = NotificationsSettings {
+        // Longer than the test: no call times out.
+        webhook_timeout: Duration::from_secs(30),
+        ..quick_settings()
+    };
+    let Some(local) = support::local(backend, settings).await else {
+        return;
+    };
+    // Statuses go out in the order calls end: the newer attempt's 200 first, then the
+    // stale attempt's 500.
+    let (url, state) = receiver(&[200, 500], Duration::ZERO).await;
+    let (release, held) = tokio::sync::oneshot::channel();
+    *state.hold_first.lock().await = Some(held);
+    let service = local.module.service().clone();
+    service
+        .create_webhook(subscription(&url, "k"))
+        .await
+        .expect("created");
+    let order = order(OrderStatus::Confirmed, "ada@example.com");
+    service.handle(&order_event(&order)).await.expect("handled");
+    let hook = |log: Vec<Delivery>| {
+        let hook = log
+            .into_iter()
+            .find(|d| d.channel == Channel::Webhook)
+            .expect("a webhook delivery");
+        (hook.status, hook.attempts, hook.last_error)
+    };
+
+    // The first attempt claims the delivery; its call is held at the receiver.
+    let stale = tokio::spawn({
+        let service = service.clone();
+        async move { service.deliver_due().await }
+    });
+    for _ in 0..200 {
+        if !state.calls.lock().expect("lock").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        state.calls.lock().expect("lock").len(),
+        1,
+        "first call made"
+    );
+    // Its lease lapses, as it would if the attempt took longer than the lease…
+    local
+        .module
+        .database()
+        .write(|conn| {
+            chassis::per_backend!(conn, |conn| {
+                diesel::sql_query(
+                    "UPDATE deliveries SET claimed_until = '2000-01-01 00:00:00' \
+                     WHERE channel = 'webhook'",
+                )
+                .execute(conn)
+            })
+            .map_err(DbError::from)
+        })
+        .await
+        .expect("lease lapsed");
+    // …and a second attempt claims the delivery again and delivers it.
+    assert_eq!(service.deliver_due().await.expect("delivered"), 1);
+    let port = local.module.port();
+    assert_eq!(
+        hook(port.deliveries(order.id).await.expect("log")),
+        (DeliveryStatus::Sent, 1, None)
+    );
+
+    // The stale attempt's call ends now, failed: recorded, it would have the delivered
+    // webhook called again.
+    release.send(()).expect("the first call is held");
+    assert_eq!(stale.await.expect("ran").expect("attempted"), 1);
+    assert_eq!(state.calls.lock().expect("lock").len(), 2);
+    assert_eq!(
+        hook(port.deliveries(order.id).await.expect("log")),
+        (DeliveryStatus::Sent, 1, None),
+        "the stale attempt's 500 is not recorded"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_attempt_changes_nothing_once_the_delivery_is_claimed_again_sqlite() {
+    a_stale_attempt_changes_nothing_once_the_delivery_is_claimed_again(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_stale_attempt_changes_nothing_once_the_delivery_is_claimed_again_postgres() {
+    a_stale_attempt_changes_nothing_once_the_delivery_is_claimed_again(Backend::Postgres).await;
 }
