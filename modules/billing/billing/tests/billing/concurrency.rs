@@ -170,9 +170,12 @@ async fn ten_refunds_of_one_order_refund_once(backend: Backend) {
 /// would die): the payment stays pending. Until the attempt is `gateway_timeout` old,
 /// other calls answer "in progress"; then one takes the charge over.
 async fn a_crashed_charge_is_taken_over(backend: Backend) {
+    // Long enough for the "meanwhile" call to come before the attempt is stale, even when
+    // the crash's panic prints a backtrace (RUST_BACKTRACE=1 symbolizes it, which took
+    // over 400 ms on a loaded machine).
     let timing = Timing {
         slow_delay: Duration::from_millis(50),
-        gateway_timeout: Duration::from_millis(400),
+        gateway_timeout: Duration::from_secs(2),
     };
     let Some(billing) = support::local_with(backend, timing).await else {
         return;
