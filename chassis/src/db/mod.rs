@@ -633,6 +633,24 @@ impl r2d2::ManageConnection for Manager {
     }
 }
 
+/// Makes the transactions that name the same `key` run one after the other from here to
+/// their end. For a decision made on a row's absence — "no payment yet, so void the order"
+/// against "no void yet, so charge" — where no row exists for a conditional write to hold:
+/// on PostgreSQL, whose writers run at once, a transaction-scoped advisory lock on the
+/// key's hash; on SQLite nothing, since its one writer runs writes one after the other.
+/// Call it inside a [`Database::write`], before the reads the decision rests on.
+pub fn lock_key(conn: &mut DbConnection, key: &str) -> QueryResult<()> {
+    match conn {
+        DbConnection::Sqlite(_) => Ok(()),
+        DbConnection::Postgres(conn) => {
+            diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind::<diesel::sql_types::Text, _>(key)
+                .execute(conn)
+                .map(|_| ())
+        }
+    }
+}
+
 /// Whether a diesel error is a unique-key violation (a duplicate insert).
 pub fn is_unique_violation(error: &diesel::result::Error) -> bool {
     matches!(

@@ -15,6 +15,8 @@ pub enum BillingError {
     PaymentNotFound(Uuid),
     #[error("order {order_id} was charged before with another amount")]
     ChargeConflict { order_id: Uuid },
+    #[error("order {order_id} was refunded before any charge of it: no charge is taken any more")]
+    ChargeVoided { order_id: Uuid },
     #[error("the payment of order {order_id} is {status} and cannot be refunded")]
     NotRefundable {
         order_id: Uuid,
@@ -29,6 +31,7 @@ pub enum BillingError {
 pub(crate) mod code {
     pub(crate) const PAYMENT_NOT_FOUND: &str = "payment_not_found";
     pub(crate) const CHARGE_CONFLICT: &str = "charge_conflict";
+    pub(crate) const CHARGE_VOIDED: &str = "charge_voided";
     pub(crate) const NOT_REFUNDABLE: &str = "payment_not_refundable";
 }
 
@@ -37,7 +40,9 @@ impl ProblemCode for BillingError {
         match self {
             BillingError::InvalidRequest(_) => 422,
             BillingError::PaymentNotFound(_) => 404,
-            BillingError::ChargeConflict { .. } | BillingError::NotRefundable { .. } => 409,
+            BillingError::ChargeConflict { .. }
+            | BillingError::ChargeVoided { .. }
+            | BillingError::NotRefundable { .. } => 409,
             BillingError::Unavailable(_) => 503,
             BillingError::Internal(_) => 500,
         }
@@ -48,6 +53,7 @@ impl ProblemCode for BillingError {
             BillingError::InvalidRequest(_) => codes::VALIDATION_FAILED,
             BillingError::PaymentNotFound(_) => code::PAYMENT_NOT_FOUND,
             BillingError::ChargeConflict { .. } => code::CHARGE_CONFLICT,
+            BillingError::ChargeVoided { .. } => code::CHARGE_VOIDED,
             BillingError::NotRefundable { .. } => code::NOT_REFUNDABLE,
             BillingError::Unavailable(_) => codes::DEPENDENCY_UNAVAILABLE,
             BillingError::Internal(_) => codes::INTERNAL_ERROR,
@@ -57,7 +63,9 @@ impl ProblemCode for BillingError {
     fn extensions(&self) -> Map<String, Value> {
         let mut map = Map::new();
         match self {
-            BillingError::PaymentNotFound(order_id) | BillingError::ChargeConflict { order_id } => {
+            BillingError::PaymentNotFound(order_id)
+            | BillingError::ChargeConflict { order_id }
+            | BillingError::ChargeVoided { order_id } => {
                 map.insert("order_id".into(), order_id.to_string().into());
             }
             BillingError::NotRefundable { order_id, status } => {
@@ -83,6 +91,7 @@ impl BillingError {
             code::CHARGE_CONFLICT => {
                 order.map(|order_id| BillingError::ChargeConflict { order_id })
             }
+            code::CHARGE_VOIDED => order.map(|order_id| BillingError::ChargeVoided { order_id }),
             code::NOT_REFUNDABLE => order
                 .zip(
                     problem
@@ -120,6 +129,7 @@ mod tests {
             BillingError::InvalidRequest("amount: must be at least 1".into()),
             BillingError::PaymentNotFound(id),
             BillingError::ChargeConflict { order_id: id },
+            BillingError::ChargeVoided { order_id: id },
             BillingError::NotRefundable {
                 order_id: id,
                 status: PaymentStatus::Declined,

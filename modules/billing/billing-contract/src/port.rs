@@ -19,15 +19,19 @@ pub trait Billing: Send + Sync {
     /// Answers the payment: `captured` (an invoice is issued with it) or `declined` (the
     /// provider refused; charging again answers the same declined payment). MUST return
     /// [`BillingError::InvalidRequest`] for an amount below 1, another currency than the
-    /// shop's, an empty token or an empty customer e-mail; and
+    /// shop's, an empty token or an empty customer e-mail;
     /// [`BillingError::ChargeConflict`] when the order was charged before with another
-    /// amount.
+    /// amount; and [`BillingError::ChargeVoided`], without asking the payment provider,
+    /// when the order was refunded before billing saw any charge of it (see
+    /// [`Billing::refund`]).
     async fn charge(&self, request: ChargeRequest) -> Result<Payment, BillingError>;
 
     /// Gives a captured order's money back in full.
     ///
     /// A captured payment becomes `refunded`; a refunded one answers as is. MUST return
-    /// [`BillingError::PaymentNotFound`] for an order never charged and
+    /// [`BillingError::PaymentNotFound`] for an order never charged — and void the order:
+    /// the caller has given it up, so a charge of it arriving later (delayed, retried) is
+    /// refused — and
     /// [`BillingError::NotRefundable`] for a declined one. A refund asked while no charge
     /// of the order went through (every attempt failed, or one crashed long ago) MUST
     /// decline the payment — so that no later charge captures it — and answer

@@ -12,7 +12,7 @@ use diesel::prelude::*;
 use uuid::Uuid;
 
 use crate::domain::Invoice;
-use crate::schema::{invoice_counters, invoices, payments, refunds};
+use crate::schema::{invoice_counters, invoices, payments, refunds, voided_charges};
 
 pub(crate) use chassis::db::utc_now as now;
 
@@ -425,5 +425,30 @@ pub(crate) fn find_invoice_of_order(
             .select(InvoiceRow::as_select())
             .get_result(conn)
             .optional()
+    })
+}
+
+/// Whether `order_id` was voided: refunded before any charge of it was seen.
+pub(crate) fn is_voided(conn: &mut DbConnection, order_id: Uuid) -> QueryResult<bool> {
+    per_backend!(conn, |conn| {
+        voided_charges::table
+            .find(order_id.to_string())
+            .select(voided_charges::order_id)
+            .get_result::<String>(conn)
+            .optional()
+            .map(|found| found.is_some())
+    })
+}
+
+/// Voids `order_id`: no charge of it will be taken from now on.
+pub(crate) fn insert_voided(conn: &mut DbConnection, order_id: Uuid) -> QueryResult<()> {
+    per_backend!(conn, |conn| {
+        diesel::insert_into(voided_charges::table)
+            .values((
+                voided_charges::order_id.eq(order_id.to_string()),
+                voided_charges::created_at.eq(now()),
+            ))
+            .execute(conn)
+            .map(|_| ())
     })
 }

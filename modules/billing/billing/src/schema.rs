@@ -52,3 +52,10 @@ diesel::table! {
 diesel::joinable!(refunds -> payments (payment_id));
 diesel::joinable!(invoices -> payments (payment_id));
 diesel::allow_tables_to_appear_in_same_query!(payments, refunds, invoices, invoice_counters);
+
+diesel::table! {
+    voided_charges (order_id) {
+        order_id -> Text,
+        created_at -> Timestamp,
+    }
+}

@@ -175,6 +175,12 @@ impl BillingService {
             .write(move |conn| {
                 let at = repo::now();
                 let Some(stored) = repo::find_payment(conn, order_id)? else {
+                    // A first charge races a refund that would void the order (`void`):
+                    // the two decide on each other's rows being absent, so they take turns.
+                    chassis::db::lock_key(conn, &voiding_key(order_id))?;
+                    if repo::is_voided(conn, order_id)? {
+                        return Err(BillingError::ChargeVoided { order_id }.into());
+                    }
                     repo::insert_pending(
                         conn,
                         Uuid::now_v7(),
@@ -326,6 +332,26 @@ impl BillingService {
         }
     }
 
+    /// A refund of an order billing has not seen: the caller gave the order up, so a
+    /// charge of it arriving later must not be taken. Records the void unless a first
+    /// charge got in meanwhile, whose payment it then answers, to be refunded as usual.
+    async fn void(&self, order_id: Uuid) -> Result<Option<StoredPayment>, BillingError> {
+        self.db
+            .write(move |conn| {
+                chassis::db::lock_key(conn, &voiding_key(order_id))?;
+                if let Some(stored) = repo::find_payment(conn, order_id)? {
+                    return Ok(Some(stored));
+                }
+                if !repo::is_voided(conn, order_id)? {
+                    repo::insert_voided(conn, order_id)?;
+                    tracing::info!(%order_id, "order voided: refunded before any charge");
+                }
+                Ok::<_, Error>(None)
+            })
+            .await
+            .map_err(BillingError::from)
+    }
+
     /// The refund of a captured payment: the gateway, then the payment and its event.
     async fn give_back(&self, stored: StoredPayment) -> Result<Payment, BillingError> {
         let order_id = stored.order_id;
@@ -355,6 +381,11 @@ impl BillingService {
             .await
             .map_err(BillingError::from)
     }
+}
+
+/// The key a first charge and a void of one order take turns on.
+fn voiding_key(order_id: Uuid) -> String {
+    format!("billing.charge.{order_id}")
 }
 
 /// The gateway's definite answer to a charge.
@@ -406,11 +437,17 @@ impl Billing for BillingService {
     }
 
     async fn refund(&self, order_id: Uuid) -> Result<Payment, BillingError> {
-        let stored = self
+        let found = self
             .db
             .read(move |conn| repo::find_payment(conn, order_id).map_err(Error::from))
-            .await?
-            .ok_or(BillingError::PaymentNotFound(order_id))?;
+            .await?;
+        let stored = match found {
+            Some(stored) => stored,
+            None => match self.void(order_id).await? {
+                Some(stored) => stored,
+                None => return Err(BillingError::PaymentNotFound(order_id)),
+            },
+        };
         match stored.stage {
             Stage::Settled(PaymentStatus::Captured) => {}
             Stage::Settled(status @ PaymentStatus::Declined) => {

@@ -221,6 +221,11 @@ impl Saga {
                         Outcome::RetryLater(error.to_string())
                     }
                     // The charge itself is refused: the payment is declined.
+                    // Voided: this order was refunded (given up) before billing saw this
+                    // charge, which is an old attempt arriving late; finish the compensation.
+                    Err(BillingError::ChargeVoided { .. }) => {
+                        Outcome::Next(Step::Release, Some(RejectionReason::DependencyUnavailable))
+                    }
                     Err(_) => Outcome::Next(Step::Release, Some(RejectionReason::PaymentDeclined)),
                 }
             }

@@ -270,3 +270,53 @@ async fn a_crashed_charge_is_taken_over_after_the_gateway_timeout_on_sqlite() {
 async fn a_crashed_charge_is_taken_over_after_the_gateway_timeout_on_postgres() {
     a_crashed_charge_is_taken_over(Backend::Postgres).await;
 }
+
+/// A refund of an order billing has not seen yet, racing that order's first charge: either
+/// the refund comes first, voids the order and the charge is refused, or the charge comes
+/// first and the refund finds its payment. Never money taken after a refund answered that
+/// there was nothing to refund.
+async fn a_refund_racing_the_first_charge(backend: Backend) {
+    let Some(billing) = support::local(backend).await else {
+        return;
+    };
+    let port = billing.module.port();
+    let (mut voided, mut charged) = (0, 0);
+    for _ in 0..30 {
+        let order = Uuid::new_v4();
+        let charging = {
+            let port = port.clone();
+            tokio::spawn(async move { port.charge(charge(order, 500, "tok_visa")).await })
+        };
+        let refunding = {
+            let port = port.clone();
+            tokio::spawn(async move { port.refund(order).await })
+        };
+        let charged_with = charging.await.expect("task ran");
+        let refunded_with = refunding.await.expect("task ran");
+        match (&charged_with, &refunded_with) {
+            (Err(BillingError::ChargeVoided { .. }), Err(BillingError::PaymentNotFound(_))) => {
+                assert_eq!(billing.gateway.charges_of(order), 0);
+                voided += 1;
+            }
+            (Ok(payment), _) if payment.status == PaymentStatus::Captured => {
+                assert!(
+                    !matches!(refunded_with, Err(BillingError::PaymentNotFound(_))),
+                    "money taken after the refund found nothing: {refunded_with:?}"
+                );
+                charged += 1;
+            }
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!(voided + charged, 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_racing_the_first_charge_never_lets_money_through_on_sqlite() {
+    a_refund_racing_the_first_charge(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_racing_the_first_charge_never_lets_money_through_on_postgres() {
+    a_refund_racing_the_first_charge(Backend::Postgres).await;
+}

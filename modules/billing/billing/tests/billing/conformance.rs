@@ -25,7 +25,7 @@ async fn suite(port: &dyn Billing, hasty: &dyn Billing, billing: &LocalBilling) 
     charge_refuses_invalid_requests(port, billing).await;
     charge_conflicts_with_another_amount(port).await;
     refund_gives_a_captured_payment_back_once(port, billing).await;
-    refund_of_an_order_never_charged_is_not_found(port).await;
+    refund_of_an_order_never_charged_is_not_found_and_voids_it(port, billing).await;
     refund_of_a_declined_payment_is_not_refundable(port).await;
     unavailable_when_the_gateway_fails_and_charging_later_works(port, billing).await;
     a_refund_before_any_charge_went_through_declines_the_payment(port, billing).await;
@@ -192,11 +192,31 @@ async fn refund_gives_a_captured_payment_back_once(port: &dyn Billing, billing: 
     assert_eq!(billing.gateway.charges_of(order), 1);
 }
 
-async fn refund_of_an_order_never_charged_is_not_found(port: &dyn Billing) {
+/// A refund of an order billing has not seen voids it: the refund answers not found, and
+/// a charge arriving later (an attempt delayed or retried after the caller gave the order
+/// up) is refused without asking the provider.
+async fn refund_of_an_order_never_charged_is_not_found_and_voids_it(
+    port: &dyn Billing,
+    billing: &LocalBilling,
+) {
     let order = Uuid::new_v4();
     assert_eq!(
         port.refund(order).await,
         Err(BillingError::PaymentNotFound(order))
+    );
+    assert_eq!(
+        port.refund(order).await,
+        Err(BillingError::PaymentNotFound(order)),
+        "refunding again answers the same"
+    );
+    assert_eq!(
+        port.charge(charge(order, 900, "tok_visa")).await,
+        Err(BillingError::ChargeVoided { order_id: order })
+    );
+    assert_eq!(
+        billing.gateway.charges_of(order),
+        0,
+        "the provider is not asked"
     );
 }
 
