@@ -75,12 +75,18 @@ type FileJob = (
 /// per file. The thread ends when the last `Mailer` using it is dropped.
 pub(crate) struct FileWriter {
     folder: PathBuf,
-    jobs: std::sync::mpsc::Sender<FileJob>,
+    jobs: std::sync::mpsc::SyncSender<FileJob>,
 }
+
+/// Most `.eml` files waiting for the writer. Each sender waits for its file and holds an
+/// e-mail slot meanwhile, so the queue never holds more than `notifications.concurrency`;
+/// the bound makes that a fact of the queue too: past it a send fails as transient (the
+/// delivery is retried later), never queues without end.
+const MAX_QUEUED_FILES: usize = 1024;
 
 impl FileWriter {
     fn start(folder: PathBuf) -> Result<Self, String> {
-        let (jobs, queue) = std::sync::mpsc::channel::<FileJob>();
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<FileJob>(MAX_QUEUED_FILES);
         let target = folder.clone();
         std::thread::Builder::new()
             .name("eml-writer".into())
@@ -96,7 +102,15 @@ impl FileWriter {
     async fn write(&self, name: String, bytes: Vec<u8>) -> std::io::Result<()> {
         let (done, written) = tokio::sync::oneshot::channel();
         let stopped = || std::io::Error::other("the .eml writer has stopped");
-        self.jobs.send((name, bytes, done)).map_err(|_| stopped())?;
+        self.jobs
+            .try_send((name, bytes, done))
+            .map_err(|error| match error {
+                std::sync::mpsc::TrySendError::Full(_) => std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    format!("{MAX_QUEUED_FILES} .eml files are waiting to be written"),
+                ),
+                std::sync::mpsc::TrySendError::Disconnected(_) => stopped(),
+            })?;
         written.await.map_err(|_| stopped())?
     }
 }
