@@ -304,3 +304,92 @@ async fn a_flood_past_the_bounds_is_refused_with_nothing_created_and_memory_flat
         "memory stays flat flood after flood: {resident:?} KiB"
     );
 }
+
+/// The same flood against `bazaar serve` with the catalog, billing and orders on
+/// PostgreSQL, where writers run at once and only the sagas' bound holds the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_past_the_bounds_is_refused_with_nothing_created_on_postgres() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut databases = Vec::new();
+    let mut env = vec![
+        ("BAZAAR__ORDERS__MAX_SAGAS_IN_FLIGHT".to_owned(), "16".to_owned()),
+        ("BAZAAR__SERVER__WORKERS".to_owned(), "2".to_owned()),
+    ];
+    for module in ["CATALOG", "BILLING", "ORDERS"] {
+        let Some(db) = TestDatabase::postgres() else {
+            return;
+        };
+        env.push((
+            format!("BAZAAR__MODULES__{module}__DATABASE_URL"),
+            db.url().expose().to_owned(),
+        ));
+        databases.push(db);
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let server = crate::cli::start_with(dir.path(), &env);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    chassis::remote::install_tls_provider();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let product = create_product(&http, &base, "FLOOD-PG", 1_000_000, 100).await;
+    let body = order_body(&product, 1, "tok_visa");
+    let clients = (0..300).map(|_| {
+        let http = http.clone();
+        let base = base.clone();
+        let body = body.clone();
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for _ in 0..2 {
+                answers.push(place_checked(&http, &base, &body).await);
+            }
+            answers
+        })
+    });
+    let mut created = Vec::new();
+    let mut refused = 0;
+    for client in futures::future::join_all(clients).await {
+        for answer in client.expect("client ran") {
+            match answer {
+                Ok(order) => created.push(order),
+                Err(()) => refused += 1,
+            }
+        }
+    }
+    assert!(refused > 0, "the flood went past the bound");
+    assert!(!created.is_empty(), "the server kept accepting what it could hold");
+    let stored = orders_at_rest(&http, &base, "load@example.com").await;
+    assert_eq!(stored.len(), created.len(), "a refused order is not stored");
+    assert!(
+        stored.iter().all(|order| order["status"] == "confirmed"),
+        "every accepted order completes"
+    );
+    drop(server);
+    drop(databases);
+}
+
+/// Two instances starting at once on fresh PostgreSQL databases both migrate them (they
+/// take turns) and both serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_started_at_once_on_fresh_postgres_databases_both_start() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let Some((config, databases)) = on_postgres(data.path()) else {
+        return;
+    };
+    let starts = (0..2).map(|i| {
+        let mut config = config.clone();
+        // Each instance has its own data directory (its notifications on SQLite).
+        config.data_dir = data.path().join(format!("instance-{i}"));
+        tokio::spawn(async move {
+            let composition = bazaar::compose(&config).await?;
+            composition.migrate().await
+        })
+    });
+    for started in futures::future::join_all(starts).await {
+        started
+            .expect("task ran")
+            .expect("every instance migrates");
+    }
+    drop(databases);
+}
