@@ -237,107 +237,12 @@ fn resident_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
-/// Six floods of 600 orders from 300 clients at once against `bazaar serve` (its own
-/// process, so that its memory is its own), bounded at 16 sagas in flight: the excess is
-/// answered 503 with nothing created, every accepted order is confirmed, and the server's
-/// memory after the last flood is where it was after the second.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_flood_past_the_bounds_is_refused_with_nothing_created_and_memory_flat() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = crate::cli::start_with(
-        dir.path(),
-        &[
-            ("BAZAAR__ORDERS__MAX_SAGAS_IN_FLIGHT", "16"),
-            ("BAZAAR__SERVER__WORKERS", "2"),
-        ],
-    );
-    let base = format!("http://127.0.0.1:{}", server.port);
-    chassis::remote::install_tls_provider();
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("client");
-    let product = create_product(&http, &base, "FLOOD", 1_000_000, 100).await;
-    let body = order_body(&product, 1, "tok_visa");
-    let mut created = Vec::new();
-    let mut refused = 0;
-    let mut resident = Vec::new();
-    for _ in 0..6 {
-        let clients = (0..300).map(|_| {
-            let http = http.clone();
-            let base = base.clone();
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut answers = Vec::new();
-                for _ in 0..2 {
-                    answers.push(place_checked(&http, &base, &body).await);
-                }
-                answers
-            })
-        });
-        for client in futures::future::join_all(clients).await {
-            for answer in client.expect("client ran") {
-                match answer {
-                    Ok(order) => created.push(order),
-                    Err(()) => refused += 1,
-                }
-            }
-        }
-        resident.push(resident_kib(server.pid()));
-    }
-    assert!(refused > 0, "the flood went past the bound");
-    assert!(
-        !created.is_empty(),
-        "the server kept accepting what it could hold"
-    );
-    let stored = orders_at_rest(&http, &base, "load@example.com").await;
-    assert_eq!(stored.len(), created.len(), "a refused order is not stored");
-    assert!(
-        stored.iter().all(|order| order["status"] == "confirmed"),
-        "every accepted order completes"
-    );
-    // The first flood warms the allocator and the pools up; from the second on, memory
-    // stays where it is (within a fifth) however many floods come.
-    let (warm, last) = (resident[1], resident[5]);
-    assert!(
-        last <= warm + warm / 5,
-        "memory stays flat flood after flood: {resident:?} KiB"
-    );
-}
-
-/// The same flood against `bazaar serve` with the catalog, billing and orders on
-/// PostgreSQL, where writers run at once and only the sagas' bound holds the line.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_flood_past_the_bounds_is_refused_with_nothing_created_on_postgres() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut databases = Vec::new();
-    let mut env = vec![
-        ("BAZAAR__ORDERS__MAX_SAGAS_IN_FLIGHT".to_owned(), "16".to_owned()),
-        ("BAZAAR__SERVER__WORKERS".to_owned(), "2".to_owned()),
-    ];
-    for module in ["CATALOG", "BILLING", "ORDERS"] {
-        let Some(db) = TestDatabase::postgres() else {
-            return;
-        };
-        env.push((
-            format!("BAZAAR__MODULES__{module}__DATABASE_URL"),
-            db.url().expose().to_owned(),
-        ));
-        databases.push(db);
-    }
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let server = crate::cli::start_with(dir.path(), &env);
-    let base = format!("http://127.0.0.1:{}", server.port);
-    chassis::remote::install_tls_provider();
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("client");
-    let product = create_product(&http, &base, "FLOOD-PG", 1_000_000, 100).await;
-    let body = order_body(&product, 1, "tok_visa");
+/// One flood: 300 clients at once, each placing 2 orders of `body`; answers the orders
+/// created (201) and how many placements were refused (503).
+async fn flood(http: &reqwest::Client, base: &str, body: &Value) -> (Vec<Value>, usize) {
     let clients = (0..300).map(|_| {
         let http = http.clone();
-        let base = base.clone();
+        let base = base.to_owned();
         let body = body.clone();
         tokio::spawn(async move {
             let mut answers = Vec::new();
@@ -357,14 +262,102 @@ async fn a_flood_past_the_bounds_is_refused_with_nothing_created_on_postgres() {
             }
         }
     }
+    (created, refused)
+}
+
+/// `bazaar serve` on `dir`, bounded at 16 sagas in flight, with `env` added; answers it,
+/// its base URL and a client that opens a connection per request (a flood's worth).
+fn bounded_server(
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (crate::cli::Server, String, reqwest::Client) {
+    let mut all = vec![
+        ("BAZAAR__ORDERS__MAX_SAGAS_IN_FLIGHT", "16"),
+        ("BAZAAR__SERVER__WORKERS", "2"),
+    ];
+    all.extend_from_slice(env);
+    let server = crate::cli::start_with(dir, &all);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    chassis::remote::install_tls_provider();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    (server, base, http)
+}
+
+/// What a flood must leave: some refused, some accepted, no refused order stored, every
+/// accepted one confirmed.
+async fn assert_flood_outcome(
+    http: &reqwest::Client,
+    base: &str,
+    created: &[Value],
+    refused: usize,
+) {
     assert!(refused > 0, "the flood went past the bound");
-    assert!(!created.is_empty(), "the server kept accepting what it could hold");
-    let stored = orders_at_rest(&http, &base, "load@example.com").await;
+    assert!(
+        !created.is_empty(),
+        "the server kept accepting what it could hold"
+    );
+    let stored = orders_at_rest(http, base, "load@example.com").await;
     assert_eq!(stored.len(), created.len(), "a refused order is not stored");
     assert!(
         stored.iter().all(|order| order["status"] == "confirmed"),
         "every accepted order completes"
     );
+}
+
+/// Six floods of 600 orders from 300 clients at once against `bazaar serve` (its own
+/// process, so that its memory is its own), bounded at 16 sagas in flight: the excess is
+/// answered 503 with nothing created, every accepted order is confirmed, and the server's
+/// memory after the last flood is where it was after the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_past_the_bounds_is_refused_with_nothing_created_and_memory_flat() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, base, http) = bounded_server(dir.path(), &[]);
+    let product = create_product(&http, &base, "FLOOD", 1_000_000, 100).await;
+    let body = order_body(&product, 1, "tok_visa");
+    let mut created = Vec::new();
+    let mut refused = 0;
+    let mut resident = Vec::new();
+    for _ in 0..6 {
+        let (more, refusals) = flood(&http, &base, &body).await;
+        created.extend(more);
+        refused += refusals;
+        resident.push(resident_kib(server.pid()));
+    }
+    assert_flood_outcome(&http, &base, &created, refused).await;
+    // The first flood warms the allocator and the pools up; from the second on, memory
+    // stays where it is (within a fifth) however many floods come.
+    let (warm, last) = (resident[1], resident[5]);
+    assert!(
+        last <= warm + warm / 5,
+        "memory stays flat flood after flood: {resident:?} KiB"
+    );
+}
+
+/// The same flood against `bazaar serve` with the catalog, billing and orders on
+/// PostgreSQL, where writers run at once and only the sagas' bound holds the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_past_the_bounds_is_refused_with_nothing_created_on_postgres() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut databases = Vec::new();
+    let mut urls = Vec::new();
+    for module in ["CATALOG", "BILLING", "ORDERS"] {
+        let Some(db) = TestDatabase::postgres() else {
+            return;
+        };
+        urls.push((
+            format!("BAZAAR__MODULES__{module}__DATABASE_URL"),
+            db.url().expose().to_owned(),
+        ));
+        databases.push(db);
+    }
+    let env: Vec<(&str, &str)> = urls.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (server, base, http) = bounded_server(dir.path(), &env);
+    let product = create_product(&http, &base, "FLOOD-PG", 1_000_000, 100).await;
+    let (created, refused) = flood(&http, &base, &order_body(&product, 1, "tok_visa")).await;
+    assert_flood_outcome(&http, &base, &created, refused).await;
     drop(server);
     drop(databases);
 }
@@ -387,9 +380,7 @@ async fn two_instances_started_at_once_on_fresh_postgres_databases_both_start() 
         })
     });
     for started in futures::future::join_all(starts).await {
-        started
-            .expect("task ran")
-            .expect("every instance migrates");
+        started.expect("task ran").expect("every instance migrates");
     }
     drop(databases);
 }

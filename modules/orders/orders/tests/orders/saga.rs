@@ -437,23 +437,7 @@ async fn a_crash_after_each_step_resumes_from_the_recorded_step() {
 
 async fn a_confirmed_order_is_cancelled_once_with_refund_and_restock() {
     let item = product(100);
-    let mut catalog = catalog_knowing(&item);
-    let mut billing = MockBilling::new();
-    catalog
-        .expect_reserve()
-        .times(1)
-        .returning(|id, lines| Ok(reservation(id, ReservationStatus::Reserved, lines)));
-    billing.expect_charge().times(1).returning(|c| {
-        Ok(payment(
-            c.order_id,
-            c.amount.amount,
-            PaymentStatus::Captured,
-        ))
-    });
-    catalog
-        .expect_commit()
-        .times(1)
-        .returning(|id| Ok(reservation(id, ReservationStatus::Committed, &[])));
+    let (mut catalog, mut billing) = support::confirming_once(&item);
     billing
         .expect_refund()
         .times(1)
@@ -512,23 +496,7 @@ async fn only_a_confirmed_order_can_be_cancelled() {
 /// (one refund, one restock: `times(1)`), and every one of them answers the cancelled order.
 async fn concurrent_cancels_of_one_order_refund_and_restock_once() {
     let item = product(100);
-    let mut catalog = catalog_knowing(&item);
-    let mut billing = MockBilling::new();
-    catalog
-        .expect_reserve()
-        .times(1)
-        .returning(|id, lines| Ok(reservation(id, ReservationStatus::Reserved, lines)));
-    billing.expect_charge().times(1).returning(|c| {
-        Ok(payment(
-            c.order_id,
-            c.amount.amount,
-            PaymentStatus::Captured,
-        ))
-    });
-    catalog
-        .expect_commit()
-        .times(1)
-        .returning(|id| Ok(reservation(id, ReservationStatus::Committed, &[])));
+    let (mut catalog, mut billing) = support::confirming_once(&item);
     // Slow enough that every cancel arrives while the first one's run is under way.
     billing.expect_refund().times(1).returning(|id| {
         std::thread::sleep(Duration::from_millis(100));
@@ -566,23 +534,7 @@ async fn concurrent_cancels_of_one_order_refund_and_restock_once() {
 /// request answers that order.
 async fn concurrent_identical_idempotent_orders_create_and_charge_once() {
     let item = product(100);
-    let mut catalog = catalog_knowing(&item);
-    let mut billing = MockBilling::new();
-    catalog
-        .expect_reserve()
-        .times(1)
-        .returning(|id, lines| Ok(reservation(id, ReservationStatus::Reserved, lines)));
-    billing.expect_charge().times(1).returning(|c| {
-        Ok(payment(
-            c.order_id,
-            c.amount.amount,
-            PaymentStatus::Captured,
-        ))
-    });
-    catalog
-        .expect_commit()
-        .times(1)
-        .returning(|id| Ok(reservation(id, ReservationStatus::Committed, &[])));
+    let (catalog, billing) = support::confirming_once(&item);
     let fixture = fixture(catalog, billing, settings()).await;
     let places = (0..8).map(|_| {
         let service = fixture.service.clone();

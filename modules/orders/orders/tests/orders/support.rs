@@ -154,6 +154,29 @@ pub(crate) fn catalog_knowing(product: &Product) -> MockCatalog {
     catalog
 }
 
+/// Mocks through which one order of `product` is confirmed: a reservation, a captured
+/// charge and a commit, each exactly once; other calls are up to each test.
+pub(crate) fn confirming_once(product: &Product) -> (MockCatalog, MockBilling) {
+    let mut catalog = catalog_knowing(product);
+    let mut billing = MockBilling::new();
+    catalog
+        .expect_reserve()
+        .times(1)
+        .returning(|id, lines| Ok(reservation(id, ReservationStatus::Reserved, lines)));
+    billing.expect_charge().times(1).returning(|c| {
+        Ok(payment(
+            c.order_id,
+            c.amount.amount,
+            PaymentStatus::Captured,
+        ))
+    });
+    catalog
+        .expect_commit()
+        .times(1)
+        .returning(|id| Ok(reservation(id, ReservationStatus::Committed, &[])));
+    (catalog, billing)
+}
+
 pub(crate) fn reservation(
     order_id: Uuid,
     status: ReservationStatus,
