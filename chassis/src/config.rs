@@ -225,8 +225,8 @@ impl Default for DatabaseSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct BusSettings {
     pub kind: BusKind,
-    /// The broker's URL, for `nats` and `rabbitmq`.
-    pub url: Option<String>,
+    /// The broker's URL, for `nats` and `rabbitmq`; printed with its credentials redacted.
+    pub url: Option<crate::secret::SecretUrl>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -458,11 +458,61 @@ impl Serialize for DatabaseUrl {
 impl<'de> Deserialize<'de> for DatabaseUrl {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(deserializer)?;
+        DatabaseUrl::parse(raw).map_err(serde::de::Error::custom)
+    }
+}
+
+impl DatabaseUrl {
+    /// A configured database URL: `postgres://` / `postgresql://`, `sqlite://path`, or a
+    /// plain file path. Anything else is refused, saying what to write — above all a libpq
+    /// keyword string (`host=db password=… dbname=shop`), which would otherwise be taken
+    /// for the name of a SQLite file (and a file named after the password would appear).
+    /// The message never repeats the value: it may hold a password.
+    pub fn parse(raw: String) -> Result<Self, String> {
+        const WHAT_TO_WRITE: &str = "write postgres://user:password@host:5432/dbname for \
+             PostgreSQL, or a file path (or sqlite://path) for SQLite";
         if raw.trim().is_empty() {
-            return Err(serde::de::Error::custom("database_url must not be empty"));
+            return Err("database_url must not be empty".into());
+        }
+        if let Some((scheme, _)) = raw.split_once("://")
+            && !["postgres", "postgresql", "sqlite"].contains(&scheme)
+        {
+            return Err(format!(
+                "database_url: the scheme {scheme:?} is not a database Bazaar uses; {WHAT_TO_WRITE}"
+            ));
+        }
+        let keyword_string = !raw.contains("://")
+            && raw.split_whitespace().any(|token| {
+                token
+                    .split_once('=')
+                    .is_some_and(|(key, _)| is_libpq_keyword(key))
+            });
+        if keyword_string {
+            return Err(format!(
+                "database_url looks like a libpq keyword string (host=… dbname=…), which is not \
+                 accepted; {WHAT_TO_WRITE}"
+            ));
         }
         Ok(Self(raw))
     }
+}
+
+fn is_libpq_keyword(key: &str) -> bool {
+    [
+        "host",
+        "hostaddr",
+        "port",
+        "dbname",
+        "user",
+        "password",
+        "sslmode",
+        "passfile",
+        "connect_timeout",
+        "application_name",
+        "options",
+        "service",
+    ]
+    .contains(&key.to_ascii_lowercase().as_str())
 }
 
 #[cfg(test)]
@@ -522,6 +572,36 @@ mod tests {
         assert!(url.is_postgres());
         assert_eq!(url.redacted(), "postgres://u:%5Bredacted%5D@h/db");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_keyword_string_or_a_foreign_scheme_is_refused_without_repeating_it() {
+        let error = load_with_env::<Sample>(
+            None,
+            env(&[(
+                "BAZAAR__MODULES__CATALOG__DATABASE_URL",
+                "host=db.internal password=hunter2 dbname=catalog",
+            )]),
+        )
+        .expect_err("refused")
+        .to_string();
+        assert!(error.contains("modules.catalog.database_url"), "{error}");
+        assert!(error.contains("postgres://user:password@host"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+        let error = DatabaseUrl::parse("mysql://u:hunter2@db/shop".into()).expect_err("refused");
+        assert!(
+            error.contains("\"mysql\"") && !error.contains("hunter2"),
+            "{error}"
+        );
+        for accepted in [
+            "postgres://u@db/shop",
+            "postgresql://db/shop",
+            "sqlite://./data/x.db",
+            "./data/catalog.db",
+            "/var/lib/bazaar/data/a=b.db",
+        ] {
+            assert!(DatabaseUrl::parse(accepted.into()).is_ok(), "{accepted}");
+        }
     }
 
     #[test]

@@ -53,15 +53,60 @@ mod tests {
     }
 }
 
-/// `url` with its password, if it has one, replaced by `[redacted]`.
+/// Query parameters that carry a secret, whatever the scheme (`?password=` for libpq,
+/// `?token=` for many services), compared without case.
+const SECRET_PARAMETERS: [&str; 10] = [
+    "password",
+    "passwd",
+    "pass",
+    "pwd",
+    "sslpassword",
+    "secret",
+    "token",
+    "access_token",
+    "api_key",
+    "apikey",
+];
+
+/// `url` with its secrets replaced by `[redacted]`: the password of its userinfo and the
+/// values of secret query parameters. A string that is not a URL is redacted as a whole
+/// if it names a password at all (a libpq keyword string: `host=… password=…`).
 pub(crate) fn redact_password(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("[redacted]"));
-            parsed.to_string()
-        }
-        _ => url.to_owned(),
+    const REDACTED: &str = "[redacted]";
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        let lower = url.to_ascii_lowercase();
+        return if SECRET_PARAMETERS
+            .iter()
+            .any(|name| lower.contains(&format!("{name}=")))
+        {
+            REDACTED.to_owned()
+        } else {
+            url.to_owned()
+        };
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some(REDACTED));
     }
+    let secret = |name: &str| {
+        SECRET_PARAMETERS
+            .iter()
+            .any(|secret| name.eq_ignore_ascii_case(secret))
+    };
+    if parsed.query_pairs().any(|(name, _)| secret(&name)) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if secret(&name) {
+                    REDACTED.to_owned()
+                } else {
+                    value.into_owned()
+                };
+                (name.into_owned(), value)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 /// A URL that may carry credentials (`smtp://user:password@host`): `Debug`, `Display` and
@@ -128,5 +173,28 @@ mod url_tests {
         );
         assert!(!format!("{url:?} {url}").contains("pa55"));
         assert_eq!(url.expose(), "smtp://shop:pa55@mail.example.com:587");
+    }
+
+    #[test]
+    fn secrets_in_the_query_are_redacted_too() {
+        let url = SecretUrl::new(
+            "postgres://db.example.com/shop?user=shop&password=pa55&sslmode=require",
+        );
+        let shown = url.redacted();
+        assert!(!shown.contains("pa55"), "{shown}");
+        assert!(
+            shown.contains("user=shop") && shown.contains("sslmode=require"),
+            "{shown}"
+        );
+        let url = SecretUrl::new("nats://bus.example.com:4222?Token=t0ken");
+        assert!(!url.redacted().contains("t0ken"), "{}", url.redacted());
+    }
+
+    #[test]
+    fn a_keyword_string_with_a_password_is_redacted_whole() {
+        let url = SecretUrl::new("host=db password=pa55 dbname=shop");
+        assert_eq!(url.redacted(), "[redacted]");
+        let plain = SecretUrl::new("./data/catalog.db");
+        assert_eq!(plain.redacted(), "./data/catalog.db");
     }
 }

@@ -36,6 +36,11 @@ fn config_prints_the_effective_config_with_secrets_redacted() {
             "BAZAAR__MODULES__CATALOG__DATABASE_URL",
             "postgres://shop:pa55@db/catalog",
         )
+        .env(
+            "BAZAAR__MODULES__BILLING__DATABASE_URL",
+            "postgres://db/billing?user=shop&password=qu3ry",
+        )
+        .env("BAZAAR__BUS__URL", "nats://bus:bu55@broker:4222")
         .output()
         .expect("runs");
     assert!(
@@ -59,8 +64,10 @@ fn config_prints_the_effective_config_with_secrets_redacted() {
     assert!(
         !printed.contains("from-file")
             && !printed.contains("from-env")
-            && !printed.contains("pa55"),
-        "{printed}"
+            && !printed.contains("pa55")
+            && !printed.contains("qu3ry")
+            && !printed.contains("bu55"),
+        "the passwords of database URLs (userinfo and query) and of bus.url: {printed}"
     );
     assert!(
         printed.contains("postgres://shop:%5Bredacted%5D@db/catalog"),
@@ -80,6 +87,11 @@ fn invalid_config_stops_start_up_naming_the_key() {
         ),
         ("BAZAAR__SHOP__CURRENCY", "euros", "shop.currency"),
         ("BAZAAR__REMOTE__TIMEOUT", "soon", "remote.timeout"),
+        (
+            "BAZAAR__MODULES__CATALOG__DATABASE_URL",
+            "host=db.internal password=hunter2 dbname=catalog",
+            "modules.catalog.database_url",
+        ),
     ] {
         let output = bazaar(dir.path())
             .arg("serve")
@@ -89,7 +101,21 @@ fn invalid_config_stops_start_up_naming_the_key() {
         assert_eq!(output.status.code(), Some(2), "{key}={value}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(named), "{key}={value}: {stderr}");
+        assert!(
+            !stderr.contains("hunter2"),
+            "a refused value is not repeated: {stderr}"
+        );
     }
+    assert!(
+        !dir.path()
+            .join("host=db.internal password=hunter2 dbname=catalog")
+            .exists()
+            && std::fs::read_dir(dir.path())
+                .expect("lists")
+                .flatten()
+                .all(|entry| !entry.file_name().to_string_lossy().contains("hunter2")),
+        "no SQLite file named after the keyword string"
+    );
     let missing = bazaar(dir.path())
         .args(["--config", "nope.toml", "config"])
         .output()
