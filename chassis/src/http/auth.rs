@@ -67,8 +67,10 @@ fn check(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
+        // The scheme is case-insensitive (RFC 9110 §11.1): `bearer` is `Bearer`.
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     match presented {
         None => Err(Problem::unauthorized(format!(
             "send Authorization: Bearer <{role} token>"
@@ -112,6 +114,22 @@ mod tests {
             .insert_header(("Authorization", "Bearer s3cret"))
             .to_request();
         assert_eq!(test::call_service(&app, right).await.status(), 200);
+        for scheme in ["bearer", "BEARER"] {
+            let any_case = test::TestRequest::get()
+                .uri("/")
+                .insert_header(("Authorization", format!("{scheme} s3cret")))
+                .to_request();
+            assert_eq!(
+                test::call_service(&app, any_case).await.status(),
+                200,
+                "the scheme {scheme:?} is Bearer"
+            );
+        }
+        let other_scheme = test::TestRequest::get()
+            .uri("/")
+            .insert_header(("Authorization", "Basic s3cret"))
+            .to_request();
+        assert_eq!(test::call_service(&app, other_scheme).await.status(), 401);
     }
 
     #[actix_web::test]
