@@ -81,12 +81,24 @@ impl Operations {
         // Installs the recorder before the first request is counted.
         let _ = prometheus();
         let data = web::Data::from(Arc::clone(self));
+        let mut allowed = crate::http::AllowedMethods::from_openapi(&self.openapi);
+        for pattern in [
+            "/health/live",
+            "/health/ready",
+            "/modules",
+            "/metrics",
+            "/docs",
+        ] {
+            allowed.add(pattern, "GET");
+        }
+        cfg.app_data(web::Data::new(allowed));
         cfg.app_data(data)
-            .route("/health/live", web::get().to(live))
-            .route("/health/ready", web::get().to(ready))
-            .route("/modules", web::get().to(modules))
-            .route("/metrics", web::get().to(render_metrics))
-            .route("/docs", web::get().to(docs_redirect))
+            // Resources, not bare routes: another method answers 405 (with `Allow`), not 404.
+            .service(web::resource("/health/live").get(live))
+            .service(web::resource("/health/ready").get(ready))
+            .service(web::resource("/modules").get(modules))
+            .service(web::resource("/metrics").get(render_metrics))
+            .service(web::resource("/docs").get(docs_redirect))
             .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", self.openapi.clone()));
     }
 }

@@ -306,3 +306,48 @@ async fn a_second_server_on_the_same_sqlite_data_directory_refuses_to_start() {
         "{message}"
     );
 }
+
+/// A method a route does not have answers 405 with the problem document and the `Allow`
+/// header RFC 9110 requires, naming the methods the route has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_method_answers_405_with_allow() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let base = support::spawn(support::config(data.path())).await;
+    let http = support::http();
+    let id = uuid::Uuid::new_v4();
+    for (method, path, allowed) in [
+        (
+            reqwest::Method::DELETE,
+            "/catalog/products".to_owned(),
+            vec!["GET", "POST"],
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("/orders/{id}/cancel"),
+            vec!["POST"],
+        ),
+        (
+            reqwest::Method::POST,
+            "/health/live".to_owned(),
+            vec!["GET"],
+        ),
+    ] {
+        let response = http
+            .request(method.clone(), format!("{base}{path}"))
+            .send()
+            .await
+            .expect("answers");
+        assert_eq!(response.status(), 405, "{method} {path}");
+        let allow = response
+            .headers()
+            .get("allow")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let mut listed: Vec<&str> = allow.split(", ").collect();
+        listed.sort_unstable();
+        assert_eq!(listed, allowed, "{method} {path}: Allow {allow:?}");
+        let problem: Value = response.json().await.expect("a problem document");
+        assert_eq!(problem["code"], "method_not_allowed");
+    }
+}

@@ -61,6 +61,45 @@ fn path_problem(error: PathError) -> Problem {
     Problem::new(404, codes::NOT_FOUND, format!("no such resource: {error}"))
 }
 
+/// The methods each route answers, keyed by route pattern (`/orders/{id}/cancel`): the
+/// `Allow` header of a 405, which RFC 9110 requires. Registered as app data by the
+/// operations endpoints, from the OpenAPI document and their own routes.
+#[derive(Debug, Clone, Default)]
+pub struct AllowedMethods(std::collections::HashMap<String, Vec<&'static str>>);
+
+impl AllowedMethods {
+    /// The methods of every operation `openapi` documents.
+    pub fn from_openapi(openapi: &utoipa::openapi::OpenApi) -> Self {
+        let mut allowed = Self::default();
+        for (pattern, item) in &openapi.paths.paths {
+            let methods = [
+                ("GET", item.get.is_some()),
+                ("PUT", item.put.is_some()),
+                ("POST", item.post.is_some()),
+                ("DELETE", item.delete.is_some()),
+                ("PATCH", item.patch.is_some()),
+            ];
+            for (method, present) in methods {
+                if present {
+                    allowed.add(pattern, method);
+                }
+            }
+        }
+        allowed
+    }
+
+    pub fn add(&mut self, pattern: &str, method: &'static str) {
+        let methods = self.0.entry(pattern.to_owned()).or_default();
+        if !methods.contains(&method) {
+            methods.push(method);
+        }
+    }
+
+    fn header_for(&self, pattern: &str) -> Option<String> {
+        self.0.get(pattern).map(|methods| methods.join(", "))
+    }
+}
+
 /// Middleware that turns every error answer not already a problem document (unknown
 /// routes, wrong methods, actix's own errors) into one, so that clients parse one shape.
 pub fn problem_for_error_responses<B: MessageBody + 'static>() -> ErrorHandlers<B> {
@@ -110,8 +149,20 @@ pub fn problem_for_error_responses<B: MessageBody + 'static>() -> ErrorHandlers<
                 "the request could not be handled",
             ),
         };
+        let allow = (status.as_u16() == 405)
+            .then(|| {
+                let request = response.request();
+                let allowed = request.app_data::<web::Data<AllowedMethods>>()?;
+                allowed.header_for(&request.match_pattern()?)
+            })
+            .flatten();
         let (request, _) = response.into_parts();
-        let rendered = super::problem_response(&problem);
+        let mut rendered = super::problem_response(&problem);
+        if let Some(allow) = allow
+            && let Ok(value) = header::HeaderValue::from_str(&allow)
+        {
+            rendered.headers_mut().insert(header::ALLOW, value);
+        }
         let response = ServiceResponse::new(request, rendered).map_into_boxed_body();
         Ok(ErrorHandlerResponse::Response(
             response.map_into_right_body(),

@@ -8,7 +8,7 @@ mod extract;
 mod metrics;
 
 pub use auth::{Admin, Service, Tokens};
-pub use edge::{BODY_LIMIT, configure_extractors, problem_for_error_responses};
+pub use edge::{AllowedMethods, BODY_LIMIT, configure_extractors, problem_for_error_responses};
 pub use extract::{Json, Query, parse_json};
 pub use metrics::record_request_metrics;
 
