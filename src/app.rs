@@ -352,6 +352,7 @@ impl Composition {
                 SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
             );
         }
+        chassis::http::complete_openapi(&mut doc);
         doc
     }
 

@@ -351,3 +351,51 @@ async fn a_wrong_method_answers_405_with_allow() {
         assert_eq!(problem["code"], "method_not_allowed");
     }
 }
+
+/// `/openapi.json` says what OpenAPI requires and what the edge does for every operation:
+/// each response is described, an error body is `application/problem+json`, a 503 names
+/// `Retry-After`, and a route behind a token documents its 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_response_and_every_error_as_a_problem() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let base = support::spawn(support::config(data.path())).await;
+    let doc: Value = support::http()
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json");
+    let paths = doc["paths"].as_object().expect("paths");
+    assert!(paths.len() > 10, "every module's routes");
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().expect("a path item") {
+            let responses = operation["responses"].as_object().expect("responses");
+            assert!(responses.contains_key("503"), "{method} {path}: 503");
+            if operation.get("security").is_some() {
+                assert!(responses.contains_key("401"), "{method} {path}: 401");
+            }
+            for (status, response) in responses {
+                let described = response["description"].as_str().unwrap_or_default();
+                assert!(
+                    !described.is_empty(),
+                    "{method} {path} {status}: a description"
+                );
+                if status.starts_with('4') || status.starts_with('5') {
+                    let content = response["content"].as_object().expect("a body");
+                    let types: Vec<&String> = content.keys().collect();
+                    assert_eq!(
+                        types,
+                        vec!["application/problem+json"],
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+            assert!(
+                responses["503"]["headers"]["Retry-After"].is_object(),
+                "{method} {path}: 503 says when to retry"
+            );
+        }
+    }
+}

@@ -6,11 +6,13 @@ mod auth;
 mod edge;
 mod extract;
 mod metrics;
+mod openapi;
 
 pub use auth::{Admin, Service, Tokens};
 pub use edge::{AllowedMethods, BODY_LIMIT, configure_extractors, problem_for_error_responses};
 pub use extract::{Json, Query, parse_json};
 pub use metrics::record_request_metrics;
+pub use openapi::complete_openapi;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
