@@ -354,7 +354,8 @@ async fn a_wrong_method_answers_405_with_allow() {
 
 /// `/openapi.json` says what OpenAPI requires and what the edge does for every operation:
 /// each response is described, an error body is `application/problem+json`, a 503 names
-/// `Retry-After`, and a route behind a token documents its 401.
+/// `Retry-After`, a route behind a token documents its 401, and the limits the code
+/// enforces are in the schema.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_describes_every_response_and_every_error_as_a_problem() {
     let data = tempfile::tempdir().expect("tempdir");
@@ -396,6 +397,56 @@ async fn the_openapi_document_describes_every_response_and_every_error_as_a_prob
                 responses["503"]["headers"]["Retry-After"].is_object(),
                 "{method} {path}: 503 says when to retry"
             );
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                if parameter["name"] == "limit" {
+                    assert_eq!(
+                        (
+                            &parameter["schema"]["minimum"],
+                            &parameter["schema"]["maximum"]
+                        ),
+                        (&json!(1), &json!(200)),
+                        "{method} {path}: the limit the code enforces"
+                    );
+                }
+            }
         }
+    }
+    let schemas = &doc["components"]["schemas"];
+    let limits = [
+        (&schemas["NewProduct"]["properties"]["sku"], "maxLength", 64),
+        (
+            &schemas["NewProduct"]["properties"]["name"],
+            "maxLength",
+            200,
+        ),
+        (
+            &schemas["PlaceOrder"]["properties"]["customer_email"],
+            "maxLength",
+            254,
+        ),
+        (&schemas["PlaceOrder"]["properties"]["lines"], "minItems", 1),
+        (
+            &schemas["PlaceOrder"]["properties"]["lines"],
+            "maxItems",
+            100,
+        ),
+        (
+            &schemas["PlaceOrderLine"]["properties"]["quantity"],
+            "minimum",
+            1,
+        ),
+        (
+            &schemas["PlaceOrderLine"]["properties"]["quantity"],
+            "maximum",
+            1000,
+        ),
+        (
+            &schemas["PaymentMethod"]["properties"]["token"],
+            "minLength",
+            1,
+        ),
+    ];
+    for (schema, keyword, value) in limits {
+        assert_eq!(schema[keyword], json!(value), "{keyword} of {schema}");
     }
 }

@@ -44,6 +44,7 @@ pub(crate) struct PaymentsQuery {
     /// Only the payment of this order (a UUID).
     order_id: Option<String>,
     /// Items per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,

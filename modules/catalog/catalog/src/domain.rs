@@ -19,13 +19,17 @@ pub(crate) const MAX_QUANTITY: i64 = 1_000_000_000_000;
 #[serde(deny_unknown_fields)]
 pub struct NewProduct {
     /// 1 to 64 characters, no spaces; unique.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[^\s\x00-\x1f\x7f]+$")]
     pub sku: String,
-    /// 1 to 200 characters.
+    /// 1 to 200 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
+    #[schema(max_length = 5000)]
     pub description: Option<String>,
     /// At least 0, in the shop's currency.
     pub price: Money,
     /// Units on hand, at least 0 (default 0).
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub stock: Option<i64>,
 }
 
@@ -33,10 +37,11 @@ pub struct NewProduct {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductPatch {
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: Option<String>,
     /// A text sets the description; `null` clears it; absent leaves it.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 5000)]
     pub description: Option<Option<String>>,
     pub price: Option<Money>,
 }
@@ -53,6 +58,7 @@ fn present<'de, D: serde::Deserializer<'de>>(
 #[serde(deny_unknown_fields)]
 pub struct StockUpdate {
     /// Units on hand; not below the units reserved.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub on_hand: i64,
 }
 

@@ -62,6 +62,7 @@ pub(crate) struct DeliveriesQuery {
     /// Only the deliveries about this order (a UUID).
     order_id: Option<String>,
     /// Items per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -109,6 +110,7 @@ async fn create_webhook(
 #[into_params(parameter_in = Query)]
 pub(crate) struct WebhooksQuery {
     /// Items per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,

@@ -18,8 +18,15 @@ pub(crate) const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrder {
+    /// An e-mail address (`local@domain.tld`), at most 254 characters.
+    #[schema(
+        min_length = 3,
+        max_length = 254,
+        pattern = r"^[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+$"
+    )]
     pub customer_email: String,
     /// 1 to 100 lines, each product at most once.
+    #[schema(min_items = 1, max_items = 100)]
     pub lines: Vec<PlaceOrderLine>,
     pub payment: PaymentMethod,
 }
@@ -29,6 +36,7 @@ pub struct PlaceOrder {
 pub struct PlaceOrderLine {
     pub product_id: Uuid,
     /// 1 to 1000.
+    #[schema(minimum = 1, maximum = 1000)]
     pub quantity: u32,
 }
 
@@ -36,6 +44,8 @@ pub struct PlaceOrderLine {
 #[serde(deny_unknown_fields)]
 pub struct PaymentMethod {
     /// The payment provider's token for the customer's payment method.
+    /// 1 to 200 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub token: String,
 }
 

@@ -73,6 +73,7 @@ pub(crate) struct ListQuery {
     /// Whose orders.
     customer_email: Option<String>,
     /// Items per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
