@@ -11,6 +11,7 @@
 //! The chassis depends on no Bazaar crate; every module may depend on it.
 
 pub mod events;
+pub mod integer;
 pub mod money;
 pub mod page;
 pub mod problem;

@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 pub struct Money {
     /// Minor units, e.g. 1999 for 19.99.
+    #[serde(deserialize_with = "crate::integer::exact")]
     pub amount: i64,
     /// ISO 4217 code; must be the shop's currency.
     #[schema(example = "EUR")]

@@ -29,6 +29,7 @@ pub struct Product {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 pub struct StockLine {
     pub product_id: Uuid,
+    #[serde(deserialize_with = "chassis::integer::exact")]
     pub quantity: u32,
 }
 

@@ -30,6 +30,7 @@ pub struct NewProduct {
     pub price: Money,
     /// Units on hand, at least 0 (default 0).
     #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
+    #[serde(default, deserialize_with = "chassis::integer::optional")]
     pub stock: Option<i64>,
 }
 
@@ -59,6 +60,7 @@ fn present<'de, D: serde::Deserializer<'de>>(
 pub struct StockUpdate {
     /// Units on hand; not below the units reserved.
     #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
+    #[serde(deserialize_with = "chassis::integer::exact")]
     pub on_hand: i64,
 }
 

@@ -37,6 +37,7 @@ pub struct PlaceOrderLine {
     pub product_id: Uuid,
     /// 1 to 1000.
     #[schema(minimum = 1, maximum = 1000)]
+    #[serde(deserialize_with = "chassis::integer::exact")]
     pub quantity: u32,
 }
 

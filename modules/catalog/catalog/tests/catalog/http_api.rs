@@ -566,3 +566,34 @@ async fn unknown_routes_and_methods_answer_problem_documents() {
         .to_owned();
     assert_eq!(content_type, "application/problem+json");
 }
+
+/// JSON has one number type: `1250.0` is the integer 1250, as the schema's `integer` says;
+/// a fraction is still refused, naming the field.
+#[actix_web::test]
+async fn integers_are_accepted_in_any_json_form_and_fractions_refused() {
+    let catalog = support::local(Backend::Sqlite).await.expect("sqlite");
+    let service = service!(catalog);
+    let request = admin(TestRequest::post().uri("/catalog/products"))
+        .set_json(json!({"sku": "FLOAT-1", "name": "Float", "price": {"amount": 1250.0, "currency": "EUR"}, "stock": 7e0}))
+        .to_request();
+    let created: Value = test::call_and_read_body_json(&service, request).await;
+    assert_eq!(created["price"]["amount"], 1250);
+    assert_eq!(created["stock"]["on_hand"], 7);
+    let id = created["id"].as_str().expect("id");
+    let request = admin(TestRequest::put().uri(&format!("/catalog/products/{id}/stock")))
+        .set_json(json!({"on_hand": 12.0}))
+        .to_request();
+    let updated: Value = test::call_and_read_body_json(&service, request).await;
+    assert_eq!(updated["stock"]["on_hand"], 12);
+    let request = admin(TestRequest::post().uri("/catalog/products"))
+        .set_json(json!({"sku": "FLOAT-2", "name": "Float", "price": {"amount": 12.5, "currency": "EUR"}}))
+        .to_request();
+    let response = test::call_service(&service, request).await;
+    let body = problem(response, 422, "validation_failed").await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|detail| detail.starts_with("price.amount")),
+        "{body}"
+    );
+}
