@@ -38,6 +38,11 @@ pub struct NotificationsSettings {
     /// How often the delivery worker looks for due deliveries when nothing wakes it.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// Whether webhooks may target loopback, private (10/8, 172.16/12, 192.168/16, fc00::/7)
+    /// and shared (100.64/10) addresses: for a receiver on the same host or network, in
+    /// development and tests. Link-local addresses and cloud metadata services are refused
+    /// whatever this says.
+    pub allow_private_webhooks: bool,
 }
 
 impl Default for NotificationsSettings {
@@ -54,6 +59,7 @@ impl Default for NotificationsSettings {
             concurrency: 16,
             webhook_concurrency: 16,
             poll_interval: Duration::from_secs(1),
+            allow_private_webhooks: false,
         }
     }
 }
@@ -143,6 +149,7 @@ mod tests {
         assert_eq!(settings.max_attempts, 8);
         assert_eq!(settings.operator_email, "operator@localhost");
         assert_eq!(settings.webhook_timeout, Duration::from_secs(5));
+        assert!(!settings.allow_private_webhooks);
     }
 
     #[test]
@@ -217,9 +224,11 @@ mod tests {
         let settings: NotificationsSettings = serde_json::from_value(serde_json::json!({
             "smtp_url": "smtp://localhost:25",
             "webhook_timeout": "2s",
-            "max_attempts": 3
+            "max_attempts": 3,
+            "allow_private_webhooks": true
         }))
         .expect("parses");
+        assert!(settings.allow_private_webhooks);
         assert_eq!(settings.webhook_timeout, Duration::from_secs(2));
         assert_eq!(settings.max_attempts, 3);
     }

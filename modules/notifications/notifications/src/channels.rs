@@ -8,6 +8,7 @@ use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::signature;
+use crate::target::{self, CheckedResolver, TargetError, TargetPolicy};
 
 /// Why an attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,49 +185,73 @@ fn write_eml(folder: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&partial, folder.join(name))
 }
 
-/// POSTs events to webhooks.
+/// POSTs events to webhooks, to targets the policy allows only.
 #[derive(Debug, Clone)]
 pub(crate) struct WebhookSender {
     client: Result<reqwest::Client, String>,
+    policy: TargetPolicy,
 }
 
 impl WebhookSender {
-    pub(crate) fn new(timeout: Duration) -> Self {
+    pub(crate) fn new(timeout: Duration, policy: TargetPolicy) -> Self {
         chassis::remote::install_tls_provider();
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent("Bazaar-Webhooks/1")
+            // Names are resolved, checked and connected to in one place: the address the
+            // policy allowed is the one connected to, whatever the name resolves to later.
+            .dns_resolver(CheckedResolver { policy, timeout })
             .build()
             .map_err(|error| format!("cannot build the webhook client: {error}"));
-        Self { client }
+        Self { client, policy }
     }
 
     /// POSTs `body` (the event's envelope JSON) to `url`, signed under `secret`. Any 2xx
     /// answer is a success.
+    ///
+    /// A failure says timed out, could not connect or the HTTP status, never the OS's
+    /// error: whoever may register webhooks reads the log, and a detailed connection error
+    /// would tell them which ports are open where the server stands.
     pub(crate) async fn post(&self, url: &str, secret: &str, body: &str) -> Result<(), Failure> {
+        let not_allowed = |why: &TargetError| {
+            Failure::Permanent(format!("POST {url}: target not allowed: {why}"))
+        };
+        let parsed = url::Url::parse(url)
+            .map_err(|_| Failure::Permanent(format!("POST {url}: not a URL")))?;
+        // An address literal is connected to without a lookup, so the resolver never sees
+        // it: check it here. A name is checked by the resolver, on every connection.
+        self.policy
+            .check_url(&parsed)
+            .map_err(|why| not_allowed(&why))?;
         let client = self
             .client
             .as_ref()
             .map_err(|e| Failure::Transient(e.clone()))?;
         let signature = signature::sign(secret, body.as_bytes());
         let answer = client
-            .post(url)
+            .post(parsed)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(signature::HEADER, signature)
             .body(body.to_owned())
             .send()
             .await
-            .map_err(|error| {
-                let what = if error.is_timeout() {
-                    "timed out".to_owned()
-                } else if error.is_connect() {
-                    "connection failed".to_owned()
-                } else {
-                    error.to_string()
-                };
-                Failure::Transient(format!("POST {url}: {what}"))
+            .map_err(|error| match target::target_error(&error) {
+                Some(refused @ TargetError::Refused(_)) => not_allowed(refused),
+                Some(TargetError::Unresolved(why)) => {
+                    Failure::Transient(format!("POST {url}: {why}"))
+                }
+                None => {
+                    let what = if error.is_timeout() {
+                        "timed out"
+                    } else if error.is_connect() {
+                        "could not connect"
+                    } else {
+                        "request failed"
+                    };
+                    Failure::Transient(format!("POST {url}: {what}"))
+                }
             })?;
         let status = answer.status();
         if status.is_success() {
@@ -295,5 +320,97 @@ mod tests {
             .map(|entry| entry.expect("entry").file_name())
             .collect();
         assert_eq!(files, vec![std::ffi::OsString::from("0193-abc.eml")]);
+    }
+
+    /// A listener on 127.0.0.1 counting the connections it accepts (and holding them).
+    async fn counting_listener() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        (port, accepted)
+    }
+
+    fn sender(allow_private: bool) -> WebhookSender {
+        WebhookSender::new(Duration::from_millis(300), TargetPolicy { allow_private })
+    }
+
+    #[tokio::test]
+    async fn a_delivery_to_a_disallowed_target_fails_for_good_without_connecting() {
+        let (port, accepted) = counting_listener().await;
+        // The address literal is checked before the request, the name by the resolver.
+        for url in [
+            format!("http://127.0.0.1:{port}/hook"),
+            format!("http://localhost:{port}/hook"),
+            format!("http://[::ffff:127.0.0.1]:{port}/hook"),
+        ] {
+            let failure = sender(false)
+                .post(&url, "s", "{}")
+                .await
+                .expect_err("refused");
+            let Failure::Permanent(message) = &failure else {
+                panic!("{url}: {failure:?}");
+            };
+            assert!(
+                message.starts_with(&format!("POST {url}: target not allowed: ")),
+                "{message}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_metadata_host_is_never_called_even_with_private_targets_allowed() {
+        let failure = sender(true)
+            .post(
+                "http://metadata.google.internal/computeMetadata/v1/",
+                "s",
+                "{}",
+            )
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(&failure, Failure::Permanent(message) if message.contains("target not allowed")),
+            "{failure:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_allowed_name_is_connected_to_through_the_checking_resolver() {
+        let (port, accepted) = counting_listener().await;
+        let url = format!("http://localhost:{port}/hook");
+        let failure = sender(true).post(&url, "s", "{}").await.expect_err("hangs");
+        assert_eq!(
+            failure,
+            Failure::Transient(format!("POST {url}: timed out"))
+        );
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_logged_as_could_not_connect_and_nothing_more() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("address").port()
+        };
+        let url = format!("http://127.0.0.1:{port}/hook");
+        let failure = sender(true)
+            .post(&url, "s", "{}")
+            .await
+            .expect_err("closed");
+        assert_eq!(
+            failure,
+            Failure::Transient(format!("POST {url}: could not connect"))
+        );
     }
 }

@@ -22,6 +22,7 @@ mod retry;
 mod schema;
 mod service;
 mod signature;
+mod target;
 
 pub use error::Error;
 pub use module::{MIGRATIONS, NotificationsHandler, NotificationsModule};

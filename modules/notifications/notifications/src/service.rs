@@ -22,6 +22,7 @@ use crate::error::Error;
 use crate::render::{self, Rendered, template};
 use crate::repository::{self as repo, DeliveryRow, Kind, NewDelivery, WebhookRow};
 use crate::retry::{AfterFailure, Backoff};
+use crate::target::TargetPolicy;
 
 /// The event types this module consumes: those it e-mails about, and every other one a
 /// webhook may subscribe to.
@@ -333,6 +334,12 @@ pub(crate) fn validate_webhook(input: &CreateWebhook) -> Result<(), Error> {
     Ok(())
 }
 
+fn target_policy(settings: &NotificationsSettings) -> TargetPolicy {
+    TargetPolicy {
+        allow_private: settings.allow_private_webhooks,
+    }
+}
+
 fn rows_to_deliveries(rows: Vec<DeliveryRow>) -> Result<Vec<Delivery>, Error> {
     rows.into_iter()
         .map(|row| row.into_delivery().map_err(Error::from))
@@ -353,7 +360,7 @@ impl NotificationsService {
                 data_dir,
                 settings.smtp_timeout,
             )),
-            webhooks: WebhookSender::new(settings.webhook_timeout),
+            webhooks: WebhookSender::new(settings.webhook_timeout, target_policy(settings)),
             backoff: Backoff::from_settings(settings),
             settings: Arc::new(settings.clone()),
             mail_lane: Lane::new(settings.concurrency),
@@ -472,9 +479,17 @@ impl NotificationsService {
             .await
     }
 
-    /// Registers a webhook; the answer never carries the secret.
+    /// Registers a webhook; the answer never carries the secret. Its target must be one
+    /// the policy allows now (`notifications.allow_private_webhooks`); each delivery checks
+    /// again.
     pub async fn create_webhook(&self, input: CreateWebhook) -> Result<Webhook, Error> {
         validate_webhook(&input)?;
+        let url = url::Url::parse(input.url.trim())
+            .map_err(|error| Error::Validation(format!("url: not a URL ({error})")))?;
+        target_policy(&self.settings)
+            .resolve(&url, self.settings.webhook_timeout)
+            .await
+            .map_err(|why| Error::Validation(format!("url: {why}")))?;
         let mut events: Vec<String> = Vec::new();
         for event in input.events {
             if !events.contains(&event) {

@@ -49,7 +49,7 @@ async fn webhooks_are_created_listed_and_deleted() {
     let created = test::call_service(
         &service,
         admin(TestRequest::post().uri("/notifications/webhooks"))
-            .set_json(hook_body("https://example.com/hook"))
+            .set_json(hook_body("https://203.0.113.10/hook"))
             .to_request(),
     )
     .await;
@@ -114,7 +114,7 @@ async fn webhooks_are_paged() {
         let created = test::call_service(
             &service,
             admin(TestRequest::post().uri("/notifications/webhooks"))
-                .set_json(hook_body(&format!("https://example.com/{n}")))
+                .set_json(hook_body(&format!("https://203.0.113.10/{n}")))
                 .to_request(),
         )
         .await;
@@ -134,7 +134,7 @@ async fn webhooks_are_paged() {
     )
     .await;
     assert_eq!(second["items"].as_array().map(Vec::len), Some(1));
-    assert_eq!(second["items"][0]["url"], "https://example.com/2");
+    assert_eq!(second["items"][0]["url"], "https://203.0.113.10/2");
 }
 
 #[actix_web::test]
@@ -197,6 +197,98 @@ async fn invalid_webhooks_are_refused_naming_the_field() {
     )
     .await;
     problem(malformed, 400, "malformed_request").await;
+}
+
+/// Webhook targets on the server's own host or network, in the spellings the issue lists.
+const PRIVATE_TARGETS: &[&str] = &[
+    "http://127.0.0.1:8080/hook",
+    "http://localhost:8080/hook",
+    "http://2130706433/hook",
+    "http://0x7f000001/hook",
+    "http://127.1/hook",
+    "http://[::1]/hook",
+    "http://[::ffff:127.0.0.1]/hook",
+    "http://10.0.0.1/hook",
+];
+
+/// Webhook targets refused whatever `notifications.allow_private_webhooks` says.
+const ALWAYS_REFUSED: &[&str] = &[
+    "http://169.254.169.254/latest/meta-data/",
+    "http://metadata.google.internal/computeMetadata/v1/",
+    "http://[fe80::1]/hook",
+    "http://0.0.0.0:8080/hook",
+];
+
+async fn register(
+    local: &support::Local,
+    url: &str,
+) -> actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody> {
+    let service = service!(local);
+    test::call_service(
+        &service,
+        admin(TestRequest::post().uri("/notifications/webhooks"))
+            .set_json(hook_body(url))
+            .to_request(),
+    )
+    .await
+}
+
+#[actix_web::test]
+async fn private_and_metadata_webhook_targets_are_refused_by_default() {
+    let settings = notifications_contract::NotificationsSettings {
+        allow_private_webhooks: false,
+        ..quick_settings()
+    };
+    let local = support::local(Backend::Sqlite, settings)
+        .await
+        .expect("sqlite");
+    for url in PRIVATE_TARGETS.iter().chain(ALWAYS_REFUSED) {
+        let problem = problem(register(&local, url).await, 422, "validation_failed").await;
+        assert!(detail(&problem).starts_with("url: "), "{url}: {problem}");
+        assert!(
+            detail(&problem).contains("address") || detail(&problem).contains("metadata"),
+            "{url}: {problem}"
+        );
+    }
+    let listed = test::call_service(
+        &service!(local),
+        admin(TestRequest::get().uri("/notifications/webhooks")).to_request(),
+    )
+    .await;
+    let listed: Value = test::read_body_json(listed).await;
+    assert_eq!(listed["items"], json!([]), "nothing registered");
+}
+
+#[actix_web::test]
+async fn allow_private_webhooks_admits_private_targets_but_never_metadata() {
+    let local = support::local(Backend::Sqlite, quick_settings())
+        .await
+        .expect("sqlite");
+    for url in PRIVATE_TARGETS {
+        let response = register(&local, url).await;
+        assert_eq!(response.status().as_u16(), 201, "{url}");
+    }
+    for url in ALWAYS_REFUSED {
+        let problem = problem(register(&local, url).await, 422, "validation_failed").await;
+        assert!(detail(&problem).starts_with("url: "), "{url}: {problem}");
+    }
+}
+
+#[actix_web::test]
+async fn a_webhook_host_that_does_not_resolve_is_refused() {
+    let local = support::local(Backend::Sqlite, quick_settings())
+        .await
+        .expect("sqlite");
+    let problem = problem(
+        register(&local, "https://nothing-here.invalid/hook").await,
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(
+        detail(&problem),
+        "url: nothing-here.invalid does not resolve"
+    );
 }
 
 #[actix_web::test]

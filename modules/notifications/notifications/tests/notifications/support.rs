@@ -54,7 +54,8 @@ pub(crate) async fn wait_for_connections(accepted: &AtomicUsize, count: usize) {
     );
 }
 
-/// Settings with quick retries, for tests.
+/// Settings with quick retries, for tests, allowing webhooks on 127.0.0.1 where the tests'
+/// receivers listen.
 pub(crate) fn quick_settings() -> NotificationsSettings {
     NotificationsSettings {
         from: "Bazaar <shop@example.com>".into(),
@@ -67,6 +68,7 @@ pub(crate) fn quick_settings() -> NotificationsSettings {
         concurrency: 8,
         webhook_concurrency: 8,
         poll_interval: Duration::from_millis(20),
+        allow_private_webhooks: true,
         ..NotificationsSettings::default()
     }
 }
@@ -76,10 +78,17 @@ pub(crate) fn quick_settings() -> NotificationsSettings {
 pub(crate) struct Local {
     pub(crate) module: NotificationsModule,
     pub(crate) data_dir: tempfile::TempDir,
-    _db: TestDatabase,
+    db: TestDatabase,
 }
 
 impl Local {
+    /// Another notifications module on the same database and data folder, as after a
+    /// restart with `settings`.
+    pub(crate) async fn restarted(&self, settings: &NotificationsSettings) -> NotificationsModule {
+        let database = self.db.open(MIGRATIONS).await;
+        NotificationsModule::new(database, self.data_dir.path(), settings)
+    }
+
     /// The `.eml` files written so far.
     pub(crate) fn eml_files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> =
@@ -145,7 +154,7 @@ pub(crate) async fn local(backend: Backend, settings: NotificationsSettings) -> 
     Some(Local {
         module,
         data_dir,
-        _db: db,
+        db,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Webhooks against a local actix server on 127.0.0.1: the signature, retries on 500,
 //! giving up, a slow endpoint that delays nobody else, endpoints that never answer and
-//! still delay no e-mail, and an attempt that outlived its lease.
+//! still delay no e-mail, an attempt that outlived its lease, and a target that is no
+//! longer allowed.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -519,4 +520,63 @@ async fn a_stale_attempt_changes_nothing_once_the_delivery_is_claimed_again_sqli
 #[tokio::test]
 async fn a_stale_attempt_changes_nothing_once_the_delivery_is_claimed_again_postgres() {
     a_stale_attempt_changes_nothing_once_the_delivery_is_claimed_again(Backend::Postgres).await;
+}
+
+async fn a_target_no_longer_allowed_is_never_called(backend: Backend) {
+    let Some(local) = support::local(backend, quick_settings()).await else {
+        return;
+    };
+    let (url, state) = receiver(&[], Duration::ZERO).await;
+    local
+        .module
+        .service()
+        .create_webhook(subscription(&url, "s3cret"))
+        .await
+        .expect("registered while private targets were allowed");
+    let strict = local
+        .restarted(&NotificationsSettings {
+            allow_private_webhooks: false,
+            ..quick_settings()
+        })
+        .await;
+    let workers = strict.spawn_workers();
+    let order = order(OrderStatus::Confirmed, "ada@example.com");
+    strict
+        .service()
+        .handle(&order_event(&order))
+        .await
+        .expect("handled");
+
+    let log = local
+        .wait_for(order.id, |log| {
+            log.len() == 2 && log.iter().all(|d| d.status != DeliveryStatus::Retrying)
+        })
+        .await;
+    let hook = log
+        .iter()
+        .find(|d| d.channel == Channel::Webhook)
+        .expect("a webhook delivery");
+    assert_eq!(hook.status, DeliveryStatus::Failed, "{hook:?}");
+    assert_eq!(hook.attempts, 1, "given up at once: {hook:?}");
+    let last_error = hook.last_error.as_deref().unwrap_or_default();
+    assert!(
+        last_error.starts_with(&format!(
+            "POST {url}: target not allowed: 127.0.0.1 is a loopback address"
+        )),
+        "{last_error}"
+    );
+    assert!(state.calls.lock().expect("lock").is_empty(), "never called");
+    for worker in workers {
+        worker.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_target_no_longer_allowed_is_never_called_sqlite() {
+    a_target_no_longer_allowed_is_never_called(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_target_no_longer_allowed_is_never_called_postgres() {
+    a_target_no_longer_allowed_is_never_called(Backend::Postgres).await;
 }
