@@ -203,6 +203,9 @@ impl WebhookSender {
             // Names are resolved, checked and connected to in one place: the address the
             // policy allowed is the one connected to, whatever the name resolves to later.
             .dns_resolver(CheckedResolver { policy, timeout })
+            // Through a proxy (HTTP_PROXY in the environment) the proxy would resolve the
+            // name and connect, past the check: webhooks always go direct.
+            .no_proxy()
             .build()
             .map_err(|error| format!("cannot build the webhook client: {error}"));
         Self { client, policy }
