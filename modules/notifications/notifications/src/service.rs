@@ -297,8 +297,18 @@ pub(crate) fn validate_webhook(input: &CreateWebhook) -> Result<(), Error> {
             "url: longer than {MAX_URL_LEN} characters"
         )));
     }
+    // The URL is not repeated in the message: it may carry credentials.
     let parsed = url::Url::parse(url)
-        .map_err(|error| Error::Validation(format!("url: {url:?} is not a URL ({error})")))?;
+        .map_err(|error| Error::Validation(format!("url: not a URL ({error})")))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        // Credentials in the URL would be shown in every list of webhooks and deliveries,
+        // and logged; the receiver authenticates Bazaar by the signature instead.
+        return Err(Error::Validation(
+            "url: must not carry credentials (user:password@); the receiver checks \
+             X-Bazaar-Signature, made with the webhook's secret"
+                .into(),
+        ));
+    }
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(Error::Validation(format!(
             "url: scheme {:?} is not http or https",
@@ -777,6 +787,20 @@ mod tests {
         assert!(
             refused(webhook("not a url", &["orders.order_confirmed"], "s")).starts_with("url:")
         );
+        for with_credentials in [
+            "https://shop:pa55w0rd@hooks.example.com/in",
+            "https://token@hooks.example.com/in",
+        ] {
+            let message = refused(webhook(with_credentials, &["orders.order_confirmed"], "s"));
+            assert!(
+                message.starts_with("url: must not carry credentials"),
+                "{message}"
+            );
+            assert!(
+                !message.contains("pa55w0rd") && !message.contains("token@"),
+                "{message}"
+            );
+        }
         assert!(refused(webhook("https://example.com", &[], "s")).starts_with("events:"));
         assert!(
             refused(webhook("https://example.com", &["orders.nope"], "s")).starts_with("events:")

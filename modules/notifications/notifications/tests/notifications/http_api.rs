@@ -164,6 +164,10 @@ async fn invalid_webhooks_are_refused_naming_the_field() {
             json!({"url": "https://example.com", "events": ["orders.order_confirmed"], "secret": ""}),
             "secret",
         ),
+        (
+            json!({"url": "https://shop:pa55w0rd@203.0.113.10/in", "events": ["orders.order_confirmed"], "secret": "s"}),
+            "url: must not carry credentials",
+        ),
     ];
     for (body, field) in cases {
         let response = test::call_service(
@@ -175,6 +179,7 @@ async fn invalid_webhooks_are_refused_naming_the_field() {
         .await;
         let problem = problem(response, 422, "validation_failed").await;
         assert!(detail(&problem).contains(field), "{field}: {problem}");
+        assert!(!problem.to_string().contains("pa55w0rd"), "{problem}");
     }
     let missing = test::call_service(
         &service,
