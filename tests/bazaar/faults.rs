@@ -176,18 +176,6 @@ async fn connections_terminated_mid_load_leave_every_answer_true_on_postgres() {
     let http = support::http();
     let product = create_product(&http, &base, "CUT-LOAD", 100_000, 300).await;
     let body = order_body(&product, 1, "tok_visa");
-    let clients = (0..16).map(|_| {
-        let http = http.clone();
-        let base = base.clone();
-        let body = body.clone();
-        tokio::spawn(async move {
-            let mut answers = Vec::new();
-            for _ in 0..25 {
-                answers.push(place_checked(&http, &base, &body).await);
-            }
-            answers
-        })
-    });
     let cutter = tokio::spawn(async move {
         let mut ended = 0;
         for _ in 0..2 {
@@ -198,16 +186,7 @@ async fn connections_terminated_mid_load_leave_every_answer_true_on_postgres() {
         }
         (ended, databases)
     });
-    let mut created = Vec::new();
-    let mut refused = 0;
-    for client in futures::future::join_all(clients).await {
-        for answer in client.expect("client ran") {
-            match answer {
-                Ok(order) => created.push(order),
-                Err(()) => refused += 1,
-            }
-        }
-    }
+    let (created, refused) = place_from(&http, &base, &body, 16, 25).await;
     let (ended, databases) = cutter.await.expect("cutter ran");
     assert!(ended > 0, "connections were cut under load");
     let stored = orders_at_rest(&http, &base, "load@example.com").await;
@@ -237,16 +216,22 @@ fn resident_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
-/// One flood: 300 clients at once, each placing 2 orders of `body`; answers the orders
-/// created (201) and how many placements were refused (503).
-async fn flood(http: &reqwest::Client, base: &str, body: &Value) -> (Vec<Value>, usize) {
-    let clients = (0..300).map(|_| {
+/// `clients` clients at once, each placing `each` orders of `body` one after the other;
+/// answers the orders created (201) and how many placements were refused (503).
+async fn place_from(
+    http: &reqwest::Client,
+    base: &str,
+    body: &Value,
+    clients: usize,
+    each: usize,
+) -> (Vec<Value>, usize) {
+    let clients = (0..clients).map(|_| {
         let http = http.clone();
         let base = base.to_owned();
         let body = body.clone();
         tokio::spawn(async move {
             let mut answers = Vec::new();
-            for _ in 0..2 {
+            for _ in 0..each {
                 answers.push(place_checked(&http, &base, &body).await);
             }
             answers
@@ -321,7 +306,7 @@ async fn a_flood_past_the_bounds_is_refused_with_nothing_created_and_memory_flat
     let mut refused = 0;
     let mut resident = Vec::new();
     for _ in 0..6 {
-        let (more, refusals) = flood(&http, &base, &body).await;
+        let (more, refusals) = place_from(&http, &base, &body, 300, 2).await;
         created.extend(more);
         refused += refusals;
         resident.push(resident_kib(server.pid()));
@@ -356,7 +341,8 @@ async fn a_flood_past_the_bounds_is_refused_with_nothing_created_on_postgres() {
     let env: Vec<(&str, &str)> = urls.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let (server, base, http) = bounded_server(dir.path(), &env);
     let product = create_product(&http, &base, "FLOOD-PG", 1_000_000, 100).await;
-    let (created, refused) = flood(&http, &base, &order_body(&product, 1, "tok_visa")).await;
+    let (created, refused) =
+        place_from(&http, &base, &order_body(&product, 1, "tok_visa"), 300, 2).await;
     assert_flood_outcome(&http, &base, &created, refused).await;
     drop(server);
     drop(databases);

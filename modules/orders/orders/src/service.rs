@@ -290,9 +290,9 @@ impl OrdersService {
     /// `cancelled`, or still `confirmed` when the cancellation has started but billing or
     /// the catalog cannot be reached now (the recovery worker finishes it).
     pub async fn cancel(&self, id: Uuid) -> Result<Order, Error> {
-        let order = self.order(id).await?;
-        match order.status {
-            OrderStatus::Cancelled => return Ok(order),
+        let before = self.order(id).await?;
+        match before.status {
+            OrderStatus::Cancelled => return Ok(before),
             OrderStatus::Confirmed => {}
             status => {
                 return Err(Error::NotCancellable {
@@ -311,8 +311,17 @@ impl OrdersService {
             })
             .await?;
         let order = if started {
-            self.saga.run_claimed(id, run).await?;
-            self.order(id).await?
+            // The cancellation is recorded: from here on the answer is the order, never an
+            // error. Should the database fail under this run, the order is answered as it
+            // was (still `confirmed`: under way), and the recovery worker finishes it.
+            let ran = match self.saga.run_claimed(id, run).await {
+                Ok(_) => self.order(id).await,
+                Err(error) => Err(error),
+            };
+            ran.unwrap_or_else(|error| {
+                tracing::warn!(order_id = %id, %error, "cancellation recorded; answering the order as it was");
+                before
+            })
         } else if let Some(ended) = self.saga.run(id).await? {
             // A cancellation started earlier had stopped for a peer; this run finished it.
             ended

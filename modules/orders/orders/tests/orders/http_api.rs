@@ -401,21 +401,7 @@ async fn the_internal_route_needs_the_service_token() {
 /// order (still `confirmed`) and where to poll it; it ends `cancelled` once billing answers.
 async fn a_cancellation_waiting_for_a_peer_is_accepted_and_finished_later() {
     let item = product(100);
-    let mut catalog = catalog_knowing(&item);
-    let mut billing = MockBilling::new();
-    catalog
-        .expect_reserve()
-        .returning(|id, lines| Ok(reservation(id, ReservationStatus::Reserved, lines)));
-    billing.expect_charge().returning(|c| {
-        Ok(payment(
-            c.order_id,
-            c.amount.amount,
-            PaymentStatus::Captured,
-        ))
-    });
-    catalog
-        .expect_commit()
-        .returning(|id| Ok(reservation(id, ReservationStatus::Committed, &[])));
+    let (mut catalog, mut billing) = support::confirming_once(&item);
     let mut refunds = mockall::Sequence::new();
     billing
         .expect_refund()
