@@ -330,8 +330,9 @@ impl Composition {
         Ok(applied)
     }
 
-    /// The OpenAPI document of this process: the local modules' routes.
-    pub fn openapi(&self) -> utoipa::openapi::OpenApi {
+    /// The OpenAPI document of this process: the local modules' routes, amounts in the
+    /// shop's `currency`.
+    pub fn openapi(&self, currency: &str) -> utoipa::openapi::OpenApi {
         use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
         let mut doc = utoipa::openapi::OpenApiBuilder::new()
             .info(
@@ -353,6 +354,7 @@ impl Composition {
             );
         }
         chassis::http::complete_openapi(&mut doc);
+        chassis::money::document_currency(&mut doc, currency);
         doc
     }
 
@@ -408,7 +410,7 @@ pub async fn start(
     }
     let operations = Arc::new(Operations {
         modules: composition.entries.clone(),
-        openapi: composition.openapi(),
+        openapi: composition.openapi(&config.shop.currency),
     });
     let tokens = web::Data::new(Tokens::from_settings(&config.auth));
     let modules = composition.local.clone();

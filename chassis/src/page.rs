@@ -2,7 +2,8 @@
 //! `?cursor=`, answered as `{"items": [...], "next_cursor": "..." | null}`.
 
 use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
+use base64::engine::DecodePaddingMode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -25,8 +26,13 @@ pub struct PageParams {
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
+    #[param(min_length = 2, pattern = r"^(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{2,3})?$")]
     pub cursor: Option<String>,
 }
+
+/// The schema of `?cursor=`: what [`encode_cursor`] makes, unpadded base64url. Every
+/// string of this form names a position in a list, so none is refused.
+pub const CURSOR_PATTERN: &str = r"^(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{2,3})?$";
 
 /// A validated page request: the limit and the key after which the page starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,11 +104,24 @@ pub fn encode_cursor(key: &str) -> String {
     URL_SAFE_NO_PAD.encode(key.as_bytes())
 }
 
+/// A cursor names the key after which a page starts. One this API did not make still
+/// names a position (keys compare as text), so any well-formed one is taken: bytes that
+/// are not UTF-8, or are NUL (which PostgreSQL text cannot hold), become U+FFFD.
 fn decode_cursor(cursor: &str) -> Option<String> {
-    let bytes = URL_SAFE_NO_PAD.decode(cursor.as_bytes()).ok()?;
-    let key = String::from_utf8(bytes).ok()?;
+    let bytes = LENIENT_URL_SAFE_NO_PAD.decode(cursor.as_bytes()).ok()?;
+    let key = String::from_utf8_lossy(&bytes).replace('\0', "\u{fffd}");
     (!key.is_empty()).then_some(key)
 }
+
+/// Unpadded base64url that ignores the unused bits of the last character, so that every
+/// string matching [`CURSOR_PATTERN`] decodes.
+const LENIENT_URL_SAFE_NO_PAD: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone)
+        .with_decode_allow_trailing_bits(true),
+);
 
 #[cfg(test)]
 mod tests {
@@ -139,11 +158,32 @@ mod tests {
             params.validate().map(|r| r.after),
             Ok(Some("0193-abc".into()))
         );
-        let bad = PageParams {
-            limit: None,
-            cursor: Some("***".into()),
-        };
-        assert_eq!(bad.validate(), Err(PageError::Cursor));
+        for bad in ["***", "a", "abcde", ""] {
+            let params = PageParams {
+                limit: None,
+                cursor: Some(bad.into()),
+            };
+            assert_eq!(params.validate(), Err(PageError::Cursor), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_cursor_of_the_documented_form_names_a_position() {
+        let pattern = regex_lite::Regex::new(CURSOR_PATTERN).expect("compiles");
+        // Unused trailing bits ("AB" is 0x00 plus 4 bits), bytes that are not UTF-8 ("_w"),
+        // a NUL byte ("AA") and a long one.
+        for cursor in ["AB", "_w", "AA", "AAAA", "zzz", "abcdefgh-_"] {
+            assert!(pattern.is_match(cursor), "{cursor}");
+            let params = PageParams {
+                limit: None,
+                cursor: Some(cursor.into()),
+            };
+            let after = params.validate().map(|r| r.after);
+            assert!(
+                matches!(&after, Ok(Some(key)) if !key.is_empty() && !key.contains('\0')),
+                "{cursor}: {after:?}"
+            );
+        }
     }
 
     #[test]

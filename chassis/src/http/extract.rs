@@ -84,7 +84,118 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     deserializer
         .end()
         .map_err(|error| Problem::malformed(format!("body is not valid JSON: {error}")))?;
+    if has_nul_escape(bytes) {
+        refuse_kept_nul::<T>(bytes)?;
+    }
     Ok(value)
+}
+
+/// Text with a NUL character is refused wherever the server keeps it: PostgreSQL cannot
+/// store it, and no name, address or token has one. The OpenAPI document says so field by
+/// field. Fields the server ignores may hold anything, as their schemas allow.
+const NUL_REFUSED: &str = "text must not contain the NUL character (\\u0000)";
+
+/// Refuses a body whose NUL character is in a field `T` reads, naming the field.
+fn refuse_kept_nul<T: DeserializeOwned>(bytes: &[u8]) -> Result<(), Problem> {
+    let Ok(mut document) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return Ok(());
+    };
+    let mut ignored = Vec::new();
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    // Already parsed once: this pass only lists the fields `T` does not read.
+    let _parsed: Result<T, _> = serde_ignored::deserialize(&mut deserializer, |path| {
+        ignored.push(segments(&path));
+    });
+    for path in &ignored {
+        remove(&mut document, path);
+    }
+    match nul_at(&document) {
+        Some(path) => Err(Problem::validation(with_path(&path, NUL_REFUSED))),
+        None => Ok(()),
+    }
+}
+
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+fn segments(path: &serde_ignored::Path<'_>) -> Vec<Segment> {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => Vec::new(),
+        Path::Seq { parent, index } => {
+            let mut segments = segments(parent);
+            segments.push(Segment::Index(*index));
+            segments
+        }
+        Path::Map { parent, key } => {
+            let mut segments = segments(parent);
+            segments.push(Segment::Key(key.clone()));
+            segments
+        }
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
+            segments(parent)
+        }
+    }
+}
+
+fn remove(document: &mut serde_json::Value, path: &[Segment]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut node = document;
+    for segment in parents {
+        let next = match segment {
+            Segment::Key(key) => node.get_mut(key.as_str()),
+            Segment::Index(index) => node.get_mut(*index),
+        };
+        let Some(next) = next else { return };
+        node = next;
+    }
+    if let (Segment::Key(key), serde_json::Value::Object(object)) = (last, node) {
+        object.remove(key);
+    }
+}
+
+/// The path of the first text holding a NUL character, as in `lines[0].sku`.
+fn nul_at(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(text) => text.contains('\0').then(String::new),
+        serde_json::Value::Array(items) => items.iter().enumerate().find_map(|(index, item)| {
+            nul_at(item).map(|rest| format!("[{index}]{}", dotted(&rest)))
+        }),
+        serde_json::Value::Object(object) => object.iter().find_map(|(key, item)| {
+            if key.contains('\0') {
+                return Some(key.replace('\0', "\\u0000"));
+            }
+            nul_at(item).map(|rest| format!("{key}{}", dotted(&rest)))
+        }),
+        _ => None,
+    }
+}
+
+fn dotted(rest: &str) -> String {
+    if rest.is_empty() || rest.starts_with('[') {
+        rest.to_owned()
+    } else {
+        format!(".{rest}")
+    }
+}
+
+/// Whether a JSON document holds a NUL character. Raw control characters are not valid
+/// JSON, so the only way to write one is the escape `\u0000`; a backslash always starts
+/// an escape, so skipping each escape's second character finds exactly those.
+fn has_nul_escape(json: &[u8]) -> bool {
+    let mut rest = json;
+    while let Some(at) = rest.iter().position(|&byte| byte == b'\\') {
+        let escape = &rest[at..];
+        if escape.get(1..6) == Some(b"u0000".as_slice()) {
+            return true;
+        }
+        rest = escape.get(2..).unwrap_or_default();
+    }
+    false
 }
 
 /// Query parameters; errors name the parameter.
@@ -102,9 +213,13 @@ impl<T: DeserializeOwned> FromRequest for Query<T> {
     type Future = std::future::Ready<Result<Self, actix_web::Error>>;
 
     fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let pairs = serde_urlencoded::Deserializer::new(url::form_urlencoded::parse(
-            request.query_string().as_bytes(),
-        ));
+        let query = url::form_urlencoded::parse(request.query_string().as_bytes());
+        if let Some((name, _)) = query.clone().find(|(_, value)| value.contains('\0')) {
+            return std::future::ready(Err(
+                Problem::validation(format!("{name}: {NUL_REFUSED}")).into()
+            ));
+        }
+        let pairs = serde_urlencoded::Deserializer::new(query);
         let parsed = serde_path_to_error::deserialize(pairs)
             .map(Query)
             .map_err(|error| {
@@ -151,6 +266,43 @@ mod tests {
             "{}",
             problem.detail
         );
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Named {
+        name: String,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Lines {
+        lines: Vec<Named>,
+    }
+
+    #[test]
+    fn text_with_a_nul_character_is_422_and_an_escaped_backslash_is_not_one() {
+        for body in [r#"{"name": "a\u0000b"}"#, r#"{"name": "\\\u0000"}"#] {
+            let problem = parse_json::<Named>(body.as_bytes()).expect_err(body);
+            assert_eq!(problem.status, 422, "{body}");
+            assert!(problem.detail.starts_with("name: "), "{}", problem.detail);
+            assert!(problem.detail.contains("NUL"), "{}", problem.detail);
+        }
+        let nested = br#"{"lines": [{"name": "a"}, {"name": "\u0000"}]}"#;
+        let problem = parse_json::<Lines>(nested).expect_err("refused");
+        assert!(problem.detail.starts_with("lines[1].name: "), "{}", problem.detail);
+        // An escaped backslash followed by the text `u0000` holds no NUL.
+        let named = parse_json::<Named>(br#"{"name": "a\\u0000"}"#).expect("accepted");
+        assert_eq!(named.name, r"a\u0000");
+    }
+
+    #[test]
+    fn a_nul_character_in_a_field_the_server_ignores_is_accepted() {
+        let body = br#"{"name": "kept", "extra\u0000": ["\u0000", {"deep": "\u0000"}]}"#;
+        let named = parse_json::<Named>(body).expect("accepted");
+        assert_eq!(named.name, "kept");
+        let nested = br#"{"lines": [{"name": "a", "note": "\u0000"}]}"#;
+        assert!(parse_json::<Lines>(nested).is_ok());
     }
 
     #[test]

@@ -368,12 +368,19 @@ pub fn install_tls_provider() {
     let _already_installed = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// What went wrong, without the URL that reqwest's own text carries: the reason may reach
+/// a problem document, and the peer's address is none of the caller's business.
 fn describe(error: &reqwest::Error) -> String {
+    // The operator's log keeps the cause, whose text carries no URL.
+    let cause = std::error::Error::source(error).map(ToString::to_string);
+    tracing::debug!(cause = cause.as_deref().unwrap_or("none"), "call to a peer failed");
     if error.is_timeout() {
         "timed out".into()
     } else if error.is_connect() {
         "connection failed".into()
+    } else if error.is_body() || error.is_decode() {
+        "the answer's body could not be read".into()
     } else {
-        error.to_string()
+        "the request failed".into()
     }
 }

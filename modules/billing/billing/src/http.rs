@@ -42,11 +42,13 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, service: BillingService) {
 #[into_params(parameter_in = Query)]
 pub(crate) struct PaymentsQuery {
     /// Only the payment of this order (a UUID).
+    #[param(value_type = Option<Uuid>)]
     order_id: Option<String>,
     /// Items per page, 1 to 200 (default 50).
     #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
+    #[param(min_length = 2, pattern = r"^(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{2,3})?$")]
     cursor: Option<String>,
 }
 

@@ -29,6 +29,8 @@ pub struct Product {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 pub struct StockLine {
     pub product_id: Uuid,
+    /// At least 1.
+    #[schema(minimum = 1)]
     #[serde(deserialize_with = "chassis::integer::exact")]
     pub quantity: u32,
 }
@@ -86,6 +88,8 @@ pub struct Reservation {
 /// Body of `POST /internal/catalog/products/lookup`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LookupRequest {
+    /// At most 200 ids.
+    #[schema(max_items = 200)]
     pub ids: Vec<Uuid>,
 }
 
@@ -98,5 +102,7 @@ pub struct LookupResponse {
 /// Body of `POST /internal/catalog/reservations/{order_id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ReserveRequest {
+    /// 1 to 100 lines, each product once.
+    #[schema(min_items = 1, max_items = 100)]
     pub lines: Vec<StockLine>,
 }

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 
 use catalog_contract::{CatalogError, MAX_RESERVATION_LINES, Money, StockLine};
+use chassis::money::MAX_PRICE;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -11,7 +12,7 @@ use crate::error::Error;
 pub(crate) const SKU_MAX_CHARS: usize = 64;
 pub(crate) const NAME_MAX_CHARS: usize = 200;
 pub(crate) const DESCRIPTION_MAX_CHARS: usize = 5000;
-/// Upper bound for prices and stock: far beyond any shop, far below `i64` overflow.
+/// Upper bound for stock: far beyond any shop, far below `i64` overflow.
 pub(crate) const MAX_QUANTITY: i64 = 1_000_000_000_000;
 
 /// Body of `POST /catalog/products`.
@@ -19,14 +20,15 @@ pub(crate) const MAX_QUANTITY: i64 = 1_000_000_000_000;
 #[serde(deny_unknown_fields)]
 pub struct NewProduct {
     /// 1 to 64 characters, no spaces; unique.
-    #[schema(min_length = 1, max_length = 64, pattern = r"^[^\s\x00-\x1f\x7f]+$")]
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[^\x00-\x1f\x7f-\x9f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$")]
     pub sku: String,
     /// 1 to 200 characters, not only spaces.
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00]*[^\x00\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00]*$")]
     pub name: String,
-    #[schema(max_length = 5000)]
+    #[schema(max_length = 5000, pattern = r"^[^\x00]*$")]
     pub description: Option<String>,
     /// At least 0, in the shop's currency.
+    #[schema(value_type = chassis::money::Price)]
     pub price: Money,
     /// Units on hand, at least 0 (default 0).
     #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
@@ -38,12 +40,13 @@ pub struct NewProduct {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductPatch {
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00]*[^\x00\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00]*$")]
     pub name: Option<String>,
     /// A text sets the description; `null` clears it; absent leaves it.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, max_length = 5000)]
+    #[schema(value_type = Option<String>, max_length = 5000, pattern = r"^[^\x00]*$")]
     pub description: Option<Option<String>>,
+    #[schema(value_type = Option<chassis::money::Price>)]
     pub price: Option<Money>,
 }
 
@@ -137,9 +140,9 @@ fn validate_price(price: &Money, currency: &str) -> Result<(), Error> {
             price.currency
         )));
     }
-    if !(0..=MAX_QUANTITY).contains(&price.amount) {
+    if !(0..=MAX_PRICE).contains(&price.amount) {
         return Err(Error::Validation(format!(
-            "price.amount: must be between 0 and {MAX_QUANTITY}"
+            "price.amount: must be between 0 and {MAX_PRICE}"
         )));
     }
     Ok(())

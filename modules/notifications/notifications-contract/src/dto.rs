@@ -1,6 +1,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use uuid::Uuid;
 
 /// How a message travels.
@@ -106,6 +108,7 @@ pub struct Webhook {
     pub id: Uuid,
     pub url: String,
     /// The event types it receives, e.g. `orders.order_confirmed`.
+    #[schema(value_type = Vec<EventType>)]
     pub events: Vec<String>,
     pub created_at: DateTime<Utc>,
 }
@@ -114,13 +117,34 @@ pub struct Webhook {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
-    /// An `http` or `https` URL.
+    /// An `http` or `https` URL without credentials, up to 2048 characters. Its host must
+    /// resolve to addresses the target policy allows (`notifications.allow_private_webhooks`).
+    #[schema(max_length = 2048, pattern = r"^\s*[Hh][Tt][Tt][Pp][Ss]?://[^\s\x00/?#@\\]+(?:[/?#][^\s\x00]*)?\s*$")]
     pub url: String,
-    /// At least one known event type.
+    /// At least one event type.
+    #[schema(value_type = Vec<EventType>, min_items = 1)]
     pub events: Vec<String>,
-    /// The HMAC-SHA256 key of `X-Bazaar-Signature`; not empty.
+    /// The HMAC-SHA256 key of `X-Bazaar-Signature`: 1 to 1024 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 1024, pattern = r"^[^\x00]*[^\x00\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00]*$")]
     pub secret: String,
 }
+
+/// The OpenAPI schema of an event type a webhook may receive: one of
+/// [`crate::CONSUMED_EVENT_TYPES`].
+#[derive(Debug)]
+pub(crate) struct EventType;
+
+impl utoipa::PartialSchema for EventType {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(crate::CONSUMED_EVENT_TYPES))
+            .examples(["orders.order_confirmed"])
+            .into()
+    }
+}
+
+impl ToSchema for EventType {}
 
 impl std::fmt::Debug for CreateWebhook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

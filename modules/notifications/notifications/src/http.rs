@@ -60,11 +60,13 @@ fn page(limit: Option<u32>, cursor: Option<String>) -> Result<PageRequest, Probl
 #[into_params(parameter_in = Query)]
 pub(crate) struct DeliveriesQuery {
     /// Only the deliveries about this order (a UUID).
+    #[param(value_type = Option<Uuid>)]
     order_id: Option<String>,
     /// Items per page, 1 to 200 (default 50).
     #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
+    #[param(min_length = 2, pattern = r"^(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{2,3})?$")]
     cursor: Option<String>,
 }
 
@@ -113,6 +115,7 @@ pub(crate) struct WebhooksQuery {
     #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
+    #[param(min_length = 2, pattern = r"^(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{2,3})?$")]
     cursor: Option<String>,
 }
 
@@ -151,6 +154,7 @@ async fn delete_webhook(
 #[into_params(parameter_in = Query)]
 pub(crate) struct InternalQuery {
     /// The order (a UUID).
+    #[param(value_type = Uuid, required = true)]
     order_id: Option<String>,
 }
 

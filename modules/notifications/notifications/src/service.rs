@@ -292,10 +292,18 @@ fn record(
 /// Checks a webhook subscription; the message names the field.
 pub(crate) fn validate_webhook(input: &CreateWebhook) -> Result<(), Error> {
     let url = input.url.trim();
-    if url.len() > MAX_URL_LEN {
+    if url.chars().count() > MAX_URL_LEN {
         return Err(Error::Validation(format!(
             "url: longer than {MAX_URL_LEN} characters"
         )));
+    }
+    // The URL parser would also take `http:host` and `http:\\host`; the documented form
+    // is `http://host…`, and nothing else is.
+    let scheme_end = url.chars().take(8).collect::<String>().to_ascii_lowercase();
+    if !(scheme_end.starts_with("http://") || scheme_end.starts_with("https://")) {
+        return Err(Error::Validation(
+            "url: must start with http:// or https://".into(),
+        ));
     }
     // The URL is not repeated in the message: it may carry credentials.
     let parsed = url::Url::parse(url)
@@ -308,12 +316,6 @@ pub(crate) fn validate_webhook(input: &CreateWebhook) -> Result<(), Error> {
              X-Bazaar-Signature, made with the webhook's secret"
                 .into(),
         ));
-    }
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(Error::Validation(format!(
-            "url: scheme {:?} is not http or https",
-            parsed.scheme()
-        )));
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(Error::Validation("url: names no host".into()));
@@ -336,7 +338,7 @@ pub(crate) fn validate_webhook(input: &CreateWebhook) -> Result<(), Error> {
     if input.secret.trim().is_empty() {
         return Err(Error::Validation("secret: must not be empty".into()));
     }
-    if input.secret.len() > MAX_SECRET_LEN {
+    if input.secret.chars().count() > MAX_SECRET_LEN {
         return Err(Error::Validation(format!(
             "secret: longer than {MAX_SECRET_LEN} characters"
         )));

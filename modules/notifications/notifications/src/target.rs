@@ -103,7 +103,8 @@ impl TargetPolicy {
             None
         } else if ip.is_loopback() {
             Some(PRIVATE_HINT_LOOPBACK)
-        } else if ip.is_unique_local() {
+        } else if ip.is_unique_local() || ip.segments()[0] & 0xffc0 == 0xfec0 {
+            // fc00::/7 and the deprecated site-local fec0::/10, which some stacks still route.
             Some(PRIVATE_HINT_PRIVATE)
         } else {
             None
@@ -199,7 +200,8 @@ const PRIVATE_HINT_SHARED: &str =
 
 /// The IPv4 address an IPv6 address reaches, if it carries one: IPv4-mapped
 /// (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, deprecated but still routed by some
-/// stacks) and NAT64 (`64:ff9b::a.b.c.d`).
+/// stacks), NAT64 (`64:ff9b::a.b.c.d`), 6to4 (`2002:aabb:ccdd::/48`, the relay forwards to
+/// a.b.c.d) and Teredo (`2001:0::/32`, the client's address inverted in the last 32 bits).
 fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     if let Some(v4) = ip.to_ipv4_mapped() {
         return Some(v4);
@@ -207,11 +209,16 @@ fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     match ip.segments() {
         // `::` and `::1` are IPv6's own unspecified and loopback addresses.
         [0, 0, 0, 0, 0, 0, 0, 0 | 1] => None,
-        [0, 0, 0, 0, 0, 0, high, low] | [0x64, 0xff9b, 0, 0, 0, 0, high, low] => {
-            Some(Ipv4Addr::from((u32::from(high) << 16) | u32::from(low)))
-        }
+        [0, 0, 0, 0, 0, 0, high, low]
+        | [0x64, 0xff9b, 0, 0, 0, 0, high, low]
+        | [0x2002, high, low, ..] => Some(ipv4_from(high, low)),
+        [0x2001, 0, _, _, _, _, high, low] => Some(ipv4_from(!high, !low)),
         _ => None,
     }
+}
+
+fn ipv4_from(high: u16, low: u16) -> Ipv4Addr {
+    Ipv4Addr::from((u32::from(high) << 16) | u32::from(low))
 }
 
 /// The resolver of the webhook client: every name a delivery connects to is resolved here
@@ -283,12 +290,17 @@ mod tests {
         "http://192.168.1.1/hook",
         "http://100.64.0.1/hook",
         "http://[fd12:3456::1]/hook",
+        "http://[fec0::1]/hook",
+        "http://[2002:7f00:1::]/hook",
+        "http://[2002:a00:1::1]/hook",
+        "http://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/hook",
     ];
 
     /// Targets refused whatever the setting.
     const ALWAYS_REFUSED: &[&str] = &[
         "http://169.254.169.254/latest/meta-data/",
         "http://[::ffff:169.254.169.254]/",
+        "http://[2002:a9fe:a9fe::]/",
         "http://[fe80::1]/hook",
         "http://metadata.google.internal/computeMetadata/v1/",
         "http://METADATA.google.internal./computeMetadata/v1/",
@@ -371,6 +383,15 @@ mod tests {
             answer,
             Ok(vec!["203.0.113.10:443".parse().expect("address")])
         );
+        // IPv6 forms that carry a public IPv4 address are judged by it, and allowed.
+        for (url, address) in [
+            ("http://[2002:cb00:710a::1]/", "[2002:cb00:710a::1]:80"),
+            ("http://[::ffff:203.0.113.10]/", "[::ffff:203.0.113.10]:80"),
+            ("http://[2001:db8::1]:8443/", "[2001:db8::1]:8443"),
+        ] {
+            let answer = check(DEFAULT, url).await;
+            assert_eq!(answer, Ok(vec![address.parse().expect("address")]), "{url}");
+        }
     }
 
     #[tokio::test]

@@ -22,7 +22,7 @@ pub struct PlaceOrder {
     #[schema(
         min_length = 3,
         max_length = 254,
-        pattern = r"^[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+$"
+        pattern = r"^[^@\x00-\x1f\x7f-\x9f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,64}@[^@.\x00-\x1f\x7f-\x9f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+(\.[^@.\x00-\x1f\x7f-\x9f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+)+$"
     )]
     pub customer_email: String,
     /// 1 to 100 lines, each product at most once.
@@ -46,7 +46,7 @@ pub struct PlaceOrderLine {
 pub struct PaymentMethod {
     /// The payment provider's token for the customer's payment method.
     /// 1 to 200 characters, not only spaces.
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00]*[^\x00\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00]*$")]
     pub token: String,
 }
 
@@ -93,7 +93,7 @@ fn validate_email(email: &str) -> Result<(), Error> {
     let invalid = || {
         Error::Validation("customer_email: must be an e-mail address like ada@example.com".into())
     };
-    if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if email.chars().count() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid());
     }
     let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
@@ -102,7 +102,7 @@ fn validate_email(email: &str) -> Result<(), Error> {
         && !domain.starts_with('.')
         && !domain.ends_with('.')
         && !domain.contains("..");
-    if local.is_empty() || local.len() > 64 || !domain_ok {
+    if local.is_empty() || local.chars().count() > 64 || !domain_ok {
         return Err(invalid());
     }
     Ok(())

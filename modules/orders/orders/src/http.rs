@@ -42,7 +42,9 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, service: OrdersService) {
 /// `pending`. The same `Idempotency-Key` with the same body answers the same order.
 #[utoipa::path(post, path = "/orders", tag = "orders",
     request_body = PlaceOrder,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key and body answer the same order")),
+    params(("Idempotency-Key" = Option<String>, Header, max_length = 255,
+        pattern = r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$",
+        description = "Makes retries safe: the same key and body answer the same order. 1 to 255 printable ASCII characters")),
     responses(
         (status = 201, body = Order),
         (status = 422, description = "validation_failed, unknown_product, idempotency_key_reused", body = Problem),
@@ -70,12 +72,14 @@ async fn place_order(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
-    /// Whose orders.
+    /// Whose orders: the e-mail address the orders were placed with.
+    #[param(required = true, min_length = 1, pattern = r"^[^\x00]*$")]
     customer_email: Option<String>,
     /// Items per page, 1 to 200 (default 50).
     #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
+    #[param(min_length = 2, pattern = r"^(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{2,3})?$")]
     cursor: Option<String>,
 }
 
