@@ -69,13 +69,20 @@ pub struct Price;
 
 impl utoipa::PartialSchema for Price {
     fn schema() -> RefOr<Schema> {
-        money_schema("A price in minor units (cents), in the shop's currency.", 0, MAX_PRICE)
+        money_schema(
+            "A price in minor units (cents), in the shop's currency.",
+            0,
+            MAX_PRICE,
+        )
     }
 }
 
 impl ToSchema for Price {
     fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
-        schemas.push((CURRENCY_SCHEMA.into(), <Currency as utoipa::PartialSchema>::schema()));
+        schemas.push((
+            CURRENCY_SCHEMA.into(),
+            <Currency as utoipa::PartialSchema>::schema(),
+        ));
     }
 }
 
@@ -85,13 +92,20 @@ pub struct ChargeAmount;
 
 impl utoipa::PartialSchema for ChargeAmount {
     fn schema() -> RefOr<Schema> {
-        money_schema("An amount to charge in minor units (cents), in the shop's currency.", 1, i64::MAX)
+        money_schema(
+            "An amount to charge in minor units (cents), in the shop's currency.",
+            1,
+            i64::MAX,
+        )
     }
 }
 
 impl ToSchema for ChargeAmount {
     fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
-        schemas.push((CURRENCY_SCHEMA.into(), <Currency as utoipa::PartialSchema>::schema()));
+        schemas.push((
+            CURRENCY_SCHEMA.into(),
+            <Currency as utoipa::PartialSchema>::schema(),
+        ));
     }
 }
 

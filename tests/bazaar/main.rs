@@ -4,6 +4,7 @@ mod architecture;
 mod cli;
 mod faults;
 mod notifications;
+mod openapi;
 mod orders;
 mod serve;
 mod support;

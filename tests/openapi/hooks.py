@@ -12,24 +12,18 @@ hooks make generated requests meet them and change nothing else:
   policy allows; the test machine has no DNS, so the URL becomes one on a public address
   literal (TEST-NET-3, never answered).
 
-Only values that are already schema-valid are replaced, by schema-valid ones, so a case
-generated to be invalid stays invalid.
+Only parts generated to fit the schema are changed, and only into values that fit it
+too, so a case generated to break the schema still breaks it.
 """
 
 import hashlib
 import json
 import os
-import re
 import uuid
 
 import schemathesis
 
 PRODUCT_IDS = json.loads(os.environ.get("BAZAAR_PRODUCT_IDS", "[]"))
-UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$")
-WEBHOOK_URL = re.compile(
-    r"^\s*[Hh][Tt][Tt][Pp][Ss]?://[^\s\x00/?#@\\]+(?:[/?#][^\s\x00]*)?\s*$"
-)
 
 
 def digest(*parts) -> str:
@@ -37,10 +31,13 @@ def digest(*parts) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def valid_product_line(line) -> bool:
-    return isinstance(line, dict) and isinstance(line.get("product_id"), str) and bool(
-        UUID.match(line["product_id"])
-    )
+def fits_schema(case, location: str) -> bool:
+    """Whether this part of the case was generated to fit the schema."""
+    meta = case.meta
+    if meta is None:
+        return True
+    info = meta.components.get(location)
+    return info is None or info.mode == "positive"
 
 
 @schemathesis.hook
@@ -49,23 +46,20 @@ def before_call(ctx, case, **kwargs):
     method, path = case.operation.method.upper(), case.operation.path
     body = case.body
     if method == "POST" and path == "/orders":
-        if isinstance(body, dict) and isinstance(body.get("lines"), list):
-            for position, line in enumerate(body["lines"]):
-                if valid_product_line(line) and position < len(PRODUCT_IDS):
+        if fits_schema(case, "body") and isinstance(body, dict):
+            for position, line in enumerate(body.get("lines", [])):
+                if position < len(PRODUCT_IDS):
                     line["product_id"] = PRODUCT_IDS[position]
         key = (case.headers or {}).get("Idempotency-Key")
-        if isinstance(key, str) and len(key) <= 255 and IDEMPOTENCY_KEY.match(key):
+        if fits_schema(case, "header") and isinstance(key, str):
             case.headers["Idempotency-Key"] = digest(key, body) + key[:247].rstrip()
     elif method == "POST" and path == "/internal/catalog/reservations/{order_id}":
-        if isinstance(body, dict) and isinstance(body.get("lines"), list):
+        if fits_schema(case, "body") and isinstance(body, dict):
             seen = set()
-            for line in body["lines"]:
-                if valid_product_line(line):
-                    if line["product_id"].lower() in seen:
-                        line["product_id"] = str(uuid.uuid4())
-                    seen.add(line["product_id"].lower())
+            for line in body.get("lines", []):
+                if line["product_id"].lower() in seen:
+                    line["product_id"] = str(uuid.uuid4())
+                seen.add(line["product_id"].lower())
     elif method == "POST" and path == "/notifications/webhooks":
-        if isinstance(body, dict) and isinstance(body.get("url"), str):
-            url = body["url"]
-            if len(url) <= 2048 and WEBHOOK_URL.match(url):
-                body["url"] = f"http://203.0.113.7/hooks/{digest(url)}"
+        if fits_schema(case, "body") and isinstance(body, dict):
+            body["url"] = f"http://203.0.113.7/hooks/{digest(body.get('url'))}"

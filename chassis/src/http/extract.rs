@@ -134,9 +134,9 @@ fn segments(path: &serde_ignored::Path<'_>) -> Vec<Segment> {
             segments.push(Segment::Key(key.clone()));
             segments
         }
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
-            segments(parent)
-        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => segments(parent),
     }
 }
 
@@ -290,7 +290,11 @@ mod tests {
         }
         let nested = br#"{"lines": [{"name": "a"}, {"name": "\u0000"}]}"#;
         let problem = parse_json::<Lines>(nested).expect_err("refused");
-        assert!(problem.detail.starts_with("lines[1].name: "), "{}", problem.detail);
+        assert!(
+            problem.detail.starts_with("lines[1].name: "),
+            "{}",
+            problem.detail
+        );
         // An escaped backslash followed by the text `u0000` holds no NUL.
         let named = parse_json::<Named>(br#"{"name": "a\\u0000"}"#).expect("accepted");
         assert_eq!(named.name, r"a\u0000");

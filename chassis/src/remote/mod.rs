@@ -373,7 +373,10 @@ pub fn install_tls_provider() {
 fn describe(error: &reqwest::Error) -> String {
     // The operator's log keeps the cause, whose text carries no URL.
     let cause = std::error::Error::source(error).map(ToString::to_string);
-    tracing::debug!(cause = cause.as_deref().unwrap_or("none"), "call to a peer failed");
+    tracing::debug!(
+        cause = cause.as_deref().unwrap_or("none"),
+        "call to a peer failed"
+    );
     if error.is_timeout() {
         "timed out".into()
     } else if error.is_connect() {

@@ -66,11 +66,19 @@ pub struct ChargeRequest {
     pub amount: Money,
     /// The payment method's token, as the payment provider issued it: 1 to 200
     /// characters, not only spaces.
-    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00]*[^\x00\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00]*[^\x00\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00]*$"
+    )]
     pub token: String,
     /// Whom the order belongs to. Billing keeps it with the payment and names it in its
     /// events, so that their consumers (the refund e-mail) need nothing else. 1 to 254
     /// characters, not only spaces.
-    #[schema(min_length = 1, max_length = 254, pattern = r"^[^\x00]*[^\x00\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 254,
+        pattern = r"^[^\x00]*[^\x00\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00]*$"
+    )]
     pub customer_email: String,
 }

@@ -119,13 +119,20 @@ pub struct Webhook {
 pub struct CreateWebhook {
     /// An `http` or `https` URL without credentials, up to 2048 characters. Its host must
     /// resolve to addresses the target policy allows (`notifications.allow_private_webhooks`).
-    #[schema(max_length = 2048, pattern = r"^\s*[Hh][Tt][Tt][Pp][Ss]?://[^\s\x00/?#@\\]+(?:[/?#][^\s\x00]*)?\s*$")]
+    #[schema(
+        max_length = 2048,
+        pattern = r"^\s*[Hh][Tt][Tt][Pp][Ss]?://[^\s\x00/?#@\\]+(?:[/?#][^\s\x00]*)?\s*$"
+    )]
     pub url: String,
     /// At least one event type.
     #[schema(value_type = Vec<EventType>, min_items = 1)]
     pub events: Vec<String>,
     /// The HMAC-SHA256 key of `X-Bazaar-Signature`: 1 to 1024 characters, not only spaces.
-    #[schema(min_length = 1, max_length = 1024, pattern = r"^[^\x00]*[^\x00\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 1024,
+        pattern = r"^[^\x00]*[^\x00\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00]*$"
+    )]
     pub secret: String,
 }
 
