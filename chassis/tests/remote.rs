@@ -263,6 +263,28 @@ async fn an_unreachable_peer_is_unavailable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn why_a_call_failed_does_not_name_the_peer_address() {
+    // A peer that takes each connection and closes it without an answer.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binds");
+    let address = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(8) {
+            drop(stream);
+        }
+    });
+    let url = Url::parse(&format!("http://{address}/")).expect("url");
+    let outcome: Result<serde_json::Value, _> =
+        client(&url, settings()).get("/anything", &[]).await;
+    match outcome {
+        Err(RemoteError::Unavailable { reason, .. }) => {
+            assert_eq!(reason, "the request failed");
+            assert!(!reason.contains(&address.to_string()), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_503_problem_from_a_live_peer_is_handed_back_without_tripping_the_breaker() {
     let peer = peer().await;
     let sensitive = RemoteSettings {
