@@ -58,12 +58,24 @@ fn open_database(config: &Config, name: &str) -> anyhow::Result<Database> {
         .with_context(|| format!("module {name}: cannot open its database {url}"))
 }
 
+/// The bus `bus.kind` names: in-process, or NATS JetStream (connected, its stream made).
+async fn event_bus(config: &Config) -> anyhow::Result<Arc<dyn EventBus>> {
+    #[cfg(feature = "nats")]
+    if let Some(settings) = config.bus.nats() {
+        let bus = chassis::events::NatsBus::connect(settings)
+            .await
+            .context("bus.kind = \"nats\": the event bus cannot start")?;
+        return Ok(Arc::new(bus));
+    }
+    Ok(Arc::new(InProcessBus::new()))
+}
+
 /// Builds every module this process hosts or reaches, as config and features say.
 pub async fn compose(config: &Config) -> anyhow::Result<Composition> {
     let mut composition = Composition {
         local: Vec::new(),
         entries: Vec::new(),
-        bus: Arc::new(InProcessBus::new()),
+        bus: event_bus(config).await?,
         catalog: None,
         billing: None,
         #[cfg(feature = "catalog")]
@@ -243,8 +255,8 @@ impl Composition {
                         "consumer {} needs {event_type} events from the remote module {source}, which an \
                          in-process bus cannot carry: run {source} in this process (modules.{source}.mode = \"local\"), \
                          or run {consumer_module} where {source} runs (modules.{consumer_module}.mode = \"remote\" \
-                         and modules.{consumer_module}.url); broker transports (bus.kind = nats or rabbitmq) are \
-                         not available in this version",
+                         and modules.{consumer_module}.url), or carry events through a broker (bus.kind = \"nats\" \
+                         and bus.url)",
                         subscription.consumer
                     );
                 }
@@ -281,7 +293,7 @@ impl Composition {
                     "{consumer} runs in another process (modules.{consumer}.mode = \"remote\") and consumes {}, \
                      which this process publishes; an in-process bus cannot carry events between processes: \
                      run {consumer} here (modules.{consumer}.mode = \"local\"), or set modules.{consumer}.mode = \"off\" \
-                     to run without it; broker transports (bus.kind = nats or rabbitmq) are not available in this version",
+                     to run without it, or carry events through a broker (bus.kind = \"nats\" and bus.url)",
                     lost.join(", ")
                 );
             }

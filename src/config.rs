@@ -82,11 +82,21 @@ impl Config {
         self.bus.validate()?;
         self.events.validate()?;
         chassis::telemetry::validate(&self.log)?;
-        if self.bus.kind != BusKind::InProcess {
-            return Err(ConfigError::key(
-                "bus.kind",
-                "only \"in_process\" is available in this version; broker transports come with split-mode events",
-            ));
+        match self.bus.kind {
+            BusKind::InProcess => {}
+            BusKind::Nats if cfg!(feature = "nats") => {}
+            BusKind::Nats => {
+                return Err(ConfigError::key(
+                    "bus.kind",
+                    "\"nats\" needs a binary built with the nats feature (on by default)",
+                ));
+            }
+            BusKind::Rabbitmq => {
+                return Err(ConfigError::key(
+                    "bus.kind",
+                    "\"rabbitmq\" is not available in this version: use \"in_process\" or \"nats\"",
+                ));
+            }
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::key("data_dir", "must not be empty"));

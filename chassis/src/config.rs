@@ -221,12 +221,45 @@ impl Default for DatabaseSettings {
 }
 
 /// `bus`: how events travel between modules.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BusSettings {
     pub kind: BusKind,
     /// The broker's URL, for `nats` and `rabbitmq`; printed with its credentials redacted.
     pub url: Option<crate::secret::SecretUrl>,
+    /// NATS: the JetStream stream that holds every event.
+    pub stream: String,
+    /// NATS: partitions of the stream; a key's events stay in one, in order. Fixed per
+    /// deployment: changing it moves keys between partitions, so do it on an empty stream.
+    pub partitions: u16,
+    /// NATS: how long the stream keeps an event.
+    #[serde(with = "humantime_serde")]
+    pub max_age: std::time::Duration,
+    /// NATS: how long JetStream remembers an event id to drop a copy published again.
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: std::time::Duration,
+    /// NATS: how long a delivered event stays with its instance without news before
+    /// JetStream gives it to another (an instance at work on it renews this).
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: std::time::Duration,
+    /// NATS: how long to wait for the connection and for each publish ack.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: std::time::Duration,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        Self {
+            kind: BusKind::default(),
+            url: None,
+            stream: "BAZAAR_EVENTS".into(),
+            partitions: 16,
+            max_age: std::time::Duration::from_secs(7 * 24 * 3600),
+            duplicate_window: std::time::Duration::from_secs(120),
+            ack_wait: std::time::Duration::from_secs(30),
+            publish_timeout: std::time::Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,15 +271,66 @@ pub enum BusKind {
     Rabbitmq,
 }
 
+/// What the NATS bus needs, from [`BusSettings`].
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    pub url: crate::secret::SecretUrl,
+    pub stream: String,
+    pub partitions: u16,
+    pub max_age: std::time::Duration,
+    pub duplicate_window: std::time::Duration,
+    pub ack_wait: std::time::Duration,
+    pub publish_timeout: std::time::Duration,
+    /// Publishes of one batch, the first included, before `publish` gives up.
+    pub publish_attempts: u32,
+}
+
 impl BusSettings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self.kind {
-            BusKind::InProcess => Ok(()),
-            BusKind::Nats | BusKind::Rabbitmq if self.url.is_none() => Err(ConfigError::key(
-                "bus.url",
-                "required when bus.kind is nats or rabbitmq",
-            )),
-            BusKind::Nats | BusKind::Rabbitmq => Ok(()),
+            BusKind::InProcess => return Ok(()),
+            BusKind::Nats | BusKind::Rabbitmq if self.url.is_none() => {
+                return Err(ConfigError::key(
+                    "bus.url",
+                    "required when bus.kind is nats or rabbitmq",
+                ));
+            }
+            BusKind::Nats | BusKind::Rabbitmq => {}
+        }
+        if self.partitions == 0 {
+            return Err(ConfigError::key("bus.partitions", "must be at least 1"));
+        }
+        if self.stream.is_empty()
+            || !self
+                .stream
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ConfigError::key(
+                "bus.stream",
+                "must be letters, digits, '-' and '_'",
+            ));
+        }
+        if self.ack_wait < std::time::Duration::from_secs(3) {
+            return Err(ConfigError::key("bus.ack_wait", "must be at least 3s"));
+        }
+        Ok(())
+    }
+
+    /// The NATS bus's settings, when `kind` is `nats`.
+    pub fn nats(&self) -> Option<NatsSettings> {
+        match (self.kind, &self.url) {
+            (BusKind::Nats, Some(url)) => Some(NatsSettings {
+                url: url.clone(),
+                stream: self.stream.clone(),
+                partitions: self.partitions,
+                max_age: self.max_age,
+                duplicate_window: self.duplicate_window,
+                ack_wait: self.ack_wait,
+                publish_timeout: self.publish_timeout,
+                publish_attempts: 3,
+            }),
+            _ => None,
         }
     }
 }

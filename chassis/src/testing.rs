@@ -265,3 +265,100 @@ pub async fn assert_problem(
     );
     body
 }
+
+/// A `nats-server -js` of a test's own, on a free port of 127.0.0.1 with its own store
+/// folder, so that the test can kill and restart it; never the machine's shared one.
+#[cfg(feature = "nats")]
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<std::process::Child>,
+    port: u16,
+    store: tempfile::TempDir,
+}
+
+#[cfg(feature = "nats")]
+impl NatsServer {
+    /// Starts one, or answers `None` (after printing why) when `nats-server` is not
+    /// installed outside CI; in CI that fails the test.
+    pub fn start() -> Option<Self> {
+        let store = match tempfile::tempdir() {
+            Ok(store) => store,
+            Err(error) => panic!("cannot create a store folder: {error}"),
+        };
+        let port = match std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+        {
+            Ok(address) => address.port(),
+            Err(error) => panic!("cannot find a free port: {error}"),
+        };
+        let mut server = Self {
+            child: None,
+            port,
+            store,
+        };
+        match server.spawn() {
+            Ok(()) => Some(server),
+            Err(error) => {
+                let message = format!("nats-server does not start ({error}); install it");
+                if std::env::var("CI").is_ok_and(|value| value == "true" || value == "1") {
+                    panic!("{message}: NATS tests must run in CI");
+                }
+                eprintln!("SKIPPED: {message}");
+                None
+            }
+        }
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Ends the server at once, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store: what it had stored is back.
+    pub fn restart(&mut self) {
+        self.kill();
+        if let Err(error) = self.spawn() {
+            panic!("nats-server does not start again: {error}");
+        }
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let child = std::process::Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        self.kill();
+        Err(std::io::Error::other("it did not listen within 5 s"))
+    }
+}
+
+#[cfg(feature = "nats")]
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

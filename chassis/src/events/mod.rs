@@ -25,6 +25,8 @@ pub mod dead_letters;
 mod in_process;
 #[cfg(feature = "server")]
 mod inbox;
+#[cfg(feature = "nats")]
+mod nats;
 #[cfg(feature = "server")]
 pub mod outbox;
 #[cfg(feature = "server")]
@@ -34,5 +36,7 @@ pub(crate) mod schema;
 pub use in_process::InProcessBus;
 #[cfg(feature = "server")]
 pub use inbox::{Applied, Inbox};
+#[cfg(feature = "nats")]
+pub use nats::NatsBus;
 #[cfg(feature = "server")]
 pub use outbox::{Events, OutboxRelay, RelaySettings};
