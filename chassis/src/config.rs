@@ -239,7 +239,8 @@ pub struct BusSettings {
     #[serde(with = "humantime_serde")]
     pub duplicate_window: std::time::Duration,
     /// NATS: how long a delivered event stays with its instance without news before
-    /// JetStream gives it to another (an instance at work on it renews this).
+    /// JetStream gives it to another (an instance at work on it renews this). Also how
+    /// long the events in flight when a broker crashed wait before they come again.
     #[serde(with = "humantime_serde")]
     pub ack_wait: std::time::Duration,
     /// NATS: how long to wait for the connection and for each publish ack.
@@ -256,7 +257,7 @@ impl Default for BusSettings {
             partitions: 16,
             max_age: std::time::Duration::from_secs(7 * 24 * 3600),
             duplicate_window: std::time::Duration::from_secs(120),
-            ack_wait: std::time::Duration::from_secs(30),
+            ack_wait: std::time::Duration::from_secs(10),
             publish_timeout: std::time::Duration::from_secs(5),
         }
     }

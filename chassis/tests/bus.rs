@@ -16,8 +16,8 @@ use chassis::db::Database;
 use chassis::events::dead_letters::DeadLetters;
 use chassis::events::outbox::{OutboxRelay, RelaySettings};
 use chassis::events::{
-    Envelope, EventBus, EventHandler, HandlerError, InProcessBus, NatsBus, RetryPolicy,
-    Subscription,
+    Applied, Envelope, EventBus, EventHandler, HandlerError, InProcessBus, Inbox, NatsBus,
+    RetryPolicy, Subscription,
 };
 use chassis::secret::SecretUrl;
 use chassis::testing::{NatsServer, TestDatabase};
@@ -60,6 +60,10 @@ impl Harness {
     }
 
     fn nats_settings(&self) -> Option<NatsSettings> {
+        self.nats_settings_with(Duration::from_secs(30))
+    }
+
+    fn nats_settings_with(&self, ack_wait: Duration) -> Option<NatsSettings> {
         let server = self.nats.as_ref()?;
         Some(NatsSettings {
             url: SecretUrl::new(server.url()),
@@ -67,7 +71,7 @@ impl Harness {
             partitions: PARTITIONS,
             max_age: Duration::from_secs(3600),
             duplicate_window: Duration::from_secs(120),
-            ack_wait: Duration::from_secs(30),
+            ack_wait,
             publish_timeout: Duration::from_secs(2),
             publish_attempts: 3,
         })
@@ -429,3 +433,151 @@ on_every_bus!(
     a_poison_event_is_parked_and_other_keys_go_on,
     a_handler_that_fails_twice_applies_once,
 );
+
+/// Applies each event through the consumer's inbox (an `items` row per event) and counts
+/// what it was given; while `hold` is set, it keeps the first event it applied, as if its
+/// process froze between the commit and the ack.
+struct Applier {
+    inbox: Inbox,
+    applied: Mutex<Vec<uuid::Uuid>>,
+    duplicates: AtomicUsize,
+    hold: Option<tokio::sync::Notify>,
+}
+
+impl Applier {
+    fn new(db: &Database, consumer: &str) -> Self {
+        Self {
+            inbox: Inbox::new(db.clone(), consumer),
+            applied: Mutex::new(Vec::new()),
+            duplicates: AtomicUsize::new(0),
+            hold: None,
+        }
+    }
+
+    fn applied(&self) -> Vec<uuid::Uuid> {
+        self.applied.lock().expect("lock").clone()
+    }
+}
+
+#[async_trait]
+impl EventHandler for Applier {
+    async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
+        let id = event.id.to_string();
+        let applied = self
+            .inbox
+            .apply(event, move |conn, _events| {
+                diesel::insert_into(items::table)
+                    .values((items::id.eq(id), items::n.eq(1_i64)))
+                    .execute(conn)?;
+                Ok::<_, TestError>(())
+            })
+            .await
+            .map_err(HandlerError::new)?;
+        match applied {
+            Applied::Handled => self.applied.lock().expect("lock").push(event.id),
+            Applied::Duplicate => {
+                self.duplicates.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        if let Some(hold) = &self.hold {
+            hold.notified().await;
+        }
+        Ok(())
+    }
+}
+
+async fn effects(db: &Database) -> i64 {
+    db.read(|conn| {
+        items::table
+            .count()
+            .get_result::<i64>(conn)
+            .map_err(TestError::from)
+    })
+    .await
+    .expect("counts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_committed_before_during_and_after_a_broker_restart_are_all_applied_once() {
+    let Some(mut harness) = Harness::new(Kind::Nats).await else {
+        return;
+    };
+    let consumer_test_db = TestDatabase::sqlite();
+    let consumer_db = consumer_test_db.open(MIGRATIONS).await;
+    // What was in flight when the broker died comes again after ack_wait.
+    let settings = harness
+        .nats_settings_with(Duration::from_secs(3))
+        .expect("nats");
+    let bus = NatsBus::connect(settings).await.expect("connects");
+    let applier = Arc::new(Applier::new(&consumer_db, "survivor"));
+    harness.subscribe(&bus, "survivor", applier.clone()).await;
+    let relay = harness.relay().await;
+    let mut sent = Vec::new();
+    for n in 0..40 {
+        let event = event(&format!("key-{}", n % 9), n);
+        sent.push(event.id);
+        harness.commit(event).await;
+    }
+    eventually("the consumer is at work", || applier.applied().len() >= 10).await;
+    harness.nats.as_mut().expect("nats").kill();
+    for n in 40..80 {
+        let event = event(&format!("key-{}", n % 9), n);
+        sent.push(event.id);
+        harness.commit(event).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    harness.nats.as_mut().expect("nats").restart();
+    for n in 80..120 {
+        let event = event(&format!("key-{}", n % 9), n);
+        sent.push(event.id);
+        harness.commit(event).await;
+    }
+    eventually("all 120 applied", || applier.applied().len() == 120).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sorted(applier.applied()), sorted(sent), "every event, once");
+    assert_eq!(effects(&consumer_db).await, 120, "one effect per event");
+    relay.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_consumer_died_before_the_ack_is_redelivered_and_applied_once() {
+    let Some(harness) = Harness::new(Kind::Nats).await else {
+        return;
+    };
+    let consumer_test_db = TestDatabase::sqlite();
+    let consumer_db = consumer_test_db.open(MIGRATIONS).await;
+    let ack_wait = Duration::from_secs(3);
+    let settings = harness.nats_settings_with(ack_wait).expect("nats");
+    let frozen = Arc::new(Applier {
+        hold: Some(tokio::sync::Notify::new()),
+        ..Applier::new(&consumer_db, "mortal")
+    });
+    let first_instance = NatsBus::connect(settings.clone()).await.expect("connects");
+    harness
+        .subscribe(&first_instance, "mortal", frozen.clone())
+        .await;
+    let relay = harness.relay().await;
+    let only = event("mortal-key", 1);
+    harness.commit(only.clone()).await;
+    eventually("applied by the first instance", || {
+        frozen.applied() == vec![only.id]
+    })
+    .await;
+    // The first instance dies before its ack; a second one takes over.
+    drop(first_instance);
+    let survivor = Arc::new(Applier::new(&consumer_db, "mortal"));
+    let second_instance = NatsBus::connect(settings).await.expect("connects");
+    harness
+        .subscribe(&second_instance, "mortal", survivor.clone())
+        .await;
+    eventually("redelivered to the second instance", || {
+        survivor.duplicates.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(
+        survivor.applied().is_empty(),
+        "the inbox saw it was applied"
+    );
+    assert_eq!(effects(&consumer_db).await, 1, "one effect");
+    relay.abort();
+}

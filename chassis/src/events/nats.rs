@@ -46,6 +46,9 @@ const SUBJECT_PREFIX: &str = "bazaar.events";
 /// The NATS JetStream bus; see the module documentation.
 pub struct NatsBus {
     jetstream: jetstream::Context,
+    /// Counts the connections made; a pull restarts when it changes, since the broker it
+    /// waited on may have forgotten its pull request.
+    connections: tokio::sync::watch::Receiver<u64>,
     settings: NatsSettings,
     consumers: Mutex<HashSet<String>>,
     pulls: Mutex<Vec<JoinHandle<()>>>,
@@ -72,8 +75,16 @@ impl NatsBus {
     /// Connects to `settings.url` and creates the stream if it is missing. The client
     /// reconnects by itself after a lost connection.
     pub async fn connect(settings: NatsSettings) -> Result<Self, BusError> {
+        let (connected, connections) = tokio::sync::watch::channel(0_u64);
         let client = async_nats::ConnectOptions::new()
             .name("bazaar")
+            .event_callback(move |event| {
+                if let async_nats::Event::Connected = event {
+                    connected.send_modify(|count| *count += 1);
+                }
+                tracing::info!(%event, "NATS connection");
+                std::future::ready(())
+            })
             .connection_timeout(settings.publish_timeout)
             .request_timeout(Some(settings.publish_timeout))
             .max_reconnects(None)
@@ -87,6 +98,7 @@ impl NatsBus {
             })?;
         let bus = Self {
             jetstream: jetstream::new(client),
+            connections,
             settings,
             consumers: Mutex::new(HashSet::new()),
             pulls: Mutex::new(Vec::new()),
@@ -270,6 +282,7 @@ impl EventBus for NatsBus {
         for partition in 0..self.settings.partitions {
             let pull = PartitionPull {
                 jetstream: self.jetstream.clone(),
+                connections: self.connections.clone(),
                 settings: self.settings.clone(),
                 durable: format!("{name}-p{partition}"),
                 filter: format!("{SUBJECT_PREFIX}.p{partition}.>"),
@@ -286,6 +299,7 @@ impl EventBus for NatsBus {
 /// One consumer name's pull from one partition.
 struct PartitionPull {
     jetstream: jetstream::Context,
+    connections: tokio::sync::watch::Receiver<u64>,
     settings: NatsSettings,
     durable: String,
     filter: String,
@@ -322,7 +336,7 @@ impl PartitionPull {
 
     /// Pulls for ever: a pull that ends (connection lost, broker restarted, consumer
     /// deleted) starts again after a backoff.
-    async fn run(self) {
+    async fn run(mut self) {
         let mut delays = backoff();
         loop {
             match self.pull().await {
@@ -335,7 +349,9 @@ impl PartitionPull {
         }
     }
 
-    async fn pull(&self) -> Result<(), String> {
+    /// One pull, until it fails or the client reconnects (answering `Ok`).
+    async fn pull(&mut self) -> Result<(), String> {
+        self.connections.mark_unchanged();
         let stream = ensure_stream(&self.jetstream, &self.settings)
             .await
             .map_err(|error| error.to_string())?;
@@ -347,11 +363,21 @@ impl PartitionPull {
             .messages()
             .await
             .map_err(|error| error.to_string())?;
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(|error| error.to_string())?;
-            self.settle(message).await?;
+        loop {
+            tokio::select! {
+                next = messages.next() => match next {
+                    Some(message) => {
+                        let message = message.map_err(|error| error.to_string())?;
+                        self.settle(message).await?;
+                    }
+                    None => return Ok(()),
+                },
+                changed = self.connections.changed() => {
+                    changed.map_err(|_| "the NATS client is gone".to_owned())?;
+                    return Ok(());
+                }
+            }
         }
-        Ok(())
     }
 
     /// Hands one message to the consumer runtime and acks it once settled.
@@ -361,14 +387,13 @@ impl PartitionPull {
             Err(error) => {
                 // Not an event Bazaar wrote: nobody can handle it, and retrying changes nothing.
                 tracing::error!(consumer = %self.durable, subject = %message.subject, %error, "undecodable message on the event stream; terminated");
-                return message
-                    .ack_with(AckKind::Term)
-                    .await
-                    .map_err(|error| error.to_string());
+                self.ack(&message, AckKind::Term).await;
+                return Ok(());
             }
         };
         if !self.runtime.wants(&event.event_type) {
-            return message.ack().await.map_err(|error| error.to_string());
+            self.ack(&message, AckKind::Ack).await;
+            return Ok(());
         }
         if message.info().is_ok_and(|info| info.delivered > 1) {
             metrics::counter!("bazaar_bus_redelivered_total", "consumer" => self.runtime.consumer_name().to_owned()).increment(1);
@@ -397,9 +422,34 @@ impl PartitionPull {
                 }
             }
         }
-        message.ack().await.map_err(|error| error.to_string())?;
-        metrics::counter!("bazaar_bus_acked_total", "consumer" => self.runtime.consumer_name().to_owned()).increment(1);
+        self.ack(&message, AckKind::Ack).await;
         Ok(())
+    }
+
+    /// Acks and waits for JetStream to confirm, trying again through a reconnect: an ack
+    /// lost with the connection would hold the partition until `ack_wait` ran out. After
+    /// `ack_wait` it gives up; JetStream then redelivers, and the inbox drops the copy.
+    async fn ack(&self, message: &jetstream::Message, kind: AckKind) {
+        let consumer = self.runtime.consumer_name().to_owned();
+        let deadline = tokio::time::Instant::now() + self.settings.ack_wait;
+        let mut delays = backoff();
+        loop {
+            match message.double_ack_with(kind).await {
+                Ok(()) => {
+                    metrics::counter!("bazaar_bus_acked_total", "consumer" => consumer)
+                        .increment(1);
+                    return;
+                }
+                Err(error) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(consumer = %self.durable, %error, "ack not confirmed; trying again");
+                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
+                }
+                Err(error) => {
+                    tracing::warn!(consumer = %self.durable, %error, "ack not confirmed; JetStream will deliver the event again");
+                    return;
+                }
+            }
+        }
     }
 }
 
