@@ -421,6 +421,7 @@ pub async fn start(
         );
     }
     let operations = Arc::new(Operations {
+        bus: Arc::clone(&composition.bus),
         modules: composition.entries.clone(),
         openapi: composition.openapi(&config.shop.currency),
     });

@@ -34,6 +34,8 @@ pub struct ModuleEntry {
 /// Everything the operations endpoints report on.
 pub struct Operations {
     pub modules: Vec<ModuleEntry>,
+    /// How events travel; `/health/ready` checks it.
+    pub bus: Arc<dyn crate::events::EventBus>,
     pub openapi: utoipa::openapi::OpenApi,
 }
 
@@ -56,7 +58,16 @@ struct ModuleView<'a> {
 #[derive(Debug, Serialize)]
 struct ReadyView {
     status: &'static str,
+    bus: BusReady,
     modules: Vec<ModuleReady>,
+}
+
+#[derive(Debug, Serialize)]
+struct BusReady {
+    kind: &'static str,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -153,8 +164,15 @@ async fn ready(ops: web::Data<Operations>) -> HttpResponse {
             checks,
         });
     }
+    let bus_check = ops.bus.check().await;
+    all_ok &= bus_check.is_ok();
     let view = ReadyView {
         status: if all_ok { "ok" } else { "error" },
+        bus: BusReady {
+            kind: ops.bus.kind(),
+            status: if bus_check.is_ok() { "ok" } else { "error" },
+            error: bus_check.err(),
+        },
         modules: reports,
     };
     if all_ok {

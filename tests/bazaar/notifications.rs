@@ -46,6 +46,69 @@ fn expected_signature(body: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_confirmed_order_sends_one_e_mail_and_one_signed_webhook_call() {
+    let base = confirmed_order_sends_one_e_mail_and_one_signed_webhook_call(|_config| {}).await;
+    let ready: Value = support::http()
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ready["bus"], json!({"kind": "in_process", "status": "ok"}));
+}
+
+/// The same flow with events through NATS JetStream (a `nats-server` of the test's own).
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_confirmed_order_sends_one_e_mail_and_one_signed_webhook_call_through_nats() {
+    let Some(mut nats) = chassis::testing::NatsServer::start() else {
+        return;
+    };
+    let base = confirmed_order_sends_one_e_mail_and_one_signed_webhook_call(|config| {
+        config.bus.kind = chassis::config::BusKind::Nats;
+        config.bus.url = Some(chassis::secret::SecretUrl::new(nats.url()));
+    })
+    .await;
+    let http = support::http();
+    let ready = http
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.expect("json");
+    assert_eq!(
+        ready["bus"],
+        json!({"kind": "nats", "status": "ok"}),
+        "{ready}"
+    );
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("answers")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("bazaar_bus_published_total"), "{metrics}");
+    assert!(metrics.contains("bazaar_bus_acked_total"), "{metrics}");
+
+    nats.kill();
+    let ready = http
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(ready.status(), 503, "the broker is gone");
+    let ready: Value = ready.json().await.expect("json");
+    assert_eq!(ready["bus"]["status"], "error", "{ready}");
+}
+
+/// Answers the server's base URL.
+async fn confirmed_order_sends_one_e_mail_and_one_signed_webhook_call(
+    configure: impl FnOnce(&mut bazaar::Config),
+) -> String {
     let received = web::Data::new(Received::default());
     let listener = TcpListener::bind("127.0.0.1:0").expect("binds");
     let hook_url = format!("http://{}/hook", listener.local_addr().expect("address"));
@@ -68,6 +131,7 @@ async fn a_confirmed_order_sends_one_e_mail_and_one_signed_webhook_call() {
     config.notifications.poll_interval = Duration::from_millis(100);
     // The receiver listens on 127.0.0.1.
     config.notifications.allow_private_webhooks = true;
+    configure(&mut config);
     let base = support::spawn(config).await;
     let http = support::http();
     let hook = http
@@ -150,6 +214,7 @@ async fn a_confirmed_order_sends_one_e_mail_and_one_signed_webhook_call() {
     assert_eq!(envelope["type"], "orders.order_confirmed");
     assert_eq!(envelope["payload"]["order"]["id"], order["id"]);
     receiver_handle.stop(false).await;
+    base
 }
 
 #[tokio::test]

@@ -95,4 +95,12 @@ pub trait EventBus: Send + Sync {
 
     /// Delivers the subscription's event types to its handler from now on.
     async fn subscribe(&self, subscription: Subscription) -> Result<(), BusError>;
+
+    /// What `/health/ready` calls the bus: `in_process`, `nats`.
+    fn kind(&self) -> &'static str;
+
+    /// Whether the bus can carry events now; the error says what is wrong.
+    async fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
 }

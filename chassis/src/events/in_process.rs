@@ -68,6 +68,10 @@ impl EventBus for InProcessBus {
         })
     }
 
+    fn kind(&self) -> &'static str {
+        "in_process"
+    }
+
     async fn subscribe(&self, subscription: Subscription) -> Result<(), BusError> {
         if subscription.event_types.is_empty() {
             return Err(BusError::InvalidSubscription(format!(

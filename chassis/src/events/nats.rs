@@ -249,6 +249,23 @@ impl EventBus for NatsBus {
         }
     }
 
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    /// Connected, and the stream is there.
+    async fn check(&self) -> Result<(), String> {
+        let state = self.jetstream.client().connection_state();
+        if state != async_nats::connection::State::Connected {
+            return Err(format!("not connected to NATS ({state})"));
+        }
+        self.jetstream
+            .get_stream(&self.settings.stream)
+            .await
+            .map(drop)
+            .map_err(|error| format!("stream {}: {error}", self.settings.stream))
+    }
+
     async fn subscribe(&self, subscription: Subscription) -> Result<(), BusError> {
         if subscription.event_types.is_empty() {
             return Err(BusError::InvalidSubscription(format!(
@@ -291,6 +308,11 @@ impl EventBus for NatsBus {
             pull.consumer(&stream).await?;
             pulls.push(tokio::spawn(pull.run()));
         }
+        pulls.push(tokio::spawn(report_lag(
+            self.jetstream.clone(),
+            self.settings.clone(),
+            name,
+        )));
         self.pulls().extend(pulls);
         Ok(())
     }
@@ -450,6 +472,32 @@ impl PartitionPull {
                 }
             }
         }
+    }
+}
+
+/// How often a consumer's lag is read from JetStream.
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Keeps `bazaar_bus_consumer_pending{consumer}` at the events waiting for `consumer` (not
+/// delivered yet, or delivered and not acked), over its partitions.
+async fn report_lag(jetstream: jetstream::Context, settings: NatsSettings, consumer: String) {
+    let mut every = tokio::time::interval(LAG_INTERVAL);
+    loop {
+        every.tick().await;
+        let Ok(stream) = jetstream.get_stream(&settings.stream).await else {
+            continue;
+        };
+        let mut pending = 0_u64;
+        for partition in 0..settings.partitions {
+            let durable = format!("{consumer}-p{partition}");
+            if let Ok(mut pull) = stream.get_consumer::<pull::Config>(&durable).await
+                && let Ok(info) = pull.info().await
+            {
+                pending += info.num_pending + info.num_ack_pending as u64;
+            }
+        }
+        metrics::gauge!("bazaar_bus_consumer_pending", "consumer" => consumer.clone())
+            .set(pending as f64);
     }
 }
 
