@@ -286,6 +286,34 @@ mod tests {
     }
 
     #[test]
+    fn the_bus_is_in_process_or_nats_with_a_url() {
+        let config = load(&[
+            ("BAZAAR__BUS__KIND", "nats"),
+            ("BAZAAR__BUS__URL", "nats://127.0.0.1:4222"),
+            ("BAZAAR__BUS__PARTITIONS", "8"),
+        ])
+        .expect("nats with a url is valid");
+        let nats = config.bus.nats().expect("nats settings");
+        assert_eq!(nats.partitions, 8);
+        assert_eq!(nats.stream, "BAZAAR_EVENTS");
+        let error = load(&[("BAZAAR__BUS__KIND", "nats")]).expect_err("needs a url");
+        assert!(error.to_string().contains("bus.url"), "{error}");
+        let error = load(&[
+            ("BAZAAR__BUS__KIND", "nats"),
+            ("BAZAAR__BUS__URL", "nats://127.0.0.1:4222"),
+            ("BAZAAR__BUS__PARTITIONS", "0"),
+        ])
+        .expect_err("no partition");
+        assert!(error.to_string().contains("bus.partitions"), "{error}");
+        let error = load(&[
+            ("BAZAAR__BUS__KIND", "rabbitmq"),
+            ("BAZAAR__BUS__URL", "amqp://127.0.0.1:5672"),
+        ])
+        .expect_err("not in this version");
+        assert!(error.to_string().contains("bus.kind"), "{error}");
+    }
+
+    #[test]
     fn a_bad_mode_names_the_key() {
         let error = load(&[("BAZAAR__MODULES__CATALOG__MODE", "elsewhere")]).expect_err("bad mode");
         assert!(

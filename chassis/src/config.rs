@@ -254,7 +254,7 @@ impl Default for BusSettings {
             kind: BusKind::default(),
             url: None,
             stream: "BAZAAR_EVENTS".into(),
-            partitions: 16,
+            partitions: 64,
             max_age: std::time::Duration::from_secs(7 * 24 * 3600),
             duplicate_window: std::time::Duration::from_secs(120),
             ack_wait: std::time::Duration::from_secs(10),

@@ -46,9 +46,6 @@ const SUBJECT_PREFIX: &str = "bazaar.events";
 /// The NATS JetStream bus; see the module documentation.
 pub struct NatsBus {
     jetstream: jetstream::Context,
-    /// Counts the connections made; a pull restarts when it changes, since the broker it
-    /// waited on may have forgotten its pull request.
-    connections: tokio::sync::watch::Receiver<u64>,
     settings: NatsSettings,
     consumers: Mutex<HashSet<String>>,
     pulls: Mutex<Vec<JoinHandle<()>>>,
@@ -75,13 +72,9 @@ impl NatsBus {
     /// Connects to `settings.url` and creates the stream if it is missing. The client
     /// reconnects by itself after a lost connection.
     pub async fn connect(settings: NatsSettings) -> Result<Self, BusError> {
-        let (connected, connections) = tokio::sync::watch::channel(0_u64);
         let client = async_nats::ConnectOptions::new()
             .name("bazaar")
-            .event_callback(move |event| {
-                if let async_nats::Event::Connected = event {
-                    connected.send_modify(|count| *count += 1);
-                }
+            .event_callback(|event| {
                 tracing::info!(%event, "NATS connection");
                 std::future::ready(())
             })
@@ -98,7 +91,6 @@ impl NatsBus {
             })?;
         let bus = Self {
             jetstream: jetstream::new(client),
-            connections,
             settings,
             consumers: Mutex::new(HashSet::new()),
             pulls: Mutex::new(Vec::new()),
@@ -299,7 +291,6 @@ impl EventBus for NatsBus {
         for partition in 0..self.settings.partitions {
             let pull = PartitionPull {
                 jetstream: self.jetstream.clone(),
-                connections: self.connections.clone(),
                 settings: self.settings.clone(),
                 durable: format!("{name}-p{partition}"),
                 filter: format!("{SUBJECT_PREFIX}.p{partition}.>"),
@@ -321,7 +312,6 @@ impl EventBus for NatsBus {
 /// One consumer name's pull from one partition.
 struct PartitionPull {
     jetstream: jetstream::Context,
-    connections: tokio::sync::watch::Receiver<u64>,
     settings: NatsSettings,
     durable: String,
     filter: String,
@@ -358,7 +348,7 @@ impl PartitionPull {
 
     /// Pulls for ever: a pull that ends (connection lost, broker restarted, consumer
     /// deleted) starts again after a backoff.
-    async fn run(mut self) {
+    async fn run(self) {
         let mut delays = backoff();
         loop {
             match self.pull().await {
@@ -371,9 +361,10 @@ impl PartitionPull {
         }
     }
 
-    /// One pull, until it fails or the client reconnects (answering `Ok`).
-    async fn pull(&mut self) -> Result<(), String> {
-        self.connections.mark_unchanged();
+    /// One pull, until it fails. Its requests expire soon and the broker's heartbeats are
+    /// watched, so that a broker that restarted (and forgot the requests) is noticed within
+    /// seconds; a request left over from a dropped pull expires as soon.
+    async fn pull(&self) -> Result<(), String> {
         let stream = ensure_stream(&self.jetstream, &self.settings)
             .await
             .map_err(|error| error.to_string())?;
@@ -382,24 +373,17 @@ impl PartitionPull {
             .await
             .map_err(|error| error.to_string())?;
         let mut messages = consumer
+            .stream()
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_EXPIRES / 3)
             .messages()
             .await
             .map_err(|error| error.to_string())?;
-        loop {
-            tokio::select! {
-                next = messages.next() => match next {
-                    Some(message) => {
-                        let message = message.map_err(|error| error.to_string())?;
-                        self.settle(message).await?;
-                    }
-                    None => return Ok(()),
-                },
-                changed = self.connections.changed() => {
-                    changed.map_err(|_| "the NATS client is gone".to_owned())?;
-                    return Ok(());
-                }
-            }
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|error| error.to_string())?;
+            self.settle(message).await?;
         }
+        Ok(())
     }
 
     /// Hands one message to the consumer runtime and acks it once settled.
@@ -474,6 +458,9 @@ impl PartitionPull {
         }
     }
 }
+
+/// How long a pull request waits on the broker before the client makes a new one.
+const PULL_EXPIRES: Duration = Duration::from_secs(6);
 
 /// How often a consumer's lag is read from JetStream.
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
