@@ -60,10 +60,18 @@ fn python_tools() -> Option<PathBuf> {
     None
 }
 
-/// Runs one of the tools, bounded by [`TOOL_TIMEOUT`], with the tools first on `PATH`.
-fn run_tool(tools: &Path, program: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+/// Runs one of the tools, bounded by [`TOOL_TIMEOUT`], with the tools first on `PATH`, in
+/// `dir` (schemathesis keeps a cache in its working folder).
+fn run_tool(
+    tools: &Path,
+    dir: &Path,
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
     let path = std::env::var("PATH").unwrap_or_default();
     Command::new("timeout")
+        .current_dir(dir)
         .arg(TOOL_TIMEOUT)
         .arg(tools.join(program))
         .args(args)
@@ -149,13 +157,20 @@ async fn the_document_validates_and_a_generated_client_places_an_order() {
     std::fs::write(&document_path, body).expect("writes the document");
     let document_arg = document_path.to_str().expect("UTF-8 path");
 
-    let validated = run_tool(&tools, "openapi-spec-validator", &[document_arg], &[]);
+    let validated = run_tool(
+        &tools,
+        dir.path(),
+        "openapi-spec-validator",
+        &[document_arg],
+        &[],
+    );
     assert!(validated.status.success(), "{}", text(&validated));
     assert!(text(&validated).contains("OK"), "{}", text(&validated));
 
     let client_dir = dir.path().join("client");
     let generated = run_tool(
         &tools,
+        dir.path(),
         "openapi-python-client",
         &[
             "generate",
@@ -178,6 +193,7 @@ async fn the_document_validates_and_a_generated_client_places_an_order() {
     let script = openapi_dir().join("use_client.py");
     let used = run_tool(
         &tools,
+        dir.path(),
         "python",
         &[
             script.to_str().expect("UTF-8 path"),
@@ -235,6 +251,7 @@ async fn schemathesis_finds_nothing(env: &[(&str, &str)]) {
     let report = dir.path().join("report");
     let ran = run_tool(
         &tools,
+        dir.path(),
         "schemathesis",
         &[
             "--config-file",
