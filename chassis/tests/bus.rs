@@ -381,6 +381,12 @@ async fn a_poison_event_is_parked_and_other_keys_go_on(kind: Kind) {
     assert_eq!(parked.len(), 1, "the poison event is parked: {parked:?}");
     assert_eq!(parked[0].event.id, poison.id);
     eventually("every other event is handled", || recorder.handled() == 49).await;
+    // `bazaar dead-letters replay`, once the handler is mended.
+    let mended = Arc::new(Recorder::default());
+    let handlers: Vec<(String, Arc<dyn EventHandler>)> = vec![("patient".into(), mended.clone())];
+    let report = dead_letters.replay(&handlers, None).await.expect("replays");
+    assert_eq!(report.replayed, 1, "{report:?}");
+    assert_eq!(mended.ids(), vec![poison.id]);
     relay.abort();
 }
 

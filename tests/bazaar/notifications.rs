@@ -253,6 +253,23 @@ async fn a_local_publisher_of_what_a_remote_consumer_needs_is_a_start_up_error_n
     }
 }
 
+/// The same placement starts when a broker carries the events to the other process.
+#[cfg(feature = "nats")]
+#[tokio::test]
+async fn a_local_publisher_of_what_a_remote_consumer_needs_starts_when_a_broker_carries_them() {
+    let Some(nats) = chassis::testing::NatsServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = support::config(dir.path());
+    config.modules.notifications.mode = Some(chassis::config::ModuleMode::Remote);
+    config.modules.notifications.url = Some("http://127.0.0.1:9/".parse().expect("url"));
+    config.bus.kind = chassis::config::BusKind::Nats;
+    config.bus.url = Some(chassis::secret::SecretUrl::new(nats.url()));
+    let composition = bazaar::compose(&config).await.expect("composes");
+    assert_eq!(composition.bus.kind(), "nats");
+}
+
 #[tokio::test]
 async fn a_module_turned_off_is_neither_hosted_nor_reached() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -30,6 +30,8 @@ const LANE_CAPACITY: usize = 256;
 /// Counts down the deliveries of one published batch; fires when all are settled.
 pub(crate) struct Settle {
     remaining: AtomicUsize,
+    /// Whether any of the deliveries was parked as a dead letter rather than handled.
+    parked: std::sync::atomic::AtomicBool,
     done: Mutex<Option<oneshot::Sender<()>>>,
 }
 
@@ -38,6 +40,7 @@ impl Settle {
         let (sender, receiver) = oneshot::channel();
         let settle = Arc::new(Self {
             remaining: AtomicUsize::new(count),
+            parked: std::sync::atomic::AtomicBool::new(false),
             done: Mutex::new(Some(sender)),
         });
         if count == 0 {
@@ -50,6 +53,17 @@ impl Settle {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.fire();
         }
+    }
+
+    fn one_parked(&self) {
+        self.parked.store(true, Ordering::Release);
+        self.one_done();
+    }
+
+    /// Whether a delivery was parked as a dead letter (known once the batch has settled).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn any_parked(&self) -> bool {
+        self.parked.load(Ordering::Acquire)
     }
 
     fn fire(&self) {
@@ -269,5 +283,5 @@ async fn retry_until_settled(shared: &Shared, delivery: Delivery, mut error: Han
     metrics::counter!("bazaar_dead_letters_total", "consumer" => shared.consumer().to_owned())
         .increment(1);
     tracing::error!(consumer = shared.consumer(), event_id = %delivery.event.id, event_type = %delivery.event.event_type, attempts, %error, "event parked as a dead letter");
-    delivery.settle.one_done();
+    delivery.settle.one_parked();
 }

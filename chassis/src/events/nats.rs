@@ -409,7 +409,7 @@ impl PartitionPull {
         self.runtime
             .deliver(vec![Delivery {
                 event: Arc::new(event),
-                settle,
+                settle: Arc::clone(&settle),
             }])
             .await
             .map_err(|error| error.to_string())?;
@@ -428,7 +428,13 @@ impl PartitionPull {
                 }
             }
         }
-        self.ack(&message, AckKind::Ack).await;
+        // A parked event is the consumer's dead letter now: the broker stops offering it.
+        let kind = if settle.any_parked() {
+            AckKind::Term
+        } else {
+            AckKind::Ack
+        };
+        self.ack(&message, kind).await;
         Ok(())
     }
 
