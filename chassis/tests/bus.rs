@@ -21,10 +21,9 @@ use chassis::events::{
 };
 use chassis::secret::SecretUrl;
 use chassis::testing::{NatsServer, TestDatabase};
-use common::{MIGRATIONS, TestError, items};
+use common::{EVENT, MIGRATIONS, Recorder, TestError, event, eventually, items};
 use diesel::prelude::*;
 
-const EVENT: &str = "test.happened";
 const PARTITIONS: u16 = 8;
 
 #[derive(Debug, Clone, Copy)]
@@ -134,70 +133,12 @@ impl Harness {
     }
 }
 
-fn event(key: &str, n: usize) -> Envelope {
-    Envelope::new("test", EVENT, key, &serde_json::json!({ "n": n })).expect("serializes")
-}
-
 fn quick_retry() -> RetryPolicy {
     RetryPolicy {
         max_attempts: 4,
         first_delay: Duration::from_millis(5),
         max_delay: Duration::from_millis(20),
     }
-}
-
-/// Records what it handles; fails the first `fail_first` attempts of every event, and every
-/// attempt of the events whose key is `poison`.
-#[derive(Default)]
-struct Recorder {
-    seen: Mutex<Vec<Envelope>>,
-    attempts: Mutex<HashMap<uuid::Uuid, usize>>,
-    fail_first: usize,
-    poison: Option<String>,
-    handled: AtomicUsize,
-}
-
-#[async_trait]
-impl EventHandler for Recorder {
-    async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
-        let attempt = {
-            let mut attempts = self.attempts.lock().expect("lock");
-            let count = attempts.entry(event.id).or_default();
-            *count += 1;
-            *count
-        };
-        if self.poison.as_deref() == Some(event.key.as_str()) || attempt <= self.fail_first {
-            return Err(HandlerError::new(format!("attempt {attempt} refused")));
-        }
-        self.seen.lock().expect("lock").push(event.clone());
-        self.handled.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
-impl Recorder {
-    fn ids(&self) -> Vec<uuid::Uuid> {
-        self.seen
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|event| event.id)
-            .collect()
-    }
-
-    fn handled(&self) -> usize {
-        self.handled.load(Ordering::SeqCst)
-    }
-}
-
-async fn eventually(what: &str, check: impl Fn() -> bool) {
-    for _ in 0..600 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 fn sorted(mut ids: Vec<uuid::Uuid>) -> Vec<uuid::Uuid> {
@@ -267,13 +208,21 @@ async fn events_of_a_key_arrive_in_order(kind: Kind) {
     relay.abort();
 }
 
-/// Two instances of one consumer share the events; none is handled twice. In one process
-/// the in-process bus has one instance per consumer name, and refuses a second.
+/// Two instances of one consumer share the events; none is handled twice, and a key's
+/// events are handled in order whichever instance takes each. In one process the
+/// in-process bus has one instance per consumer name, and refuses a second.
 async fn instances_of_one_consumer_share_the_events(kind: Kind) {
     let Some(harness) = Harness::new(kind).await else {
         return;
     };
-    let (one, two) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let instance = || {
+        Arc::new(Recorder {
+            log: Some(log.clone()),
+            ..Recorder::default()
+        })
+    };
+    let (one, two) = (instance(), instance());
     let first_bus = harness.bus().await;
     harness
         .subscribe(first_bus.as_ref(), "shared", one.clone())
@@ -297,9 +246,12 @@ async fn instances_of_one_consumer_share_the_events(kind: Kind) {
         .await;
     let relay = harness.relay().await;
     let mut sent = Vec::new();
+    let mut committed: HashMap<String, Vec<uuid::Uuid>> = HashMap::new();
     for n in 0..200 {
-        let event = event(&format!("key-{}", n % 40), n);
+        let key = format!("key-{}", n % 40);
+        let event = event(&key, n);
         sent.push(event.id);
+        committed.entry(key).or_default().push(event.id);
         harness.commit(event).await;
     }
     eventually("the two instances handled 200 in all", || {
@@ -313,6 +265,14 @@ async fn instances_of_one_consumer_share_the_events(kind: Kind) {
         sorted(all),
         sorted(sent),
         "every event once, over both instances"
+    );
+    let mut handled: HashMap<String, Vec<uuid::Uuid>> = HashMap::new();
+    for event in log.lock().expect("lock").iter() {
+        handled.entry(event.key.clone()).or_default().push(event.id);
+    }
+    assert_eq!(
+        handled, committed,
+        "per key, the commit order, across instances"
     );
     assert!(
         one.handled() > 0 && two.handled() > 0,

@@ -4,8 +4,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,7 +17,7 @@ use chassis::events::{
     Subscription,
 };
 use chassis::testing::TestDatabase;
-use common::{MIGRATIONS, TestError, items};
+use common::{EVENT, MIGRATIONS, Recorder, TestError, event, eventually, items};
 use diesel::prelude::*;
 
 diesel::table! {
@@ -27,12 +27,6 @@ diesel::table! {
         event_key -> Text,
         published_at -> Nullable<Timestamp>,
     }
-}
-
-const EVENT: &str = "test.happened";
-
-fn event(key: &str, n: usize) -> Envelope {
-    Envelope::new("test", EVENT, key, &serde_json::json!({ "n": n })).expect("serializes")
 }
 
 /// Commits one item and its event together.
@@ -46,46 +40,6 @@ async fn commit_event(db: &Database, event: Envelope) {
     })
     .await
     .expect("commits");
-}
-
-/// Records what it is given; fails the first `fail_first` attempts of every event, and
-/// every attempt of events whose key is `poison`.
-#[derive(Default)]
-struct Recorder {
-    seen: Mutex<Vec<Envelope>>,
-    attempts: Mutex<HashMap<uuid::Uuid, usize>>,
-    fail_first: usize,
-    poison: Option<String>,
-    delivered: AtomicUsize,
-}
-
-#[async_trait]
-impl EventHandler for Recorder {
-    async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
-        let attempt = {
-            let mut attempts = self.attempts.lock().expect("lock");
-            let count = attempts.entry(event.id).or_default();
-            *count += 1;
-            *count
-        };
-        if self.poison.as_deref() == Some(event.key.as_str()) || attempt <= self.fail_first {
-            return Err(HandlerError::new(format!("attempt {attempt} refused")));
-        }
-        self.seen.lock().expect("lock").push(event.clone());
-        self.delivered.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
-impl Recorder {
-    fn ids(&self) -> Vec<uuid::Uuid> {
-        self.seen
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|event| event.id)
-            .collect()
-    }
 }
 
 fn quick_retry() -> RetryPolicy {
@@ -121,16 +75,6 @@ async fn subscribe(
     .expect("subscribes");
 }
 
-async fn eventually(what: &str, check: impl Fn() -> bool) {
-    for _ in 0..400 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
 async fn pending(db: &Database) -> i64 {
     relay_outbox::stats(db).await.expect("stats").pending
 }
@@ -152,8 +96,7 @@ async fn exactly_once_to_each_subscriber(backend: Backend) {
         commit_event(&db, event).await;
     }
     eventually("both subscribers saw all 60", || {
-        first.delivered.load(Ordering::SeqCst) == 60
-            && second.delivered.load(Ordering::SeqCst) == 60
+        first.handled.load(Ordering::SeqCst) == 60 && second.handled.load(Ordering::SeqCst) == 60
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -200,7 +143,7 @@ async fn nothing_lost_across_a_crash(backend: Backend) {
     subscribe(&bus, &db, "after-restart", recorder.clone()).await;
     let relay = OutboxRelay::new("test", db.clone(), bus.clone(), quick_relay()).spawn();
     eventually("the events committed before the crash arrive", || {
-        recorder.delivered.load(Ordering::SeqCst) == 10
+        recorder.handled.load(Ordering::SeqCst) == 10
     })
     .await;
     assert_eq!(
@@ -300,7 +243,7 @@ async fn retries_then_dead_letters(backend: Backend) {
     commit_event(&db, event("good", 1)).await;
 
     eventually("the flaky consumer applied both after retries", || {
-        flaky.delivered.load(Ordering::SeqCst) == 2
+        flaky.handled.load(Ordering::SeqCst) == 2
     })
     .await;
     let attempts = flaky.attempts.lock().expect("lock").clone();
@@ -332,7 +275,7 @@ async fn retries_then_dead_letters(backend: Backend) {
         "nothing applied for the poison key"
     );
     assert_eq!(
-        doomed.delivered.load(Ordering::SeqCst),
+        doomed.handled.load(Ordering::SeqCst),
         1,
         "the good key went through for the doomed consumer"
     );
@@ -401,7 +344,7 @@ async fn a_poison_event_does_not_hold_up_other_keys() {
     };
     eventually(
         "the 49 other keys are handled while the poison one is retried",
-        || recorder.delivered.load(Ordering::SeqCst) == 49,
+        || recorder.handled.load(Ordering::SeqCst) == 49,
     )
     .await;
     assert!(
@@ -487,8 +430,8 @@ async fn panicking_handlers(backend: Backend) {
     }
 
     eventually("every event but the poison one handled by both", || {
-        doomed.recorder.delivered.load(Ordering::SeqCst) == events.len() - 1
-            && recovers.recorder.delivered.load(Ordering::SeqCst) == events.len()
+        doomed.recorder.handled.load(Ordering::SeqCst) == events.len() - 1
+            && recovers.recorder.handled.load(Ordering::SeqCst) == events.len()
     })
     .await;
     all_published(&db).await;
@@ -536,8 +479,8 @@ async fn panicking_handlers(backend: Backend) {
     }
     let total = events.len() + later.len();
     eventually("later events handled by both", || {
-        doomed.recorder.delivered.load(Ordering::SeqCst) == total - 1
-            && recovers.recorder.delivered.load(Ordering::SeqCst) == total
+        doomed.recorder.handled.load(Ordering::SeqCst) == total - 1
+            && recovers.recorder.handled.load(Ordering::SeqCst) == total
     })
     .await;
     all_published(&db).await;
@@ -594,7 +537,7 @@ async fn rollback_publishes_nothing(backend: Backend) {
     let marker = event("k", 1);
     commit_event(&db, marker.clone()).await;
     eventually("a later event arrives", || {
-        recorder.delivered.load(Ordering::SeqCst) >= 1
+        recorder.handled.load(Ordering::SeqCst) >= 1
     })
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -678,12 +621,12 @@ async fn per_key_order(backend: Backend, relays: usize) {
         sequences.push(publisher.await.expect("published"));
     }
     eventually("all 160 events delivered", || {
-        recorder.delivered.load(Ordering::SeqCst) >= 160
+        recorder.handled.load(Ordering::SeqCst) >= 160
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        recorder.delivered.load(Ordering::SeqCst),
+        recorder.handled.load(Ordering::SeqCst),
         160,
         "each row published once between the relays"
     );
@@ -755,12 +698,12 @@ async fn a_live_relay_takes_over_a_dead_relays_rows_after_the_lease() {
     let live = OutboxRelay::new("test", db.clone(), bus.clone(), settings).spawn();
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
-        recorder.delivered.load(Ordering::SeqCst),
+        recorder.handled.load(Ordering::SeqCst),
         0,
         "the lease still holds"
     );
     eventually("the live relay took the rows over", || {
-        recorder.delivered.load(Ordering::SeqCst) == 5
+        recorder.handled.load(Ordering::SeqCst) == 5
     })
     .await;
     assert!(

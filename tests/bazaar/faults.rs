@@ -326,20 +326,10 @@ async fn a_flood_past_the_bounds_is_refused_with_nothing_created_and_memory_flat
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flood_past_the_bounds_is_refused_with_nothing_created_on_postgres() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut databases = Vec::new();
-    let mut urls = Vec::new();
-    for module in ["CATALOG", "BILLING", "ORDERS"] {
-        let Some(db) = TestDatabase::postgres() else {
-            return;
-        };
-        urls.push((
-            format!("BAZAAR__MODULES__{module}__DATABASE_URL"),
-            db.url().expose().to_owned(),
-        ));
-        databases.push(db);
-    }
-    let env: Vec<(&str, &str)> = urls.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let (server, base, http) = bounded_server(dir.path(), &env);
+    let Some(databases) = support::PostgresDatabases::new(&["CATALOG", "BILLING", "ORDERS"]) else {
+        return;
+    };
+    let (server, base, http) = bounded_server(dir.path(), &databases.env());
     let product = create_product(&http, &base, "FLOOD-PG", 1_000_000, 100).await;
     let (created, refused) =
         place_from(&http, &base, &order_body(&product, 1, "tok_visa"), 300, 2).await;

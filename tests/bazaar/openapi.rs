@@ -9,12 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use chassis::testing::TestDatabase;
 use serde_json::Value;
 
 use crate::cli::{Server, start_with};
 use crate::orders::create_product;
-use crate::support::{ADMIN_TOKEN, SERVICE_TOKEN, http};
+use crate::support::{ADMIN_TOKEN, PostgresDatabases, SERVICE_TOKEN, http};
 
 /// Every check schemathesis has for what an API answers and accepts, as the issue lists.
 const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,\
@@ -298,19 +297,10 @@ async fn schemathesis_finds_nothing_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn schemathesis_finds_nothing_on_postgresql() {
-    let mut databases = Vec::new();
-    let mut urls = Vec::new();
-    for module in ["CATALOG", "ORDERS", "BILLING", "NOTIFICATIONS"] {
-        let Some(db) = TestDatabase::postgres() else {
-            return;
-        };
-        urls.push((
-            format!("BAZAAR__MODULES__{module}__DATABASE_URL"),
-            db.url().expose().to_owned(),
-        ));
-        databases.push(db);
-    }
-    let env: Vec<(&str, &str)> = urls.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    schemathesis_finds_nothing(&env).await;
-    drop(databases);
+    let Some(databases) =
+        PostgresDatabases::new(&["CATALOG", "ORDERS", "BILLING", "NOTIFICATIONS"])
+    else {
+        return;
+    };
+    schemathesis_finds_nothing(&databases.env()).await;
 }

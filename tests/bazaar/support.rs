@@ -36,6 +36,41 @@ pub(crate) async fn spawn_stoppable(config: Config) -> (String, actix_web::dev::
     (base, handle)
 }
 
+/// A PostgreSQL database per module for a `bazaar serve` process, dropped with it.
+pub(crate) struct PostgresDatabases {
+    _databases: Vec<chassis::testing::TestDatabase>,
+    env: Vec<(String, String)>,
+}
+
+impl PostgresDatabases {
+    /// One database for each of `modules` (`"CATALOG"`, …), or `None` (after printing why)
+    /// outside CI without PostgreSQL.
+    pub(crate) fn new(modules: &[&str]) -> Option<Self> {
+        let mut databases = Vec::new();
+        let mut env = Vec::new();
+        for module in modules {
+            let db = chassis::testing::TestDatabase::postgres()?;
+            env.push((
+                format!("BAZAAR__MODULES__{module}__DATABASE_URL"),
+                db.url().expose().to_owned(),
+            ));
+            databases.push(db);
+        }
+        Some(Self {
+            _databases: databases,
+            env,
+        })
+    }
+
+    /// The environment that points the process at them.
+    pub(crate) fn env(&self) -> Vec<(&str, &str)> {
+        self.env
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str()))
+            .collect()
+    }
+}
+
 /// An HTTP client for the tests.
 pub(crate) fn http() -> reqwest::Client {
     chassis::remote::install_tls_provider();

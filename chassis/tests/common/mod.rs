@@ -1,8 +1,16 @@
 //! What the chassis's integration tests share: a tiny module schema (`items`) on both
-//! backends, and an error type for write closures.
+//! backends, an error type for write closures, and for the event tests an event maker and
+//! a recording handler.
 #![allow(dead_code, unreachable_pub)] // each test binary uses a part
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
 use chassis::db::{DbError, Migrations};
+use chassis::events::{Envelope, EventHandler, HandlerError};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
 static SQLITE: EmbeddedMigrations = embed_migrations!("tests/migrations/sqlite");
@@ -30,5 +38,73 @@ pub enum TestError {
 impl From<diesel::result::Error> for TestError {
     fn from(error: diesel::result::Error) -> Self {
         TestError::Db(DbError::from(error))
+    }
+}
+
+/// The event type of the event tests.
+pub const EVENT: &str = "test.happened";
+
+/// The `n`-th event about `key`.
+pub fn event(key: &str, n: usize) -> Envelope {
+    Envelope::new("test", EVENT, key, &serde_json::json!({ "n": n })).expect("serializes")
+}
+
+/// Waits up to 15 s for `check`; fails the test naming `what` after that.
+pub async fn eventually(what: &str, check: impl Fn() -> bool) {
+    for _ in 0..600 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// Records what it handles; fails the first `fail_first` attempts of every event, and every
+/// attempt of the events whose key is `poison`. Instances that share a `log` record there
+/// too, in the order they handled.
+#[derive(Default)]
+pub struct Recorder {
+    pub seen: Mutex<Vec<Envelope>>,
+    pub attempts: Mutex<HashMap<uuid::Uuid, usize>>,
+    pub fail_first: usize,
+    pub poison: Option<String>,
+    pub handled: AtomicUsize,
+    pub log: Option<Arc<Mutex<Vec<Envelope>>>>,
+}
+
+#[async_trait]
+impl EventHandler for Recorder {
+    async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
+        let attempt = {
+            let mut attempts = self.attempts.lock().expect("lock");
+            let count = attempts.entry(event.id).or_default();
+            *count += 1;
+            *count
+        };
+        if self.poison.as_deref() == Some(event.key.as_str()) || attempt <= self.fail_first {
+            return Err(HandlerError::new(format!("attempt {attempt} refused")));
+        }
+        self.seen.lock().expect("lock").push(event.clone());
+        if let Some(log) = &self.log {
+            log.lock().expect("lock").push(event.clone());
+        }
+        self.handled.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl Recorder {
+    pub fn ids(&self) -> Vec<uuid::Uuid> {
+        self.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|event| event.id)
+            .collect()
+    }
+
+    pub fn handled(&self) -> usize {
+        self.handled.load(Ordering::SeqCst)
     }
 }
