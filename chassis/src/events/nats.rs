@@ -110,7 +110,8 @@ impl NatsBus {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Publishes `events[from..]` without waiting; answers the ack futures in order.
+    /// Publishes `events` without waiting for their acks; answers the ack futures in order,
+    /// stopping at the first event that could not be sent.
     async fn send(
         &self,
         events: &[(String, Envelope, Vec<u8>)],
