@@ -24,7 +24,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libpq5 ca-certificates \
+ && apt-get install -y --no-install-recommends libpq5 ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 bazaar \
  && useradd --system --uid 10001 --gid bazaar --home-dir /var/lib/bazaar \
@@ -39,8 +39,10 @@ ENV BAZAAR__SERVER__BIND=0.0.0.0:8080 \
 # The SQLite files of the local modules (unused by modules configured for PostgreSQL).
 VOLUME ["/var/lib/bazaar/data"]
 EXPOSE 8080
-# No HEALTHCHECK: the slim image has no HTTP client. Probe GET /health/live (liveness) and
-# GET /health/ready (readiness) from the orchestrator instead.
+# Liveness is GET /health/live; readiness GET /health/ready (curl is in the image for the
+# compose files' health checks, which use the latter).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s \
+    CMD curl -fsS -o /dev/null http://127.0.0.1:8080/health/live || exit 1
 # `serve` stops gracefully on SIGTERM, waiting up to server.shutdown_timeout (30 s) for
 # in-flight requests: give `docker stop` / the orchestrator at least that long.
 ENTRYPOINT ["/usr/local/bin/bazaar"]

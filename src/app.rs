@@ -13,11 +13,15 @@ use chassis::events::{EventBus, EventHandler, InProcessBus, OutboxRelay, Subscri
 use chassis::http::{
     Tokens, configure_extractors, problem_for_error_responses, record_request_metrics,
 };
-use chassis::module::LocalModule;
+use chassis::module::{LocalModule, Ports};
 use chassis::ops::{ModuleEntry, Operations, Probe};
+use chassis::remote::RemoteClient;
+use notifications_contract::{HttpNotifications, Notifications};
+use orders_contract::{HttpOrders, Orders};
 use tracing_actix_web::TracingLogger;
+use url::Url;
 
-use crate::config::{COMPILED_IN, Config};
+use crate::config::Config;
 
 /// The modules of one process, wired: the local ones with their databases, the ports
 /// other modules use (local or remote), and what the operations endpoints report.
@@ -26,12 +30,9 @@ pub struct Composition {
     pub entries: Vec<ModuleEntry>,
     /// How events travel between this process's modules.
     pub bus: Arc<dyn EventBus>,
-    /// The catalog port, wherever the catalog runs; `None` when it is absent.
-    pub catalog: Option<Arc<dyn Catalog>>,
-    /// The billing port, wherever billing runs; `None` when it is absent.
-    pub billing: Option<Arc<dyn Billing>>,
-    #[cfg(feature = "catalog")]
-    pub catalog_module: Option<catalog::CatalogModule>,
+    /// Every port this process reaches (`Arc<dyn Catalog>`, …), wherever its module runs;
+    /// a module that is absent here offers none.
+    pub ports: Ports,
 }
 
 impl std::fmt::Debug for Composition {
@@ -40,6 +41,186 @@ impl std::fmt::Debug for Composition {
             .field("entries", &self.entries)
             .finish_non_exhaustive()
     }
+}
+
+/// Builds a module in this process from its config and the ports it needs (taken from
+/// `ports`), and offers its own port there.
+type BuildLocal = fn(&Config, Database, &mut Ports) -> anyhow::Result<Arc<dyn LocalModule>>;
+
+/// Builds the remote client that reaches a module at `url`, offers its port in `ports`,
+/// and answers the client for readiness probes.
+type BuildRemote = fn(&Config, Url, &mut Ports) -> anyhow::Result<RemoteClient>;
+
+/// One business module as the composition root sees it. Everything that differs from one
+/// module to the next is here, so that [`compose`] is one loop for every module and every
+/// placement; a new module is one more entry in [`MODULES`] (ARCHITECTURE.md, "Adding a
+/// module").
+#[derive(Debug)]
+pub(crate) struct ModuleDescription {
+    /// The module's name in config (`modules.<name>`), consumers and metrics.
+    pub(crate) name: &'static str,
+    /// The modules whose ports the local build takes; each must be local or remote here.
+    pub(crate) needs: &'static [&'static str],
+    /// The event types the module consumes wherever it runs (declared in its contract), so
+    /// that a process publishing them can check they will reach it.
+    pub(crate) consumes: &'static [&'static str],
+    /// `None` when this binary was built without the module's cargo feature.
+    pub(crate) local: Option<BuildLocal>,
+    pub(crate) remote: BuildRemote,
+}
+
+/// Every business module, in the spec's order (which `/modules` follows).
+pub(crate) const MODULES: [ModuleDescription; 4] = [
+    ModuleDescription {
+        name: catalog_contract::MODULE,
+        needs: &[],
+        consumes: &[],
+        #[cfg(feature = "catalog")]
+        local: Some(local_catalog),
+        #[cfg(not(feature = "catalog"))]
+        local: None,
+        remote: remote_catalog,
+    },
+    ModuleDescription {
+        name: orders_contract::MODULE,
+        needs: &[catalog_contract::MODULE, billing_contract::MODULE],
+        consumes: &[],
+        #[cfg(feature = "orders")]
+        local: Some(local_orders),
+        #[cfg(not(feature = "orders"))]
+        local: None,
+        remote: remote_orders,
+    },
+    ModuleDescription {
+        name: billing_contract::MODULE,
+        needs: &[],
+        consumes: &[],
+        #[cfg(feature = "billing")]
+        local: Some(local_billing),
+        #[cfg(not(feature = "billing"))]
+        local: None,
+        remote: remote_billing,
+    },
+    ModuleDescription {
+        name: notifications_contract::MODULE,
+        needs: &[],
+        consumes: &notifications_contract::CONSUMED_EVENT_TYPES,
+        #[cfg(feature = "notifications")]
+        local: Some(local_notifications),
+        #[cfg(not(feature = "notifications"))]
+        local: None,
+        remote: remote_notifications,
+    },
+];
+
+#[cfg(feature = "catalog")]
+fn local_catalog(
+    config: &Config,
+    db: Database,
+    ports: &mut Ports,
+) -> anyhow::Result<Arc<dyn LocalModule>> {
+    let module = catalog::CatalogModule::new(db, config.shop.currency.clone(), &config.catalog);
+    ports.provide(module.port());
+    // `bazaar demo` fills the local catalog through its service.
+    ports.provide(Arc::new(module.clone()));
+    Ok(Arc::new(module))
+}
+
+fn remote_catalog(config: &Config, url: Url, ports: &mut Ports) -> anyhow::Result<RemoteClient> {
+    let client = HttpCatalog::new(
+        url,
+        config.auth.service_token.clone(),
+        config.remote.clone(),
+    )?;
+    let remote = client.remote().clone();
+    ports.provide::<dyn Catalog>(Arc::new(client));
+    Ok(remote)
+}
+
+#[cfg(feature = "orders")]
+fn local_orders(
+    config: &Config,
+    db: Database,
+    ports: &mut Ports,
+) -> anyhow::Result<Arc<dyn LocalModule>> {
+    let catalog = ports
+        .get::<dyn Catalog>()
+        .context("the catalog port is missing")?;
+    let billing = ports
+        .get::<dyn Billing>()
+        .context("the billing port is missing")?;
+    let module = orders::OrdersModule::new(
+        db,
+        config.shop.currency.clone(),
+        &config.orders,
+        catalog,
+        billing,
+    );
+    ports.provide(module.port());
+    Ok(Arc::new(module))
+}
+
+fn remote_orders(config: &Config, url: Url, ports: &mut Ports) -> anyhow::Result<RemoteClient> {
+    let client = HttpOrders::new(
+        url,
+        config.auth.service_token.clone(),
+        config.remote.clone(),
+    )?;
+    let remote = client.remote().clone();
+    ports.provide::<dyn Orders>(Arc::new(client));
+    Ok(remote)
+}
+
+#[cfg(feature = "billing")]
+fn local_billing(
+    config: &Config,
+    db: Database,
+    ports: &mut Ports,
+) -> anyhow::Result<Arc<dyn LocalModule>> {
+    let module = billing::BillingModule::new(db, config.shop.currency.clone(), &config.billing);
+    ports.provide(module.port());
+    Ok(Arc::new(module))
+}
+
+fn remote_billing(config: &Config, url: Url, ports: &mut Ports) -> anyhow::Result<RemoteClient> {
+    // A charge may take as long as the payment gateway is given: the client must wait at
+    // least that long, or it would give up on charges that succeed (and find them "in
+    // progress" on every retry).
+    let mut settings = config.remote.clone();
+    settings.timeout = settings
+        .timeout
+        .max(config.billing.gateway_timeout + std::time::Duration::from_secs(5));
+    let client = HttpBilling::new(url, config.auth.service_token.clone(), settings)?;
+    let remote = client.remote().clone();
+    ports.provide::<dyn Billing>(Arc::new(client));
+    Ok(remote)
+}
+
+#[cfg(feature = "notifications")]
+fn local_notifications(
+    config: &Config,
+    db: Database,
+    ports: &mut Ports,
+) -> anyhow::Result<Arc<dyn LocalModule>> {
+    let module =
+        notifications::NotificationsModule::new(db, &config.data_dir, &config.notifications);
+    ports.provide(module.port());
+    Ok(Arc::new(module))
+}
+
+fn remote_notifications(
+    config: &Config,
+    url: Url,
+    ports: &mut Ports,
+) -> anyhow::Result<RemoteClient> {
+    let client = HttpNotifications::new(
+        url,
+        config.auth.service_token.clone(),
+        config.remote.clone(),
+    )?;
+    let remote = client.remote().clone();
+    ports.provide::<dyn Notifications>(Arc::new(client));
+    Ok(remote)
 }
 
 fn open_database(config: &Config, name: &str) -> anyhow::Result<Database> {
@@ -60,149 +241,107 @@ fn open_database(config: &Config, name: &str) -> anyhow::Result<Database> {
 
 /// The bus `bus.kind` names: in-process, or NATS JetStream (connected, its stream made).
 async fn event_bus(config: &Config) -> anyhow::Result<Arc<dyn EventBus>> {
-    #[cfg(feature = "nats")]
-    if let Some(settings) = config.bus.nats() {
-        let bus = chassis::events::NatsBus::connect(settings)
-            .await
-            .context("bus.kind = \"nats\": the event bus cannot start")?;
-        return Ok(Arc::new(bus));
+    match config.bus.nats() {
+        #[cfg(feature = "nats")]
+        Some(settings) => {
+            let bus = chassis::events::NatsBus::connect(settings)
+                .await
+                .context("bus.kind = \"nats\": the event bus cannot start")?;
+            Ok(Arc::new(bus))
+        }
+        // Config validation refuses `nats` in a binary built without it.
+        _ => Ok(Arc::new(InProcessBus::new())),
     }
-    Ok(Arc::new(InProcessBus::new()))
 }
 
-/// Builds every module this process hosts or reaches, as config and features say.
+/// [`MODULES`] in an order where every module comes after the modules it needs.
+fn build_order() -> anyhow::Result<Vec<&'static ModuleDescription>> {
+    let mut ordered: Vec<&'static ModuleDescription> = Vec::with_capacity(MODULES.len());
+    while ordered.len() < MODULES.len() {
+        let next = MODULES.iter().find(|module| {
+            !ordered.iter().any(|done| done.name == module.name)
+                && module
+                    .needs
+                    .iter()
+                    .all(|need| ordered.iter().any(|done| done.name == *need))
+        });
+        match next {
+            Some(module) => ordered.push(module),
+            None => anyhow::bail!("the modules' `needs` form a cycle"),
+        }
+    }
+    Ok(ordered)
+}
+
+/// Why a module built here cannot get the port of `peer`, which is absent here.
+fn missing_peer(module: &str, peer: &str) -> anyhow::Error {
+    let compiled_in = MODULES
+        .iter()
+        .any(|candidate| candidate.name == peer && candidate.local.is_some());
+    if compiled_in {
+        anyhow::anyhow!(
+            "module {module} needs {peer}, which is off here (modules.{peer}.mode = \"off\"): \
+             set modules.{peer}.mode = \"local\", or \"remote\" with modules.{peer}.url"
+        )
+    } else {
+        anyhow::anyhow!(
+            "module {module} needs {peer}: set modules.{peer}.mode = \"remote\" and modules.{peer}.url, \
+             or build with --features {peer}"
+        )
+    }
+}
+
+/// Builds every module this process hosts or reaches, as config and features say: one
+/// loop over [`MODULES`], whatever the placement.
 pub async fn compose(config: &Config) -> anyhow::Result<Composition> {
-    let mut composition = Composition {
-        local: Vec::new(),
-        entries: Vec::new(),
-        bus: event_bus(config).await?,
-        catalog: None,
-        billing: None,
-        #[cfg(feature = "catalog")]
-        catalog_module: None,
-    };
-    // Peers first: orders needs the catalog's and billing's ports, wherever they run.
-    for name in ["catalog", "billing", "orders", "notifications"] {
+    let bus = event_bus(config).await?;
+    let mut ports = Ports::default();
+    let mut local: Vec<Arc<dyn LocalModule>> = Vec::new();
+    let mut entries = Vec::with_capacity(MODULES.len());
+    for module in build_order()? {
+        let name = module.name;
         let placement = config.placement(name)?;
         let mut probes = Vec::new();
-        let remote_client = |url: &url::Url| -> anyhow::Result<chassis::remote::RemoteClient> {
-            chassis::remote::RemoteClient::new(
-                name,
-                url.clone(),
-                config.auth.service_token.clone(),
-                config.remote.clone(),
-            )
-            .map_err(|error| {
-                anyhow::anyhow!("module {name}: cannot build its remote client: {error}")
-            })
-        };
-        match (name, &placement) {
-            #[cfg(feature = "catalog")]
-            ("catalog", Placement::Local) => {
+        match &placement {
+            Placement::Local => {
+                let build = module
+                    .local
+                    .with_context(|| format!("module {name} is placed here but not compiled in"))?;
+                for peer in module.needs {
+                    if config.placement(peer)? == Placement::Absent {
+                        return Err(missing_peer(name, peer));
+                    }
+                }
                 let db = open_database(config, name)?;
+                let built = build(config, db.clone(), &mut ports)
+                    .with_context(|| format!("module {name} cannot start"))?;
                 probes.push(Probe::Database(db.clone()));
-                let module =
-                    catalog::CatalogModule::new(db, config.shop.currency.clone(), &config.catalog);
-                composition.catalog = Some(module.port());
-                composition.local.push(Arc::new(module.clone()));
-                composition.catalog_module = Some(module);
+                probes.push(Probe::Schema(db, built.migrations()));
+                local.push(built);
             }
-            ("catalog", Placement::Remote(url)) => {
-                let client = HttpCatalog::new(
-                    url.clone(),
-                    config.auth.service_token.clone(),
-                    config.remote.clone(),
-                )
-                .context("module catalog: cannot build its remote client")?;
-                probes.push(Probe::Peer(client.remote().clone()));
-                composition.catalog = Some(Arc::new(client));
+            Placement::Remote(url) => {
+                let client = (module.remote)(config, url.clone(), &mut ports)
+                    .with_context(|| format!("module {name}: cannot build its remote client"))?;
+                probes.push(Probe::Peer(client));
             }
-            #[cfg(feature = "billing")]
-            ("billing", Placement::Local) => {
-                let db = open_database(config, name)?;
-                probes.push(Probe::Database(db.clone()));
-                let module =
-                    billing::BillingModule::new(db, config.shop.currency.clone(), &config.billing);
-                composition.billing = Some(module.port());
-                composition.local.push(Arc::new(module));
-            }
-            ("billing", Placement::Remote(url)) => {
-                // A charge may take as long as the payment gateway is given: the client
-                // must wait at least that long, or it would give up on charges that succeed
-                // (and find them "in progress" on every retry).
-                let mut settings = config.remote.clone();
-                settings.timeout = settings
-                    .timeout
-                    .max(config.billing.gateway_timeout + std::time::Duration::from_secs(5));
-                let client =
-                    HttpBilling::new(url.clone(), config.auth.service_token.clone(), settings)
-                        .context("module billing: cannot build its remote client")?;
-                probes.push(Probe::Peer(client.remote().clone()));
-                composition.billing = Some(Arc::new(client));
-            }
-            #[cfg(feature = "orders")]
-            ("orders", Placement::Local) => {
-                let needs = |peer: &str| {
-                    anyhow::anyhow!(
-                        "module orders needs {peer}: set modules.{peer}.mode = \"remote\" and modules.{peer}.url, \
-                         or build with --features {peer}"
-                    )
-                };
-                let catalog = composition
-                    .catalog
-                    .clone()
-                    .ok_or_else(|| needs("catalog"))?;
-                let billing = composition
-                    .billing
-                    .clone()
-                    .ok_or_else(|| needs("billing"))?;
-                let db = open_database(config, name)?;
-                probes.push(Probe::Database(db.clone()));
-                let module = orders::OrdersModule::new(
-                    db,
-                    config.shop.currency.clone(),
-                    &config.orders,
-                    catalog,
-                    billing,
-                );
-                composition.local.push(Arc::new(module));
-            }
-            #[cfg(feature = "notifications")]
-            ("notifications", Placement::Local) => {
-                let db = open_database(config, name)?;
-                probes.push(Probe::Database(db.clone()));
-                let module = notifications::NotificationsModule::new(
-                    db,
-                    &config.data_dir,
-                    &config.notifications,
-                );
-                composition.local.push(Arc::new(module));
-            }
-            // Nothing in this process calls orders or notifications through a port yet:
-            // their remote placement is probed and reported, no client is kept.
-            ("orders" | "notifications", Placement::Remote(url)) => {
-                probes.push(Probe::Peer(remote_client(url)?));
-            }
-            _ => {}
+            Placement::Absent => {}
         }
-        if placement == Placement::Local
-            && let Some(module) = composition.local.last()
-        {
-            probes.push(Probe::Schema(
-                module.database().clone(),
-                module.migrations(),
-            ));
-        }
-        composition.entries.push(ModuleEntry {
+        entries.push(ModuleEntry {
             name,
             placement,
             probes,
         });
     }
-    // `/modules` lists the modules in the spec's order.
-    composition
-        .entries
-        .sort_by_key(|entry| COMPILED_IN.iter().position(|(name, _)| *name == entry.name));
+    // Routes, migrations, `/modules` and the relays follow the spec's order.
+    let position = |name: &str| MODULES.iter().position(|module| module.name == name);
+    entries.sort_by_key(|entry| position(entry.name));
+    local.sort_by_key(|module| position(module.name()));
+    let composition = Composition {
+        local,
+        entries,
+        bus,
+        ports,
+    };
     composition.check_event_sources(config)?;
     Ok(composition)
 }
@@ -269,18 +408,15 @@ impl Composition {
     /// to a consumer in another process either; the relay would mark them sent to nobody.
     /// So a process that publishes what a remote consumer needs refuses to start.
     fn check_event_destinations(&self) -> anyhow::Result<()> {
-        let consumers = [(
-            notifications_contract::MODULE,
-            &notifications_contract::CONSUMED_EVENT_TYPES[..],
-        )];
-        for (consumer, event_types) in consumers {
+        for consumer in &MODULES {
             let remote = self.entries.iter().any(|entry| {
-                entry.name == consumer && matches!(entry.placement, Placement::Remote(_))
+                entry.name == consumer.name && matches!(entry.placement, Placement::Remote(_))
             });
             if !remote {
                 continue;
             }
-            let lost: Vec<&str> = event_types
+            let lost: Vec<&str> = consumer
+                .consumes
                 .iter()
                 .copied()
                 .filter(|event_type| {
@@ -289,6 +425,7 @@ impl Composition {
                 })
                 .collect();
             if !lost.is_empty() {
+                let consumer = consumer.name;
                 anyhow::bail!(
                     "{consumer} runs in another process (modules.{consumer}.mode = \"remote\") and consumes {}, \
                      which this process publishes; an in-process bus cannot carry events between processes: \
@@ -421,10 +558,12 @@ pub async fn start(
         );
     }
     let operations = Arc::new(Operations {
+        instance: uuid::Uuid::new_v4(),
         bus: Arc::clone(&composition.bus),
         modules: composition.entries.clone(),
         openapi: composition.openapi(&config.shop.currency),
     });
+    let _peer_check = operations.check_peers_at_startup();
     let tokens = web::Data::new(Tokens::from_settings(&config.auth));
     let modules = composition.local.clone();
     let address = listener.local_addr()?;

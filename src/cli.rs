@@ -217,7 +217,7 @@ async fn dead_letters(config: Config, action: DeadLetterAction) -> anyhow::Resul
 async fn demo(config: Config) -> anyhow::Result<()> {
     let composition = compose(&config).await?;
     composition.migrate().await?;
-    let Some(module) = composition.catalog_module.as_ref() else {
+    let Some(module) = composition.ports.get::<catalog::CatalogModule>() else {
         anyhow::bail!(
             "the catalog is not local here (modules.catalog.mode); run `bazaar demo` where it is"
         );

@@ -7,6 +7,8 @@ use chassis::config::{
 use chassis::remote::RemoteSettings;
 use serde::{Deserialize, Serialize};
 
+use crate::app::MODULES;
+
 /// The whole configuration of one Bazaar process (spec §6), read once at start-up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -59,14 +61,6 @@ impl Default for Config {
     }
 }
 
-/// Whether each module is compiled into this binary.
-pub(crate) const COMPILED_IN: [(&str, bool); 4] = [
-    ("catalog", cfg!(feature = "catalog")),
-    ("orders", cfg!(feature = "orders")),
-    ("billing", cfg!(feature = "billing")),
-    ("notifications", cfg!(feature = "notifications")),
-];
-
 impl Config {
     /// Loads defaults < `file` < `BAZAAR__…` environment, then validates.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -101,9 +95,10 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::key("data_dir", "must not be empty"));
         }
-        for (name, _) in COMPILED_IN {
-            self.placement(name)?;
+        for module in &MODULES {
+            self.placement(module.name)?;
         }
+        self.check_not_remote_to_itself()?;
         self.catalog.validate().map_err(ConfigError::Invalid)?;
         self.orders.validate().map_err(ConfigError::Invalid)?;
         self.billing.validate().map_err(ConfigError::Invalid)?;
@@ -125,9 +120,9 @@ impl Config {
     /// the budget is shared evenly by the modules without one (at least 2 each, so that a
     /// relay and a request can run at once). Sizes that exceed the budget are refused.
     pub(crate) fn postgres_pools(&self) -> Result<Vec<(&'static str, u32)>, ConfigError> {
-        let on_postgres: Vec<&'static str> = COMPILED_IN
+        let on_postgres: Vec<&'static str> = MODULES
             .iter()
-            .map(|(name, _)| *name)
+            .map(|module| module.name)
             .filter(|name| matches!(self.placement(name), Ok(Placement::Local)))
             .filter(|name| {
                 self.module(name)
@@ -177,11 +172,48 @@ impl Config {
         }
     }
 
+    /// A remote module whose URL is this process's own listening address would call itself
+    /// for ever; the usual slip is copying a monolith's config and flipping one mode.
+    fn check_not_remote_to_itself(&self) -> Result<(), ConfigError> {
+        let Some((bind_host, bind_port)) = self.server.bind.rsplit_once(':') else {
+            return Ok(());
+        };
+        let bind_host = bind_host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = |host: &str| {
+            host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
+        };
+        for module in &MODULES {
+            let Ok(Placement::Remote(url)) = self.placement(module.name) else {
+                continue;
+            };
+            let host = url.host_str().unwrap_or_default();
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let same_port = url
+                .port_or_known_default()
+                .is_some_and(|port| port.to_string() == bind_port);
+            let same_host = host == bind_host || (loopback(host) && loopback(bind_host));
+            if same_port && same_host {
+                return Err(ConfigError::key(
+                    format!("modules.{}.url", module.name),
+                    format!(
+                        "{url} is this process's own address (server.bind = {}): a module cannot be remote to \
+                         the process itself; point it at the process that hosts {}, or set modules.{}.mode = \"local\"",
+                        self.server.bind, module.name, module.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Where a module runs for this process.
     pub fn placement(&self, name: &str) -> Result<Placement, ConfigError> {
-        let compiled_in = COMPILED_IN
+        let compiled_in = MODULES
             .iter()
-            .any(|(module, compiled)| *module == name && *compiled);
+            .any(|module| module.name == name && module.local.is_some());
         self.module(name).placement(name, compiled_in)
     }
 }

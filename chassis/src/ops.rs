@@ -12,7 +12,8 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::config::Placement;
 use crate::db::{Database, Migrations};
-use crate::remote::RemoteClient;
+use crate::http::Service;
+use crate::remote::{INTERNAL_MODULES_PATH, PeerError, PeerModule, PeerModules, RemoteClient};
 
 /// Something `/health/ready` checks for a module.
 #[derive(Debug, Clone)]
@@ -33,6 +34,9 @@ pub struct ModuleEntry {
 
 /// Everything the operations endpoints report on.
 pub struct Operations {
+    /// Random per server; `/internal/modules` tells it, so that a peer check can see that a
+    /// "remote" module's URL leads back to the process that asks.
+    pub instance: uuid::Uuid,
     pub modules: Vec<ModuleEntry>,
     /// How events travel; `/health/ready` checks it.
     pub bus: Arc<dyn crate::events::EventBus>,
@@ -45,14 +49,6 @@ impl std::fmt::Debug for Operations {
             .field("modules", &self.modules)
             .finish_non_exhaustive()
     }
-}
-
-#[derive(Debug, Serialize)]
-struct ModuleView<'a> {
-    name: &'a str,
-    mode: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    url: Option<&'a Url>,
 }
 
 #[derive(Debug, Serialize)]
@@ -97,6 +93,7 @@ impl Operations {
             "/health/live",
             "/health/ready",
             "/modules",
+            INTERNAL_MODULES_PATH,
             "/metrics",
             "/docs",
         ] {
@@ -108,6 +105,7 @@ impl Operations {
             .service(web::resource("/health/live").get(live))
             .service(web::resource("/health/ready").get(ready))
             .service(web::resource("/modules").get(modules))
+            .service(web::resource(INTERNAL_MODULES_PATH).get(internal_modules))
             .service(web::resource("/metrics").get(render_metrics))
             .service(web::resource("/docs").get(docs_redirect))
             .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", self.openapi.clone()));
@@ -139,7 +137,13 @@ async fn ready(ops: web::Data<Operations>) -> HttpResponse {
             let (key, outcome) = match probe {
                 Probe::Database(db) => ("database", db.ping().await.map_err(|e| e.to_string())),
                 Probe::Schema(db, migrations) => ("schema", schema_check(db, *migrations).await),
-                Probe::Peer(client) => ("peer", client.ping().await.map_err(|e| e.to_string())),
+                Probe::Peer(client) => (
+                    "peer",
+                    client
+                        .check_peer(ops.instance)
+                        .await
+                        .map_err(|error| format!("{} {error}", client.base_url())),
+                ),
             };
             module_ok &= outcome.is_ok();
             checks.insert(
@@ -182,20 +186,62 @@ async fn ready(ops: web::Data<Operations>) -> HttpResponse {
     }
 }
 
-async fn modules(ops: web::Data<Operations>) -> HttpResponse {
-    let views: Vec<ModuleView<'_>> = ops
-        .modules
+fn module_views(ops: &Operations) -> Vec<PeerModule> {
+    ops.modules
         .iter()
         .map(|module| {
             let (mode, url) = mode(&module.placement);
-            ModuleView {
-                name: module.name,
-                mode,
-                url,
+            PeerModule {
+                name: module.name.to_owned(),
+                mode: mode.to_owned(),
+                url: url.cloned(),
             }
         })
-        .collect();
-    HttpResponse::Ok().json(serde_json::json!({ "modules": views }))
+        .collect()
+}
+
+async fn modules(ops: web::Data<Operations>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "modules": module_views(&ops) }))
+}
+
+/// `/modules` for peers, with the instance id: behind the service token, so that a peer
+/// check also proves that both processes share it.
+async fn internal_modules(_: Service, ops: web::Data<Operations>) -> HttpResponse {
+    HttpResponse::Ok().json(PeerModules {
+        instance: ops.instance,
+        modules: module_views(&ops),
+    })
+}
+
+impl Operations {
+    /// Checks every remote peer once, in the background, and logs what is wrong: an error
+    /// for a peer that refuses the service token, does not host its module or is this
+    /// process (configuration to fix), a warning for one not reached yet (it may still be
+    /// starting; `/health/ready` keeps reporting it).
+    pub fn check_peers_at_startup(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let ops = Arc::clone(self);
+        tokio::spawn(async move {
+            for module in &ops.modules {
+                for probe in &module.probes {
+                    let Probe::Peer(client) = probe else { continue };
+                    match client.check_peer(ops.instance).await {
+                        Ok(()) => {
+                            tracing::info!(module = module.name, url = %client.base_url(), "remote module is reachable")
+                        }
+                        Err(error @ PeerError::Unreachable(_)) => tracing::warn!(
+                            module = module.name, url = %client.base_url(), %error,
+                            "remote module not reachable yet; /health/ready reports it until it is"
+                        ),
+                        Err(error) => tracing::error!(
+                            module = module.name, url = %client.base_url(), %error,
+                            "remote module is misconfigured: modules.{}.url must point at a process that hosts it, with the same auth.service_token",
+                            module.name
+                        ),
+                    }
+                }
+            }
+        })
+    }
 }
 
 async fn render_metrics() -> HttpResponse {

@@ -202,7 +202,7 @@ async fn connections_terminated_mid_load_leave_every_answer_true_on_postgres() {
         stored.iter().all(|order| order["status"] == "confirmed"),
         "every order made it through"
     );
-    assert_invariants(&http, &base, &product, 100_000, &stored).await;
+    assert_invariants(&http, &base, &base, &product, 100_000, &stored).await;
     drop(databases);
 }
 

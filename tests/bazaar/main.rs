@@ -2,9 +2,12 @@
 
 mod architecture;
 mod cli;
+mod deploy;
 mod faults;
 mod notifications;
 mod openapi;
 mod orders;
+mod placement;
 mod serve;
+mod split;
 mod support;

@@ -70,20 +70,21 @@ pub(crate) async fn payments_by_order(
 /// payment, reserved stock is zero.
 pub(crate) async fn assert_invariants(
     http: &reqwest::Client,
-    base: &str,
+    catalog: &str,
+    billing: &str,
     product_id: &str,
     initial_stock: i64,
     orders: &[Value],
 ) {
     let product: Value = http
-        .get(format!("{base}/catalog/products/{product_id}"))
+        .get(format!("{catalog}/catalog/products/{product_id}"))
         .send()
         .await
         .expect("reads")
         .json()
         .await
         .expect("json");
-    let payments = payments_by_order(http, base).await;
+    let payments = payments_by_order(http, billing).await;
     let mut sold = 0;
     for order in orders {
         let id = order["id"].as_str().expect("id");
@@ -106,7 +107,7 @@ pub(crate) async fn assert_invariants(
                     .as_str()
                     .expect("a captured payment has its invoice");
                 let invoice: Value = http
-                    .get(format!("{base}/billing/invoices/{invoice_id}"))
+                    .get(format!("{billing}/billing/invoices/{invoice_id}"))
                     .bearer_auth(ADMIN_TOKEN)
                     .send()
                     .await
@@ -187,7 +188,7 @@ async fn forty_orders_for_ten_units(config: bazaar::Config) {
         .filter(|payment| payment["status"] == "captured")
         .count();
     assert_eq!(captured, 10, "ten captured payments");
-    assert_invariants(&http, &base, &product, 10, &orders).await;
+    assert_invariants(&http, &base, &base, &product, 10, &orders).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -262,7 +263,7 @@ async fn an_order_whose_payment_keeps_failing_is_compensated_at_the_deadline() {
     };
     assert_eq!(order["status"], "rejected");
     assert_eq!(order["rejection_reason"], "dependency_unavailable");
-    assert_invariants(&http, &base, &product, 3, &[order]).await;
+    assert_invariants(&http, &base, &base, &product, 3, &[order]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -393,6 +394,6 @@ fn orders_paid_slowly_survive_a_sigkill_mid_saga_with_the_invariants_intact() {
     assert_eq!(orders[1]["status"], "confirmed");
     assert_eq!(orders[2]["status"], "confirmed");
     assert_eq!(orders[3]["status"], "rejected");
-    runtime.block_on(assert_invariants(&http, &base, &product, 5, &orders));
+    runtime.block_on(assert_invariants(&http, &base, &base, &product, 5, &orders));
     drop(server);
 }

@@ -27,7 +27,20 @@ pub(crate) async fn spawn(config: Config) -> String {
 
 /// Like [`spawn`], with a handle to stop the server.
 pub(crate) async fn spawn_stoppable(config: Config) -> (String, actix_web::dev::ServerHandle) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binds a free port");
+    spawn_on(config, listener()).await
+}
+
+/// A listener on a free loopback port, for a server whose URL its peers need before it
+/// starts.
+pub(crate) fn listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").expect("binds a free port")
+}
+
+/// Serves `config` on `listener`; answers the base URL and a handle to stop the server.
+pub(crate) async fn spawn_on(
+    config: Config,
+    listener: TcpListener,
+) -> (String, actix_web::dev::ServerHandle) {
     let base = format!("http://{}", listener.local_addr().expect("address"));
     let server = bazaar::start(config, listener).await.expect("starts");
     let handle = server.handle();

@@ -73,6 +73,46 @@ pub enum RemoteError {
     Unavailable { peer: String, reason: String },
 }
 
+/// The peer's answer to a hosting check: a [`RemoteClient::check_peer`] that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    /// Not reached (down, timed out, circuit open): worth waiting for.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The peer answered 401: the two processes have different `auth.service_token`s.
+    #[error("refuses this process's service token: auth.service_token must be the same on both")]
+    TokenRefused,
+    /// Something answers at the URL, but not a Bazaar process's operations endpoints.
+    #[error("does not look like a Bazaar process: {0}")]
+    NotBazaar(String),
+    /// A Bazaar process answers, but the module is not local there.
+    #[error("does not host this module (it hosts: {})", if hosts.is_empty() { "none".to_owned() } else { hosts.join(", ") })]
+    NotHosted { hosts: Vec<String> },
+    /// The URL leads back to the process that asks.
+    #[error("is this very process: the module's url points back at itself")]
+    IsThisProcess,
+}
+
+/// Where every process says which modules it hosts, behind the service token.
+pub const INTERNAL_MODULES_PATH: &str = "/internal/modules";
+
+/// What `/internal/modules` answers: the process's instance id and its modules.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerModules {
+    /// Random per running process (per server in tests that run several in one binary).
+    pub instance: uuid::Uuid,
+    pub modules: Vec<PeerModule>,
+}
+
+/// One module as a process reports it: `local`, `remote` (with its `url`) or `absent`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerModule {
+    pub name: String,
+    pub mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<Url>,
+}
+
 /// Whether a call may be repeated after a transient failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Idempotency {
@@ -185,17 +225,40 @@ impl RemoteClient {
         self.decode(&body)
     }
 
-    /// Whether the peer answers its liveness endpoint; for `/health/ready`.
-    pub async fn ping(&self) -> Result<(), RemoteError> {
-        self.call(
-            reqwest::Method::GET,
-            "/health/live",
-            &[],
-            None,
-            Idempotency::Idempotent,
-        )
-        .await
-        .map(|_| ())
+    /// Whether the peer is ready to serve this client's module: it answers, accepts the
+    /// service token, and hosts the module itself (its `/internal/modules`). For
+    /// `/health/ready` and the start-up check. `own_instance` is the asking process's
+    /// operations instance (`chassis::ops::Operations::instance`), so that a module configured as remote to the
+    /// very process that asks is caught rather than reported as ready.
+    pub async fn check_peer(&self, own_instance: uuid::Uuid) -> Result<(), PeerError> {
+        let hosted: PeerModules = self
+            .get(INTERNAL_MODULES_PATH, &[])
+            .await
+            .map_err(|error| match error {
+                RemoteError::Problem(problem) if problem.status == 401 => PeerError::TokenRefused,
+                RemoteError::Problem(problem) if problem.status == 404 => {
+                    PeerError::NotBazaar(format!("{INTERNAL_MODULES_PATH} answered 404"))
+                }
+                RemoteError::Problem(problem) => PeerError::NotBazaar(format!(
+                    "{INTERNAL_MODULES_PATH} answered {}",
+                    problem.status
+                )),
+                RemoteError::Unavailable { reason, .. } => PeerError::Unreachable(reason),
+            })?;
+        if hosted.instance == own_instance {
+            return Err(PeerError::IsThisProcess);
+        }
+        let local: Vec<String> = hosted
+            .modules
+            .into_iter()
+            .filter(|module| module.mode == "local")
+            .map(|module| module.name)
+            .collect();
+        if local.iter().any(|name| *name == self.inner.peer) {
+            Ok(())
+        } else {
+            Err(PeerError::NotHosted { hosts: local })
+        }
     }
 
     fn decode<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T, RemoteError> {
