@@ -5,6 +5,14 @@
 //!
 //!     cargo bench --bench orders                 # both backends, 32 clients, 10 s each
 //!     cargo bench --bench orders -- sqlite 64    # one backend, 64 clients
+//!     cargo bench --bench orders -- split        # the distributed tax (below)
+//!
+//! `split` runs the monolith (`bazaar serve`, every module on PostgreSQL, in-process bus)
+//! and then the split deployment (`deploy/split/run`: four services built by
+//! `deploy/split/build`, on the same PostgreSQL, events through NATS JetStream), each in
+//! processes of its own, drives each the same way, straight to the process serving
+//! `/orders` (and to the split's gateway too when nginx is installed), and reports the
+//! ratios, with the orders service's remote call times: where the split's extra time goes.
 //!
 //! The load generator runs in this same process, on the same two cores as the server.
 //! Figures go in BENCHMARKS.md.
@@ -60,28 +68,50 @@ fn serve(config: bazaar::Config) -> String {
     base
 }
 
+/// What one run measured.
+struct Report {
+    confirmed: usize,
+    rate: f64,
+    p50: f64,
+    p99: f64,
+}
+
 async fn run(label: &str, config: bazaar::Config, clients: usize) {
     let mail_folder = config.data_dir.join("outbox-mail");
     let base = serve(config);
+    drive(label, &base, &base, &mail_folder, clients).await;
+}
+
+/// Creates the products at `catalog`, then drives `POST /orders` at `orders` for
+/// [`RUN_FOR`] and prints what it measured.
+async fn drive(
+    label: &str,
+    catalog: &str,
+    orders: &str,
+    mail_folder: &std::path::Path,
+    clients: usize,
+) -> Report {
     chassis::remote::install_tls_provider();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
-    for _ in 0..200 {
-        if http.get(format!("{base}/health/live")).send().await.is_ok() {
-            break;
+    for base in [catalog, orders] {
+        for _ in 0..400 {
+            if http.get(format!("{base}/health/live")).send().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     // A shop sells many products: orders spread over them, as real traffic does, rather
     // than all queueing on one product's row lock.
     let mut bodies = Vec::with_capacity(PRODUCTS);
     for n in 0..PRODUCTS {
         let product: Value = http
-            .post(format!("{base}/catalog/products"))
+            .post(format!("{catalog}/catalog/products"))
             .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"sku": format!("BENCH-{n}"), "name": "Bench item", "price": {"amount": 500, "currency": "EUR"}, "stock": 1_000_000_000_i64}))
+            .json(&json!({"sku": format!("BENCH-{label}-{n}"), "name": "Bench item", "price": {"amount": 500, "currency": "EUR"}, "stock": 1_000_000_000_i64}))
             .send()
             .await
             .unwrap_or_else(|e| panic!("{e}"))
@@ -94,6 +124,7 @@ async fn run(label: &str, config: bazaar::Config, clients: usize) {
             "payment": {"token": "tok_visa"}
         }));
     }
+    let mails_before = count_mails(mail_folder);
     let bodies = Arc::new(bodies);
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -101,7 +132,7 @@ async fn run(label: &str, config: bazaar::Config, clients: usize) {
         .map(|client| {
             let (http, base, bodies, stop) = (
                 http.clone(),
-                base.clone(),
+                orders.to_owned(),
                 Arc::clone(&bodies),
                 Arc::clone(&stop),
             );
@@ -138,15 +169,8 @@ async fn run(label: &str, config: bazaar::Config, clients: usize) {
     }
     let elapsed = started.elapsed();
     // Notifications works behind the answers: a run where it fell behind would look faster
-    // than the monolith can keep up, so say how far it got.
-    let mails = std::fs::read_dir(&mail_folder)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter(|entry| entry.file_name().to_string_lossy().ends_with(".eml"))
-                .count()
-        })
-        .unwrap_or(0);
+    // than the deployment can keep up, so say how far it got.
+    let mails = count_mails(mail_folder).saturating_sub(mails_before);
     let confirmed = outcomes.iter().filter(|outcome| outcome.confirmed).count();
     let mut latencies: Vec<Duration> = outcomes.iter().map(|outcome| outcome.latency).collect();
     latencies.sort_unstable();
@@ -167,6 +191,315 @@ async fn run(label: &str, config: bazaar::Config, clients: usize) {
         "{:<12} e-mails written by the end of the run: {mails} ({:.0} % of the confirmed orders)",
         "",
         mails as f64 * 100.0 / confirmed.max(1) as f64,
+    );
+    Report {
+        confirmed,
+        rate,
+        p50: at(0.5),
+        p99: at(0.99),
+    }
+}
+
+fn count_mails(folder: &std::path::Path) -> usize {
+    std::fs::read_dir(folder)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|entry| entry.file_name().to_string_lossy().ends_with(".eml"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// The PostgreSQL server of `BAZAAR_TEST_POSTGRES_URL`, without its database.
+fn postgres_server() -> String {
+    let url = std::env::var("BAZAAR_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    match url.rsplit_once('/') {
+        Some((server, _)) => server.to_owned(),
+        None => url,
+    }
+}
+
+/// The monolith in a process of its own, every module on PostgreSQL; answers the child and
+/// the databases (dropped after the child).
+fn spawn_monolith(
+    data: &std::path::Path,
+    port: u16,
+) -> Option<(std::process::Child, Vec<TestDatabase>)> {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_bazaar"));
+    command
+        .arg("serve")
+        .current_dir(data)
+        .env("BAZAAR__SERVER__BIND", format!("127.0.0.1:{port}"))
+        .env("BAZAAR__DATA_DIR", data)
+        .env("BAZAAR__AUTH__ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("BAZAAR__LOG__LEVEL", "warn");
+    let mut databases = Vec::new();
+    for module in ["CATALOG", "ORDERS", "BILLING", "NOTIFICATIONS"] {
+        let db = TestDatabase::postgres()?;
+        command.env(
+            format!("BAZAAR__MODULES__{module}__DATABASE_URL"),
+            db.url().expose(),
+        );
+        databases.push(db);
+    }
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start the monolith: {e}"));
+    Some((child, databases))
+}
+
+/// `deploy/split/run` with the bench's ports, databases and release binaries.
+struct SplitRun {
+    env: Vec<(String, String)>,
+    ports: [u16; 6],
+    dir: tempfile::TempDir,
+}
+
+impl SplitRun {
+    fn run(&self, args: &[&str]) -> bool {
+        std::process::Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/split/run"))
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .status()
+            .is_ok_and(|status| status.success())
+    }
+}
+
+impl Drop for SplitRun {
+    fn drop(&mut self) {
+        let _ = self.run(&["clean"]);
+    }
+}
+
+/// Processes whose CPU time a run accounts for, by group name.
+type ProcessGroups = Vec<(&'static str, Vec<u32>)>;
+
+/// The pids of the processes named `comm` (as `/proc/<pid>/comm` has it).
+fn pids_named(comm: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|name| name.trim_end() == comm)
+        })
+        .collect()
+}
+
+/// User + system CPU seconds of `pids` so far (`/proc/<pid>/stat`, in USER_HZ = 100 ticks).
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the parenthesised command name; utime and stime are 14 and 15.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks =
+                fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .sum()
+}
+
+/// Runs `drive` and prints the CPU milliseconds each group of processes spent per
+/// confirmed order meanwhile: where the time goes.
+async fn drive_accounted(
+    label: &str,
+    catalog: &str,
+    orders: &str,
+    mail_folder: &std::path::Path,
+    clients: usize,
+    groups: impl Fn() -> ProcessGroups,
+) -> Report {
+    let before: Vec<f64> = groups().iter().map(|(_, pids)| cpu_seconds(pids)).collect();
+    let report = drive(label, catalog, orders, mail_folder, clients).await;
+    let after = groups();
+    let per_order: Vec<String> = after
+        .iter()
+        .zip(before)
+        .map(|((name, pids), before)| {
+            let ms = (cpu_seconds(pids) - before) * 1000.0 / report.confirmed.max(1) as f64;
+            format!("{name} {ms:.2}")
+        })
+        .collect();
+    println!(
+        "{:<12} CPU ms per confirmed order (2 cores): {}",
+        "",
+        per_order.join(", ")
+    );
+    report
+}
+
+/// The orders service's mean remote call time per peer, from its `/metrics`.
+async fn remote_call_times(orders: &str) -> Vec<String> {
+    let Ok(response) = reqwest::get(format!("{orders}/metrics")).await else {
+        return Vec::new();
+    };
+    let text = response.text().await.unwrap_or_default();
+    let mut sums = std::collections::BTreeMap::<String, (f64, f64)>::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("bazaar_port_call_duration_seconds_") else {
+            continue;
+        };
+        let (kind, rest) = rest.split_once('{').unwrap_or_default();
+        let module = rest
+            .split("module=\"")
+            .nth(1)
+            .and_then(|tail| tail.split('"').next())
+            .unwrap_or_default()
+            .to_owned();
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        let entry = sums.entry(module).or_default();
+        match kind {
+            "sum" => entry.0 += value,
+            "count" => entry.1 += value,
+            _ => {}
+        }
+    }
+    sums.into_iter()
+        .filter(|(_, (_, count))| *count > 0.0)
+        .map(|(module, (sum, count))| {
+            format!(
+                "{module}: {count:.0} calls, mean {:.2} ms",
+                sum * 1000.0 / count
+            )
+        })
+        .collect()
+}
+
+async fn split(clients: usize) {
+    let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/target/split/release");
+    let fresh = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/split/build"))
+        .arg("--check")
+        .status()
+        .is_ok_and(|status| status.success());
+    if !fresh {
+        println!("split: the services' release binaries are not built from these sources (above)");
+        return;
+    }
+
+    let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let port = free_port();
+    let Some((mut monolith, databases)) = spawn_monolith(data.path(), port) else {
+        println!("split: skipped (no PostgreSQL)");
+        return;
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let monolith_pid = monolith.id();
+    let reference = drive_accounted(
+        "monolith-pg",
+        &base,
+        &base,
+        &data.path().join("outbox-mail"),
+        clients,
+        || {
+            vec![
+                ("bazaar", vec![monolith_pid]),
+                ("postgres", pids_named("postgres")),
+                ("load generator", vec![std::process::id()]),
+            ]
+        },
+    )
+    .await;
+    let _ = monolith.kill();
+    let _ = monolith.wait();
+    drop(databases);
+
+    let ports = [
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    ];
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let run = SplitRun {
+        env: vec![
+            ("BAZAAR_SPLIT_DIR".into(), dir.path().display().to_string()),
+            ("BAZAAR_SPLIT_BIN".into(), bin.into()),
+            ("BAZAAR_SPLIT_POSTGRES".into(), postgres_server()),
+            (
+                "BAZAAR_SPLIT_DB_PREFIX".into(),
+                format!("bazaar_bench_{}_", std::process::id()),
+            ),
+            (
+                "BAZAAR_SPLIT_PORTS".into(),
+                ports.map(|p| p.to_string()).join(" "),
+            ),
+            ("BAZAAR__AUTH__ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
+            ("BAZAAR__AUTH__SERVICE_TOKEN".into(), "bench-service".into()),
+            ("BAZAAR__LOG__LEVEL".into(), "warn".into()),
+        ],
+        ports,
+        dir,
+    };
+    if !run.run(&["start"]) {
+        println!("split: deploy/split/run start failed; see its messages above");
+        return;
+    }
+    let [gateway, catalog, orders, _, _, _] = run.ports.map(|p| format!("http://127.0.0.1:{p}"));
+    let mails = run.dir.path().join("data/notifications/outbox-mail");
+    let pid_of = |service: &str| -> Vec<u32> {
+        std::fs::read_to_string(run.dir.path().join(format!("{service}.pid")))
+            .ok()
+            .and_then(|pid| pid.trim().parse().ok())
+            .into_iter()
+            .collect()
+    };
+    let groups = || {
+        vec![
+            ("orders", pid_of("orders")),
+            ("catalog", pid_of("catalog")),
+            ("billing", pid_of("billing")),
+            ("notifications", pid_of("notifications")),
+            ("nats", pid_of("nats")),
+            ("nginx", pids_named("nginx")),
+            ("postgres", pids_named("postgres")),
+            ("load generator", vec![std::process::id()]),
+        ]
+    };
+    let direct = drive_accounted("split", &catalog, &orders, &mails, clients, groups).await;
+    let calls = remote_call_times(&orders).await;
+    let via_gateway = if run.dir.path().join("gateway.pid").exists() {
+        Some(drive_accounted("split+nginx", &gateway, &gateway, &mails, clients, groups).await)
+    } else {
+        println!("split+nginx: skipped (nginx is not installed)");
+        None
+    };
+    println!(
+        "split / monolith-pg: {:.2}× the throughput (target ≥ 0.5), p50 {:.2}×, p99 {:.2}× (target ≤ 2)",
+        direct.rate / reference.rate,
+        direct.p50 / reference.p50,
+        direct.p99 / reference.p99,
+    );
+    if let Some(via) = via_gateway {
+        println!(
+            "split+nginx / monolith-pg: {:.2}× the throughput, p50 {:.2}×, p99 {:.2}×",
+            via.rate / reference.rate,
+            via.p50 / reference.p50,
+            via.p99 / reference.p99,
+        );
+    }
+    println!(
+        "the orders service's calls to its peers (both split runs): {}",
+        calls.join("; ")
     );
 }
 
@@ -190,6 +523,11 @@ fn main() {
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
     runtime.block_on(async {
+        // `split` runs only when asked for by name: it needs deploy/split/build first.
+        if only.as_deref() == Some("split") {
+            split(clients).await;
+            return;
+        }
         if wanted("sqlite") {
             let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
             run("sqlite", config(data.path()), clients).await;

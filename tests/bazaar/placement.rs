@@ -386,3 +386,57 @@ async fn remote_orders_and_notifications_offer_their_ports_and_are_probed() {
         }
     }
 }
+
+/// `bazaar serve` logs a misconfigured peer as an error at start-up, saying what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misconfigured_peer_is_logged_as_an_error_at_start_up() {
+    use std::io::{BufRead, BufReader};
+
+    let billing_dir = tempfile::tempdir().expect("tempdir");
+    let mut billing_only = support::config(billing_dir.path());
+    for module in ["catalog", "orders", "notifications"] {
+        set_mode(&mut billing_only, module, ModuleMode::Off, None);
+    }
+    let (billing_base, _billing) = support::spawn_stoppable(billing_only).await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = support::listener().local_addr().expect("address").port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bazaar"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("BAZAAR__DATA_DIR", dir.path())
+        .env("BAZAAR__SERVER__BIND", format!("127.0.0.1:{port}"))
+        .env("BAZAAR__AUTH__SERVICE_TOKEN", support::SERVICE_TOKEN)
+        .env("BAZAAR__MODULES__CATALOG__MODE", "remote")
+        .env("BAZAAR__MODULES__CATALOG__URL", format!("{billing_base}/"))
+        .env("BAZAAR__MODULES__NOTIFICATIONS__MODE", "off")
+        .env("BAZAAR__LOG__FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let found = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("\"level\":\"ERROR\"") && line.contains("does not host this module") {
+                return Some(line);
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+        }
+        None
+    });
+    let found = tokio::time::timeout(Duration::from_secs(30), found).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = found
+        .expect("within 30 s")
+        .expect("the reader ends")
+        .expect("an ERROR line saying the peer does not host the catalog");
+    assert!(
+        line.contains("modules.catalog.url") && line.contains("billing"),
+        "{line}"
+    );
+}

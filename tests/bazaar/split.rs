@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -31,36 +31,6 @@ fn repository() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The newest modification among the sources the services are built from.
-fn newest_source() -> SystemTime {
-    fn walk(path: &Path, newest: &mut SystemTime) {
-        let Ok(metadata) = std::fs::metadata(path) else {
-            return;
-        };
-        if metadata.is_dir() {
-            for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
-                if entry.file_name() != "target" {
-                    walk(&entry.path(), newest);
-                }
-            }
-        } else if let Ok(modified) = metadata.modified() {
-            *newest = (*newest).max(modified);
-        }
-    }
-    let mut newest = SystemTime::UNIX_EPOCH;
-    for part in [
-        "src",
-        "chassis/src",
-        "modules",
-        "migrations",
-        "Cargo.toml",
-        "Cargo.lock",
-    ] {
-        walk(&repository().join(part), &mut newest);
-    }
-    newest
-}
-
 /// The split deployment of one test: its run folder, ports and databases. Dropping it
 /// stops every process it started and drops its databases.
 struct Split {
@@ -77,25 +47,17 @@ impl Split {
             .and_then(Path::parent)
             .map(|target| target.join("split/debug"))
             .unwrap_or_else(|| PathBuf::from("target/split/debug"));
-        let sources = newest_source();
-        for module in MODULES {
-            let binary = bin.join(format!("bazaar-{module}"));
-            let built = std::fs::metadata(&binary).and_then(|metadata| metadata.modified());
-            match built {
-                Err(_) => {
-                    return unavailable(&format!(
-                        "{} is missing: run `deploy/split/build --profile dev`",
-                        binary.display()
-                    ));
-                }
-                Ok(built) if built < sources => {
-                    return unavailable(&format!(
-                        "{} is older than the sources: run `deploy/split/build --profile dev`",
-                        binary.display()
-                    ));
-                }
-                Ok(_) => {}
-            }
+        let check = Command::new("bash")
+            .arg(repository().join("deploy/split/build"))
+            .args(["--check", "--profile", "dev"])
+            .env(
+                "CARGO_TARGET_DIR",
+                bin.parent().and_then(Path::parent).unwrap_or(&bin),
+            )
+            .output()
+            .expect("runs deploy/split/build --check");
+        if !check.status.success() {
+            return unavailable(String::from_utf8_lossy(&check.stdout).trim());
         }
         // PostgreSQL must answer (TestDatabase says why not, and fails in CI).
         let probe = chassis::testing::TestDatabase::postgres()?;
