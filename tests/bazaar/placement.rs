@@ -91,14 +91,7 @@ async fn every_placement_of_the_modules_confirms_an_order_and_e_mails_it() {
             let ready: Value = ready.json().await.expect("json");
             assert_eq!(status, 200, "{placement}: {ready}");
         }
-        let modules: Value = http
-            .get(format!("{home_base}/modules"))
-            .send()
-            .await
-            .expect("answers")
-            .json()
-            .await
-            .expect("json");
+        let modules: Value = support::get_json(&http, &format!("{home_base}/modules")).await;
         for module in modules["modules"].as_array().expect("modules") {
             let name = module["name"].as_str().expect("name");
             let expected = if away.contains(&name) {
@@ -147,18 +140,14 @@ async fn every_placement_of_the_modules_confirms_an_order_and_e_mails_it() {
             json!({"on_hand": 3, "reserved": 0, "available": 3}),
             "{placement}"
         );
-        let payments: Value = http
-            .get(format!(
+        let payments: Value = support::get_json(
+            &http,
+            &format!(
                 "{}/billing/payments?order_id={order_id}",
                 base_of("billing")
-            ))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .expect("answers")
-            .json()
-            .await
-            .expect("json");
+            ),
+        )
+        .await;
         assert_eq!(payments["items"][0]["status"], "captured", "{placement}");
         assert_eq!(
             payments["items"][0]["amount"]["amount"], 9000,
@@ -167,18 +156,14 @@ async fn every_placement_of_the_modules_confirms_an_order_and_e_mails_it() {
 
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let page: Value = http
-                .get(format!(
+            let page: Value = support::get_json(
+                &http,
+                &format!(
                     "{}/notifications?order_id={order_id}",
                     base_of("notifications")
-                ))
-                .bearer_auth(ADMIN_TOKEN)
-                .send()
-                .await
-                .expect("lists")
-                .json()
-                .await
-                .expect("json");
+                ),
+            )
+            .await;
             let items = page["items"].as_array().cloned().unwrap_or_default();
             if items.iter().any(|delivery| delivery["status"] == "sent") {
                 assert_eq!(items.len(), 1, "{placement}: one e-mail: {page}");
@@ -217,23 +202,30 @@ fn catalog_peer_check(ready: &Value) -> &Value {
         .expect("the catalog's entry")["checks"]["peer"]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_that_does_not_host_the_module_fails_readiness_saying_what_it_hosts() {
-    // A billing-only process stands where the catalog is expected.
-    let billing_dir = tempfile::tempdir().expect("tempdir");
-    let mut billing_only = support::config(billing_dir.path());
-    for module in ["catalog", "orders", "notifications"] {
-        set_mode(&mut billing_only, module, ModuleMode::Off, None);
+/// A process hosting `module` alone (the others off), with `configure` applied; answers
+/// its base URL and the handle that keeps it serving.
+async fn spawn_only(
+    dir: &std::path::Path,
+    module: &str,
+    configure: impl FnOnce(&mut bazaar::Config),
+) -> (String, actix_web::dev::ServerHandle) {
+    let mut config = support::config(dir);
+    for other in MODULES.iter().filter(|other| **other != module) {
+        set_mode(&mut config, other, ModuleMode::Off, None);
     }
-    let (billing_base, _billing) = support::spawn_stoppable(billing_only).await;
+    configure(&mut config);
+    support::spawn_stoppable(config).await
+}
 
+/// The error of the `peer` check of a process whose catalog is remote at `catalog_url`.
+async fn catalog_peer_error(catalog_url: &str) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = support::config(dir.path());
     set_mode(
         &mut config,
         "catalog",
         ModuleMode::Remote,
-        Some(&format!("{billing_base}/")),
+        Some(catalog_url),
     );
     set_mode(&mut config, "notifications", ModuleMode::Off, None);
     let base = support::spawn(config).await;
@@ -241,7 +233,15 @@ async fn a_peer_that_does_not_host_the_module_fails_readiness_saying_what_it_hos
     assert_eq!(status, 503, "{ready}");
     let check = catalog_peer_check(&ready);
     assert_eq!(check["status"], "error", "{ready}");
-    let error = check["error"].as_str().expect("a reason");
+    check["error"].as_str().expect("a reason").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_not_host_the_module_fails_readiness_saying_what_it_hosts() {
+    // A billing-only process stands where the catalog is expected.
+    let billing_dir = tempfile::tempdir().expect("tempdir");
+    let (billing_base, _billing) = spawn_only(billing_dir.path(), "billing", |_| {}).await;
+    let error = catalog_peer_error(&format!("{billing_base}/")).await;
     assert!(
         error.contains("does not host") && error.contains("billing"),
         "{error}"
@@ -251,29 +251,11 @@ async fn a_peer_that_does_not_host_the_module_fails_readiness_saying_what_it_hos
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_refuses_the_service_token_fails_readiness_naming_the_key() {
     let catalog_dir = tempfile::tempdir().expect("tempdir");
-    let mut catalog_only = support::config(catalog_dir.path());
-    for module in ["orders", "billing", "notifications"] {
-        set_mode(&mut catalog_only, module, ModuleMode::Off, None);
-    }
-    catalog_only.auth.service_token = Some(chassis::secret::Secret::new("another-token"));
-    let (catalog_base, _catalog) = support::spawn_stoppable(catalog_only).await;
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = support::config(dir.path());
-    set_mode(
-        &mut config,
-        "catalog",
-        ModuleMode::Remote,
-        Some(&format!("{catalog_base}/")),
-    );
-    set_mode(&mut config, "notifications", ModuleMode::Off, None);
-    let base = support::spawn(config).await;
-    let (status, ready) = ready(&base).await;
-    assert_eq!(status, 503, "{ready}");
-    let error = catalog_peer_check(&ready)["error"]
-        .as_str()
-        .expect("a reason")
-        .to_owned();
+    let (catalog_base, _catalog) = spawn_only(catalog_dir.path(), "catalog", |config| {
+        config.auth.service_token = Some(chassis::secret::Secret::new("another-token"));
+    })
+    .await;
+    let error = catalog_peer_error(&format!("{catalog_base}/")).await;
     assert!(error.contains("auth.service_token"), "{error}");
 }
 
@@ -393,11 +375,7 @@ async fn a_misconfigured_peer_is_logged_as_an_error_at_start_up() {
     use std::io::{BufRead, BufReader};
 
     let billing_dir = tempfile::tempdir().expect("tempdir");
-    let mut billing_only = support::config(billing_dir.path());
-    for module in ["catalog", "orders", "notifications"] {
-        set_mode(&mut billing_only, module, ModuleMode::Off, None);
-    }
-    let (billing_base, _billing) = support::spawn_stoppable(billing_only).await;
+    let (billing_base, _billing) = spawn_only(billing_dir.path(), "billing", |_| {}).await;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let port = support::listener().local_addr().expect("address").port();

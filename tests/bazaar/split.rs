@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::orders::{assert_invariants, create_product};
-use crate::support::{self, ADMIN_TOKEN, SERVICE_TOKEN};
+use crate::support::{self, ADMIN_TOKEN, SERVICE_TOKEN, get_json};
 
 const MODULES: [&str; 4] = ["catalog", "orders", "billing", "notifications"];
 
@@ -223,15 +223,20 @@ async fn place(
         .expect("answers")
 }
 
-async fn get_json(http: &reqwest::Client, url: &str) -> Value {
-    http.get(url)
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
+/// [`place`], answering the order.
+async fn placed(
+    http: &reqwest::Client,
+    base: &str,
+    email: &str,
+    product: &str,
+    quantity: u32,
+    token: &str,
+) -> Value {
+    place(http, base, email, product, quantity, token)
         .await
-        .expect("answers")
         .json()
         .await
-        .expect("json")
+        .expect("the order")
 }
 
 /// Waits until `order_id` has e-mails with exactly `templates` (all sent), then a little
@@ -359,31 +364,15 @@ async fn the_split_deployment_runs_every_scenario_and_survives_its_faults() {
     let rare = create_product(&http, &split.base("catalog"), "RARE", 1, 1000).await;
     let orders = split.base("orders");
 
-    let confirmed: Value = place(&http, &orders, "ada@example.com", &lamp, 2, "tok_visa")
-        .await
-        .json()
-        .await
-        .expect("json");
+    let confirmed: Value = placed(&http, &orders, "ada@example.com", &lamp, 2, "tok_visa").await;
     assert_eq!(confirmed["status"], "confirmed", "{confirmed}");
-    let declined: Value = place(&http, &orders, "bob@example.com", &lamp, 1, "tok_declined")
-        .await
-        .json()
-        .await
-        .expect("json");
+    let declined: Value = placed(&http, &orders, "bob@example.com", &lamp, 1, "tok_declined").await;
     assert_eq!(declined["status"], "rejected", "{declined}");
     assert_eq!(declined["rejection_reason"], "payment_declined");
-    let out_of_stock: Value = place(&http, &orders, "cy@example.com", &rare, 2, "tok_visa")
-        .await
-        .json()
-        .await
-        .expect("json");
+    let out_of_stock: Value = placed(&http, &orders, "cy@example.com", &rare, 2, "tok_visa").await;
     assert_eq!(out_of_stock["status"], "rejected", "{out_of_stock}");
     assert_eq!(out_of_stock["rejection_reason"], "out_of_stock");
-    let to_cancel: Value = place(&http, &orders, "dee@example.com", &lamp, 3, "tok_visa")
-        .await
-        .json()
-        .await
-        .expect("json");
+    let to_cancel: Value = placed(&http, &orders, "dee@example.com", &lamp, 3, "tok_visa").await;
     assert_eq!(to_cancel["status"], "confirmed", "{to_cancel}");
     let cancel_id = to_cancel["id"].as_str().expect("id");
     let cancelled: Value = http
@@ -527,11 +516,7 @@ async fn the_split_deployment_runs_every_scenario_and_survives_its_faults() {
     // Fault: notifications dies; what happens meanwhile is e-mailed once it is back, and
     // nothing e-mailed before is sent again.
     split.run(&["kill", "notifications"]);
-    let while_down: Value = place(&http, &orders, "fay@example.com", &lamp, 1, "tok_visa")
-        .await
-        .json()
-        .await
-        .expect("json");
+    let while_down: Value = placed(&http, &orders, "fay@example.com", &lamp, 1, "tok_visa").await;
     assert_eq!(
         while_down["status"], "confirmed",
         "orders do not need notifications: {while_down}"

@@ -90,6 +90,18 @@ pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// GETs `url` with the admin token and answers its JSON body.
+pub(crate) async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    http.get(url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json")
+}
+
 pub(crate) async fn wait_until_live(base: &str) {
     let client = http();
     for _ in 0..200 {
