@@ -15,9 +15,10 @@ use chassis::http::{
 };
 use chassis::module::{LocalModule, Ports};
 use chassis::ops::{ModuleEntry, Operations, Probe};
+use chassis::port::Mode;
 use chassis::remote::RemoteClient;
-use notifications_contract::{HttpNotifications, Notifications};
-use orders_contract::{HttpOrders, Orders};
+use notifications_contract::HttpNotifications;
+use orders_contract::HttpOrders;
 use tracing_actix_web::TracingLogger;
 use url::Url;
 
@@ -120,7 +121,7 @@ fn local_catalog(
     ports: &mut Ports,
 ) -> anyhow::Result<Arc<dyn LocalModule>> {
     let module = catalog::CatalogModule::new(db, config.shop.currency.clone(), &config.catalog);
-    ports.provide(module.port());
+    ports.provide(catalog_contract::observed(module.port(), Mode::Local));
     // `bazaar demo` fills the local catalog through its service.
     ports.provide(Arc::new(module.clone()));
     Ok(Arc::new(module))
@@ -133,7 +134,7 @@ fn remote_catalog(config: &Config, url: Url, ports: &mut Ports) -> anyhow::Resul
         config.remote.clone(),
     )?;
     let remote = client.remote().clone();
-    ports.provide::<dyn Catalog>(Arc::new(client));
+    ports.provide(catalog_contract::observed(Arc::new(client), Mode::Remote));
     Ok(remote)
 }
 
@@ -156,7 +157,7 @@ fn local_orders(
         catalog,
         billing,
     );
-    ports.provide(module.port());
+    ports.provide(orders_contract::observed(module.port(), Mode::Local));
     Ok(Arc::new(module))
 }
 
@@ -167,7 +168,7 @@ fn remote_orders(config: &Config, url: Url, ports: &mut Ports) -> anyhow::Result
         config.remote.clone(),
     )?;
     let remote = client.remote().clone();
-    ports.provide::<dyn Orders>(Arc::new(client));
+    ports.provide(orders_contract::observed(Arc::new(client), Mode::Remote));
     Ok(remote)
 }
 
@@ -178,7 +179,7 @@ fn local_billing(
     ports: &mut Ports,
 ) -> anyhow::Result<Arc<dyn LocalModule>> {
     let module = billing::BillingModule::new(db, config.shop.currency.clone(), &config.billing);
-    ports.provide(module.port());
+    ports.provide(billing_contract::observed(module.port(), Mode::Local));
     Ok(Arc::new(module))
 }
 
@@ -192,7 +193,7 @@ fn remote_billing(config: &Config, url: Url, ports: &mut Ports) -> anyhow::Resul
         .max(config.billing.gateway_timeout + std::time::Duration::from_secs(5));
     let client = HttpBilling::new(url, config.auth.service_token.clone(), settings)?;
     let remote = client.remote().clone();
-    ports.provide::<dyn Billing>(Arc::new(client));
+    ports.provide(billing_contract::observed(Arc::new(client), Mode::Remote));
     Ok(remote)
 }
 
@@ -204,7 +205,7 @@ fn local_notifications(
 ) -> anyhow::Result<Arc<dyn LocalModule>> {
     let module =
         notifications::NotificationsModule::new(db, &config.data_dir, &config.notifications);
-    ports.provide(module.port());
+    ports.provide(notifications_contract::observed(module.port(), Mode::Local));
     Ok(Arc::new(module))
 }
 
@@ -219,7 +220,10 @@ fn remote_notifications(
         config.remote.clone(),
     )?;
     let remote = client.remote().clone();
-    ports.provide::<dyn Notifications>(Arc::new(client));
+    ports.provide(notifications_contract::observed(
+        Arc::new(client),
+        Mode::Remote,
+    ));
     Ok(remote)
 }
 

@@ -79,7 +79,18 @@ pub fn run() -> ExitCode {
             }
         };
     }
-    chassis::telemetry::init(&config.log);
+    // Kept until the command ends, so that its last spans are exported.
+    let _telemetry = match chassis::telemetry::init(
+        &config.log,
+        &config.telemetry,
+        &config.service_identity(),
+    ) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("bazaar: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let outcome = actix_web::rt::System::new().block_on(execute(cli.command, config));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

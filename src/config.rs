@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 
 use chassis::config::{
     AuthSettings, BusKind, BusSettings, ConfigError, DatabaseSettings, EventsSettings, LogSettings,
-    ModuleSettings, Placement, ServerSettings, ShopSettings,
+    ModuleSettings, Placement, ServerSettings, ShopSettings, TelemetrySettings,
 };
 use chassis::remote::RemoteSettings;
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,7 @@ pub struct Config {
     pub shop: ShopSettings,
     pub auth: AuthSettings,
     pub log: LogSettings,
+    pub telemetry: TelemetrySettings,
     pub database: DatabaseSettings,
     pub bus: BusSettings,
     pub events: EventsSettings,
@@ -48,6 +49,7 @@ impl Default for Config {
             shop: ShopSettings::default(),
             auth: AuthSettings::default(),
             log: LogSettings::default(),
+            telemetry: TelemetrySettings::default(),
             database: DatabaseSettings::default(),
             bus: BusSettings::default(),
             events: EventsSettings::default(),
@@ -76,6 +78,7 @@ impl Config {
         self.bus.validate()?;
         self.events.validate()?;
         chassis::telemetry::validate(&self.log)?;
+        self.telemetry.validate()?;
         match self.bus.kind {
             BusKind::InProcess => {}
             BusKind::Nats if cfg!(feature = "nats") => {}
@@ -207,6 +210,32 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Who this process is in exported traces: its local modules, and whether it is the
+    /// monolith (every module local) or one part of a split.
+    pub fn service_identity(&self) -> chassis::telemetry::ServiceIdentity {
+        let placements: Vec<(&str, Option<Placement>)> = MODULES
+            .iter()
+            .map(|module| (module.name, self.placement(module.name).ok()))
+            .collect();
+        let local: Vec<&str> = placements
+            .iter()
+            .filter(|(_, placement)| *placement == Some(Placement::Local))
+            .map(|(name, _)| *name)
+            .collect();
+        chassis::telemetry::ServiceIdentity {
+            name: if local.is_empty() {
+                "bazaar".to_owned()
+            } else {
+                local.join("+")
+            },
+            mode: if local.len() == placements.len() {
+                "monolith"
+            } else {
+                "split"
+            },
+        }
     }
 
     /// Where a module runs for this process.

@@ -177,6 +177,39 @@ impl AuthSettings {
     }
 }
 
+/// `telemetry`: where spans are exported (spec §7).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// An OTLP/HTTP collector's base URL (`http://collector:4318`): spans go to
+    /// `<otlp_endpoint>/v1/traces` in batches. Unset: no export.
+    pub otlp_endpoint: Option<Url>,
+    /// `http/protobuf` (OTLP's default) or `http/json`.
+    pub otlp_protocol: OtlpProtocol,
+}
+
+/// How spans are encoded for the collector, named as `OTEL_EXPORTER_OTLP_PROTOCOL` names them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "http/json")]
+    HttpJson,
+}
+
+impl TelemetrySettings {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match &self.otlp_endpoint {
+            Some(url) if !matches!(url.scheme(), "http" | "https") => Err(ConfigError::key(
+                "telemetry.otlp_endpoint",
+                "must be an http:// or https:// URL (OTLP over HTTP, e.g. http://collector:4318)",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// `log`: human or JSON lines, and a `tracing` filter.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -14,9 +14,11 @@ pub mod events;
 pub mod integer;
 pub mod money;
 pub mod page;
+pub mod port;
 pub mod problem;
 pub mod remote;
 pub mod secret;
+pub mod trace;
 
 #[cfg(feature = "server")]
 pub mod config;

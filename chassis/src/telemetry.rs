@@ -1,9 +1,20 @@
-//! Logging: `tracing` with human or JSON lines. One span per HTTP request comes from
-//! `tracing_actix_web::TracingLogger`, wrapped around the app by the composition root.
+//! Logging and tracing: `tracing` with human or JSON lines, and every span also an
+//! OpenTelemetry span (trace and span ids for W3C propagation, see `chassis::trace`),
+//! exported over OTLP/HTTP when `telemetry.otlp_endpoint` is set. One span per HTTP request
+//! comes from `tracing_actix_web::TracingLogger`, wrapped around the app by the composition
+//! root; port calls, saga steps and event handlers add theirs.
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
-use crate::config::{ConfigError, LogFormat, LogSettings};
+use crate::config::{ConfigError, LogFormat, LogSettings, OtlpProtocol, TelemetrySettings};
 
 /// Checks `log.level` without installing anything.
 pub fn validate(settings: &LogSettings) -> Result<(), ConfigError> {
@@ -23,22 +34,164 @@ fn directives(level: &str) -> String {
     }
 }
 
-/// Installs the global subscriber; `RUST_LOG` overrides `log.level`. A second call (tests)
+/// Who this process is, for the spans it exports.
+#[derive(Debug, Clone)]
+pub struct ServiceIdentity {
+    /// `service.name`: the process's local modules, `catalog+orders+billing+notifications`
+    /// for the monolith, `orders` for the orders service.
+    pub name: String,
+    /// `bazaar.deployment.mode`: `monolith` (every module local) or `split`.
+    pub mode: &'static str,
+}
+
+/// Keeps the tracer provider alive; dropping it flushes the spans not exported yet.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        // Flushes the batch; an unreachable collector costs at most its export timeout.
+        let _ = self.provider.shutdown();
+    }
+}
+
+/// The tracer provider: a batch exporter to `<otlp_endpoint>/v1/traces` when one is set,
+/// none otherwise (spans then still get ids, for propagation, and go nowhere).
+pub fn tracer_provider(
+    settings: &TelemetrySettings,
+    service: &ServiceIdentity,
+) -> Result<SdkTracerProvider, String> {
+    let resource = Resource::builder()
+        .with_service_name(service.name.clone())
+        .with_attributes([
+            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            KeyValue::new("bazaar.deployment.mode", service.mode),
+        ])
+        .build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if let Some(endpoint) = &settings.otlp_endpoint {
+        use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+        let traces = format!("{}/v1/traces", endpoint.as_str().trim_end_matches('/'));
+        let protocol = match settings.otlp_protocol {
+            OtlpProtocol::HttpProtobuf => Protocol::HttpBinary,
+            OtlpProtocol::HttpJson => Protocol::HttpJson,
+        };
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(traces)
+            .with_protocol(protocol)
+            .with_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .map_err(|error| format!("telemetry.otlp_endpoint: {error}"))?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    Ok(builder.build())
+}
+
+/// Installs the global subscriber — log lines filtered by `log.level` (`RUST_LOG` wins), and
+/// every span at INFO or above, whatever the log level, to OpenTelemetry — and the W3C
+/// propagator that `TracingLogger` reads incoming requests with. A second call (tests)
 /// leaves the first subscriber in place.
-pub fn init(settings: &LogSettings) {
+pub fn init(
+    log: &LogSettings,
+    telemetry: &TelemetrySettings,
+    service: &ServiceIdentity,
+) -> Result<Telemetry, String> {
+    let provider = tracer_provider(telemetry, service)?;
+    install(log, provider.clone());
+    Ok(Telemetry { provider })
+}
+
+/// [`init`] with a given provider (tests hand it an in-memory exporter).
+pub fn install(log: &LogSettings, provider: SdkTracerProvider) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(directives(&settings.level)))
+        .or_else(|_| EnvFilter::try_new(directives(&log.level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal as _;
     // Colours only for a person at a terminal, never into files or container logs.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+    let ansi = std::io::stderr().is_terminal();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    let _already_installed = match settings.format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let fmt = match log.format {
+        LogFormat::Human => fmt
+            .event_format(WithTraceIds {
+                inner: tracing_subscriber::fmt::format().with_ansi(ansi),
+                json: false,
+            })
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => fmt
+            .json()
+            .event_format(WithTraceIds {
+                inner: tracing_subscriber::fmt::format().json().flatten_event(true),
+                json: true,
+            })
+            .with_filter(filter)
+            .boxed(),
     };
+    let tracer = provider.tracer("bazaar");
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(LevelFilter::INFO);
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let _already_installed = tracing_subscriber::registry()
+        .with(fmt)
+        .with(spans)
+        .try_init();
+}
+
+/// Log lines with the current span's `trace_id` and `span_id`, so that a line can be found
+/// from a trace and a trace from a line: JSON lines get two more fields, human lines end
+/// with `trace_id=… span_id=…`. Lines outside any span are left as they are.
+struct WithTraceIds<F> {
+    inner: F,
+    json: bool,
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+        let context = tracing::Span::current().context();
+        let span = context.span();
+        let ids = span.span_context();
+        if !ids.is_valid() {
+            return self.inner.format_event(ctx, writer, event);
+        }
+        let mut line = String::new();
+        self.inner.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        let (trace_id, span_id) = (ids.trace_id(), ids.span_id());
+        match (self.json, line.strip_prefix('{')) {
+            (true, Some(rest)) => {
+                write!(
+                    writer,
+                    "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\",{rest}"
+                )
+            }
+            _ => {
+                let body = line.strip_suffix('\n').unwrap_or(&line);
+                writeln!(writer, "{body} trace_id={trace_id} span_id={span_id}")
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::FutureExt as _;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument as _;
 
 use super::{BusError, Envelope, EventHandler, HandlerError, Subscription};
 
@@ -119,9 +120,19 @@ pub(crate) async fn handle(
     handler: &dyn EventHandler,
     event: &Envelope,
 ) -> Result<(), HandlerError> {
+    // A messaging "process" span, continuing the trace of the change that raised the event.
+    let span = tracing::info_span!(
+        "handle event",
+        otel.name = %format_args!("process {}", event.event_type),
+        otel.kind = "consumer",
+        messaging.operation.type = "process",
+        messaging.message.id = %event.id,
+        bazaar.event_type = %event.event_type,
+    );
+    crate::trace::continue_from(&span, &event.trace_context);
     // Unwind safety: the consumer's own state is not touched while the handler runs, and
     // whatever state the handler left half-changed is its own, as it is for an error.
-    AssertUnwindSafe(handler.handle(event))
+    AssertUnwindSafe(handler.handle(event).instrument(span))
         .catch_unwind()
         .await
         .unwrap_or_else(|panic| {

@@ -40,6 +40,24 @@ impl Events {
     pub fn len(&self) -> usize {
         self.events.len()
     }
+
+    /// Gives the events that carry no trace context the one of the change that raised them
+    /// (spec §5 `trace_context`, recorded when the row is written, not when it is relayed).
+    pub(crate) fn record_trace_context(
+        &mut self,
+        context: &std::collections::BTreeMap<String, String>,
+    ) {
+        if context.is_empty() {
+            return;
+        }
+        for event in self
+            .events
+            .iter_mut()
+            .filter(|event| event.trace_context.is_empty())
+        {
+            event.trace_context = context.clone();
+        }
+    }
 }
 
 /// Writes `events` into the outbox on `conn`, inside the caller's transaction.

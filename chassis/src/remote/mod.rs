@@ -312,10 +312,11 @@ impl RemoteClient {
             Err(Attempt::Answered(_)) => "problem",
             Err(Attempt::Transient(_) | Attempt::Refused(_)) => "unavailable",
         };
+        // The HTTP side of a remote port call, retries included; the port call itself is
+        // measured by `chassis::port::observe`, local or remote alike.
         metrics::histogram!(
-            "bazaar_port_call_duration_seconds",
-            "module" => self.inner.peer.clone(),
-            "mode" => "remote",
+            "bazaar_remote_call_duration_seconds",
+            "peer" => self.inner.peer.clone(),
             "outcome" => outcome_label,
         )
         .record(started.elapsed().as_secs_f64());
@@ -367,10 +368,13 @@ impl RemoteClient {
         query: &[(&str, String)],
         body: Option<Vec<u8>>,
     ) -> Result<Vec<u8>, Attempt> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        crate::trace::inject_current(&mut headers);
         let mut request = self
             .inner
             .http
             .request(method, url)
+            .headers(headers)
             .header(reqwest::header::ACCEPT, "application/json");
         if !query.is_empty() {
             request = request.query(query);

@@ -17,9 +17,9 @@ pub use client::HttpBilling;
 pub use dto::{ChargeRequest, Payment, PaymentStatus};
 pub use error::BillingError;
 pub use events::{PaymentCaptured, PaymentDeclined, PaymentRefunded, event_types};
-pub use port::Billing;
 #[cfg(feature = "mocks")]
 pub use port::MockBilling;
+pub use port::{Billing, observed};
 pub use settings::BillingSettings;
 
 pub use chassis::money::Money;

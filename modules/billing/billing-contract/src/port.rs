@@ -1,4 +1,7 @@
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use chassis::port::{Mode, observe};
 use uuid::Uuid;
 
 use crate::dto::{ChargeRequest, Payment};
@@ -38,4 +41,39 @@ pub trait Billing: Send + Sync {
     /// [`BillingError::NotRefundable`]; while an attempt is running it answers
     /// [`BillingError::Unavailable`].
     async fn refund(&self, order_id: Uuid) -> Result<Payment, BillingError>;
+}
+
+/// The port as the composition root hands it out, local or remote alike: each call is a
+/// span and a latency sample (`chassis::port::observe`), so an order's trace and metrics
+/// have the same shape wherever the module runs.
+pub fn observed(port: Arc<dyn Billing>, mode: Mode) -> Arc<dyn Billing> {
+    Arc::new(Observed { port, mode })
+}
+
+struct Observed {
+    port: Arc<dyn Billing>,
+    mode: Mode,
+}
+
+#[async_trait]
+impl Billing for Observed {
+    async fn charge(&self, request: ChargeRequest) -> Result<Payment, BillingError> {
+        observe(
+            crate::MODULE,
+            "charge",
+            self.mode,
+            self.port.charge(request),
+        )
+        .await
+    }
+
+    async fn refund(&self, order_id: Uuid) -> Result<Payment, BillingError> {
+        observe(
+            crate::MODULE,
+            "refund",
+            self.mode,
+            self.port.refund(order_id),
+        )
+        .await
+    }
 }

@@ -10,6 +10,7 @@ use chassis::db::{Database, DbConnection, DbError, is_unique_violation};
 use chassis::events::{Envelope, Events};
 use chassis::page::{Page, PageRequest};
 use chrono::{Datelike, NaiveDateTime, TimeDelta};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::domain::{Invoice, invoice_number, validate_charge};
@@ -431,7 +432,8 @@ impl Billing for BillingService {
             Begun::Attempt(started_at) => started_at,
         };
         let service = self.clone();
-        tokio::spawn(async move { service.attempt(request, started_at).await })
+        // In the caller's span: the payment's events belong to the order's trace.
+        tokio::spawn(async move { service.attempt(request, started_at).await }.in_current_span())
             .await
             .map_err(task_failed)?
     }
@@ -459,7 +461,7 @@ impl Billing for BillingService {
             Stage::Pending => return self.abandon(order_id).await,
         }
         let service = self.clone();
-        tokio::spawn(async move { service.give_back(stored).await })
+        tokio::spawn(async move { service.give_back(stored).await }.in_current_span())
             .await
             .map_err(task_failed)?
     }

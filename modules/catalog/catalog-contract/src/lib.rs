@@ -22,7 +22,7 @@ pub use error::CatalogError;
 pub use events::{PriceChanged, ProductCreated, StockLow, event_types};
 #[cfg(feature = "mocks")]
 pub use port::MockCatalog;
-pub use port::{Catalog, MAX_LOOKUP_IDS, MAX_RESERVATION_LINES};
+pub use port::{Catalog, MAX_LOOKUP_IDS, MAX_RESERVATION_LINES, observed};
 pub use settings::CatalogSettings;
 
 /// The module's name, as used in config (`modules.catalog`), events and metrics.

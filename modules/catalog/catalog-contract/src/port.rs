@@ -1,4 +1,7 @@
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use chassis::port::{Mode, observe};
 use uuid::Uuid;
 
 use crate::dto::{Product, Reservation, StockLine};
@@ -63,4 +66,73 @@ pub trait Catalog: Send + Sync {
     /// [`CatalogError::ReservationNotFound`] for an order with no reservation and
     /// [`CatalogError::ReservationConflict`] for a reserved or released one.
     async fn restock(&self, order_id: Uuid) -> Result<Reservation, CatalogError>;
+}
+
+/// The port as the composition root hands it out, local or remote alike: each call is a
+/// span and a latency sample (`chassis::port::observe`), so an order's trace and metrics
+/// have the same shape wherever the module runs.
+pub fn observed(port: Arc<dyn Catalog>, mode: Mode) -> Arc<dyn Catalog> {
+    Arc::new(Observed { port, mode })
+}
+
+struct Observed {
+    port: Arc<dyn Catalog>,
+    mode: Mode,
+}
+
+#[async_trait]
+impl Catalog for Observed {
+    async fn products(&self, ids: &[Uuid]) -> Result<Vec<Product>, CatalogError> {
+        observe(
+            crate::MODULE,
+            "products",
+            self.mode,
+            self.port.products(ids),
+        )
+        .await
+    }
+
+    async fn reserve(
+        &self,
+        order_id: Uuid,
+        lines: &[StockLine],
+    ) -> Result<Reservation, CatalogError> {
+        observe(
+            crate::MODULE,
+            "reserve",
+            self.mode,
+            self.port.reserve(order_id, lines),
+        )
+        .await
+    }
+
+    async fn release(&self, order_id: Uuid) -> Result<Reservation, CatalogError> {
+        observe(
+            crate::MODULE,
+            "release",
+            self.mode,
+            self.port.release(order_id),
+        )
+        .await
+    }
+
+    async fn commit(&self, order_id: Uuid) -> Result<Reservation, CatalogError> {
+        observe(
+            crate::MODULE,
+            "commit",
+            self.mode,
+            self.port.commit(order_id),
+        )
+        .await
+    }
+
+    async fn restock(&self, order_id: Uuid) -> Result<Reservation, CatalogError> {
+        observe(
+            crate::MODULE,
+            "restock",
+            self.mode,
+            self.port.restock(order_id),
+        )
+        .await
+    }
 }

@@ -20,7 +20,7 @@ pub use dto::{Channel, CreateWebhook, Delivery, DeliveryStatus, Webhook};
 pub use error::NotificationsError;
 #[cfg(feature = "mocks")]
 pub use port::MockNotifications;
-pub use port::Notifications;
+pub use port::{Notifications, observed};
 pub use settings::NotificationsSettings;
 
 /// The module's name, as used in config (`modules.notifications`), consumers and metrics.

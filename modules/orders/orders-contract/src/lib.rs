@@ -19,7 +19,7 @@ pub use error::OrdersError;
 pub use events::{OrderCancelled, OrderConfirmed, OrderRejected, event_types};
 #[cfg(feature = "mocks")]
 pub use port::MockOrders;
-pub use port::Orders;
+pub use port::{Orders, observed};
 pub use settings::OrdersSettings;
 
 pub use chassis::money::Money;

@@ -19,6 +19,7 @@ use orders_contract::{
     Order, OrderCancelled, OrderConfirmed, OrderRejected, OrderStatus, OrdersSettings,
     RejectionReason, event_types,
 };
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::domain::Step;
@@ -143,31 +144,56 @@ impl Saga {
             let Some(step) = row.step() else {
                 return Ok(None);
             };
-            let outcome = match step.compensation_after_deadline() {
-                Some(compensation) if utc_now() > row.saga_deadline => {
-                    tracing::warn!(order_id = %id, step = step.as_str(), "saga past its deadline: compensating");
-                    Outcome::Next(compensation, Some(RejectionReason::DependencyUnavailable))
+            // One span per step, so that an order's trace shows each step with its port
+            // calls and the events it wrote.
+            let span = tracing::info_span!(
+                "saga step",
+                otel.name = %format_args!("saga {}", step.as_str()),
+                order_id = %id,
+            );
+            if let Some(done) = self
+                .advance(step, &mut row, &lines, run)
+                .instrument(span)
+                .await?
+            {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// Takes `step` once: `Some(answer)` when the saga has ended or stopped for now, `None`
+    /// when it moved on to its next step (mirrored into `row`).
+    async fn advance(
+        &self,
+        step: Step,
+        row: &mut OrderRow,
+        lines: &[LineRow],
+        run: &str,
+    ) -> Result<Option<Option<Order>>, Error> {
+        let id = row.order_id();
+        let outcome = match step.compensation_after_deadline() {
+            Some(compensation) if utc_now() > row.saga_deadline => {
+                tracing::warn!(order_id = %id, step = step.as_str(), "saga past its deadline: compensating");
+                Outcome::Next(compensation, Some(RejectionReason::DependencyUnavailable))
+            }
+            _ => self.attempt(step, row, lines).await,
+        };
+        match outcome {
+            Outcome::Next(next, reason) => {
+                if !self.record_step(id, run, next, reason).await? {
+                    return Ok(Some(None));
                 }
-                _ => self.attempt(step, &row, &lines).await,
-            };
-            match outcome {
-                Outcome::Next(next, reason) => {
-                    if !self.record_step(id, run, next, reason).await? {
-                        return Ok(None);
-                    }
-                    row.saga_step = Some(next.as_str().to_owned());
-                    row.saga_attempts = 0;
-                    if let Some(reason) = reason {
-                        row.rejection_reason = Some(reason.as_str().to_owned());
-                    }
+                row.saga_step = Some(next.as_str().to_owned());
+                row.saga_attempts = 0;
+                if let Some(reason) = reason {
+                    row.rejection_reason = Some(reason.as_str().to_owned());
                 }
-                Outcome::Finish(status, reason) => {
-                    return self.finish(id, run, status, reason).await;
-                }
-                Outcome::RetryLater(error) => {
-                    self.postpone(id, run, row.saga_attempts, error).await?;
-                    return Ok(None);
-                }
+                Ok(None)
+            }
+            Outcome::Finish(status, reason) => self.finish(id, run, status, reason).await.map(Some),
+            Outcome::RetryLater(error) => {
+                self.postpone(id, run, row.saga_attempts, error).await?;
+                Ok(Some(None))
             }
         }
     }
@@ -351,8 +377,14 @@ impl Saga {
             })
             .await?;
         if finished.is_some() {
-            metrics::counter!("bazaar_saga_outcomes_total", "outcome" => status.as_str())
-                .increment(1);
+            let reason = reason.map_or("none", RejectionReason::as_str);
+            metrics::counter!(
+                "bazaar_saga_outcomes_total",
+                "outcome" => status.as_str(),
+                "reason" => reason,
+            )
+            .increment(1);
+            tracing::debug!(order_id = %id, outcome = status.as_str(), reason, "saga ended");
         }
         Ok(finished)
     }

@@ -7,6 +7,7 @@ use chassis::db::{Backend, Database, is_unique_violation, utc_now};
 use chassis::page::{Page, PageRequest};
 use futures::StreamExt;
 use orders_contract::{Order, OrderStatus, Orders, OrdersError, OrdersSettings};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::domain::{PlaceOrder, Step, validate_idempotency_key};
@@ -203,13 +204,17 @@ impl OrdersService {
         }
         metrics::counter!("bazaar_orders_placed_total").increment(1);
         let saga = Arc::clone(&self.saga);
-        let running = tokio::spawn(async move {
-            let _in_flight = in_flight;
-            saga.run_new(saga_row, saga_lines).await.unwrap_or_else(|error| {
-                tracing::warn!(order_id = %id, %error, "saga stopped; the recovery worker resumes it");
-                None
-            })
-        });
+        // The saga runs in the request's span: its steps belong to the order's trace.
+        let running = tokio::spawn(
+            async move {
+                let _in_flight = in_flight;
+                saga.run_new(saga_row, saga_lines).await.unwrap_or_else(|error| {
+                    tracing::warn!(order_id = %id, %error, "saga stopped; the recovery worker resumes it");
+                    None
+                })
+            }
+            .in_current_span(),
+        );
         // The saga goes on after the answer if it takes longer than `sync_wait`. The order
         // exists from here on, so the answer is the order, never an error: as read now,
         // or, should the database not answer, as it was placed (`pending`).
