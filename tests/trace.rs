@@ -29,6 +29,32 @@ fn parent_of<'a>(spans: &'a [SpanData], child: &SpanData) -> Option<&'a SpanData
         .find(|span| span.span_context.span_id() == child.parent_span_id)
 }
 
+/// The spans under `parent` as an indented tree, in start order.
+fn render(spans: &[SpanData], parent: SpanId, depth: usize) -> String {
+    let mut children: Vec<&SpanData> = spans
+        .iter()
+        .filter(|span| span.parent_span_id == parent)
+        .collect();
+    children.sort_by_key(|span| span.start_time);
+    children
+        .into_iter()
+        .map(|span| {
+            let micros = span
+                .end_time
+                .duration_since(span.start_time)
+                .unwrap_or_default()
+                .as_micros();
+            format!(
+                "{}{} ({:.1} ms)\n{}",
+                "  ".repeat(depth),
+                span.name,
+                micros as f64 / 1000.0,
+                render(spans, span.span_context.span_id(), depth + 1)
+            )
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_order_is_one_trace_from_the_post_to_the_e_mail() {
     let exporter = InMemorySpanExporter::default();
@@ -97,6 +123,9 @@ async fn a_local_order_is_one_trace_from_the_post_to_the_e_mail() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+
+    // The tree, printed for whoever reads the test's output (README shows one).
+    eprintln!("{}", render(&spans, caller, 0));
 
     // The request continues the caller's span.
     let post = span(&spans, "POST /orders");

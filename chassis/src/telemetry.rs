@@ -72,6 +72,8 @@ pub fn tracer_provider(
         .build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     if let Some(endpoint) = &settings.otlp_endpoint {
+        // The exporter's HTTP client is built right away, on rustls with ring.
+        crate::remote::install_tls_provider();
         use opentelemetry_otlp::{Protocol, WithExportConfig as _};
         let traces = format!("{}/v1/traces", endpoint.as_str().trim_end_matches('/'));
         let protocol = match settings.otlp_protocol {

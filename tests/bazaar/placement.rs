@@ -418,3 +418,97 @@ async fn a_misconfigured_peer_is_logged_as_an_error_at_start_up() {
         "{line}"
     );
 }
+
+/// Every metric the shipped Grafana dashboard (`deploy/grafana/bazaar.json`) queries is in
+/// `/metrics` once an order has gone through a process that reaches a remote catalog and
+/// carries its events through NATS.
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_queries_only_metrics_that_exist_after_an_order() {
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/grafana/bazaar.json"
+        ))
+        .expect("the dashboard"),
+    )
+    .expect("JSON");
+    let mut queried: Vec<String> = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("a PromQL expression");
+            let mut rest = expr;
+            while let Some(start) = rest.find("bazaar_") {
+                let name: String = rest[start..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[start + name.len()..];
+                queried.push(name);
+            }
+        }
+    }
+    assert!(queried.len() >= 10, "{queried:?}");
+
+    let Some(nats) = chassis::testing::NatsServer::start() else {
+        return;
+    };
+    let nats_settings = |config: &mut bazaar::Config| {
+        config.bus.kind = chassis::config::BusKind::Nats;
+        config.bus.url = Some(chassis::secret::SecretUrl::new(nats.url()));
+        config.events.poll_interval = Duration::from_millis(200);
+    };
+    let catalog_dir = tempfile::tempdir().expect("tempdir");
+    let (catalog_base, _catalog) = spawn_only(catalog_dir.path(), "catalog", nats_settings).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = support::config(dir.path());
+    nats_settings(&mut config);
+    set_mode(
+        &mut config,
+        "catalog",
+        ModuleMode::Remote,
+        Some(&format!("{catalog_base}/")),
+    );
+    let base = support::spawn(config).await;
+    let http = support::http();
+    let product = crate::orders::create_product(&http, &catalog_base, "DASH", 50, 700).await;
+    let order: Value = http
+        .post(format!("{base}/orders"))
+        .json(&crate::orders::order_body(&product, 1, "tok_visa"))
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(order["status"], "confirmed", "{order}");
+
+    // Gauges refreshed by the relays and consumers come within a few of their intervals.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("answers")
+            .text()
+            .await
+            .expect("text");
+        let missing: Vec<&String> = queried
+            .iter()
+            .filter(|name| {
+                !metrics.lines().any(|line| {
+                    line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+                })
+            })
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dashboard queries metrics /metrics does not have: {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

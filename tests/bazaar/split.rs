@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -41,7 +42,8 @@ struct Split {
 }
 
 impl Split {
-    fn start() -> Option<Self> {
+    /// Starts the deployment with `extra` in every service's environment.
+    fn start(extra: &[(&str, String)]) -> Option<Self> {
         let bin = Path::new(env!("CARGO_BIN_EXE_bazaar"))
             .parent()
             .and_then(Path::parent)
@@ -112,7 +114,7 @@ impl Split {
                 .get(..8)
                 .unwrap_or("x")
         );
-        let env = vec![
+        let mut env = vec![
             ("BAZAAR_SPLIT_DIR".into(), dir.path().display().to_string()),
             ("BAZAAR_SPLIT_BIN".into(), bin.display().to_string()),
             ("BAZAAR_SPLIT_POSTGRES".into(), server),
@@ -136,6 +138,11 @@ impl Split {
             ),
             ("BAZAAR__LOG__LEVEL".into(), "info".into()),
         ];
+        env.extend(
+            extra
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), value.clone())),
+        );
         let split = Self {
             dir,
             env,
@@ -289,6 +296,139 @@ async fn assert_e_mails(split: &Split, http: &reqwest::Client, order_id: &str, t
     }
 }
 
+/// A collector of its own: an OTLP/HTTP receiver (JSON) that keeps, per trace id, the
+/// spans' names and the `service.name` of the process that sent them.
+struct OtlpReceiver {
+    url: String,
+    spans: Arc<Mutex<Vec<(String, String, String)>>>,
+    _server: actix_web::dev::ServerHandle,
+}
+
+impl OtlpReceiver {
+    async fn start() -> Self {
+        let spans: Arc<Mutex<Vec<(String, String, String)>>> = Arc::default();
+        let listener = support::listener();
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let kept = Arc::clone(&spans);
+        let server = actix_web::HttpServer::new(move || {
+            let kept = Arc::clone(&kept);
+            actix_web::App::new()
+                .app_data(actix_web::web::PayloadConfig::new(64 << 20))
+                .route(
+                    "/v1/traces",
+                    actix_web::web::post().to(move |body: actix_web::web::Bytes| {
+                        let kept = Arc::clone(&kept);
+                        async move {
+                            let export: Value = serde_json::from_slice(&body).unwrap_or_default();
+                            let mut kept = kept.lock().expect("lock");
+                            for resource in export["resourceSpans"].as_array().into_iter().flatten()
+                            {
+                                let service = resource["resource"]["attributes"]
+                                    .as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .find(|attribute| attribute["key"] == "service.name")
+                                    .and_then(|attribute| {
+                                        attribute["value"]["stringValue"].as_str()
+                                    })
+                                    .unwrap_or_default()
+                                    .to_owned();
+                                for scope in resource["scopeSpans"].as_array().into_iter().flatten()
+                                {
+                                    for span in scope["spans"].as_array().into_iter().flatten() {
+                                        kept.push((
+                                            span["traceId"]
+                                                .as_str()
+                                                .unwrap_or_default()
+                                                .to_lowercase(),
+                                            service.clone(),
+                                            span["name"].as_str().unwrap_or_default().to_owned(),
+                                        ));
+                                    }
+                                }
+                            }
+                            actix_web::HttpResponse::Ok()
+                                .content_type("application/json")
+                                .body("{}")
+                        }
+                    }),
+                )
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .expect("listens")
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Self {
+            url,
+            spans,
+            _server: handle,
+        }
+    }
+
+    /// The (service, span name) pairs received for `trace_id`.
+    fn trace(&self, trace_id: &str) -> Vec<(String, String)> {
+        self.spans
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(trace, _, _)| trace == trace_id)
+            .map(|(_, service, name)| (service.clone(), name.clone()))
+            .collect()
+    }
+}
+
+/// One order placed at the orders service with a caller's `traceparent` is one trace with
+/// spans from all four processes, the notifications handler's included.
+async fn assert_one_trace_across_the_four_processes(
+    split: &Split,
+    http: &reqwest::Client,
+    receiver: &OtlpReceiver,
+) {
+    let product = create_product(http, &split.base("catalog"), "TRACED", 5, 100).await;
+    let trace_id = format!("{:032x}", uuid::Uuid::new_v4().as_u128());
+    let order: Value = http
+        .post(format!("{}/orders", split.base("orders")))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&json!({"customer_email": "trace@example.com", "lines": [{"product_id": product, "quantity": 1}], "payment": {"token": "tok_visa"}}))
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(order["status"], "confirmed", "{order}");
+    let expected = [
+        ("orders", "POST /orders"),
+        ("orders", "catalog.reserve"),
+        ("orders", "billing.charge"),
+        ("orders", "saga commit"),
+        ("catalog", "POST /internal/catalog/reservations/{order_id}"),
+        ("billing", "POST /internal/billing/charges"),
+        ("notifications", "process orders.order_confirmed"),
+        ("notifications", "process billing.payment_captured"),
+    ];
+    // The batch processors export every few seconds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let trace = receiver.trace(&trace_id);
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|(service, name)| !trace.iter().any(|(s, n)| s == service && n == name))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "trace {trace_id} lacks {missing:?}; received: {trace:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn wait_for_status(
     http: &reqwest::Client,
     base: &str,
@@ -311,7 +451,11 @@ async fn wait_for_status(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_split_deployment_runs_every_scenario_and_survives_its_faults() {
-    let Some(split) = Split::start() else {
+    let receiver = OtlpReceiver::start().await;
+    let Some(split) = Split::start(&[
+        ("BAZAAR__TELEMETRY__OTLP_ENDPOINT", receiver.url.clone()),
+        ("BAZAAR__TELEMETRY__OTLP_PROTOCOL", "http/json".to_owned()),
+    ]) else {
         return;
     };
     let http = support::http();
@@ -366,6 +510,7 @@ async fn the_split_deployment_runs_every_scenario_and_survives_its_faults() {
 
     let confirmed: Value = placed(&http, &orders, "ada@example.com", &lamp, 2, "tok_visa").await;
     assert_eq!(confirmed["status"], "confirmed", "{confirmed}");
+    assert_one_trace_across_the_four_processes(&split, &http, &receiver).await;
     let declined: Value = placed(&http, &orders, "bob@example.com", &lamp, 1, "tok_declined").await;
     assert_eq!(declined["status"], "rejected", "{declined}");
     assert_eq!(declined["rejection_reason"], "payment_declined");

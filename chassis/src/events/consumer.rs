@@ -160,6 +160,11 @@ impl Consumer {
     pub(crate) fn start(subscription: Subscription) -> Self {
         let event_types = subscription.event_types.iter().cloned().collect();
         let name = subscription.consumer.clone();
+        // Listed at zero from the start, so that dashboards and alerts see the series
+        // before the first failure.
+        metrics::counter!("bazaar_event_handler_failures_total", "consumer" => name.clone())
+            .increment(0);
+        metrics::counter!("bazaar_dead_letters_total", "consumer" => name.clone()).increment(0);
         let shared = Arc::new(Shared {
             subscription,
             blocked: Mutex::new(HashMap::new()),

@@ -33,6 +33,17 @@ impl InProcessBus {
     }
 }
 
+/// Takes the lag added by a publish back off when the publish ends, however it ends.
+struct LagGuard(Vec<(metrics::Gauge, f64)>);
+
+impl Drop for LagGuard {
+    fn drop(&mut self) {
+        for (gauge, pending) in &self.0 {
+            gauge.decrement(*pending);
+        }
+    }
+}
+
 #[async_trait]
 impl EventBus for InProcessBus {
     async fn publish(&self, events: Vec<Envelope>) -> Result<(), BusError> {
@@ -50,6 +61,23 @@ impl EventBus for InProcessBus {
             .collect();
         let count = wanted.iter().map(Vec::len).sum();
         let (settle, settled) = Settle::new(count);
+        // Consumer lag, under the name the NATS bus reports it: here, the events handed to
+        // a consumer and not yet settled (a publish waits for them all).
+        let lag: Vec<(metrics::Gauge, f64)> = consumers
+            .iter()
+            .zip(&wanted)
+            .filter(|(_, events)| !events.is_empty())
+            .map(|(consumer, events)| {
+                let gauge = metrics::gauge!(
+                    "bazaar_bus_consumer_pending",
+                    "consumer" => consumer.consumer_name().to_owned()
+                );
+                let pending = events.len() as f64;
+                gauge.increment(pending);
+                (gauge, pending)
+            })
+            .collect();
+        let _lag = LagGuard(lag);
         for (consumer, events) in consumers.iter().zip(wanted) {
             if events.is_empty() {
                 continue;
