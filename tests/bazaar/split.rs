@@ -405,6 +405,8 @@ async fn assert_one_trace_across_the_four_processes(
         ("orders", "catalog.reserve"),
         ("orders", "billing.charge"),
         ("orders", "saga commit"),
+        // The HTTP client span of each remote call, which the peer's server span continues.
+        ("orders", "POST"),
         ("catalog", "POST /internal/catalog/reservations/{order_id}"),
         ("billing", "POST /internal/billing/charges"),
         ("notifications", "process orders.order_confirmed"),

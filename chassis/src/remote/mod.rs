@@ -13,6 +13,7 @@ use backon::{ExponentialBuilder, Retryable};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
+use tracing::Instrument as _;
 use url::Url;
 
 pub use breaker::{BreakerPass, BreakerState, CircuitBreaker};
@@ -368,6 +369,30 @@ impl RemoteClient {
         query: &[(&str, String)],
         body: Option<Vec<u8>>,
     ) -> Result<Vec<u8>, Attempt> {
+        // One HTTP client span per attempt, named and described as OpenTelemetry's HTTP
+        // conventions say; the peer's server span continues it.
+        let span = tracing::info_span!(
+            "HTTP client request",
+            otel.name = %method,
+            otel.kind = "client",
+            http.request.method = %method,
+            url.full = %url,
+            server.address = url.host_str().unwrap_or_default(),
+            server.port = url.port_or_known_default().unwrap_or_default(),
+            http.response.status_code = tracing::field::Empty,
+        );
+        self.send_in(method, url, query, body)
+            .instrument(span)
+            .await
+    }
+
+    async fn send_in(
+        &self,
+        method: reqwest::Method,
+        url: Url,
+        query: &[(&str, String)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, Attempt> {
         let mut headers = reqwest::header::HeaderMap::new();
         crate::trace::inject_current(&mut headers);
         let mut request = self
@@ -392,6 +417,7 @@ impl RemoteClient {
             .await
             .map_err(|error| Attempt::Transient(describe(&error)))?;
         let status = response.status();
+        tracing::Span::current().record("http.response.status_code", status.as_u16());
         let is_problem = response
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
