@@ -159,16 +159,24 @@ async fn a_local_order_is_one_trace_from_the_post_to_the_e_mail() {
     }
     // Events continue the span that wrote them: the order's from the commit step, the
     // payment's from billing's charge.
-    let confirmed = span(&spans, "process orders.order_confirmed");
-    assert_eq!(
-        parent_of(&spans, confirmed).map(|parent| parent.name.as_ref()),
-        Some("saga commit"),
-    );
-    let captured = span(&spans, "process billing.payment_captured");
-    assert_eq!(
-        parent_of(&spans, captured).map(|parent| parent.name.as_ref()),
-        Some("billing.charge"),
-    );
+    // (a `create` span when it is written, the handler's `process` span under it).
+    for (event, writer) in [
+        ("orders.order_confirmed", "saga commit"),
+        ("billing.payment_captured", "billing.charge"),
+    ] {
+        let created = span(&spans, &format!("create {event}"));
+        assert_eq!(
+            parent_of(&spans, created).map(|parent| parent.name.as_ref()),
+            Some(writer),
+            "{event} is created by {writer}"
+        );
+        let handled = span(&spans, &format!("process {event}"));
+        assert_eq!(
+            handled.parent_span_id,
+            created.span_context.span_id(),
+            "{event}'s handler continues its creation"
+        );
+    }
 }
 
 /// `bazaar serve`'s log lines inside a request carry its trace and span ids, in JSON as

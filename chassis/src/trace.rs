@@ -9,10 +9,10 @@ use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-/// The current span's context as `traceparent` (and `tracestate`), for an envelope.
-pub fn current_context() -> BTreeMap<String, String> {
+/// `span`'s context as `traceparent` (and `tracestate`), for an envelope.
+pub fn context_of(span: &tracing::Span) -> BTreeMap<String, String> {
     let mut carrier = HashMap::new();
-    TraceContextPropagator::new().inject_context(&tracing::Span::current().context(), &mut carrier);
+    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
     carrier.into_iter().collect()
 }
 

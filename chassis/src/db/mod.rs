@@ -381,13 +381,13 @@ impl Database {
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
         let signal = Arc::clone(&self.inner.outbox_signal);
-        // Taken here, in the caller's span: the work itself runs on another thread.
-        let trace_context = crate::trace::current_context();
+        // The caller's span, taken here: the work itself runs on another thread.
+        let caller = tracing::Span::current();
         let in_transaction = move |conn: &mut DbConnection| {
             conn.transaction(|conn| {
                 let mut events = Events::default();
                 let value = work(conn, &mut events)?;
-                events.record_trace_context(&trace_context);
+                events.record_creation(&caller);
                 let appended = outbox::append(conn, events)?;
                 Ok::<_, E>((value, appended))
             })

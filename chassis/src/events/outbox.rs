@@ -41,13 +41,12 @@ impl Events {
         self.events.len()
     }
 
-    /// Gives the events that carry no trace context the one of the change that raised them
-    /// (spec §5 `trace_context`, recorded when the row is written, not when it is relayed).
-    pub(crate) fn record_trace_context(
-        &mut self,
-        context: &std::collections::BTreeMap<String, String>,
-    ) {
-        if context.is_empty() {
+    /// Records, in each event that carries no trace context yet, the context of a
+    /// messaging `create <type>` span under `caller` (the span of the change that raised
+    /// it): spec §5's `trace_context`, taken when the row is written, not when it is
+    /// relayed, and continued by each handler's `process <type>` span.
+    pub(crate) fn record_creation(&mut self, caller: &tracing::Span) {
+        if caller.is_disabled() {
             return;
         }
         for event in self
@@ -55,7 +54,15 @@ impl Events {
             .iter_mut()
             .filter(|event| event.trace_context.is_empty())
         {
-            event.trace_context = context.clone();
+            let span = tracing::info_span!(
+                parent: caller,
+                "create event",
+                otel.name = %format_args!("create {}", event.event_type),
+                otel.kind = "producer",
+                messaging.operation.type = "create",
+                messaging.message.id = %event.id,
+            );
+            event.trace_context = crate::trace::context_of(&span);
         }
     }
 }
