@@ -47,22 +47,27 @@ pub struct ServiceIdentity {
 /// Keeps the tracer provider alive; dropping it flushes the spans not exported yet.
 #[derive(Debug)]
 pub struct Telemetry {
-    provider: SdkTracerProvider,
+    provider: Option<SdkTracerProvider>,
 }
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
         // Flushes the batch; an unreachable collector costs at most its export timeout.
-        let _ = self.provider.shutdown();
+        if let Some(provider) = &self.provider {
+            let _ = provider.shutdown();
+        }
     }
 }
 
-/// The tracer provider: a batch exporter to `<otlp_endpoint>/v1/traces` when one is set,
-/// none otherwise (spans then still get ids, for propagation, and go nowhere).
+/// The tracer provider that exports spans in batches to `<otlp_endpoint>/v1/traces`.
 pub fn tracer_provider(
-    settings: &TelemetrySettings,
+    endpoint: &url::Url,
+    protocol: OtlpProtocol,
     service: &ServiceIdentity,
 ) -> Result<SdkTracerProvider, String> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+    // The exporter's HTTP client is built right away, on rustls with ring.
+    crate::remote::install_tls_provider();
     let resource = Resource::builder()
         .with_service_name(service.name.clone())
         .with_attributes([
@@ -70,44 +75,45 @@ pub fn tracer_provider(
             KeyValue::new("bazaar.deployment.mode", service.mode),
         ])
         .build();
-    let mut builder = SdkTracerProvider::builder().with_resource(resource);
-    if let Some(endpoint) = &settings.otlp_endpoint {
-        // The exporter's HTTP client is built right away, on rustls with ring.
-        crate::remote::install_tls_provider();
-        use opentelemetry_otlp::{Protocol, WithExportConfig as _};
-        let traces = format!("{}/v1/traces", endpoint.as_str().trim_end_matches('/'));
-        let protocol = match settings.otlp_protocol {
-            OtlpProtocol::HttpProtobuf => Protocol::HttpBinary,
-            OtlpProtocol::HttpJson => Protocol::HttpJson,
-        };
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(traces)
-            .with_protocol(protocol)
-            .with_timeout(std::time::Duration::from_secs(5))
-            .build()
-            .map_err(|error| format!("telemetry.otlp_endpoint: {error}"))?;
-        builder = builder.with_batch_exporter(exporter);
-    }
-    Ok(builder.build())
+    let traces = format!("{}/v1/traces", endpoint.as_str().trim_end_matches('/'));
+    let protocol = match protocol {
+        OtlpProtocol::HttpProtobuf => Protocol::HttpBinary,
+        OtlpProtocol::HttpJson => Protocol::HttpJson,
+    };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(traces)
+        .with_protocol(protocol)
+        .with_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|error| format!("telemetry.otlp_endpoint: {error}"))?;
+    Ok(SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_batch_exporter(exporter)
+        .build())
 }
 
-/// Installs the global subscriber — log lines filtered by `log.level` (`RUST_LOG` wins), and
-/// every span at INFO or above, whatever the log level, to OpenTelemetry — and the W3C
-/// propagator that `TracingLogger` reads incoming requests with. A second call (tests)
-/// leaves the first subscriber in place.
+/// Installs the global subscriber: log lines filtered by `log.level` (`RUST_LOG` wins), and,
+/// when `telemetry.otlp_endpoint` is set, every span at INFO or above, whatever the log
+/// level, as an OpenTelemetry span exported there — with W3C propagation and trace ids in
+/// log lines. Unset, there is no OpenTelemetry layer at all: tracing every span costs
+/// 6–8 % of the CPU an order takes (BENCHMARKS.md), which nobody should pay for spans that
+/// go nowhere. A second call (tests) leaves the first subscriber in place.
 pub fn init(
     log: &LogSettings,
     telemetry: &TelemetrySettings,
     service: &ServiceIdentity,
 ) -> Result<Telemetry, String> {
-    let provider = tracer_provider(telemetry, service)?;
+    let provider = match &telemetry.otlp_endpoint {
+        Some(endpoint) => Some(tracer_provider(endpoint, telemetry.otlp_protocol, service)?),
+        None => None,
+    };
     install(log, provider.clone());
     Ok(Telemetry { provider })
 }
 
-/// [`init`] with a given provider (tests hand it an in-memory exporter).
-pub fn install(log: &LogSettings, provider: SdkTracerProvider) {
+/// [`init`] with a given provider, or none (tests hand it an in-memory exporter).
+pub fn install(log: &LogSettings, provider: Option<SdkTracerProvider>) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(directives(&log.level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -134,11 +140,12 @@ pub fn install(log: &LogSettings, provider: SdkTracerProvider) {
             .with_filter(filter)
             .boxed(),
     };
-    let tracer = provider.tracer("bazaar");
-    let spans = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_filter(LevelFilter::INFO);
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let spans = provider.map(|provider| {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("bazaar"))
+            .with_filter(LevelFilter::INFO)
+    });
     let _already_installed = tracing_subscriber::registry()
         .with(fmt)
         .with(spans)

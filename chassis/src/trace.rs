@@ -9,6 +9,13 @@ use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+/// Whether `span` belongs to an OpenTelemetry trace (false without the layer that
+/// `telemetry::init` installs when spans have somewhere to go).
+pub fn is_traced(span: &tracing::Span) -> bool {
+    use opentelemetry::trace::TraceContextExt as _;
+    !span.is_disabled() && span.context().span().span_context().is_valid()
+}
+
 /// `span`'s context as `traceparent` (and `tracestate`), for an envelope.
 pub fn context_of(span: &tracing::Span) -> BTreeMap<String, String> {
     let mut carrier = HashMap::new();
