@@ -112,7 +112,9 @@ async fn a_local_order_is_one_trace_from_the_post_to_the_e_mail() {
             .filter(|span| span.span_context.trace_id() == trace_id)
             .collect();
         let handled = |name: &str| spans.iter().any(|span| span.name == name);
-        if handled("process orders.order_confirmed") && handled("process billing.payment_captured")
+        if handled("process orders.order_confirmed")
+            && handled("process billing.payment_captured")
+            && handled("send file")
         {
             break spans;
         }
@@ -159,6 +161,12 @@ async fn a_local_order_is_one_trace_from_the_post_to_the_e_mail() {
     }
     // Events continue the span that wrote them: the order's from the commit step, the
     // payment's from billing's charge.
+    // The e-mail (the `file` channel here) is sent by the handler of the order's event.
+    let sent = span(&spans, "send file");
+    assert_eq!(
+        parent_of(&spans, sent).map(|parent| parent.name.as_ref()),
+        Some("process orders.order_confirmed"),
+    );
     // (a `create` span when it is written, the handler's `process` span under it).
     for (event, writer) in [
         ("orders.order_confirmed", "saga commit"),

@@ -411,6 +411,8 @@ async fn assert_one_trace_across_the_four_processes(
         ("billing", "POST /internal/billing/charges"),
         ("notifications", "process orders.order_confirmed"),
         ("notifications", "process billing.payment_captured"),
+        // The e-mail itself (the file channel here).
+        ("notifications", "send file"),
     ];
     // The batch processors export every few seconds.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -15,6 +15,7 @@ use notifications_contract::{
 };
 use orders_contract::{OrderCancelled, OrderConfirmed, OrderRejected};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::channels::{self, Failure, Mail, Mailer, WebhookSender};
@@ -451,14 +452,19 @@ impl NotificationsService {
 
     /// Attempts a claimed delivery in a task of its own, holding `slot` (of the delivery's
     /// kind) until it is done.
+    /// Called by the handler, it runs in the handler's span: the e-mail sent right after an
+    /// event is part of that event's trace (a retry by the worker later is not).
     fn spawn_attempt(&self, row: DeliveryRow, slot: OwnedSemaphorePermit) {
         let service = self.clone();
-        tokio::spawn(async move {
-            let kind = Kind::of(&row);
-            service.attempt(row).await;
-            drop(slot);
-            service.lane(kind).wake.notify_one();
-        });
+        tokio::spawn(
+            async move {
+                let kind = Kind::of(&row);
+                service.attempt(row).await;
+                drop(slot);
+                service.lane(kind).wake.notify_one();
+            }
+            .in_current_span(),
+        );
     }
 
     fn lane(&self, kind: Kind) -> &Lane {
@@ -630,7 +636,14 @@ impl NotificationsService {
             tracing::warn!(delivery = %row.id, "an unclaimed delivery is not attempted");
             return;
         };
-        let outcome = self.send(&row).await;
+        let span = tracing::info_span!(
+            "delivery attempt",
+            otel.name = %format_args!("send {}", row.channel),
+            otel.kind = "client",
+            bazaar.delivery = %row.id,
+            bazaar.template = %row.template,
+        );
+        let outcome = self.send(&row).instrument(span).await;
         let attempts = row.attempts.saturating_add(1);
         let at = repo::now();
         let (status, last_error, next) = match outcome {
