@@ -46,7 +46,8 @@ impl Events {
     /// it): spec §5's `trace_context`, taken when the row is written, not when it is
     /// relayed, and continued by each handler's `process <type>` span.
     pub(crate) fn record_creation(&mut self, caller: &tracing::Span) {
-        if !crate::trace::is_traced(caller) {
+        // Most writes raise no event: they skip the span lookup altogether.
+        if self.events.is_empty() || !crate::trace::is_traced(caller) {
             return;
         }
         for event in self
