@@ -125,6 +125,7 @@ async fn drive(
         }));
     }
     let mails_before = count_mails(mail_folder);
+    let work_before = database_work(orders).await;
     let bodies = Arc::new(bodies);
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -172,6 +173,7 @@ async fn drive(
     // than the deployment can keep up, so say how far it got.
     let mails = count_mails(mail_folder).saturating_sub(mails_before);
     let confirmed = outcomes.iter().filter(|outcome| outcome.confirmed).count();
+    let work_after = database_work(orders).await;
     let mut latencies: Vec<Duration> = outcomes.iter().map(|outcome| outcome.latency).collect();
     latencies.sort_unstable();
     let at = |q: f64| {
@@ -192,6 +194,27 @@ async fn drive(
         "",
         mails as f64 * 100.0 / confirmed.max(1) as f64,
     );
+    // What each module's database was sent per order: on PostgreSQL every statement is a
+    // round trip, and round trips are what an order costs there (BENCHMARKS.md).
+    let per_order: Vec<String> = work_after
+        .iter()
+        .map(|(module, (statements, transactions))| {
+            let (statements_before, transactions_before) =
+                work_before.get(module).copied().unwrap_or_default();
+            format!(
+                "{module} {:.1} / {:.1}",
+                (statements - statements_before) / confirmed.max(1) as f64,
+                (transactions - transactions_before) / confirmed.max(1) as f64,
+            )
+        })
+        .collect();
+    if !per_order.is_empty() {
+        println!(
+            "{:<12} statements / transactions per confirmed order, by database (background work included): {}",
+            "",
+            per_order.join(", ")
+        );
+    }
     Report {
         confirmed,
         rate,
@@ -339,6 +362,44 @@ async fn drive_accounted(
         per_order.join(", ")
     );
     report
+}
+
+/// Statements and transactions each module's database has run, from `/metrics` of the
+/// process at `base` (its local modules only).
+async fn database_work(base: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
+    let mut work = std::collections::BTreeMap::<String, (f64, f64)>::new();
+    let Ok(response) = reqwest::get(format!("{base}/metrics")).await else {
+        return work;
+    };
+    let text = response.text().await.unwrap_or_default();
+    for line in text.lines() {
+        let (is_statements, rest) =
+            if let Some(rest) = line.strip_prefix("bazaar_db_statements_total{") {
+                (true, rest)
+            } else if let Some(rest) = line.strip_prefix("bazaar_db_transactions_total{") {
+                (false, rest)
+            } else {
+                continue;
+            };
+        let module = rest
+            .split("module=\"")
+            .nth(1)
+            .and_then(|tail| tail.split('"').next())
+            .unwrap_or_default()
+            .to_owned();
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        let entry = work.entry(module).or_default();
+        if is_statements {
+            entry.0 = value;
+        } else {
+            entry.1 = value;
+        }
+    }
+    work
 }
 
 /// The orders service's mean remote call time per peer, from its `/metrics`.
@@ -536,7 +597,8 @@ fn main() {
             let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
             let mut config = config(data.path());
             let mut databases = Vec::new();
-            for module in ["catalog", "billing", "orders"] {
+            // Every module on PostgreSQL, notifications too, as a production deployment has it.
+            for module in ["catalog", "billing", "orders", "notifications"] {
                 let Some(db) = TestDatabase::postgres() else {
                     println!("postgres: skipped (no server)");
                     return;
@@ -545,7 +607,8 @@ fn main() {
                 match module {
                     "catalog" => config.modules.catalog.database_url = Some(url),
                     "billing" => config.modules.billing.database_url = Some(url),
-                    _ => config.modules.orders.database_url = Some(url),
+                    "orders" => config.modules.orders.database_url = Some(url),
+                    _ => config.modules.notifications.database_url = Some(url),
                 }
                 databases.push(db);
             }

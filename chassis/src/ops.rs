@@ -244,7 +244,22 @@ impl Operations {
     }
 }
 
-async fn render_metrics() -> HttpResponse {
+async fn render_metrics(ops: web::Data<Operations>) -> HttpResponse {
+    // Taken from the databases' own counters at scrape time: counting them as metrics on
+    // every statement would cost a registry lookup per statement.
+    for module in &ops.modules {
+        let database = module.probes.iter().find_map(|probe| match probe {
+            Probe::Database(db) => Some(db),
+            _ => None,
+        });
+        if let Some(db) = database {
+            let counts = db.work_counts();
+            metrics::counter!("bazaar_db_statements_total", "module" => module.name)
+                .absolute(counts.statements);
+            metrics::counter!("bazaar_db_transactions_total", "module" => module.name)
+                .absolute(counts.transactions);
+        }
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(prometheus().render())

@@ -25,6 +25,7 @@
 //! `MultiConnection` rendering their SQL on every execution.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -203,6 +204,53 @@ pub fn utc_now() -> chrono::NaiveDateTime {
         .unwrap_or(now)
 }
 
+/// How much work a database was given: the statements sent (each a round trip to a
+/// PostgreSQL server; `BEGIN`, `COMMIT` and savepoints included) and the transactions
+/// begun (nested savepoints not counted). Counted by diesel's instrumentation on every
+/// connection the database opens; `/metrics` reports them per module, and tests pin how
+/// many an order takes (BENCHMARKS.md: on PostgreSQL, round trips are what an order costs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkCounts {
+    pub statements: u64,
+    pub transactions: u64,
+}
+
+impl std::ops::Sub for WorkCounts {
+    type Output = WorkCounts;
+
+    fn sub(self, earlier: WorkCounts) -> WorkCounts {
+        WorkCounts {
+            statements: self.statements.saturating_sub(earlier.statements),
+            transactions: self.transactions.saturating_sub(earlier.transactions),
+        }
+    }
+}
+
+/// The counters behind [`WorkCounts`], shared by a database's connections.
+#[derive(Debug, Default)]
+struct Counters {
+    statements: AtomicU64,
+    transactions: AtomicU64,
+}
+
+/// Counts into [`Counters`]; installed on each connection as it is opened.
+struct CountWork(Arc<Counters>);
+
+impl diesel::connection::Instrumentation for CountWork {
+    fn on_connection_event(&mut self, event: diesel::connection::InstrumentationEvent<'_>) {
+        use diesel::connection::InstrumentationEvent;
+        match event {
+            InstrumentationEvent::StartQuery { .. } => {
+                self.0.statements.fetch_add(1, Ordering::Relaxed);
+            }
+            InstrumentationEvent::BeginTransaction { depth, .. } if depth.get() == 1 => {
+                self.0.transactions.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Pool tuning.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolOptions {
@@ -228,6 +276,7 @@ pub struct Database {
 struct Inner {
     pool: r2d2::Pool<PoolManager>,
     backend: Backend,
+    counters: Arc<Counters>,
     url: DatabaseUrl,
     /// SQLite only: the one thread that writes, with group commit.
     sqlite_writer: Option<SqliteWriter>,
@@ -274,6 +323,11 @@ impl Database {
                 .max(options.max_size),
             Backend::Postgres => options.max_size,
         };
+        let counters = Arc::new(Counters::default());
+        let manager = || Manager {
+            url: url.clone(),
+            counters: Arc::clone(&counters),
+        };
         let pool = r2d2::Pool::builder()
             .max_size(max_size.max(1))
             .min_idle(Some(1))
@@ -282,10 +336,10 @@ impl Database {
             // sees as an error and may retry.
             .test_on_check_out(false)
             .connection_timeout(options.connection_timeout)
-            .build(PoolManager(Manager { url: url.clone() }))
+            .build(PoolManager(manager()))
             .map_err(|error| DbError::Unavailable(format!("{url}: {error}")))?;
         let sqlite_writer = match backend {
-            Backend::Sqlite => Some(SqliteWriter::start(Manager { url: url.clone() })?),
+            Backend::Sqlite => Some(SqliteWriter::start(manager())?),
             Backend::Postgres => None,
         };
         Ok(Self {
@@ -293,6 +347,7 @@ impl Database {
                 pool,
                 backend,
                 url: url.clone(),
+                counters,
                 sqlite_writer,
                 outbox_signal: Arc::new(tokio::sync::Notify::new()),
                 serving_lock: std::sync::Mutex::new(None),
@@ -340,6 +395,14 @@ impl Database {
 
     pub fn url(&self) -> &DatabaseUrl {
         &self.inner.url
+    }
+
+    /// The statements and transactions run on this database so far.
+    pub fn work_counts(&self) -> WorkCounts {
+        WorkCounts {
+            statements: self.inner.counters.statements.load(Ordering::Relaxed),
+            transactions: self.inner.counters.transactions.load(Ordering::Relaxed),
+        }
     }
 
     /// Runs `work` with a pooled connection: on the calling thread on SQLite, on a
@@ -565,6 +628,7 @@ where
 #[derive(Debug)]
 struct Manager {
     url: DatabaseUrl,
+    counters: Arc<Counters>,
 }
 
 /// Every PostgreSQL connection the chassis opens goes through here.
@@ -615,12 +679,18 @@ impl r2d2::ManageConnection for Manager {
     type Error = diesel::ConnectionError;
 
     fn connect(&self) -> Result<DbConnection, diesel::ConnectionError> {
+        let counting = CountWork(Arc::clone(&self.counters));
         match self.url.sqlite_path() {
-            None => establish_postgres(self.url.expose()).map(DbConnection::Postgres),
+            None => {
+                let mut conn = establish_postgres(self.url.expose())?;
+                conn.set_instrumentation(counting);
+                Ok(DbConnection::Postgres(conn))
+            }
             Some(path) => {
                 let mut conn = diesel::SqliteConnection::establish(path)?;
                 conn.batch_execute(SQLITE_PRAGMAS)
                     .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                conn.set_instrumentation(counting);
                 Ok(DbConnection::Sqlite(conn))
             }
         }
