@@ -8,6 +8,7 @@ mod notifications;
 mod openapi;
 mod orders;
 mod placement;
+mod round_trips;
 mod serve;
 mod split;
 mod support;

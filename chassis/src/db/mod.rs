@@ -36,7 +36,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 mod sqlite_writer;
 mod update;
 
-pub use update::{Update, update};
+pub use update::{Update, UpdateReturning, update};
 
 use sqlite_writer::{Finish, Job, SqliteWriter};
 
@@ -432,6 +432,23 @@ impl Database {
     {
         self.write_with_events(move |conn, _no_events| work(conn))
             .await
+    }
+
+    /// Like [`Database::write`] for `work` that sends **one** statement: PostgreSQL runs it
+    /// in a transaction of its own, without the `BEGIN` and `COMMIT` round trips around it
+    /// (two of the three). Work of several statements must use [`Database::write`]: here
+    /// each would commit on its own. On SQLite this is [`Database::write`].
+    pub async fn write_statement<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + From<diesel::result::Error> + Send + 'static,
+    {
+        if self.inner.sqlite_writer.is_some() {
+            return self.write(work).await;
+        }
+        let inner = Arc::clone(&self.inner);
+        spawn_blocking(move || inner.with_connection(work)).await
     }
 
     /// Like [`Database::write`], and the events `work` pushes go to this database's outbox

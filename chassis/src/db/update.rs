@@ -66,6 +66,57 @@ where
 
 impl<T, W, V, Conn> RunQueryDsl<Conn> for Update<T, W, V> {}
 
+impl<T, W, V> Update<T, W, V> {
+    /// `… RETURNING selection`: the changed rows come back with the statement, where a
+    /// `SELECT` after it would cost another round trip on PostgreSQL. Run it with
+    /// `.get_results(conn)` (or `.get_result(conn)` for one row, `NotFound` when none
+    /// changed). Both backends have it (SQLite since 3.35).
+    pub fn returning<S>(self, selection: S) -> UpdateReturning<T, W, V, S>
+    where
+        S: Expression,
+    {
+        UpdateReturning {
+            update: self,
+            selection,
+        }
+    }
+}
+
+/// See [`Update::returning`].
+#[derive(Debug, Clone)]
+pub struct UpdateReturning<T, W, V, S> {
+    update: Update<T, W, V>,
+    selection: S,
+}
+
+impl<T, W, V, S> QueryId for UpdateReturning<T, W, V, S> {
+    type QueryId = ();
+    // Keyed by the rendered SQL, never by type: see the module documentation.
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<T, W, V, S, DB> QueryFragment<DB> for UpdateReturning<T, W, V, S>
+where
+    DB: Backend,
+    Update<T, W, V>: QueryFragment<DB>,
+    S: QueryFragment<DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        self.update.walk_ast(out.reborrow())?;
+        out.push_sql(" RETURNING ");
+        self.selection.walk_ast(out.reborrow())
+    }
+}
+
+impl<T, W, V, S> diesel::query_builder::Query for UpdateReturning<T, W, V, S>
+where
+    S: Expression,
+{
+    type SqlType = S::SqlType;
+}
+
+impl<T, W, V, S, Conn> RunQueryDsl<Conn> for UpdateReturning<T, W, V, S> {}
+
 #[cfg(test)]
 mod tests {
     use diesel::connection::SimpleConnection;
@@ -148,6 +199,16 @@ mod tests {
             .load(&mut conn)
             .expect("reads");
         assert_eq!(notes, [None, Some("round 2".into()), None]);
+        let returned: Vec<(i32, String)> = update(
+            items::table,
+            items::id.ge(2),
+            items::name.eq(items::name.concat("!")),
+        )
+        .returning((items::id, items::name))
+        .get_results(&mut conn)
+        .expect("updates and returns");
+        assert_eq!(returned.len(), 2);
+        assert!(returned.contains(&(2, "b!".into())) && returned.contains(&(3, "c!".into())));
         let none = update(items::table, items::id.eq(9), items::name.eq("z"))
             .execute(&mut conn)
             .expect("updates nothing");

@@ -215,12 +215,12 @@ impl OutboxRelay {
             let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                 return;
             };
-            match self.claim().await {
-                Ok(batch) if !batch.is_empty() => {
+            match self.claim_batch().await {
+                Ok((batch, left_behind)) if !batch.is_empty() => {
                     let full = batch.len() >= self.settings.batch_size as usize;
                     let relay = Arc::clone(&self);
                     tokio::spawn(async move {
-                        relay.publish(batch).await;
+                        relay.publish_batch(batch, left_behind).await;
                         drop(permit);
                     });
                     if full {
@@ -242,6 +242,12 @@ impl OutboxRelay {
 
     /// Claims up to a batch of pending rows for this relay, in order.
     pub async fn claim(&self) -> Result<Vec<Claimed>, DbError> {
+        self.claim_batch().await.map(|(batch, _)| batch)
+    }
+
+    /// Like [`OutboxRelay::claim`], and whether pending rows were left out because an
+    /// earlier row of their key is held elsewhere.
+    async fn claim_batch(&self) -> Result<(Vec<Claimed>, bool), DbError> {
         let owner = self.owner.clone();
         let batch = i64::from(self.settings.batch_size);
         let lease = chrono::Duration::from_std(self.settings.lease)
@@ -253,6 +259,12 @@ impl OutboxRelay {
 
     /// Publishes claimed rows and marks them sent; on a bus error, gives the rows back.
     pub async fn publish(&self, batch: Vec<Claimed>) {
+        self.publish_batch(batch, true).await;
+    }
+
+    /// Like [`OutboxRelay::publish`]; `left_behind` says whether the claim left rows out
+    /// that may be waiting for this batch's keys.
+    async fn publish_batch(&self, batch: Vec<Claimed>, left_behind: bool) {
         let seqs: Vec<i64> = batch.iter().map(|row| row.seq).collect();
         let mut events = Vec::with_capacity(batch.len());
         for row in batch {
@@ -284,7 +296,7 @@ impl OutboxRelay {
             let marked = seqs.clone();
             match self
                 .db
-                .write(move |conn| mark_published(conn, &marked))
+                .write_statement(move |conn| mark_published(conn, &marked))
                 .await
             {
                 Ok(()) => break,
@@ -297,8 +309,12 @@ impl OutboxRelay {
         }
         metrics::counter!("bazaar_outbox_published_total", "module" => self.module.clone())
             .increment(count as u64);
-        // Rows of the same keys may have waited behind this batch.
-        self.db.outbox_signal().notify_one();
+        // Rows of the same keys may have waited behind this batch. Otherwise there is
+        // nothing to look for: a commit since the claim has rung the signal itself, and a
+        // claim that finds nothing is round trips for nothing on PostgreSQL.
+        if left_behind {
+            self.db.outbox_signal().notify_one();
+        }
     }
 
     /// Publishes while renewing the lease on the batch, so that a batch whose consumers
@@ -397,7 +413,7 @@ fn claim(
     owner: &str,
     batch: i64,
     lease: chrono::Duration,
-) -> Result<Vec<Claimed>, DbError> {
+) -> Result<(Vec<Claimed>, bool), DbError> {
     let now = utc_now();
     macro_rules! candidates {
         () => {
@@ -418,8 +434,9 @@ fn claim(
         DbConnection::Sqlite(sqlite) => candidates!().load(sqlite)?,
     };
     let Some(max_seq) = candidates.last().map(|(seq, _, _)| *seq) else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), false));
     };
+    let found = candidates.len();
     let mut held: HashMap<&str, i64> = HashMap::new();
     for (_, key, _) in &candidates {
         *held.entry(key.as_str()).or_default() += 1;
@@ -451,7 +468,8 @@ fn claim(
             outbox::lease_until.eq(now + lease),
         ))
         .execute(conn)?;
-    Ok(claimed)
+    let left_behind = claimed.len() < found;
+    Ok((claimed, left_behind))
 }
 
 fn mark_published(conn: &mut DbConnection, seqs: &[i64]) -> Result<(), DbError> {

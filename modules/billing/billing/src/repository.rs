@@ -226,29 +226,16 @@ pub(crate) fn attempt_started_at(
 }
 
 /// Records the invoice issued for a captured payment.
-pub(crate) fn set_invoice(
-    conn: &mut DbConnection,
-    order_id: Uuid,
-    invoice_id: Uuid,
-) -> QueryResult<()> {
-    per_backend!(conn, |conn| {
-        update(
-            payments::table,
-            payments::order_id.eq(order_id.to_string()),
-            payments::invoice_id.eq(invoice_id.to_string()),
-        )
-        .execute(conn)
-        .map(|_| ())
-    })
-}
-
-/// Settles a pending payment (taking its row lock); answers whether it was still pending.
+/// Settles a pending payment (taking its row lock), recording the invoice a capture is
+/// issued (`invoice_id`, inserted in the same transaction); answers the payment as settled,
+/// or `None` if it was no longer pending.
 pub(crate) fn settle(
     conn: &mut DbConnection,
     order_id: Uuid,
     settlement: Settlement<'_>,
+    invoice_id: Option<Uuid>,
     at: NaiveDateTime,
-) -> QueryResult<bool> {
+) -> QueryResult<Option<StoredPayment>> {
     per_backend!(conn, |conn| {
         let (status, provider_ref, reason) = match settlement {
             Settlement::Captured { provider_ref } => {
@@ -266,11 +253,15 @@ pub(crate) fn settle(
                 payments::provider_ref.eq(provider_ref),
                 payments::decline_reason.eq(reason),
                 payments::attempt_started_at.eq(None::<NaiveDateTime>),
+                payments::invoice_id.eq(invoice_id.map(|id| id.to_string())),
                 payments::updated_at.eq(at),
             ),
         )
-        .execute(conn)
-        .map(|rows| rows == 1)
+        .returning(PaymentRow::as_select())
+        .get_result(conn)
+        .optional()?
+        .map(StoredPayment::try_from)
+        .transpose()
     })
 }
 
@@ -351,24 +342,24 @@ pub(crate) fn list_payments(
 /// concurrent first invoices meet a unique violation, and the loser's caller retries.
 pub(crate) fn next_invoice_number(conn: &mut DbConnection, year: i32) -> QueryResult<i64> {
     per_backend!(conn, |conn| {
-        let updated = update(
+        let taken = update(
             invoice_counters::table,
             invoice_counters::year.eq(year),
             invoice_counters::last_number.eq(invoice_counters::last_number + 1),
         )
-        .execute(conn)?;
-        if updated == 0 {
-            diesel::insert_into(invoice_counters::table)
+        .returning(invoice_counters::last_number)
+        .get_result(conn)
+        .optional()?;
+        match taken {
+            Some(number) => Ok(number),
+            None => diesel::insert_into(invoice_counters::table)
                 .values((
                     invoice_counters::year.eq(year),
                     invoice_counters::last_number.eq(1_i64),
                 ))
-                .execute(conn)?;
+                .execute(conn)
+                .map(|_| 1),
         }
-        invoice_counters::table
-            .find(year)
-            .select(invoice_counters::last_number)
-            .get_result(conn)
     })
 }
 

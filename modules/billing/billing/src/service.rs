@@ -271,18 +271,23 @@ impl BillingService {
                     Answer::Captured(provider_ref) => Settlement::Captured { provider_ref },
                     Answer::Declined(reason) => Settlement::Declined { reason },
                 };
-                if !repo::settle(conn, order_id, settlement, at)? {
+                let invoice_id = matches!(answer, Answer::Captured(_)).then(Uuid::now_v7);
+                let Some(stored) = repo::settle(conn, order_id, settlement, invoice_id, at)? else {
                     // A concurrent attempt settled it first.
                     return current(conn, order_id);
-                }
-                let stored = stored(conn, order_id)?;
+                };
                 let customer_email = stored.customer_email.clone();
-                let mut payment = stored.settled().ok_or_else(in_progress)?;
+                let payment = stored.settled().ok_or_else(in_progress)?;
                 match answer {
                     Answer::Captured(_) => {
-                        let invoice = issue_invoice(conn, &payment, at)?;
-                        repo::set_invoice(conn, order_id, invoice.id)?;
-                        payment.invoice_id = Some(invoice.id);
+                        let invoice_id = payment.invoice_id.ok_or_else(|| {
+                            BillingError::Internal(format!(
+                                "the capture of order {order_id} recorded no invoice"
+                            ))
+                        })?;
+                        // Last but the event: the year's counter row, which every capture
+                        // locks until it commits, is held for as few round trips as can be.
+                        let invoice = issue_invoice(conn, invoice_id, &payment, at)?;
                         let captured = PaymentCaptured {
                             payment_id: payment.id,
                             order_id,
@@ -399,13 +404,14 @@ enum Answer {
 /// Issues the invoice of a payment captured in this transaction.
 fn issue_invoice(
     conn: &mut DbConnection,
+    id: Uuid,
     payment: &Payment,
     at: NaiveDateTime,
 ) -> Result<Invoice, Error> {
     let year = at.year();
     let number = repo::next_invoice_number(conn, year)?;
     let row = InvoiceRow {
-        id: Uuid::now_v7().to_string(),
+        id: id.to_string(),
         number: invoice_number(year, number),
         payment_id: payment.id.to_string(),
         order_id: payment.order_id.to_string(),

@@ -181,8 +181,13 @@ pub(crate) fn set_on_hand(conn: &mut DbConnection, id: Uuid, on_hand: i64) -> Qu
     })
 }
 
-/// Holds `quantity` units if that many are available; answers whether it did.
-pub(crate) fn hold(conn: &mut DbConnection, product_id: Uuid, quantity: i64) -> QueryResult<bool> {
+/// Holds `quantity` units if that many are available; answers the product as it is after,
+/// or `None` when it did not (not enough, or no such product).
+pub(crate) fn hold(
+    conn: &mut DbConnection,
+    product_id: Uuid,
+    quantity: i64,
+) -> QueryResult<Option<ProductRow>> {
     per_backend!(conn, |conn| {
         update(
             products::table,
@@ -194,8 +199,9 @@ pub(crate) fn hold(conn: &mut DbConnection, product_id: Uuid, quantity: i64) -> 
                 products::updated_at.eq(now()),
             ),
         )
-        .execute(conn)
-        .map(|rows| rows == 1)
+        .returning(ProductRow::as_select())
+        .get_result(conn)
+        .optional()
     })
 }
 
@@ -264,34 +270,43 @@ pub(crate) fn find_reservation(
     conn: &mut DbConnection,
     order_id: Uuid,
 ) -> QueryResult<Option<StoredReservation>> {
-    per_backend!(conn, |conn| {
-        let key = order_id.to_string();
-        let status: Option<String> = reservations::table
-            .find(&key)
+    let status: Option<String> = per_backend!(conn, |conn| {
+        reservations::table
+            .find(order_id.to_string())
             .select(reservations::status)
             .get_result(conn)
-            .optional()?;
-        let Some(status) = status else {
-            return Ok(None);
-        };
-        let status = ReservationStatus::parse(&status).ok_or_else(|| {
-            diesel::result::Error::DeserializationError(
-                format!("unknown reservation status {status:?}").into(),
-            )
-        })?;
+            .optional()
+    })?;
+    let Some(status) = status else {
+        return Ok(None);
+    };
+    let status = ReservationStatus::parse(&status).ok_or_else(|| {
+        diesel::result::Error::DeserializationError(
+            format!("unknown reservation status {status:?}").into(),
+        )
+    })?;
+    let lines = reservation_lines(conn, order_id)?;
+    Ok(Some(StoredReservation { status, lines }))
+}
+
+/// The lines of a reservation, by product id.
+pub(crate) fn reservation_lines(
+    conn: &mut DbConnection,
+    order_id: Uuid,
+) -> QueryResult<Vec<StockLine>> {
+    per_backend!(conn, |conn| {
         let rows: Vec<(String, i64)> = reservation_lines::table
-            .filter(reservation_lines::order_id.eq(&key))
+            .filter(reservation_lines::order_id.eq(order_id.to_string()))
             .select((reservation_lines::product_id, reservation_lines::quantity))
             .order(reservation_lines::product_id.asc())
             .load(conn)?;
-        let lines = rows
+        Ok(rows
             .into_iter()
             .map(|(product_id, quantity)| StockLine {
                 product_id: Uuid::parse_str(&product_id).unwrap_or_default(),
                 quantity: u32::try_from(quantity).unwrap_or(u32::MAX),
             })
-            .collect();
-        Ok(Some(StoredReservation { status, lines }))
+            .collect())
     })
 }
 

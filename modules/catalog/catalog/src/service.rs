@@ -182,17 +182,11 @@ impl CatalogService {
     ) -> Result<Reservation, CatalogError> {
         self.db
             .write(move |conn| {
-                let stored = repo::find_reservation(conn, order_id)?
-                    .ok_or(CatalogError::ReservationNotFound(order_id))?;
-                if stored.status == to {
-                    return Ok(reservation(order_id, stored));
-                }
-                if stored.status != from {
-                    return Err(conflict(order_id, stored.status));
-                }
+                // The move first, without a look: the common call finds the reservation in
+                // `from`, and the look is a round trip on PostgreSQL.
                 if !repo::move_reservation(conn, order_id, from, to)? {
-                    // A concurrent call moved it between the read and the write, and has
-                    // moved the stock: answer what it made of the reservation.
+                    // Not in `from`: moved already (by an earlier or a concurrent call, which
+                    // moved the stock too), in another state, or unknown.
                     let now = repo::find_reservation(conn, order_id)?
                         .ok_or(CatalogError::ReservationNotFound(order_id))?;
                     return if now.status == to {
@@ -201,15 +195,13 @@ impl CatalogService {
                         Err(conflict(order_id, now.status))
                     };
                 }
-                for line in &stored.lines {
+                let lines = repo::reservation_lines(conn, order_id)?;
+                for line in &lines {
                     apply(conn, line.product_id, i64::from(line.quantity))?;
                 }
                 Ok(reservation(
                     order_id,
-                    StoredReservation {
-                        status: to,
-                        ..stored
-                    },
+                    StoredReservation { status: to, lines },
                 ))
             })
             .await
@@ -220,11 +212,12 @@ impl CatalogService {
         &self,
         order_id: Uuid,
         lines: Vec<StockLine>,
+        look_first: bool,
     ) -> Result<Reservation, Error> {
         let threshold = self.low_stock_threshold;
         self.db
             .write_with_events(move |conn, events| {
-                if let Some(stored) = repo::find_reservation(conn, order_id)? {
+                if look_first && let Some(stored) = repo::find_reservation(conn, order_id)? {
                     return if stored.status != ReservationStatus::Released && stored.lines == lines
                     {
                         Ok(reservation(order_id, stored))
@@ -232,11 +225,12 @@ impl CatalogService {
                         Err(conflict(order_id, stored.status))
                     };
                 }
-                // A concurrent reserve for the same order may have committed first: the
-                // unique-key error rolls this one back and `reserve` looks again.
+                // A reservation stored already (by an earlier or a concurrent call) fails
+                // this insert on its key, which rolls this try back; `reserve` looks then.
                 repo::insert_reservation(conn, order_id, ReservationStatus::Reserved)?;
                 for line in &lines {
-                    if !repo::hold(conn, line.product_id, i64::from(line.quantity))? {
+                    let Some(after) = repo::hold(conn, line.product_id, i64::from(line.quantity))?
+                    else {
                         return Err(match repo::find_product(conn, line.product_id)? {
                             None => CatalogError::ProductNotFound(line.product_id).into(),
                             Some(_) => CatalogError::OutOfStock {
@@ -244,12 +238,10 @@ impl CatalogService {
                             }
                             .into(),
                         });
-                    }
-                    if let Some(after) = repo::find_product(conn, line.product_id)? {
-                        let after = after.into_product();
-                        let before = after.stock.available + i64::from(line.quantity);
-                        raise_if_low(events, threshold, before, &after)?;
-                    }
+                    };
+                    let after = after.into_product();
+                    let before = after.stock.available + i64::from(line.quantity);
+                    raise_if_low(events, threshold, before, &after)?;
                 }
                 repo::insert_reservation_lines(conn, order_id, &lines)?;
                 Ok(reservation(
@@ -341,11 +333,13 @@ impl Catalog for CatalogService {
         lines: &[StockLine],
     ) -> Result<Reservation, CatalogError> {
         let lines = normalize_lines(lines)?;
-        match self.try_reserve(order_id, lines.clone()).await {
-            // Lost a race with a concurrent reserve for the same order: it has committed
-            // now, so a second look answers it (or the conflict).
+        // The first try inserts the reservation without looking for one: a first reserve
+        // is the common call, and the look is a round trip on PostgreSQL. A reservation
+        // that exists (a repeated call, or a concurrent one that committed first) fails the
+        // insert on its key, and a second try looks and answers it (or the conflict).
+        match self.try_reserve(order_id, lines.clone(), false).await {
             Err(Error::Database(DbError::Query(error))) if is_unique_violation(&error) => self
-                .try_reserve(order_id, lines)
+                .try_reserve(order_id, lines, true)
                 .await
                 .map_err(CatalogError::from),
             other => other.map_err(CatalogError::from),

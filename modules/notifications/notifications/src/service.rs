@@ -663,9 +663,10 @@ impl NotificationsService {
         };
         let id = row.id.clone();
         let error = last_error.clone();
+        // One conditional update: no transaction of its own needed around it.
         let settled = self
             .db
-            .write(move |conn| {
+            .write_statement(move |conn| {
                 repo::settle_attempt(conn, &id, claim, status, attempts, error, next)
                     .map_err(DbError::from)
             })

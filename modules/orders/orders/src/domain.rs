@@ -122,8 +122,12 @@ pub(crate) fn validate_idempotency_key(key: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// The saga's steps (spec §4). Each is recorded before it is attempted, and each call it
-/// makes is idempotent per order id, so a step can be attempted again after any crash.
+/// The saga's steps (spec §4). Every call a step makes is idempotent per order id, so a
+/// step can be attempted again after any crash. The forward steps (reserve, charge, commit)
+/// are recorded only as `reserve`, once, with the order: a run that resumes takes them
+/// again from there, each answering what it did the first time; so which of them was
+/// reached is never known, and past the deadline all three compensate alike. Compensation
+/// steps are recorded before they are attempted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Step {
     /// Hold stock for every line.
@@ -168,12 +172,12 @@ impl Step {
         }
     }
 
-    /// Past the deadline a forward step turns to compensation; compensation and
-    /// cancellation never give up.
+    /// Past the deadline a forward step turns to compensation: refund (which voids a charge
+    /// billing has not seen, so that it can never go through later), then release.
+    /// Compensation and cancellation never give up.
     pub(crate) fn compensation_after_deadline(self) -> Option<Step> {
         match self {
-            Step::Reserve => Some(Step::Release),
-            Step::Charge | Step::Commit => Some(Step::Refund),
+            Step::Reserve | Step::Charge | Step::Commit => Some(Step::Refund),
             Step::Refund | Step::Release | Step::CancelRefund | Step::CancelRestock => None,
         }
     }
@@ -343,7 +347,7 @@ mod tests {
         }
         assert_eq!(
             Step::Reserve.compensation_after_deadline(),
-            Some(Step::Release)
+            Some(Step::Refund)
         );
         assert_eq!(
             Step::Charge.compensation_after_deadline(),

@@ -305,14 +305,14 @@ pub(crate) fn postpone(
 }
 
 /// Ends the saga with the order's new status (and, when it is decided here, the rejection
-/// reason); answers false if `owner` no longer holds it.
+/// reason); answers the order's row as it ended, or `None` if `owner` no longer holds it.
 pub(crate) fn finish(
     conn: &mut DbConnection,
     id: Uuid,
     owner: &str,
     status: OrderStatus,
     reason: Option<RejectionReason>,
-) -> QueryResult<bool> {
+) -> QueryResult<Option<OrderRow>> {
     per_backend!(conn, |c| update(
         orders::table,
         orders::id
@@ -331,8 +331,9 @@ pub(crate) fn finish(
             reason.map(|reason| orders::rejection_reason.eq(reason.as_str())),
         ),
     )
-    .execute(c))
-    .map(|rows| rows == 1)
+    .returning(OrderRow::as_select())
+    .get_result(c)
+    .optional())
 }
 
 /// Starts the cancellation of a confirmed order that has no saga work left.

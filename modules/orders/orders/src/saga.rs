@@ -1,8 +1,9 @@
 //! The order saga (spec §4) as a persisted state machine.
 //!
-//! The step to attempt is recorded before it is attempted, and every call it makes to the
-//! catalog or billing is idempotent per order id, so any process can resume any saga at
-//! its recorded step after a crash. One process at a time runs a saga: it holds a lease on
+//! Every call the saga makes to the catalog or billing is idempotent per order id, so any
+//! process can resume any saga at its recorded step after a crash: the forward steps from
+//! `reserve` (recorded with the order), a compensation at the step recorded before it was
+//! attempted. One process at a time runs a saga: it holds a lease on
 //! the order row. A step whose peer is unreachable is postponed with backoff; past
 //! `orders.saga_deadline` a forward step turns to compensation (refund, release) and the
 //! order ends `rejected` / `dependency_unavailable`. Compensation never gives up.
@@ -180,7 +181,10 @@ impl Saga {
         };
         match outcome {
             Outcome::Next(next, reason) => {
-                if !self.record_step(id, run, next, reason).await? {
+                // A forward step is not written (see `Step`): on PostgreSQL each write is
+                // round trips every order would pay for (BENCHMARKS.md).
+                let forward = matches!(next, Step::Charge | Step::Commit) && reason.is_none();
+                if !forward && !self.record_step(id, run, next, reason).await? {
                     return Ok(Some(None));
                 }
                 row.saga_step = Some(next.as_str().to_owned());
@@ -190,7 +194,10 @@ impl Saga {
                 }
                 Ok(None)
             }
-            Outcome::Finish(status, reason) => self.finish(id, run, status, reason).await.map(Some),
+            Outcome::Finish(status, reason) => self
+                .finish(id, run, status, reason, lines.to_vec())
+                .await
+                .map(Some),
             Outcome::RetryLater(error) => {
                 self.postpone(id, run, row.saga_attempts, error).await?;
                 Ok(Some(None))
@@ -307,7 +314,7 @@ impl Saga {
         let owner = run.to_owned();
         let lease_until = self.lease_until();
         self.db
-            .write(move |conn| {
+            .write_statement(move |conn| {
                 repo::set_step(conn, id, &owner, step, reason, lease_until).map_err(Error::from)
             })
             .await
@@ -324,7 +331,7 @@ impl Saga {
         let next_at = utc_now() + backoff(attempts);
         tracing::info!(order_id = %id, attempts = attempts + 1, %error, "saga step postponed");
         self.db
-            .write(move |conn| {
+            .write_statement(move |conn| {
                 repo::postpone(conn, id, &owner, next_at, &error).map_err(Error::from)
             })
             .await
@@ -338,15 +345,18 @@ impl Saga {
         run: &str,
         status: OrderStatus,
         reason: Option<RejectionReason>,
+        lines: Vec<LineRow>,
     ) -> Result<Option<Order>, Error> {
         let owner = run.to_owned();
         let finished = self
             .db
             .write_with_events(move |conn, events| {
-                if !repo::finish(conn, id, &owner, status, reason)? {
+                // The row comes back from the update itself, and an order's lines never
+                // change: the ones this run holds are the stored ones.
+                let Some(row) = repo::finish(conn, id, &owner, status, reason)? else {
                     return Ok(None);
-                }
-                let order = repo::find_order(conn, id)?.ok_or(Error::OrderNotFound(id))?;
+                };
+                let order = row.into_order(lines);
                 let ended = order.clone();
                 let event = match status {
                     OrderStatus::Confirmed => Envelope::new(

@@ -1,0 +1,220 @@
+//! What one order costs each module's database, counted, not timed: the statements sent
+//! (on PostgreSQL each is a round trip, `BEGIN` and `COMMIT` included) and the transactions
+//! begun, from the whole of an order's work — the saga, the outbox relays, the consumers and
+//! the e-mail. On PostgreSQL round trips are what an order costs (BENCHMARKS.md, "Orders on
+//! PostgreSQL"), so these numbers are pinned: a change that adds one fails here, and is
+//! either taken back or made knowingly, with the pin.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::orders::{create_product, order_body};
+use crate::support;
+
+/// Statements and transactions, by module.
+type Work = BTreeMap<String, (u64, u64)>;
+
+/// What each module's database has run so far, from `/metrics`.
+async fn work(http: &reqwest::Client, base: &str) -> Work {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("answers")
+        .text()
+        .await
+        .expect("text");
+    let mut work = Work::new();
+    for line in text.lines() {
+        let (statements, rest) =
+            if let Some(rest) = line.strip_prefix("bazaar_db_statements_total{") {
+                (true, rest)
+            } else if let Some(rest) = line.strip_prefix("bazaar_db_transactions_total{") {
+                (false, rest)
+            } else {
+                continue;
+            };
+        let module = rest
+            .split("module=\"")
+            .nth(1)
+            .and_then(|tail| tail.split('"').next())
+            .expect("a module label")
+            .to_owned();
+        let value: u64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|value| value.parse().ok())
+            .expect("a count");
+        let entry = work.entry(module).or_default();
+        if statements {
+            entry.0 = value;
+        } else {
+            entry.1 = value;
+        }
+    }
+    work
+}
+
+/// The work done once nothing has changed for a while: every background step an order
+/// set off (relays, consumers, the e-mail) has run.
+async fn settled_work(http: &reqwest::Client, base: &str) -> Work {
+    let give_up = Instant::now() + Duration::from_secs(20);
+    let mut last = work(http, base).await;
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_millis(500) {
+        assert!(Instant::now() < give_up, "the databases never went quiet");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = work(http, base).await;
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+    }
+    last
+}
+
+/// `bazaar serve` in a process of its own, so that its `/metrics` count its databases
+/// only; killed when dropped.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Serves the monolith from `data` with the `env` given; answers its base URL.
+async fn serve(data: &std::path::Path, env: &[(&str, &str)]) -> (String, Server) {
+    let port = support::listener().local_addr().expect("address").port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_bazaar"))
+        .arg("serve")
+        .current_dir(data)
+        .env("BAZAAR__DATA_DIR", data)
+        .env("BAZAAR__SERVER__BIND", format!("127.0.0.1:{port}"))
+        .env("BAZAAR__AUTH__ADMIN_TOKEN", support::ADMIN_TOKEN)
+        .env("BAZAAR__LOG__LEVEL", "warn")
+        // No safety-net polls during the count: only what an order sets off runs.
+        .env("BAZAAR__EVENTS__POLL_INTERVAL", "1h")
+        .env("BAZAAR__EVENTS__LEASE", "2h")
+        .env("BAZAAR__ORDERS__RECOVERY_INTERVAL", "1h")
+        .env("BAZAAR__NOTIFICATIONS__POLL_INTERVAL", "1h")
+        .envs(env.iter().copied())
+        .spawn()
+        .expect("starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let server = Server(child);
+    support::wait_until_live(&base).await;
+    (base, server)
+}
+
+/// Places `orders` orders one after the other, each left to finish all its work before
+/// the next, and answers what each cost, by module.
+async fn cost_of_orders(env: &[(&str, &str)], orders: usize) -> Vec<Work> {
+    let data = tempfile::tempdir().expect("tempdir");
+    let (base, _server) = serve(data.path(), env).await;
+    let http = support::http();
+    let product = create_product(&http, &base, "ROUND-TRIPS", 1_000, 250).await;
+    let mut costs = Vec::new();
+    let mut before = settled_work(&http, &base).await;
+    for _ in 0..orders {
+        let order: Value = http
+            .post(format!("{base}/orders"))
+            .json(&order_body(&product, 1, "tok_visa"))
+            .send()
+            .await
+            .expect("answers")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(order["status"], "confirmed", "{order}");
+        let after = settled_work(&http, &base).await;
+        costs.push(
+            after
+                .iter()
+                .map(|(module, (statements, transactions))| {
+                    let (statements_before, transactions_before) =
+                        before.get(module).copied().unwrap_or_default();
+                    (
+                        module.clone(),
+                        (
+                            statements - statements_before,
+                            transactions - transactions_before,
+                        ),
+                    )
+                })
+                .collect(),
+        );
+        before = after;
+    }
+    costs
+}
+
+/// Every order but the first costs the same, and what it costs is `expected`: (module,
+/// statements, transactions). The first is the year's first invoice, which creates the
+/// year's invoice counter: one statement more in billing.
+fn assert_costs(costs: &[Work], expected: &[(&str, u64, u64)]) {
+    let expected: Work = expected
+        .iter()
+        .map(|(module, statements, transactions)| {
+            ((*module).to_owned(), (*statements, *transactions))
+        })
+        .collect();
+    for (n, cost) in costs.iter().enumerate().skip(1) {
+        assert_eq!(
+            cost, &expected,
+            "order {n}: (statements, transactions) by module, every order's: {costs:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_costs_each_sqlite_database_a_pinned_number_of_statements_and_transactions() {
+    let costs = cost_of_orders(&[], 4).await;
+    // SQLite: one writer per database, whose transactions each write joins in a savepoint
+    // (counted among the statements, as are `BEGIN` and `COMMIT`); alone, as here, each
+    // write commits a transaction of its own, where under load writes share one.
+    assert_costs(
+        &costs,
+        &[
+            ("billing", 27, 4),
+            ("catalog", 15, 2),
+            ("notifications", 16, 2),
+            ("orders", 24, 4),
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_costs_each_postgres_database_a_pinned_number_of_round_trips_and_transactions() {
+    let Some(databases) =
+        support::PostgresDatabases::new(&["CATALOG", "BILLING", "ORDERS", "NOTIFICATIONS"])
+    else {
+        return;
+    };
+    let costs = cost_of_orders(&databases.env(), 4).await;
+    // Per order, as pg_stat_statements lists them (BENCHMARKS.md):
+    // - catalog 11: the products' lookup; reserve: BEGIN, INSERT reservation, UPDATE
+    //   product … RETURNING, INSERT lines, COMMIT; commit: BEGIN, UPDATE reservation,
+    //   SELECT lines, UPDATE product, COMMIT.
+    // - billing 18: the pending payment: BEGIN, SELECT payment, advisory lock, SELECT void,
+    //   INSERT payment, COMMIT; the capture: BEGIN, UPDATE payment … RETURNING, UPDATE
+    //   counter … RETURNING, INSERT invoice, INSERT outbox, COMMIT; the relay: BEGIN,
+    //   SELECT rows, SELECT counts by key, UPDATE lease, COMMIT, UPDATE published.
+    // - orders 14: BEGIN, INSERT order, INSERT lines, COMMIT; BEGIN, UPDATE order …
+    //   RETURNING, INSERT outbox, COMMIT; the relay's 6.
+    // - notifications 10: the webhooks, read for each of the two events; BEGIN, inbox
+    //   check, INSERT inbox, e-mail dedup check, INSERT delivery, COMMIT; the delivery's
+    //   UPDATE once sent; the worker's look for deliveries due.
+    assert_costs(
+        &costs,
+        &[
+            ("billing", 18, 3),
+            ("catalog", 11, 2),
+            ("notifications", 10, 1),
+            ("orders", 14, 3),
+        ],
+    );
+}
