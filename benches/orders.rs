@@ -128,6 +128,10 @@ async fn drive(
     let work_before = database_work(orders).await;
     let bodies = Arc::new(bodies);
     let stop = Arc::new(AtomicBool::new(false));
+    eprintln!(
+        "{label}: driving {clients} clients for {} s",
+        RUN_FOR.as_secs()
+    );
     let started = Instant::now();
     let workers: Vec<_> = (0..clients)
         .map(|client| {
@@ -596,6 +600,20 @@ fn main() {
         if wanted("postgres") {
             let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
             let mut config = config(data.path());
+            if let Some(size) = std::env::var("BENCH_POOL")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                for m in ["catalog", "billing", "orders", "notifications"] {
+                    match m {
+                        "catalog" => config.modules.catalog.pool_size = Some(size),
+                        "billing" => config.modules.billing.pool_size = Some(size),
+                        "orders" => config.modules.orders.pool_size = Some(size),
+                        _ => config.modules.notifications.pool_size = Some(size),
+                    }
+                }
+                config.database.max_connections = 4 * size;
+            }
             let mut databases = Vec::new();
             // Every module on PostgreSQL, notifications too, as a production deployment has it.
             for module in ["catalog", "billing", "orders", "notifications"] {

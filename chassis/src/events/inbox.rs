@@ -59,22 +59,21 @@ impl Inbox {
         let event_id = event.id.to_string();
         self.db
             .write_with_events(move |conn, events| {
-                let seen: i64 = crate::per_backend!(conn, |conn| inbox::table
-                    .filter(inbox::consumer.eq(&consumer))
-                    .filter(inbox::event_id.eq(&event_id))
-                    .count()
-                    .get_result(conn))?;
-                if seen > 0 {
-                    return Ok(None);
-                }
-                let answer = effect(conn, events)?;
-                crate::per_backend!(conn, |conn| diesel::insert_into(inbox::table)
+                // Recorded first, in one statement: a row already there (an event handled
+                // before, or being handled by a concurrent delivery, whose commit this
+                // insert waits for) inserts nothing, and the effect does not run.
+                let recorded = crate::per_backend!(conn, |conn| diesel::insert_into(inbox::table)
                     .values((
                         inbox::consumer.eq(&consumer),
                         inbox::event_id.eq(&event_id),
                         inbox::handled_at.eq(utc_now()),
                     ))
+                    .on_conflict_do_nothing()
                     .execute(conn))?;
+                if recorded == 0 {
+                    return Ok(None);
+                }
+                let answer = effect(conn, events)?;
                 Ok(Some(answer))
             })
             .await

@@ -166,8 +166,8 @@ impl BillingService {
             .await
     }
 
-    /// Step 1 of a charge: record it as pending, or find it.
-    async fn begin(&self, request: &ChargeRequest) -> Result<Begun, Error> {
+    /// Step 1 of a charge: record it as pending, or (`look_first`) find it.
+    async fn begin(&self, request: &ChargeRequest, look_first: bool) -> Result<Begun, Error> {
         let order_id = request.order_id;
         let amount = request.amount.clone();
         let customer_email = request.customer_email.clone();
@@ -175,7 +175,12 @@ impl BillingService {
         self.db
             .write(move |conn| {
                 let at = repo::now();
-                let Some(stored) = repo::find_payment(conn, order_id)? else {
+                let found = if look_first {
+                    repo::find_payment(conn, order_id)?
+                } else {
+                    None
+                };
+                let Some(stored) = found else {
                     // A first charge races a refund that would void the order (`void`):
                     // the two decide on each other's rows being absent, so they take turns.
                     chassis::db::lock_key(conn, &voiding_key(order_id))?;
@@ -427,10 +432,12 @@ fn issue_invoice(
 impl Billing for BillingService {
     async fn charge(&self, request: ChargeRequest) -> Result<Payment, BillingError> {
         validate_charge(&request, &self.currency)?;
-        let begun = match self.begin(&request).await {
-            // Lost a race with a concurrent first charge of the same order: it has
-            // committed its pending payment now, so a second look finds it.
-            Err(error) if lost_race(&error) => self.begin(&request).await,
+        // The first try inserts the payment without looking for one: a first charge is the
+        // common call, and the look is a round trip on PostgreSQL. A payment already there
+        // (a repeated charge, or a concurrent first one that committed first) fails the
+        // insert on its key, and the second try looks.
+        let begun = match self.begin(&request, false).await {
+            Err(error) if lost_race(&error) => self.begin(&request, true).await,
             other => other,
         }?;
         let started_at = match begun {

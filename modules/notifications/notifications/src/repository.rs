@@ -163,18 +163,15 @@ impl NewDelivery {
 
 /// Records a delivery unless one with its `dedup_key` exists; answers whether it did.
 pub(crate) fn insert_delivery(conn: &mut DbConnection, new: &NewDelivery) -> QueryResult<bool> {
+    // One statement, not a look and an insert: a row with the same key makes the insert
+    // do nothing (and waits for a concurrent one to commit first).
     per_backend!(conn, |conn| {
-        let existing: i64 = deliveries::table
-            .filter(deliveries::dedup_key.eq(&new.dedup_key))
-            .count()
-            .get_result(conn)?;
-        if existing > 0 {
-            return Ok(false);
-        }
         diesel::insert_into(deliveries::table)
             .values(new)
-            .execute(conn)?;
-        Ok(true)
+            .on_conflict(deliveries::dedup_key)
+            .do_nothing()
+            .execute(conn)
+            .map(|inserted| inserted == 1)
     })
 }
 
