@@ -123,11 +123,12 @@ pub(crate) fn validate_idempotency_key(key: &str) -> Result<(), Error> {
 }
 
 /// The saga's steps (spec §4). Every call a step makes is idempotent per order id, so a
-/// step can be attempted again after any crash. The forward steps (reserve, charge, commit)
-/// are recorded only as `reserve`, once, with the order: a run that resumes takes them
-/// again from there, each answering what it did the first time; so which of them was
-/// reached is never known, and past the deadline all three compensate alike. Compensation
-/// steps are recorded before they are attempted.
+/// step can be attempted again after any crash. Of the forward steps (reserve, charge,
+/// commit), `reserve` is recorded with the order and a later one only when it is postponed:
+/// a run that resumes after a crash takes them again from the one recorded, each call
+/// answering what it did the first time; so how far a saga got is never known for sure,
+/// and past the deadline all three compensate alike. Compensation steps are recorded
+/// before they are attempted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Step {
     /// Hold stock for every line.

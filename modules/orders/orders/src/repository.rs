@@ -277,11 +277,14 @@ pub(crate) fn set_step(
     .map(|rows| rows == 1)
 }
 
-/// Records a failed attempt: when to try again, and why; gives the lease up.
+/// Records a failed attempt of `step` (the `attempts`th): the step to resume at, when to
+/// try again, and why; gives the lease up.
 pub(crate) fn postpone(
     conn: &mut DbConnection,
     id: Uuid,
     owner: &str,
+    step: Step,
+    attempts: i64,
     next_at: NaiveDateTime,
     error: &str,
 ) -> QueryResult<()> {
@@ -292,7 +295,8 @@ pub(crate) fn postpone(
                 .eq(id.to_string())
                 .and(orders::saga_owner.eq(owner)),
             (
-                orders::saga_attempts.eq(orders::saga_attempts + 1),
+                orders::saga_step.eq(step.as_str()),
+                orders::saga_attempts.eq(attempts),
                 orders::saga_next_at.eq(next_at),
                 orders::saga_error.eq(error),
                 orders::saga_owner.eq(None::<String>),

@@ -1,9 +1,9 @@
 //! The order saga (spec §4) as a persisted state machine.
 //!
 //! Every call the saga makes to the catalog or billing is idempotent per order id, so any
-//! process can resume any saga at its recorded step after a crash: the forward steps from
-//! `reserve` (recorded with the order), a compensation at the step recorded before it was
-//! attempted. One process at a time runs a saga: it holds a lease on
+//! process can resume any saga at its recorded step after a crash: a forward step is
+//! recorded only with the order (`reserve`) or when it is postponed, a compensation step
+//! before it is attempted. One process at a time runs a saga: it holds a lease on
 //! the order row. A step whose peer is unreachable is postponed with backoff; past
 //! `orders.saga_deadline` a forward step turns to compensation (refund, release) and the
 //! order ends `rejected` / `dependency_unavailable`. Compensation never gives up.
@@ -199,7 +199,8 @@ impl Saga {
                 .await
                 .map(Some),
             Outcome::RetryLater(error) => {
-                self.postpone(id, run, row.saga_attempts, error).await?;
+                self.postpone(id, run, step, row.saga_attempts, error)
+                    .await?;
                 Ok(Some(None))
             }
         }
@@ -320,19 +321,24 @@ impl Saga {
             .await
     }
 
+    /// Postpones `step`, whose attempt this is the `attempts + 1`th, recording it as the
+    /// step to resume at: a forward step reached without being written is written here,
+    /// where a write happens anyway, so that the retry does not call the earlier steps again.
     async fn postpone(
         &self,
         id: Uuid,
         run: &str,
+        step: Step,
         attempts: i64,
         error: String,
     ) -> Result<(), Error> {
         let owner = run.to_owned();
         let next_at = utc_now() + backoff(attempts);
-        tracing::info!(order_id = %id, attempts = attempts + 1, %error, "saga step postponed");
+        tracing::info!(order_id = %id, step = step.as_str(), attempts = attempts + 1, %error, "saga step postponed");
         self.db
             .write_statement(move |conn| {
-                repo::postpone(conn, id, &owner, next_at, &error).map_err(Error::from)
+                repo::postpone(conn, id, &owner, step, attempts + 1, next_at, &error)
+                    .map_err(Error::from)
             })
             .await
     }
