@@ -179,10 +179,10 @@ async fn an_order_costs_each_sqlite_database_a_pinned_number_of_statements_and_t
     assert_costs(
         &costs,
         &[
-            ("billing", 26, 4),
+            ("billing", 31, 5),
             ("catalog", 15, 2),
             ("notifications", 14, 2),
-            ("orders", 24, 4),
+            ("orders", 29, 5),
         ],
     );
 }
@@ -199,22 +199,23 @@ async fn an_order_costs_each_postgres_database_a_pinned_number_of_round_trips_an
     // - catalog 11: the products' lookup; reserve: BEGIN, INSERT reservation, UPDATE
     //   product … RETURNING, INSERT lines, COMMIT; commit: BEGIN, UPDATE reservation,
     //   SELECT lines, UPDATE product, COMMIT.
-    // - billing 17: the pending payment: BEGIN, advisory lock, SELECT void, INSERT payment,
+    // - billing 20: the pending payment: BEGIN, advisory lock, SELECT void, INSERT payment,
     //   COMMIT; the capture: BEGIN, UPDATE payment … RETURNING, UPDATE
     //   counter … RETURNING, INSERT invoice, INSERT outbox, COMMIT; the relay: BEGIN,
-    //   SELECT rows, SELECT counts by key, UPDATE lease, COMMIT, UPDATE published.
-    // - orders 14: BEGIN, INSERT order, INSERT lines, COMMIT; BEGIN, UPDATE order …
-    //   RETURNING, INSERT outbox, COMMIT; the relay's 6.
+    //   SELECT rows, SELECT counts by key, UPDATE lease, COMMIT, UPDATE published, and a
+    //   look for rows that waited behind the batch (BEGIN, SELECT, COMMIT).
+    // - orders 17: BEGIN, INSERT order, INSERT lines, COMMIT; BEGIN, UPDATE order …
+    //   RETURNING, INSERT outbox, COMMIT; the relay's 9.
     // - notifications 8: the webhooks, read for each of the two events; BEGIN, INSERT
     //   inbox, INSERT delivery, COMMIT (each insert doing nothing for a key already there);
     //   the delivery's UPDATE once sent; the worker's look for deliveries due.
     assert_costs(
         &costs,
         &[
-            ("billing", 17, 3),
+            ("billing", 20, 4),
             ("catalog", 11, 2),
             ("notifications", 8, 1),
-            ("orders", 14, 3),
+            ("orders", 17, 4),
         ],
     );
 }

@@ -215,17 +215,6 @@ pub struct WorkCounts {
     pub transactions: u64,
 }
 
-impl std::ops::Sub for WorkCounts {
-    type Output = WorkCounts;
-
-    fn sub(self, earlier: WorkCounts) -> WorkCounts {
-        WorkCounts {
-            statements: self.statements.saturating_sub(earlier.statements),
-            transactions: self.transactions.saturating_sub(earlier.transactions),
-        }
-    }
-}
-
 /// The counters behind [`WorkCounts`], shared by a database's connections.
 #[derive(Debug, Default)]
 struct Counters {

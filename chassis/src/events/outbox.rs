@@ -215,12 +215,12 @@ impl OutboxRelay {
             let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                 return;
             };
-            match self.claim_batch().await {
-                Ok((batch, left_behind)) if !batch.is_empty() => {
+            match self.claim().await {
+                Ok(batch) if !batch.is_empty() => {
                     let full = batch.len() >= self.settings.batch_size as usize;
                     let relay = Arc::clone(&self);
                     tokio::spawn(async move {
-                        relay.publish_batch(batch, left_behind).await;
+                        relay.publish(batch).await;
                         drop(permit);
                     });
                     if full {
@@ -242,12 +242,6 @@ impl OutboxRelay {
 
     /// Claims up to a batch of pending rows for this relay, in order.
     pub async fn claim(&self) -> Result<Vec<Claimed>, DbError> {
-        self.claim_batch().await.map(|(batch, _)| batch)
-    }
-
-    /// Like [`OutboxRelay::claim`], and whether pending rows were left out because an
-    /// earlier row of their key is held elsewhere.
-    async fn claim_batch(&self) -> Result<(Vec<Claimed>, bool), DbError> {
         let owner = self.owner.clone();
         let batch = i64::from(self.settings.batch_size);
         let lease = chrono::Duration::from_std(self.settings.lease)
@@ -259,12 +253,6 @@ impl OutboxRelay {
 
     /// Publishes claimed rows and marks them sent; on a bus error, gives the rows back.
     pub async fn publish(&self, batch: Vec<Claimed>) {
-        self.publish_batch(batch, true).await;
-    }
-
-    /// Like [`OutboxRelay::publish`]; `left_behind` says whether the claim left rows out
-    /// that may be waiting for this batch's keys.
-    async fn publish_batch(&self, batch: Vec<Claimed>, left_behind: bool) {
         let seqs: Vec<i64> = batch.iter().map(|row| row.seq).collect();
         let mut events = Vec::with_capacity(batch.len());
         for row in batch {
@@ -309,12 +297,10 @@ impl OutboxRelay {
         }
         metrics::counter!("bazaar_outbox_published_total", "module" => self.module.clone())
             .increment(count as u64);
-        // Rows of the same keys may have waited behind this batch. Otherwise there is
-        // nothing to look for: a commit since the claim has rung the signal itself, and a
-        // claim that finds nothing is round trips for nothing on PostgreSQL.
-        if left_behind {
-            self.db.outbox_signal().notify_one();
-        }
+        // Rows of the same keys may have waited behind this batch: left out by a claim
+        // made while it was in flight (this process's or another's), which cannot know
+        // when it ends. So look again, even if that finds nothing.
+        self.db.outbox_signal().notify_one();
     }
 
     /// Publishes while renewing the lease on the batch, so that a batch whose consumers
@@ -413,7 +399,7 @@ fn claim(
     owner: &str,
     batch: i64,
     lease: chrono::Duration,
-) -> Result<(Vec<Claimed>, bool), DbError> {
+) -> Result<Vec<Claimed>, DbError> {
     let now = utc_now();
     macro_rules! candidates {
         () => {
@@ -434,9 +420,8 @@ fn claim(
         DbConnection::Sqlite(sqlite) => candidates!().load(sqlite)?,
     };
     let Some(max_seq) = candidates.last().map(|(seq, _, _)| *seq) else {
-        return Ok((Vec::new(), false));
+        return Ok(Vec::new());
     };
-    let found = candidates.len();
     let mut held: HashMap<&str, i64> = HashMap::new();
     for (_, key, _) in &candidates {
         *held.entry(key.as_str()).or_default() += 1;
@@ -468,8 +453,7 @@ fn claim(
             outbox::lease_until.eq(now + lease),
         ))
         .execute(conn)?;
-    let left_behind = claimed.len() < found;
-    Ok((claimed, left_behind))
+    Ok(claimed)
 }
 
 fn mark_published(conn: &mut DbConnection, seqs: &[i64]) -> Result<(), DbError> {
