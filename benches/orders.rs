@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use chassis::config::DatabaseUrl;
 use chassis::secret::Secret;
-use chassis::testing::TestDatabase;
+use chassis::testing::{TestDatabase, metric_by_label};
 use serde_json::{Value, json};
 
 // The allocator of the `bazaar` binary, so the bench measures what ships.
@@ -376,80 +376,42 @@ async fn drive_accounted(
 /// Statements and transactions each module's database has run, from `/metrics` of the
 /// process at `base` (its local modules only).
 async fn database_work(base: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
-    let mut work = std::collections::BTreeMap::<String, (f64, f64)>::new();
-    let Ok(response) = reqwest::get(format!("{base}/metrics")).await else {
-        return work;
-    };
-    let text = response.text().await.unwrap_or_default();
-    for line in text.lines() {
-        let (is_statements, rest) =
-            if let Some(rest) = line.strip_prefix("bazaar_db_statements_total{") {
-                (true, rest)
-            } else if let Some(rest) = line.strip_prefix("bazaar_db_transactions_total{") {
-                (false, rest)
-            } else {
-                continue;
-            };
-        let module = rest
-            .split("module=\"")
-            .nth(1)
-            .and_then(|tail| tail.split('"').next())
-            .unwrap_or_default()
-            .to_owned();
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        let entry = work.entry(module).or_default();
-        if is_statements {
-            entry.0 = value;
-        } else {
-            entry.1 = value;
-        }
-    }
-    work
+    let text = metrics_text(base).await;
+    let statements = metric_by_label(&text, "bazaar_db_statements_total", "module");
+    let transactions = metric_by_label(&text, "bazaar_db_transactions_total", "module");
+    statements
+        .into_iter()
+        .map(|(module, count)| {
+            let begun = transactions.get(&module).copied().unwrap_or_default();
+            (module, (count, begun))
+        })
+        .collect()
 }
 
 /// The orders service's mean remote call time per peer, from its `/metrics`.
 async fn remote_call_times(orders: &str) -> Vec<String> {
-    let Ok(response) = reqwest::get(format!("{orders}/metrics")).await else {
-        return Vec::new();
-    };
-    let text = response.text().await.unwrap_or_default();
-    let mut sums = std::collections::BTreeMap::<String, (f64, f64)>::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("bazaar_port_call_duration_seconds_") else {
-            continue;
-        };
-        let (kind, rest) = rest.split_once('{').unwrap_or_default();
-        let module = rest
-            .split("module=\"")
-            .nth(1)
-            .and_then(|tail| tail.split('"').next())
-            .unwrap_or_default()
-            .to_owned();
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        let entry = sums.entry(module).or_default();
-        match kind {
-            "sum" => entry.0 += value,
-            "count" => entry.1 += value,
-            _ => {}
-        }
-    }
-    sums.into_iter()
-        .filter(|(_, (_, count))| *count > 0.0)
-        .map(|(module, (sum, count))| {
+    let text = metrics_text(orders).await;
+    let sums = metric_by_label(&text, "bazaar_port_call_duration_seconds_sum", "module");
+    let counts = metric_by_label(&text, "bazaar_port_call_duration_seconds_count", "module");
+    counts
+        .into_iter()
+        .filter(|(_, count)| *count > 0.0)
+        .map(|(module, count)| {
+            let sum = sums.get(&module).copied().unwrap_or_default();
             format!(
                 "{module}: {count:.0} calls, mean {:.2} ms",
                 sum * 1000.0 / count
             )
         })
         .collect()
+}
+
+/// The `/metrics` body of the process at `base`, empty if it does not answer.
+async fn metrics_text(base: &str) -> String {
+    match reqwest::get(format!("{base}/metrics")).await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
 }
 
 async fn split(clients: usize) {

@@ -268,6 +268,40 @@ pub async fn assert_problem(
 
 /// A `nats-server -js` of a test's own, on a free port of 127.0.0.1 with its own store
 /// folder, so that the test can kill and restart it; never the machine's shared one.
+/// The samples of the Prometheus metric `name` in a `/metrics` body, summed by the value of
+/// their label `label` (samples without it are left out): what tests and benches read of a
+/// running process.
+pub fn metric_by_label(
+    text: &str,
+    name: &str,
+    label: &str,
+) -> std::collections::BTreeMap<String, f64> {
+    let mut by_label = std::collections::BTreeMap::new();
+    let label = format!("{label}=\"");
+    for line in text.lines() {
+        let Some(labels) = line
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('{'))
+        else {
+            continue;
+        };
+        let Some(key) = labels
+            .split(label.as_str())
+            .nth(1)
+            .and_then(|tail| tail.split('"').next())
+        else {
+            continue;
+        };
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0.0);
+        *by_label.entry(key.to_owned()).or_default() += value;
+    }
+    by_label
+}
+
 #[cfg(feature = "nats")]
 #[derive(Debug)]
 pub struct NatsServer {
