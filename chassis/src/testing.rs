@@ -266,8 +266,6 @@ pub async fn assert_problem(
     body
 }
 
-/// A `nats-server -js` of a test's own, on a free port of 127.0.0.1 with its own store
-/// folder, so that the test can kill and restart it; never the machine's shared one.
 /// The samples of the Prometheus metric `name` in a `/metrics` body, summed by the value of
 /// their label `label` (samples without it are left out): what tests and benches read of a
 /// running process.
@@ -303,6 +301,8 @@ pub fn metric_by_label(
 }
 
 #[cfg(feature = "nats")]
+/// A `nats-server -js` of a test's own, on a free port of 127.0.0.1 with its own store
+/// folder, so that the test can kill and restart it; never the machine's shared one.
 #[derive(Debug)]
 pub struct NatsServer {
     child: Option<std::process::Child>,

@@ -221,6 +221,62 @@ async fn the_same_event_delivered_twice_applies_its_effect_once_on_postgres() {
     redelivery_applies_once(Backend::Postgres).await;
 }
 
+/// Deliveries of one event that arrive together (a redelivery racing the first attempt)
+/// meet at the inbox's one conditional insert: one applies the effect, the others find it
+/// recorded and do nothing; none fails.
+async fn concurrent_deliveries_apply_once(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    let inbox = Inbox::new(db.clone(), "counter");
+    let event = event("k", 1);
+    let deliveries: Vec<_> = (0..8)
+        .map(|_| {
+            let (inbox, event) = (inbox.clone(), event.clone());
+            tokio::spawn(async move {
+                inbox
+                    .apply(&event, |conn, _| {
+                        diesel::insert_into(items::table)
+                            .values((
+                                items::id.eq(uuid::Uuid::new_v4().to_string()),
+                                items::n.eq(1_i64),
+                            ))
+                            .execute(conn)?;
+                        Ok::<_, TestError>(())
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let mut applied = Vec::new();
+    for delivery in deliveries {
+        applied.push(delivery.await.expect("joins").expect("no delivery fails"));
+    }
+    let handled = applied.iter().filter(|a| **a == Applied::Handled).count();
+    assert_eq!(handled, 1, "{applied:?}");
+    let effects: i64 = db
+        .read(|conn| {
+            items::table
+                .count()
+                .get_result(conn)
+                .map_err(TestError::from)
+        })
+        .await
+        .expect("counts");
+    assert_eq!(effects, 1, "one effect for eight concurrent deliveries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_deliveries_of_one_event_apply_its_effect_once_on_sqlite() {
+    concurrent_deliveries_apply_once(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_deliveries_of_one_event_apply_its_effect_once_on_postgres() {
+    concurrent_deliveries_apply_once(Backend::Postgres).await;
+}
+
 async fn retries_then_dead_letters(backend: Backend) {
     let Some(test_db) = TestDatabase::new(backend) else {
         return;

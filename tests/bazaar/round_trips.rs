@@ -57,46 +57,21 @@ async fn settled_work(http: &reqwest::Client, base: &str) -> Work {
     last
 }
 
-/// `bazaar serve` in a process of its own, so that its `/metrics` count its databases
-/// only; killed when dropped.
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Serves the monolith from `data` with the `env` given; answers its base URL.
-async fn serve(data: &std::path::Path, env: &[(&str, &str)]) -> (String, Server) {
-    let port = support::listener().local_addr().expect("address").port();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_bazaar"))
-        .arg("serve")
-        .current_dir(data)
-        .env("BAZAAR__DATA_DIR", data)
-        .env("BAZAAR__SERVER__BIND", format!("127.0.0.1:{port}"))
-        .env("BAZAAR__AUTH__ADMIN_TOKEN", support::ADMIN_TOKEN)
-        .env("BAZAAR__LOG__LEVEL", "warn")
-        // No safety-net polls during the count: only what an order sets off runs.
-        .env("BAZAAR__EVENTS__POLL_INTERVAL", "1h")
-        .env("BAZAAR__EVENTS__LEASE", "2h")
-        .env("BAZAAR__ORDERS__RECOVERY_INTERVAL", "1h")
-        .env("BAZAAR__NOTIFICATIONS__POLL_INTERVAL", "1h")
-        .envs(env.iter().copied())
-        .spawn()
-        .expect("starts");
-    let base = format!("http://127.0.0.1:{port}");
-    let server = Server(child);
-    support::wait_until_live(&base).await;
-    (base, server)
-}
-
 /// Places `orders` orders one after the other, each left to finish all its work before
 /// the next, and answers what each cost, by module.
 async fn cost_of_orders(env: &[(&str, &str)], orders: usize) -> Vec<Work> {
+    // `bazaar serve` in a process of its own, so that its `/metrics` count its databases
+    // only; with no safety-net polls during the count: only what an order sets off runs.
+    let quiet = [
+        ("BAZAAR__EVENTS__POLL_INTERVAL", "1h"),
+        ("BAZAAR__EVENTS__LEASE", "2h"),
+        ("BAZAAR__ORDERS__RECOVERY_INTERVAL", "1h"),
+        ("BAZAAR__NOTIFICATIONS__POLL_INTERVAL", "1h"),
+    ];
+    let env: Vec<(&str, &str)> = quiet.iter().chain(env).copied().collect();
     let data = tempfile::tempdir().expect("tempdir");
-    let (base, _server) = serve(data.path(), env).await;
+    let server = tokio::task::block_in_place(|| crate::cli::start_with(data.path(), &env));
+    let base = format!("http://127.0.0.1:{}", server.port);
     let http = support::http();
     let product = create_product(&http, &base, "ROUND-TRIPS", 1_000, 250).await;
     let mut costs = Vec::new();

@@ -225,7 +225,6 @@ pub(crate) fn attempt_started_at(
     })
 }
 
-/// Records the invoice issued for a captured payment.
 /// Settles a pending payment (taking its row lock), recording the invoice a capture is
 /// issued (`invoice_id`, inserted in the same transaction); answers the payment as settled,
 /// or `None` if it was no longer pending.

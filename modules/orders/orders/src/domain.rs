@@ -173,14 +173,17 @@ impl Step {
         }
     }
 
+    /// Whether this is a forward step (reserve, charge, commit): written only with the
+    /// order or when postponed, never on the way to it.
+    pub(crate) fn is_forward(self) -> bool {
+        matches!(self, Step::Reserve | Step::Charge | Step::Commit)
+    }
+
     /// Past the deadline a forward step turns to compensation: refund (which voids a charge
     /// billing has not seen, so that it can never go through later), then release.
     /// Compensation and cancellation never give up.
     pub(crate) fn compensation_after_deadline(self) -> Option<Step> {
-        match self {
-            Step::Reserve | Step::Charge | Step::Commit => Some(Step::Refund),
-            Step::Refund | Step::Release | Step::CancelRefund | Step::CancelRestock => None,
-        }
+        self.is_forward().then_some(Step::Refund)
     }
 }
 

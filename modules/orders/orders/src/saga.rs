@@ -183,8 +183,7 @@ impl Saga {
             Outcome::Next(next, reason) => {
                 // A forward step is not written (see `Step`): on PostgreSQL each write is
                 // round trips every order would pay for (BENCHMARKS.md).
-                let forward = matches!(next, Step::Charge | Step::Commit) && reason.is_none();
-                if !forward && !self.record_step(id, run, next, reason).await? {
+                if !next.is_forward() && !self.record_step(id, run, next, reason).await? {
                     return Ok(Some(None));
                 }
                 row.saga_step = Some(next.as_str().to_owned());
