@@ -247,7 +247,7 @@ async fn pipeline(backend: Backend, transport: Transport) -> Option<Pipeline> {
 
 async fn commit(db: &Database, batch: Vec<Envelope>) {
     db.write_with_events(move |_, events| {
-        for event in batch {
+        for event in batch.iter().cloned() {
             events.push(event);
         }
         Ok::<_, DbError>(())

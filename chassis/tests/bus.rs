@@ -125,7 +125,7 @@ impl Harness {
                 diesel::insert_into(items::table)
                     .values((items::id.eq(event.id.to_string()), items::n.eq(1_i64)))
                     .execute(conn)?;
-                events.push(event);
+                events.push(event.clone());
                 Ok::<_, TestError>(())
             })
             .await
@@ -433,7 +433,7 @@ impl EventHandler for Applier {
             .inbox
             .apply(event, move |conn, _events| {
                 diesel::insert_into(items::table)
-                    .values((items::id.eq(id), items::n.eq(1_i64)))
+                    .values((items::id.eq(&id), items::n.eq(1_i64)))
                     .execute(conn)?;
                 Ok::<_, TestError>(())
             })

@@ -1,13 +1,14 @@
 //! The one database code path, on SQLite and PostgreSQL: migrations, transactions that
-//! commit or roll back, honest errors for a database that cannot be reached, the thread a
-//! read runs on, and SQLite's background checkpoint.
+//! commit or roll back, the writer's batches (one transaction for the writes waiting, a
+//! failed write run again alone, a bounded queue), honest errors for a database that
+//! cannot be reached, the thread a read runs on, and SQLite's background checkpoint.
 
 mod common;
 
 use chassis::config::DatabaseUrl;
 use chassis::db::{Backend, Database, DbConnection, DbError, PoolOptions};
 use chassis::testing::TestDatabase;
-use common::{MIGRATIONS, TestError, items};
+use common::{MIGRATIONS, TestError, items, open_instances, racing_instances};
 use diesel::prelude::*;
 
 fn insert(conn: &mut DbConnection, id: &str) -> QueryResult<usize> {
@@ -141,16 +142,19 @@ async fn an_unreachable_postgres_is_unavailable_and_never_becomes_a_sqlite_file(
     );
 }
 
+/// On PostgreSQL the writes spread round-robin over 4 handles on the one database, as 4
+/// processes would make them; on SQLite they all go through one.
 async fn failed_writes_leave_concurrent_ones_committed(backend: Backend) {
     let Some(test_db) = TestDatabase::new(backend) else {
         return;
     };
-    let db = test_db.open(MIGRATIONS).await;
-    // On SQLite these land in shared batches of the one writer: each must still be its own
-    // transaction.
+    let instances = open_instances(&test_db, racing_instances(backend)).await;
+    let db = instances[0].clone();
+    // These may land in shared batches of a handle's writer (on SQLite the one writer):
+    // each must still be its own transaction.
     let writes: Vec<_> = (0..40)
         .map(|n| {
-            let db = db.clone();
+            let db = instances[n % instances.len()].clone();
             tokio::spawn(async move {
                 db.write(move |conn| {
                     insert(conn, &format!("item-{n}"))?;
@@ -288,11 +292,12 @@ async fn instances_migrating_one_fresh_database_at_once_all_succeed_on_postgres(
     assert_eq!(count(&instances[0]).await, 0);
 }
 
-/// A flood of writes past what the SQLite writer may hold queued: the excess is refused at
-/// once as unavailable (a 503) and writes nothing; every write accepted is committed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_past_the_sqlite_writers_queue_are_refused_and_write_nothing() {
-    let test_db = TestDatabase::sqlite();
+/// A flood of writes past what a database's writer may hold queued: the excess is refused
+/// at once as unavailable (a 503) and writes nothing; every write accepted is committed.
+async fn writes_past_the_writers_queue_are_refused_and_write_nothing(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
     let db = test_db.open(MIGRATIONS).await;
     // Holds the writer, so that the flood queues behind it.
     let blocker = {
@@ -337,4 +342,143 @@ async fn writes_past_the_sqlite_writers_queue_are_refused_and_write_nothing() {
         written + 1,
         "exactly the accepted writes are stored"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_past_the_writers_queue_are_refused_and_write_nothing_on_sqlite() {
+    writes_past_the_writers_queue_are_refused_and_write_nothing(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_past_the_writers_queue_are_refused_and_write_nothing_on_postgres() {
+    writes_past_the_writers_queue_are_refused_and_write_nothing(Backend::Postgres).await;
+}
+
+/// What each of six writes queued together answered, and how many times each ran: the
+/// writer is held by a first write while the six queue behind it, so that they form one
+/// batch; `misbehave` decides what write 3 does after its insert.
+async fn six_writes_in_one_batch(
+    db: &Database,
+    misbehave: fn() -> Result<(), TestError>,
+) -> (Vec<Result<(), TestError>>, Vec<usize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let holder = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.write(|conn| {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                insert(conn, "holder").map_err(TestError::from)
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let runs: Arc<Vec<AtomicUsize>> = Arc::new((0..6).map(|_| AtomicUsize::new(0)).collect());
+    // `join_all` polls them in order: they reach the writer's queue in this order.
+    let writes = (0..6).map(|n| {
+        let runs = Arc::clone(&runs);
+        db.write(move |conn| {
+            runs[n].fetch_add(1, Ordering::SeqCst);
+            insert(conn, &format!("item-{n}"))?;
+            if n == 3 {
+                misbehave()?;
+            }
+            Ok::<_, TestError>(())
+        })
+    });
+    let answers = futures::future::join_all(writes).await;
+    holder.await.expect("task ran").expect("the holder commits");
+    let runs = runs.iter().map(|n| n.load(Ordering::SeqCst)).collect();
+    (answers, runs)
+}
+
+/// A write that fails in a batch rolls the batch back; the writes before it run again
+/// without it, it runs again first in a transaction of its own (alone, its answer), and
+/// the writes after it run then: every other write is committed exactly once.
+async fn a_failed_write_is_run_again_alone_and_the_others_commit_once(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    let (answers, runs) = six_writes_in_one_batch(&db, || Err(TestError::Refused)).await;
+    for (n, answer) in answers.iter().enumerate() {
+        assert_eq!(answer.is_ok(), n != 3, "write {n}: {answer:?}");
+    }
+    assert!(matches!(answers[3], Err(TestError::Refused)));
+    assert_eq!(runs, [2, 2, 2, 2, 1, 1], "runs of each write");
+    assert_eq!(
+        count(&db).await,
+        6,
+        "the holder and every write but the failed one, once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_is_run_again_alone_and_the_others_commit_once_on_sqlite() {
+    a_failed_write_is_run_again_alone_and_the_others_commit_once(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_is_run_again_alone_and_the_others_commit_once_on_postgres() {
+    a_failed_write_is_run_again_alone_and_the_others_commit_once(Backend::Postgres).await;
+}
+
+/// A write that panics is answered as failed and writes nothing; the writes before it run
+/// again (on a fresh connection) and the others commit, each once.
+async fn a_panicking_write_fails_alone(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    let (answers, runs) = six_writes_in_one_batch(&db, || panic!("a bug in a write")).await;
+    for (n, answer) in answers.iter().enumerate() {
+        assert_eq!(answer.is_ok(), n != 3, "write {n}: {answer:?}");
+    }
+    assert!(
+        matches!(&answers[3], Err(TestError::Db(DbError::Task(reason))) if reason.contains("panicked")),
+        "{:?}",
+        answers[3]
+    );
+    assert_eq!(runs, [2, 2, 2, 1, 1, 1], "runs of each write");
+    assert_eq!(count(&db).await, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_write_fails_alone_on_sqlite() {
+    a_panicking_write_fails_alone(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_write_fails_alone_on_postgres() {
+    a_panicking_write_fails_alone(Backend::Postgres).await;
+}
+
+/// Writes are committed together: a batch of writes is one transaction on the database.
+async fn writes_waiting_together_commit_in_one_transaction(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    let before = db.work_counts();
+    let (answers, _) = six_writes_in_one_batch(&db, || Ok(())).await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    let after = db.work_counts();
+    assert_eq!(
+        after.transactions - before.transactions,
+        2,
+        "the holder's transaction, and one for the six writes"
+    );
+    // Each insert, and `BEGIN` and `COMMIT` of each transaction: no savepoints.
+    assert_eq!(after.statements - before.statements, 7 + 2 * 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_waiting_together_commit_in_one_transaction_on_sqlite() {
+    writes_waiting_together_commit_in_one_transaction(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_waiting_together_commit_in_one_transaction_on_postgres() {
+    writes_waiting_together_commit_in_one_transaction(Backend::Postgres).await;
 }

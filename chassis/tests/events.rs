@@ -17,7 +17,10 @@ use chassis::events::{
     Subscription,
 };
 use chassis::testing::TestDatabase;
-use common::{EVENT, MIGRATIONS, Recorder, TestError, event, eventually, items};
+use common::{
+    EVENT, MIGRATIONS, Recorder, TestError, event, eventually, items, open_instances,
+    racing_instances,
+};
 use diesel::prelude::*;
 
 diesel::table! {
@@ -35,7 +38,7 @@ async fn commit_event(db: &Database, event: Envelope) {
         diesel::insert_into(items::table)
             .values((items::id.eq(event.id.to_string()), items::n.eq(1_i64)))
             .execute(conn)?;
-        events.push(event);
+        events.push(event.clone());
         Ok::<_, TestError>(())
     })
     .await
@@ -223,17 +226,22 @@ async fn the_same_event_delivered_twice_applies_its_effect_once_on_postgres() {
 
 /// Deliveries of one event that arrive together (a redelivery racing the first attempt)
 /// meet at the inbox's one conditional insert: one applies the effect, the others find it
-/// recorded and do nothing; none fails.
+/// recorded and do nothing; none fails. On PostgreSQL the deliveries spread round-robin
+/// over 4 handles on the one database, as 4 replicas of the consumer would get them.
 async fn concurrent_deliveries_apply_once(backend: Backend) {
     let Some(test_db) = TestDatabase::new(backend) else {
         return;
     };
-    let db = test_db.open(MIGRATIONS).await;
-    let inbox = Inbox::new(db.clone(), "counter");
+    let instances = open_instances(&test_db, racing_instances(backend)).await;
+    let db = instances[0].clone();
+    let inboxes: Vec<Inbox> = instances
+        .iter()
+        .map(|db| Inbox::new(db.clone(), "counter"))
+        .collect();
     let event = event("k", 1);
     let deliveries: Vec<_> = (0..8)
-        .map(|_| {
-            let (inbox, event) = (inbox.clone(), event.clone());
+        .map(|i| {
+            let (inbox, event) = (inboxes[i % inboxes.len()].clone(), event.clone());
             tokio::spawn(async move {
                 inbox
                     .apply(&event, |conn, _| {
@@ -641,11 +649,15 @@ fn delivered_order(recorder: &Recorder) -> HashMap<String, Vec<String>> {
     order
 }
 
+/// `relays` relays publish what 4 publishers commit at once. On PostgreSQL the publishers,
+/// and the relays, spread round-robin over 4 handles on the one database, as separate
+/// processes would have; on SQLite they all use one.
 async fn per_key_order(backend: Backend, relays: usize) {
     let Some(test_db) = TestDatabase::new(backend) else {
         return;
     };
-    let db = test_db.open(MIGRATIONS).await;
+    let instances = open_instances(&test_db, racing_instances(backend)).await;
+    let db = instances[0].clone();
     let bus = Arc::new(InProcessBus::new());
     let recorder = Arc::new(Recorder::default());
     subscribe(&bus, &db, "ordered", recorder.clone()).await;
@@ -654,11 +666,14 @@ async fn per_key_order(backend: Backend, relays: usize) {
         ..quick_relay()
     };
     let running: Vec<_> = (0..relays)
-        .map(|_| OutboxRelay::new("test", db.clone(), bus.clone(), small_batches).spawn())
+        .map(|relay| {
+            let db = instances[relay % instances.len()].clone();
+            OutboxRelay::new("test", db, bus.clone(), small_batches).spawn()
+        })
         .collect();
     let publishers: Vec<_> = (0..4)
         .map(|publisher| {
-            let db = db.clone();
+            let db = instances[publisher % instances.len()].clone();
             tokio::spawn(async move {
                 // Per key, the ids this publisher committed, one commit after the other.
                 let mut committed: HashMap<String, Vec<String>> = HashMap::new();

@@ -1,18 +1,24 @@
 //! The one database code path for SQLite (the embedded default) and PostgreSQL.
 //!
 //! A module's repository is written once against [`DbConnection`], diesel's
-//! `MultiConnection` over both backends. PostgreSQL reads and writes take a pooled
-//! connection on tokio's blocking threads: a network round trip must not hold an executor
-//! thread. A SQLite read runs on the calling thread itself: it reads pages the process
-//! mostly has in memory and takes microseconds, less than handing it to a blocking thread
-//! and back (which cost more CPU than the read, and 15-20 % of the orders/s measured in
-//! BENCHMARKS.md). The reader pool has at least a connection per core, and a read holds
-//! its connection only for its few statements, never across an `.await`, so a read that
-//! finds them all taken waits microseconds. SQLite allows one writer at a time, so on SQLite every
-//! [`Database::write`] goes to the database's one writer thread, which commits the writes
-//! waiting together (`sqlite_writer`); readers still run in parallel thanks to WAL. On
-//! PostgreSQL writers run concurrently and correctness comes from the statements
-//! themselves (conditional updates, unique keys).
+//! `MultiConnection` over both backends. Every write goes to the database's one writer
+//! thread (`writer`), which runs the writes waiting together in one transaction, without
+//! savepoints, and commits once: on SQLite because it allows one writer at a time, on
+//! PostgreSQL because each statement is a round trip and a transaction per write cost
+//! `BEGIN`, `COMMIT` and a WAL flush each. A write may therefore run more than once (a
+//! batch one of its writes fails is run again without it): its closure is `FnMut`, and
+//! acts only through its connection. Several instances of a module on one PostgreSQL
+//! database write concurrently, each through its own writer; correctness between them
+//! comes from the statements themselves (conditional updates, unique keys, [`lock_key`]).
+//!
+//! Reads take a pooled connection: on PostgreSQL on tokio's blocking threads (a network
+//! round trip must not hold an executor thread); on SQLite on the calling thread itself,
+//! since it reads pages the process mostly has in memory and takes microseconds, less than
+//! handing it to a blocking thread and back (which cost more CPU than the read, and 15-20 %
+//! of the orders/s measured in BENCHMARKS.md). The reader pool has at least a connection
+//! per core, and a read holds its connection only for its few statements, never across an
+//! `.await`, so a read that finds them all taken waits microseconds. On SQLite readers run
+//! in parallel with the writer thanks to WAL.
 //!
 //! What a statement costs on SQLite: the connection keeps a `SELECT` or `INSERT` prepared,
 //! so it is parsed once; diesel never keeps its own `UPDATE`s, upserts or `IN` lists, so
@@ -33,12 +39,12 @@ use diesel::prelude::*;
 use diesel::r2d2::R2D2Connection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 
-mod sqlite_writer;
 mod update;
+mod writer;
 
 pub use update::{Update, UpdateReturning, update};
 
-use sqlite_writer::{Finish, Job, SqliteWriter};
+use writer::Writer;
 
 use crate::config::DatabaseUrl;
 use crate::events::Events;
@@ -267,8 +273,8 @@ struct Inner {
     backend: Backend,
     counters: Arc<Counters>,
     url: DatabaseUrl,
-    /// SQLite only: the one thread that writes, with group commit.
-    sqlite_writer: Option<SqliteWriter>,
+    /// The one thread that writes, with group commit.
+    writer: Writer,
     /// Rung after a transaction that wrote outbox rows commits: wakes the relay.
     outbox_signal: Arc<tokio::sync::Notify>,
     /// SQLite only, once [`Database::serve_exclusively`] took it: the lock that keeps a
@@ -327,17 +333,14 @@ impl Database {
             .connection_timeout(options.connection_timeout)
             .build(PoolManager(manager()))
             .map_err(|error| DbError::Unavailable(format!("{url}: {error}")))?;
-        let sqlite_writer = match backend {
-            Backend::Sqlite => Some(SqliteWriter::start(manager())?),
-            Backend::Postgres => None,
-        };
+        let writer = Writer::start(manager(), backend)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
                 backend,
                 url: url.clone(),
                 counters,
-                sqlite_writer,
+                writer,
                 outbox_signal: Arc::new(tokio::sync::Notify::new()),
                 serving_lock: std::sync::Mutex::new(None),
             }),
@@ -410,12 +413,13 @@ impl Database {
         spawn_blocking(move || inner.with_connection(work)).await
     }
 
-    /// Runs `work` inside one transaction, committed if it returns `Ok`, rolled back if it
-    /// returns `Err`: on SQLite on the writer thread (with group commit), on PostgreSQL on
-    /// a blocking thread.
-    pub async fn write<T, E, F>(&self, work: F) -> Result<T, E>
+    /// Runs `work` as one transaction, committed if it returns `Ok`, rolled back if it
+    /// returns `Err`, on the database's writer thread, which commits it together with the
+    /// writes waiting beside it (module docs). `work` may run more than once: each run
+    /// must act only through the connection, and start afresh.
+    pub async fn write<T, E, F>(&self, mut work: F) -> Result<T, E>
     where
-        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        F: FnMut(&mut DbConnection) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
@@ -423,69 +427,30 @@ impl Database {
             .await
     }
 
-    /// Like [`Database::write`] for `work` that sends **one** statement: PostgreSQL runs it
-    /// in a transaction of its own, without the `BEGIN` and `COMMIT` round trips around it
-    /// (two of the three). Work of several statements must use [`Database::write`]: here
-    /// each would commit on its own. On SQLite this is [`Database::write`].
-    pub async fn write_statement<T, E, F>(&self, work: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
-        T: Send + 'static,
-        E: From<DbError> + From<diesel::result::Error> + Send + 'static,
-    {
-        if self.inner.sqlite_writer.is_some() {
-            return self.write(work).await;
-        }
-        let inner = Arc::clone(&self.inner);
-        spawn_blocking(move || inner.with_connection(work)).await
-    }
-
     /// Like [`Database::write`], and the events `work` pushes go to this database's outbox
     /// in the same transaction: committed together with the change, or not at all. The
     /// outbox relay is woken once the transaction has committed.
-    pub async fn write_with_events<T, E, F>(&self, work: F) -> Result<T, E>
+    pub async fn write_with_events<T, E, F>(&self, mut work: F) -> Result<T, E>
     where
-        F: FnOnce(&mut DbConnection, &mut Events) -> Result<T, E> + Send + 'static,
+        F: FnMut(&mut DbConnection, &mut Events) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
-        let signal = Arc::clone(&self.inner.outbox_signal);
         // The caller's span, taken here: the work itself runs on another thread.
         let caller = tracing::Span::current();
-        let in_transaction = move |conn: &mut DbConnection| {
-            conn.transaction(|conn| {
+        let (value, appended) = self
+            .inner
+            .writer
+            .write(move |conn: &mut DbConnection| {
                 let mut events = Events::default();
                 let value = work(conn, &mut events)?;
                 events.record_creation(&caller);
                 let appended = outbox::append(conn, events)?;
                 Ok::<_, E>((value, appended))
             })
-        };
-        let (value, appended) = match &self.inner.sqlite_writer {
-            Some(writer) => {
-                let (reply, answer) = tokio::sync::oneshot::channel();
-                let job = Job::Batched(Box::new(move |conn: &mut DbConnection| {
-                    let result = in_transaction(conn);
-                    let finish: Finish = Box::new(move |committed: Result<(), DbError>| {
-                        let _caller_gone = reply.send(match committed {
-                            Ok(()) => result,
-                            Err(error) => Err(E::from(error)),
-                        });
-                    });
-                    finish
-                }));
-                writer.submit(job)?;
-                answer.await.map_err(|_| {
-                    E::from(DbError::Task("the SQLite writer dropped a write".into()))
-                })??
-            }
-            None => {
-                let inner = Arc::clone(&self.inner);
-                spawn_blocking(move || inner.with_connection(in_transaction)).await?
-            }
-        };
+            .await?;
         if appended > 0 {
-            signal.notify_one();
+            self.inner.outbox_signal.notify_one();
         }
         Ok(value)
     }
@@ -525,21 +490,7 @@ impl Database {
             conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))?;
             applied
         };
-        match &self.inner.sqlite_writer {
-            Some(writer) => {
-                let (reply, answer) = tokio::sync::oneshot::channel();
-                writer.submit(Job::Exclusive(Box::new(move |conn: &mut DbConnection| {
-                    let _caller_gone = reply.send(apply(conn));
-                })))?;
-                answer
-                    .await
-                    .map_err(|_| DbError::Task("migrations did not finish".into()))?
-            }
-            None => {
-                let inner = Arc::clone(&self.inner);
-                spawn_blocking(move || inner.with_connection(apply)).await
-            }
-        }
+        self.inner.writer.exclusive(apply).await
     }
 
     /// The migrations of the chassis's tables and of one module not applied to this
@@ -649,7 +600,7 @@ pub(crate) fn establish_postgres(url: &str) -> diesel::ConnectionResult<diesel::
 }
 
 /// `wal_autocheckpoint` is only a backstop: each database's checkpointer thread keeps the
-/// WAL far smaller (`sqlite_writer.rs`), off the writer's path.
+/// WAL far smaller (`writer.rs`), off the writer's path.
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
      PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 10000;";
 

@@ -109,7 +109,7 @@ impl DeadLetters {
                         .write(move |conn| {
                             update(
                                 dead_letters::table,
-                                dead_letters::id.eq(id),
+                                dead_letters::id.eq(&id),
                                 dead_letters::replayed_at.eq(utc_now()),
                             )
                             .execute(conn)
@@ -123,9 +123,9 @@ impl DeadLetters {
                         .write(move |conn| {
                             update(
                                 dead_letters::table,
-                                dead_letters::id.eq(id),
+                                dead_letters::id.eq(&id),
                                 (
-                                    dead_letters::error.eq(error.0),
+                                    dead_letters::error.eq(&error.0),
                                     dead_letters::attempts.eq(dead_letters::attempts + 1),
                                     dead_letters::failed_at.eq(utc_now()),
                                 ),
@@ -182,7 +182,7 @@ impl DeadLetterStore for DeadLetters {
         self.db
             .write(move |conn| {
                 diesel::insert_into(dead_letters::table)
-                    .values(values)
+                    .values(values.clone())
                     .execute(conn)
                     .map_err(DbError::from)
             })

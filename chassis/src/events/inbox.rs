@@ -34,7 +34,7 @@ impl Inbox {
     /// consumer's own outbox in that same transaction.
     pub async fn apply<E, F>(&self, event: &Envelope, effect: F) -> Result<Applied, E>
     where
-        F: FnOnce(&mut DbConnection, &mut Events) -> Result<(), E> + Send + 'static,
+        F: FnMut(&mut DbConnection, &mut Events) -> Result<(), E> + Send + 'static,
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
         Ok(match self.apply_returning(event, effect).await? {
@@ -48,10 +48,10 @@ impl Inbox {
     pub async fn apply_returning<T, E, F>(
         &self,
         event: &Envelope,
-        effect: F,
+        mut effect: F,
     ) -> Result<Option<T>, E>
     where
-        F: FnOnce(&mut DbConnection, &mut Events) -> Result<T, E> + Send + 'static,
+        F: FnMut(&mut DbConnection, &mut Events) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {

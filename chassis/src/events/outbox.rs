@@ -284,7 +284,7 @@ impl OutboxRelay {
             let marked = seqs.clone();
             match self
                 .db
-                .write_statement(move |conn| mark_published(conn, &marked))
+                .write(move |conn| mark_published(conn, &marked))
                 .await
             {
                 Ok(()) => break,

@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chassis::db::{DbError, Migrations};
+use chassis::db::{Backend, Database, DbError, Migrations};
 use chassis::events::{Envelope, EventHandler, HandlerError};
+use chassis::testing::TestDatabase;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
 static SQLITE: EmbeddedMigrations = embed_migrations!("tests/migrations/sqlite");
@@ -25,6 +26,28 @@ diesel::table! {
         id -> Text,
         n -> BigInt,
     }
+}
+
+/// How many `Database` handles a race test spreads its concurrent calls over: on
+/// PostgreSQL 4, as 4 processes (replicas of a module) would have, since one handle's
+/// writes may be run one after the other and only separate handles' writes surely run at
+/// once; on SQLite one, as a database file belongs to one process.
+pub fn racing_instances(backend: Backend) -> usize {
+    match backend {
+        Backend::Sqlite => 1,
+        Backend::Postgres => 4,
+    }
+}
+
+/// `n` (at least one) handles on `test_db`, each with its own pool, migrated with
+/// [`MIGRATIONS`] (which find nothing left to do after the first); the `i`-th of concurrent
+/// calls takes `instances[i % instances.len()]`.
+pub async fn open_instances(test_db: &TestDatabase, n: usize) -> Vec<Database> {
+    let mut instances = Vec::with_capacity(n.max(1));
+    for _ in 0..n.max(1) {
+        instances.push(test_db.open(MIGRATIONS).await);
+    }
+    instances
 }
 
 #[derive(Debug, thiserror::Error)]

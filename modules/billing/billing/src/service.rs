@@ -283,7 +283,7 @@ impl BillingService {
                 };
                 let customer_email = stored.customer_email.clone();
                 let payment = stored.settled().ok_or_else(in_progress)?;
-                match answer {
+                match &answer {
                     Answer::Captured(_) => {
                         let invoice_id = payment.invoice_id.ok_or_else(|| {
                             BillingError::Internal(format!(
@@ -308,7 +308,7 @@ impl BillingService {
                             payment_id: payment.id,
                             order_id,
                             amount: payment.amount.clone(),
-                            reason,
+                            reason: reason.clone(),
                             customer_email,
                         };
                         raise(events, event_types::PAYMENT_DECLINED, order_id, &declined)?;

@@ -16,7 +16,7 @@ diesel::define_sql_function!(fn lower(text: diesel::sql_types::Text) -> diesel::
 
 pub(crate) use chassis::db::utc_now as now;
 
-#[derive(Debug, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = products)]
 pub(crate) struct ProductRow {
     pub(crate) id: String,

@@ -63,11 +63,11 @@ impl CatalogService {
             .write_with_events(move |conn, events| {
                 match repo::insert_product(conn, &row) {
                     Err(error) if is_unique_violation(&error) => {
-                        return Err(Error::SkuTaken(row.sku));
+                        return Err(Error::SkuTaken(row.sku.clone()));
                     }
                     other => other?,
                 }
-                let product = row.into_product();
+                let product = row.clone().into_product();
                 raise(
                     events,
                     event_types::PRODUCT_CREATED,
@@ -248,7 +248,7 @@ impl CatalogService {
                     order_id,
                     StoredReservation {
                         status: ReservationStatus::Reserved,
-                        lines,
+                        lines: lines.clone(),
                     },
                 ))
             })

@@ -432,7 +432,7 @@ impl NotificationsService {
         let recorded = self
             .inbox
             .apply_returning(event, move |conn, _events| {
-                record(conn, &owned, plan, channel, &send_now)
+                record(conn, &owned, plan.clone(), channel, &send_now)
             })
             .await?;
         let Some(recorded) = recorded else {
@@ -526,7 +526,7 @@ impl NotificationsService {
         self.db
             .write(move |conn| {
                 repo::insert_webhook(conn, &row)?;
-                row.into_webhook().map_err(Error::from)
+                row.clone().into_webhook().map_err(Error::from)
             })
             .await
     }
@@ -663,11 +663,10 @@ impl NotificationsService {
         };
         let id = row.id.clone();
         let error = last_error.clone();
-        // One conditional update: no transaction of its own needed around it.
         let settled = self
             .db
-            .write_statement(move |conn| {
-                repo::settle_attempt(conn, &id, claim, status, attempts, error, next)
+            .write(move |conn| {
+                repo::settle_attempt(conn, &id, claim, status, attempts, error.clone(), next)
                     .map_err(DbError::from)
             })
             .await;

@@ -314,7 +314,7 @@ impl Saga {
         let owner = run.to_owned();
         let lease_until = self.lease_until();
         self.db
-            .write_statement(move |conn| {
+            .write(move |conn| {
                 repo::set_step(conn, id, &owner, step, reason, lease_until).map_err(Error::from)
             })
             .await
@@ -335,7 +335,7 @@ impl Saga {
         let next_at = utc_now() + backoff(attempts);
         tracing::info!(order_id = %id, step = step.as_str(), attempts = attempts + 1, %error, "saga step postponed");
         self.db
-            .write_statement(move |conn| {
+            .write(move |conn| {
                 repo::postpone(conn, id, &owner, step, attempts + 1, next_at, &error)
                     .map_err(Error::from)
             })
@@ -361,7 +361,7 @@ impl Saga {
                 let Some(row) = repo::finish(conn, id, &owner, status, reason)? else {
                     return Ok(None);
                 };
-                let order = row.into_order(lines);
+                let order = row.into_order(lines.clone());
                 let ended = order.clone();
                 let event = match status {
                     OrderStatus::Confirmed => Envelope::new(

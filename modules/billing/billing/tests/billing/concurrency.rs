@@ -1,5 +1,9 @@
 //! Charges under contention and after a crash: invoice numbers stay gap-free, and one
-//! order is captured once however many calls race for it — on both backends.
+//! order is captured once however many calls race for it — on both backends. On
+//! PostgreSQL each test spreads its calls round-robin over 4 instances of billing, each
+//! with its own `Database` on the one test database and all with one gateway, as 4
+//! replicas of the module would (one handle's writes may be run one after the other); on
+//! SQLite, whose file belongs to one process, they all go through one instance.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -12,7 +16,7 @@ use futures::future::join_all;
 use uuid::Uuid;
 
 use crate::events::record;
-use crate::support::{self, LocalBilling, Timing, charge};
+use crate::support::{self, LocalBilling, Timing, charge, racing_instances};
 
 fn all() -> PageRequest {
     PageRequest {
@@ -32,13 +36,12 @@ async fn payments_of(billing: &LocalBilling, order: Uuid) -> Vec<Payment> {
 }
 
 async fn twenty_orders_get_consecutive_invoice_numbers(backend: Backend) {
-    let Some(billing) = support::local(backend).await else {
+    let Some(billing) = support::local_instances(backend, racing_instances(backend)).await else {
         return;
     };
-    let port = billing.module.port();
     let orders: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
-    let attempts = orders.iter().map(|&order| {
-        let port = port.clone();
+    let attempts = orders.iter().enumerate().map(|(i, &order)| {
+        let port = billing.instance(i).port();
         tokio::spawn(async move { port.charge(charge(order, 1500, "tok_visa")).await })
     });
     for joined in join_all(attempts).await {
@@ -75,15 +78,15 @@ async fn twenty_orders_get_consecutive_invoice_numbers(backend: Backend) {
 }
 
 async fn ten_calls_for_one_order_capture_once(backend: Backend) {
-    let Some(billing) = support::local(backend).await else {
+    let Some(billing) = support::local_instances(backend, racing_instances(backend)).await else {
         return;
     };
     let (recorder, relay) = record(&billing).await;
     let port = billing.module.port();
     let order = Uuid::new_v4();
     // `tok_slow` keeps the first call at the gateway while the others arrive.
-    let attempts = (0..10).map(|_| {
-        let port = port.clone();
+    let attempts = (0..10).map(|i| {
+        let port = billing.instance(i).port();
         tokio::spawn(async move { port.charge(charge(order, 990, "tok_slow")).await })
     });
     let mut answered = Vec::new();
@@ -131,7 +134,7 @@ async fn ten_calls_for_one_order_capture_once(backend: Backend) {
 }
 
 async fn ten_refunds_of_one_order_refund_once(backend: Backend) {
-    let Some(billing) = support::local(backend).await else {
+    let Some(billing) = support::local_instances(backend, racing_instances(backend)).await else {
         return;
     };
     let (recorder, relay) = record(&billing).await;
@@ -141,8 +144,8 @@ async fn ten_refunds_of_one_order_refund_once(backend: Backend) {
         .charge(charge(order, 640, "tok_visa"))
         .await
         .expect("captured");
-    let attempts = (0..10).map(|_| {
-        let port = port.clone();
+    let attempts = (0..10).map(|i| {
+        let port = billing.instance(i).port();
         tokio::spawn(async move { port.refund(order).await })
     });
     let answers: Vec<Payment> = join_all(attempts)
@@ -177,19 +180,23 @@ async fn a_crashed_charge_is_taken_over(backend: Backend) {
         slow_delay: Duration::from_millis(50),
         gateway_timeout: Duration::from_secs(2),
     };
-    let Some(billing) = support::local_with(backend, timing).await else {
+    let Some(billing) =
+        support::local_instances_with(backend, timing, racing_instances(backend)).await
+    else {
         return;
     };
-    let port = billing.module.port();
+    // The `i`-th call goes to instance `i`: on PostgreSQL the other calls come from other
+    // replicas than the one that crashed.
+    let port = |i: usize| billing.instance(i).port();
     let order = Uuid::new_v4();
     billing.gateway.crash_next_charge();
     let started = Instant::now();
-    let crashed = port.charge(charge(order, 1200, "tok_visa")).await;
+    let crashed = port(0).charge(charge(order, 1200, "tok_visa")).await;
     assert!(
         matches!(crashed, Err(BillingError::Internal(_))),
         "{crashed:?}"
     );
-    let meanwhile = port.charge(charge(order, 1200, "tok_visa")).await;
+    let meanwhile = port(1).charge(charge(order, 1200, "tok_visa")).await;
     assert_eq!(
         meanwhile,
         Err(BillingError::Unavailable(
@@ -204,7 +211,7 @@ async fn a_crashed_charge_is_taken_over(backend: Backend) {
 
     let stale = timing.gateway_timeout + Duration::from_millis(50);
     tokio::time::sleep(stale.saturating_sub(started.elapsed())).await;
-    let taken_over = port
+    let taken_over = port(2)
         .charge(charge(order, 1200, "tok_visa"))
         .await
         .expect("captured by the next call");
@@ -224,7 +231,7 @@ async fn a_crashed_charge_is_taken_over(backend: Backend) {
             .expect("reads")
             .is_some()
     );
-    let conflict = port.charge(charge(order, 1300, "tok_visa")).await;
+    let conflict = port(3).charge(charge(order, 1300, "tok_visa")).await;
     assert_eq!(
         conflict,
         Err(BillingError::ChargeConflict { order_id: order })
@@ -236,6 +243,7 @@ async fn twenty_concurrent_charges_get_twenty_consecutive_invoice_numbers_on_sql
     twenty_orders_get_consecutive_invoice_numbers(Backend::Sqlite).await;
 }
 
+/// The calls spread over 4 instances, as 4 replicas of billing would make them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_concurrent_charges_get_twenty_consecutive_invoice_numbers_on_postgres() {
     twenty_orders_get_consecutive_invoice_numbers(Backend::Postgres).await;
@@ -246,6 +254,7 @@ async fn ten_concurrent_charges_of_one_order_capture_once_on_sqlite() {
     ten_calls_for_one_order_capture_once(Backend::Sqlite).await;
 }
 
+/// The calls spread over 4 instances, as 4 replicas of billing would make them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_concurrent_charges_of_one_order_capture_once_on_postgres() {
     ten_calls_for_one_order_capture_once(Backend::Postgres).await;
@@ -256,6 +265,7 @@ async fn ten_concurrent_refunds_of_one_order_refund_once_on_sqlite() {
     ten_refunds_of_one_order_refund_once(Backend::Sqlite).await;
 }
 
+/// The calls spread over 4 instances, as 4 replicas of billing would make them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_concurrent_refunds_of_one_order_refund_once_on_postgres() {
     ten_refunds_of_one_order_refund_once(Backend::Postgres).await;
@@ -266,6 +276,7 @@ async fn a_crashed_charge_is_taken_over_after_the_gateway_timeout_on_sqlite() {
     a_crashed_charge_is_taken_over(Backend::Sqlite).await;
 }
 
+/// The calls spread over 4 instances, as 4 replicas of billing would make them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_charge_is_taken_over_after_the_gateway_timeout_on_postgres() {
     a_crashed_charge_is_taken_over(Backend::Postgres).await;
@@ -276,19 +287,18 @@ async fn a_crashed_charge_is_taken_over_after_the_gateway_timeout_on_postgres() 
 /// first and the refund finds its payment. Never money taken after a refund answered that
 /// there was nothing to refund.
 async fn a_refund_racing_the_first_charge(backend: Backend) {
-    let Some(billing) = support::local(backend).await else {
+    let Some(billing) = support::local_instances(backend, racing_instances(backend)).await else {
         return;
     };
-    let port = billing.module.port();
     let (mut voided, mut charged) = (0, 0);
-    for _ in 0..30 {
+    for round in 0..30 {
         let order = Uuid::new_v4();
         let charging = {
-            let port = port.clone();
+            let port = billing.instance(2 * round).port();
             tokio::spawn(async move { port.charge(charge(order, 500, "tok_visa")).await })
         };
         let refunding = {
-            let port = port.clone();
+            let port = billing.instance(2 * round + 1).port();
             tokio::spawn(async move { port.refund(order).await })
         };
         let charged_with = charging.await.expect("task ran");
@@ -316,6 +326,7 @@ async fn a_refund_racing_the_first_charge_never_lets_money_through_on_sqlite() {
     a_refund_racing_the_first_charge(Backend::Sqlite).await;
 }
 
+/// The calls spread over 4 instances, as 4 replicas of billing would make them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_refund_racing_the_first_charge_never_lets_money_through_on_postgres() {
     a_refund_racing_the_first_charge(Backend::Postgres).await;

@@ -114,9 +114,13 @@ impl PaymentGateway for CountingGateway {
     }
 }
 
-/// A billing module on its own database, which lives as long as this value.
+/// A billing module on its own database, which lives as long as this value; with
+/// [`local_instances`], more instances of it on the same database, sharing its gateway.
 pub(crate) struct LocalBilling {
     pub(crate) module: BillingModule,
+    /// The instances after `module`, each with a `Database` handle of its own.
+    replicas: Vec<BillingModule>,
+    /// The one gateway of `module` and its replicas: its counts are of all of them.
     pub(crate) gateway: Arc<CountingGateway>,
     _db: TestDatabase,
 }
@@ -125,18 +129,30 @@ impl LocalBilling {
     /// Another billing module on the same database, with its own gateway and timing (as a
     /// second process would be).
     pub(crate) fn sibling(&self, timing: Timing) -> BillingModule {
-        module(self.module.database().clone(), timing).0
+        let gateway = Arc::new(CountingGateway::new(timing.slow_delay));
+        module(self.module.database().clone(), timing, gateway)
+    }
+
+    /// The instance of the `i`-th of concurrent calls: round-robin over `module` and its
+    /// replicas.
+    pub(crate) fn instance(&self, i: usize) -> &BillingModule {
+        match i % (1 + self.replicas.len()) {
+            0 => &self.module,
+            n => &self.replicas[n - 1],
+        }
     }
 }
 
-fn module(db: chassis::db::Database, timing: Timing) -> (BillingModule, Arc<CountingGateway>) {
-    let gateway = Arc::new(CountingGateway::new(timing.slow_delay));
+fn module(
+    db: chassis::db::Database,
+    timing: Timing,
+    gateway: Arc<CountingGateway>,
+) -> BillingModule {
     let settings = BillingSettings {
         gateway_timeout: timing.gateway_timeout,
         ..BillingSettings::default()
     };
-    let module = BillingModule::with_gateway(db, "EUR", &settings, gateway.clone());
-    (module, gateway)
+    BillingModule::with_gateway(db, "EUR", &settings, gateway)
 }
 
 /// Billing on a fresh database of `backend`, with the [`QUICK`] timing; `None` when
@@ -146,11 +162,45 @@ pub(crate) async fn local(backend: Backend) -> Option<LocalBilling> {
 }
 
 pub(crate) async fn local_with(backend: Backend, timing: Timing) -> Option<LocalBilling> {
+    local_instances_with(backend, timing, 1).await
+}
+
+/// How many instances of billing a race test spreads its concurrent calls over: on
+/// PostgreSQL 4, as 4 replicas of the module would be, each with its own `Database` (one
+/// handle's writes may be run one after the other, so only separate handles' writes
+/// surely run at once); on SQLite one, as a database file belongs to one process.
+pub(crate) fn racing_instances(backend: Backend) -> usize {
+    match backend {
+        Backend::Sqlite => 1,
+        Backend::Postgres => 4,
+    }
+}
+
+/// `n` (at least one) billing modules on one fresh database of `backend`, with the
+/// [`QUICK`] timing, each with its own `Database` handle (its own pool), as separate
+/// processes of the module would have, and all with one gateway.
+pub(crate) async fn local_instances(backend: Backend, n: usize) -> Option<LocalBilling> {
+    local_instances_with(backend, QUICK, n).await
+}
+
+pub(crate) async fn local_instances_with(
+    backend: Backend,
+    timing: Timing,
+    n: usize,
+) -> Option<LocalBilling> {
     let db = TestDatabase::new(backend)?;
-    let database = db.open(MIGRATIONS).await;
-    let (module, gateway) = module(database, timing);
+    let gateway = Arc::new(CountingGateway::new(timing.slow_delay));
+    let mut instances = Vec::with_capacity(n.max(1));
+    for _ in 0..n.max(1) {
+        // A new pool on the same database each time; the migrations find nothing left to
+        // do after the first.
+        let database = db.open(MIGRATIONS).await;
+        instances.push(module(database, timing, gateway.clone()));
+    }
+    let module = instances.remove(0);
     Some(LocalBilling {
         module,
+        replicas: instances,
         gateway,
         _db: db,
     })

@@ -1,21 +1,24 @@
 //! Stock under contention: no interleaving of concurrent reservations oversells, and a
-//! reservation repeated for the same order takes stock once — on both backends.
+//! reservation repeated for the same order takes stock once — on both backends. On
+//! PostgreSQL each test spreads its concurrent calls round-robin over 4 instances of the
+//! catalog, each with its own `Database` on the one test database, as 4 replicas of the
+//! module would (one handle's writes may be run one after the other); on SQLite, whose file
+//! belongs to one process, they all go through one instance.
 
 use catalog_contract::{CatalogError, Reservation, ReservationStatus, StockLine};
 use chassis::db::Backend;
 use futures::future::join_all;
 use uuid::Uuid;
 
-use crate::support::{self, product, stock_of};
+use crate::support::{self, product, racing_instances, stock_of};
 
 async fn fifty_orders_for_ten_units(backend: Backend) {
-    let Some(catalog) = support::local(backend).await else {
+    let Some(catalog) = support::local_instances(backend, racing_instances(backend)).await else {
         return;
     };
     let item = product(&catalog.module, "Contended", 10).await;
-    let port = catalog.module.port();
-    let attempts = (0..50).map(|_| {
-        let port = port.clone();
+    let attempts = (0..50).map(|i| {
+        let port = catalog.instance(i).port();
         let line = StockLine {
             product_id: item.id,
             quantity: 1,
@@ -45,14 +48,13 @@ async fn fifty_orders_for_ten_units(backend: Backend) {
 }
 
 async fn one_order_reserved_concurrently_takes_stock_once(backend: Backend) {
-    let Some(catalog) = support::local(backend).await else {
+    let Some(catalog) = support::local_instances(backend, racing_instances(backend)).await else {
         return;
     };
     let item = product(&catalog.module, "Repeated", 10).await;
-    let port = catalog.module.port();
     let order = Uuid::new_v4();
-    let attempts = (0..20).map(|_| {
-        let port = port.clone();
+    let attempts = (0..20).map(|i| {
+        let port = catalog.instance(i).port();
         let line = StockLine {
             product_id: item.id,
             quantity: 3,
@@ -73,6 +75,7 @@ async fn fifty_concurrent_reservations_of_stock_ten_reserve_exactly_ten_on_sqlit
     fifty_orders_for_ten_units(Backend::Sqlite).await;
 }
 
+/// The concurrent calls spread over 4 instances, as 4 replicas of the catalog would make them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_reservations_of_stock_ten_reserve_exactly_ten_on_postgres() {
     fifty_orders_for_ten_units(Backend::Postgres).await;
@@ -83,18 +86,20 @@ async fn repeating_a_reservation_concurrently_takes_stock_once_on_sqlite() {
     one_order_reserved_concurrently_takes_stock_once(Backend::Sqlite).await;
 }
 
+/// The concurrent calls spread over 4 instances, as 4 replicas of the catalog would make them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn repeating_a_reservation_concurrently_takes_stock_once_on_postgres() {
     one_order_reserved_concurrently_takes_stock_once(Backend::Postgres).await;
 }
 
-/// Runs `calls` copies of one stock call for `order` at once; answers every outcome.
+/// Runs `calls` copies of one stock call for `order` at once, `call(i)` making the `i`-th;
+/// answers every outcome.
 async fn at_once<F, Fut>(calls: usize, call: F) -> Vec<Result<Reservation, CatalogError>>
 where
-    F: Fn() -> Fut,
+    F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Result<Reservation, CatalogError>> + Send + 'static,
 {
-    join_all((0..calls).map(|_| tokio::spawn(call())))
+    join_all((0..calls).map(|i| tokio::spawn(call(i))))
         .await
         .into_iter()
         .map(|joined| joined.expect("task ran"))
@@ -102,7 +107,7 @@ where
 }
 
 async fn repeated_transitions_move_stock_once(backend: Backend) {
-    let Some(catalog) = support::local(backend).await else {
+    let Some(catalog) = support::local_instances(backend, racing_instances(backend)).await else {
         return;
     };
     let item = product(&catalog.module, "Transitions", 10).await;
@@ -114,8 +119,8 @@ async fn repeated_transitions_move_stock_once(backend: Backend) {
     };
     port.reserve(order, &[line]).await.expect("reserves");
 
-    let commits = at_once(8, || {
-        let port = port.clone();
+    let commits = at_once(8, |i| {
+        let port = catalog.instance(i).port();
         async move { port.commit(order).await }
     })
     .await;
@@ -128,8 +133,8 @@ async fn repeated_transitions_move_stock_once(backend: Backend) {
     let stock = stock_of(&catalog.module, &item).await;
     assert_eq!((stock.on_hand, stock.reserved), (7, 0), "sold once");
 
-    let restocks = at_once(8, || {
-        let port = port.clone();
+    let restocks = at_once(8, |i| {
+        let port = catalog.instance(i).port();
         async move { port.restock(order).await }
     })
     .await;
@@ -144,8 +149,8 @@ async fn repeated_transitions_move_stock_once(backend: Backend) {
 
     let other = Uuid::new_v4();
     port.reserve(other, &[line]).await.expect("reserves");
-    let releases = at_once(8, || {
-        let port = port.clone();
+    let releases = at_once(8, |i| {
+        let port = catalog.instance(i).port();
         async move { port.release(other).await }
     })
     .await;
@@ -162,7 +167,7 @@ async fn repeated_transitions_move_stock_once(backend: Backend) {
 /// A commit racing a release of the same reservation: exactly one of them moves it, the
 /// other answers a conflict naming the winner's status, and the stock shows the winner only.
 async fn commit_racing_release_moves_stock_for_the_winner_only(backend: Backend) {
-    let Some(catalog) = support::local(backend).await else {
+    let Some(catalog) = support::local_instances(backend, racing_instances(backend)).await else {
         return;
     };
     let item = product(&catalog.module, "Race", 100).await;
@@ -176,7 +181,7 @@ async fn commit_racing_release_moves_stock_for_the_winner_only(backend: Backend)
         };
         port.reserve(order, &[line]).await.expect("reserves");
         let calls = (0..8).map(|i| {
-            let port = port.clone();
+            let port = catalog.instance(i).port();
             tokio::spawn(async move {
                 if i % 2 == 0 {
                     port.commit(order).await
@@ -222,6 +227,7 @@ async fn concurrent_commits_restocks_and_releases_move_stock_once_on_sqlite() {
     repeated_transitions_move_stock_once(Backend::Sqlite).await;
 }
 
+/// The concurrent calls spread over 4 instances, as 4 replicas of the catalog would make them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_commits_restocks_and_releases_move_stock_once_on_postgres() {
     repeated_transitions_move_stock_once(Backend::Postgres).await;
@@ -232,6 +238,7 @@ async fn a_commit_racing_a_release_moves_stock_for_the_winner_only_on_sqlite() {
     commit_racing_release_moves_stock_for_the_winner_only(Backend::Sqlite).await;
 }
 
+/// The concurrent calls spread over 4 instances, as 4 replicas of the catalog would make them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_commit_racing_a_release_moves_stock_for_the_winner_only_on_postgres() {
     commit_racing_release_moves_stock_for_the_winner_only(Backend::Postgres).await;

@@ -494,6 +494,8 @@ async fn only_a_confirmed_order_can_be_cancelled() {
 
 /// A double click, a retrying client: cancels of one order at once run one cancellation
 /// (one refund, one restock: `times(1)`), and every one of them answers the cancelled order.
+/// On PostgreSQL the cancels spread over 4 instances, as 4 replicas of orders would get
+/// them.
 async fn concurrent_cancels_of_one_order_refund_and_restock_once() {
     let item = product(100);
     let (mut catalog, mut billing) = support::confirming_once(&item);
@@ -506,15 +508,16 @@ async fn concurrent_cancels_of_one_order_refund_and_restock_once() {
         .expect_restock()
         .times(1)
         .returning(|id| Ok(reservation(id, ReservationStatus::Restocked, &[])));
-    let fixture = fixture(catalog, billing, settings()).await;
+    let fixture =
+        support::fixture_instances(catalog, billing, settings(), support::racing_instances()).await;
     let placed = fixture
         .service
         .place(request(&item, 1, "tok_visa"), None)
         .await
         .expect("placed");
     assert_eq!(placed.status, OrderStatus::Confirmed);
-    let cancels = (0..8).map(|_| {
-        let service = fixture.service.clone();
+    let cancels = (0..8).map(|i| {
+        let service = fixture.instance(i).clone();
         tokio::spawn(async move { service.cancel(placed.id).await })
     });
     for answer in futures::future::join_all(cancels).await {
@@ -531,13 +534,15 @@ async fn concurrent_cancels_of_one_order_refund_and_restock_once() {
 }
 
 /// Identical requests with one Idempotency-Key at once: one order, one charge, and every
-/// request answers that order.
+/// request answers that order. On PostgreSQL the requests spread over 4 instances, as 4
+/// replicas of orders would get them.
 async fn concurrent_identical_idempotent_orders_create_and_charge_once() {
     let item = product(100);
     let (catalog, billing) = support::confirming_once(&item);
-    let fixture = fixture(catalog, billing, settings()).await;
-    let places = (0..8).map(|_| {
-        let service = fixture.service.clone();
+    let fixture =
+        support::fixture_instances(catalog, billing, settings(), support::racing_instances()).await;
+    let places = (0..8).map(|i| {
+        let service = fixture.instance(i).clone();
         let request = request(&item, 1, "tok_visa");
         tokio::spawn(async move { service.place(request, Some("checkout-race".into())).await })
     });

@@ -16,7 +16,21 @@ use uuid::Uuid;
 pub(crate) struct Fixture {
     pub(crate) service: OrdersService,
     pub(crate) db: Database,
+    /// With [`fixture_instances`], the instances after `service`, each with a `Database`
+    /// handle of its own on the same database, all with the same mocks.
+    replicas: Vec<OrdersService>,
     _test_db: TestDatabase,
+}
+
+impl Fixture {
+    /// The instance of the `i`-th of concurrent calls: round-robin over `service` and its
+    /// replicas.
+    pub(crate) fn instance(&self, i: usize) -> &OrdersService {
+        match i % (1 + self.replicas.len()) {
+            0 => &self.service,
+            n => &self.replicas[n - 1],
+        }
+    }
 }
 
 pub(crate) fn settings() -> OrdersSettings {
@@ -102,13 +116,52 @@ pub(crate) async fn fixture(
     billing: MockBilling,
     settings: OrdersSettings,
 ) -> Fixture {
+    fixture_instances(catalog, billing, settings, 1).await
+}
+
+/// How many instances of orders a race test spreads its concurrent calls over: on
+/// PostgreSQL 4, as 4 replicas of the module would be, each with its own `Database` (one
+/// handle's writes may be run one after the other, so only separate handles' writes
+/// surely run at once); on SQLite one, as a database file belongs to one process.
+pub(crate) fn racing_instances() -> usize {
+    match backend() {
+        Backend::Sqlite => 1,
+        Backend::Postgres => 4,
+    }
+}
+
+/// Like [`fixture`], with `n` (at least one) orders services on the one database, each
+/// with its own `Database` handle (its own pool), as separate processes of the module
+/// would have; all call the same mocks, so their expectations count every instance's
+/// calls. `db` is the first instance's.
+pub(crate) async fn fixture_instances(
+    catalog: MockCatalog,
+    billing: MockBilling,
+    settings: OrdersSettings,
+    n: usize,
+) -> Fixture {
     let test_db = TestDatabase::new(backend()).expect("the test database");
-    let db = test_db.open(MIGRATIONS).await;
     let catalog: Arc<dyn Catalog> = Arc::new(catalog);
     let billing: Arc<dyn Billing> = Arc::new(billing);
+    let mut instances = Vec::with_capacity(n.max(1));
+    for _ in 0..n.max(1) {
+        // A new pool on the same database each time; the migrations find nothing left to
+        // do after the first.
+        let db = test_db.open(MIGRATIONS).await;
+        let service = OrdersService::new(
+            db.clone(),
+            "EUR",
+            settings.clone(),
+            Arc::clone(&catalog),
+            Arc::clone(&billing),
+        );
+        instances.push((service, db));
+    }
+    let (service, db) = instances.remove(0);
     Fixture {
-        service: OrdersService::new(db.clone(), "EUR", settings, catalog, billing),
+        service,
         db,
+        replicas: instances.into_iter().map(|(service, _)| service).collect(),
         _test_db: test_db,
     }
 }
@@ -260,7 +313,7 @@ pub(crate) async fn insert_pending(db: &Database, item: &Product, step: &str) ->
                 stored_orders::rejection_reason
                     .eq(compensating.then_some("dependency_unavailable")),
                 stored_orders::payment_token.eq("tok_visa"),
-                stored_orders::saga_step.eq(step),
+                stored_orders::saga_step.eq(step.clone()),
                 stored_orders::saga_deadline.eq(now + chrono::Duration::minutes(5)),
                 stored_orders::created_at.eq(now),
                 stored_orders::updated_at.eq(now),

@@ -1,0 +1,414 @@
+//! A database's one writer, with group commit: the same on SQLite and PostgreSQL.
+//!
+//! Every write of a [`Database`](super::Database) goes to one thread that owns one
+//! connection. It takes all the writes waiting at that moment, runs them one after the other
+//! in one transaction, commits once, and only then answers each caller. Callers see the
+//! semantics of one transaction each, run one after the other, answered after commit.
+//!
+//! Why one writer: SQLite lets one connection write at a time, and there the price of a
+//! small write transaction is mostly the thread hand-offs and the commit around it. On
+//! PostgreSQL every statement is a network round trip, and a transaction of its own per
+//! write cost two more (`BEGIN`, `COMMIT`) and a WAL flush each: most of an order's cost
+//! (BENCHMARKS.md, "Orders on PostgreSQL"). Several *instances* of a module on one
+//! PostgreSQL database still write concurrently, each with its writer; conditional writes,
+//! unique keys and advisory locks keep them correct, as before.
+//!
+//! **No savepoints.** A savepoint per write would isolate a failed write for free on SQLite
+//! but costs, on PostgreSQL, the very round trips `BEGIN` and `COMMIT` did. Instead, a write
+//! that fails (answers `Err`, or panics) rolls the whole batch back: the writes before it
+//! run again, in a transaction of their own, and the failed write then runs first in a
+//! fresh transaction — alone, as far as its outcome goes — and that run's answer is its
+//! answer. So a write may run more than once, and each run must act only through its
+//! connection: whatever it did is rolled back with the batch. Failures are rare on the hot
+//! path (a duplicate key, an order out of stock), and cost one batch's re-run.
+
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use diesel::Connection;
+use diesel::connection::SimpleConnection;
+use diesel::r2d2::R2D2Connection;
+
+use super::{Backend, DbConnection, DbError, Manager};
+use crate::config::DatabaseUrl;
+
+/// Most writes committed together.
+const MAX_BATCH: usize = 512;
+
+/// Most writes waiting for the writer. Past it a write is refused at once as
+/// `Unavailable` (a 503 with `Retry-After`, nothing written) rather than queued: under a
+/// flood the queue, and the memory it holds, stay bounded. Eight batches is seconds of
+/// work on a slow disk, far more than callers that answer within `orders.sync_wait` wait.
+const MAX_QUEUED: usize = 8 * MAX_BATCH;
+
+/// How often the SQLite checkpointer copies the WAL back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// What one run of a write came to.
+enum Ran {
+    Succeeded,
+    Failed,
+    Panicked,
+}
+
+/// A write waiting for the writer, with its caller's answer slot.
+trait Write: Send {
+    /// Runs the write (once more) inside the batch's open transaction.
+    fn run(&mut self, conn: &mut DbConnection) -> Ran;
+    /// Answers the caller with the last run's outcome. `ended` is how that run's
+    /// transaction ended: committed, or not (and why) — a write that succeeded in a
+    /// transaction that did not commit answers that error instead.
+    fn answer(self: Box<Self>, ended: Result<(), DbError>);
+}
+
+struct Pending<T, E, F> {
+    work: F,
+    outcome: Option<Result<T, E>>,
+    reply: tokio::sync::oneshot::Sender<Result<T, E>>,
+}
+
+impl<T, E, F> Write for Pending<T, E, F>
+where
+    F: FnMut(&mut DbConnection) -> Result<T, E> + Send,
+    T: Send,
+    E: From<DbError> + Send,
+{
+    fn run(&mut self, conn: &mut DbConnection) -> Ran {
+        match catch_unwind(AssertUnwindSafe(|| (self.work)(conn))) {
+            Ok(outcome) => {
+                let ran = if outcome.is_ok() {
+                    Ran::Succeeded
+                } else {
+                    Ran::Failed
+                };
+                self.outcome = Some(outcome);
+                ran
+            }
+            Err(_) => {
+                self.outcome = None;
+                Ran::Panicked
+            }
+        }
+    }
+
+    fn answer(self: Box<Self>, ended: Result<(), DbError>) {
+        let answer = match (self.outcome, ended) {
+            // A failed write answers its own error: its transaction was rolled back.
+            (Some(Err(error)), _) => Err(error),
+            (Some(Ok(value)), Ok(())) => Ok(value),
+            (Some(Ok(_)), Err(error)) => Err(E::from(error)),
+            (None, Ok(())) => Err(E::from(DbError::Task("the write panicked".into()))),
+            // It never ran: its transaction could not begin.
+            (None, Err(error)) => Err(E::from(error)),
+        };
+        let _caller_gone = self.reply.send(answer);
+    }
+}
+
+/// Runs alone, outside any transaction, on the writer's connection (migrations); the
+/// error if there is no connection to be had.
+type Exclusive = Box<dyn FnOnce(Result<&mut DbConnection, DbError>) + Send>;
+
+enum Job {
+    Write(Box<dyn Write>),
+    Exclusive(Exclusive),
+}
+
+pub(super) struct Writer {
+    jobs: mpsc::SyncSender<Job>,
+    /// SQLite only; dropped with the writer: the checkpointer's cue to stop.
+    _checkpoints: Option<mpsc::Sender<()>>,
+}
+
+impl Writer {
+    /// Starts the writer thread of the database `manager` opens connections to (and, on
+    /// SQLite, its checkpointer). An unreachable database is an error here.
+    pub(super) fn start(manager: Manager, backend: Backend) -> Result<Self, DbError> {
+        let conn = connect(&manager)?;
+        let checkpoints = match backend {
+            Backend::Sqlite => {
+                let mut checkpointer = connect(&manager)?;
+                // Upkeep, not work: the database's statement counts leave its checkpoints out.
+                checkpointer
+                    .set_instrumentation(|_: diesel::connection::InstrumentationEvent<'_>| {});
+                let (stop_checkpoints, checkpoints) = mpsc::channel();
+                let url = manager.url.clone();
+                std::thread::Builder::new()
+                    .name("sqlite-checkpoint".into())
+                    .spawn(move || checkpoint_until_stopped(&url, checkpointer, &checkpoints))
+                    .map_err(|error| {
+                        DbError::Task(format!("cannot start the SQLite checkpointer: {error}"))
+                    })?;
+                Some(stop_checkpoints)
+            }
+            Backend::Postgres => None,
+        };
+        let (jobs, queue) = mpsc::sync_channel(MAX_QUEUED);
+        std::thread::Builder::new()
+            .name(format!("{}-writer", backend.as_str()))
+            .spawn(move || run(manager, Some(conn), &queue))
+            .map_err(|error| DbError::Task(format!("cannot start the database writer: {error}")))?;
+        Ok(Self {
+            jobs,
+            _checkpoints: checkpoints,
+        })
+    }
+
+    /// Runs `work` in the next batch's transaction; answers its outcome once that
+    /// transaction has committed (or `work`'s error, having written nothing). `work` may
+    /// run more than once (module docs).
+    pub(super) async fn write<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        F: FnMut(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.submit(Job::Write(Box::new(Pending {
+            work,
+            outcome: None,
+            reply,
+        })))?;
+        answer
+            .await
+            .map_err(|_| E::from(DbError::Task("the database writer dropped a write".into())))?
+    }
+
+    /// Runs `work` alone on the writer's connection, outside any transaction, between two
+    /// batches.
+    pub(super) async fn exclusive<T, F>(&self, work: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, DbError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.submit(Job::Exclusive(Box::new(move |conn| {
+            let _caller_gone = reply.send(conn.and_then(work));
+        })))?;
+        answer
+            .await
+            .map_err(|_| DbError::Task("the database writer dropped its work".into()))?
+    }
+
+    fn submit(&self, job: Job) -> Result<(), DbError> {
+        self.jobs.try_send(job).map_err(|error| match error {
+            mpsc::TrySendError::Full(_) => {
+                metrics::counter!("bazaar_db_writes_refused_total").increment(1);
+                DbError::Unavailable(format!(
+                    "the database writer has {MAX_QUEUED} writes waiting; try again shortly"
+                ))
+            }
+            mpsc::TrySendError::Disconnected(_) => {
+                DbError::Task("the database writer has stopped".into())
+            }
+        })
+    }
+}
+
+fn connect(manager: &Manager) -> Result<DbConnection, DbError> {
+    r2d2::ManageConnection::connect(manager)
+        .map_err(|error| DbError::Unavailable(format!("{}: {error}", manager.url)))
+}
+
+/// Copies the WAL back into the database file every [`CHECKPOINT_EVERY`], on a connection
+/// of its own, until the writer is dropped. A `PASSIVE` checkpoint waits for no reader and
+/// no writer, so the writer never stalls on one: left to SQLite, the writer itself runs a
+/// checkpoint (and its two `fsync`s) whenever the WAL reaches 1,000 pages, and every write
+/// queued behind it waits. The writer's own automatic checkpoint stays as a backstop, at
+/// a size this thread keeps the WAL well below.
+fn checkpoint_until_stopped(url: &DatabaseUrl, mut conn: DbConnection, stop: &mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(error) = conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE)") {
+            tracing::warn!(%url, %error, "SQLite checkpoint failed; the next one retries");
+        }
+    }
+}
+
+/// The writer's connection: opened again, once per batch, after it was lost. A batch
+/// that finds no connection to be had is answered `Unavailable` at once, so callers never
+/// wait on a server that is down.
+struct WriterConnection {
+    manager: Manager,
+    conn: Option<DbConnection>,
+}
+
+impl WriterConnection {
+    fn get(&mut self) -> Result<&mut DbConnection, DbError> {
+        if self.conn.is_none() {
+            self.conn = Some(connect(&self.manager)?);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| DbError::Task("no writer connection".into()))
+    }
+
+    /// After a failure: whether the connection is still sound. One that is not (its server
+    /// went away, or its transaction state is unknown after a failed rollback) is dropped,
+    /// and the next transaction opens a fresh one.
+    fn survived(&mut self) -> bool {
+        let sound = self
+            .conn
+            .as_mut()
+            .is_some_and(|conn| !conn.is_broken() && conn.ping().is_ok());
+        if !sound {
+            self.conn = None;
+        }
+        sound
+    }
+}
+
+/// Ends when every `Database` handle is gone (the channel closes).
+fn run(manager: Manager, conn: Option<DbConnection>, queue: &mpsc::Receiver<Job>) {
+    let mut connection = WriterConnection { manager, conn };
+    while let Ok(first) = queue.recv() {
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Exclusive(work) => {
+                    commit_batch(&mut connection, std::mem::take(&mut batch));
+                    let outcome = catch_unwind(AssertUnwindSafe(|| work(connection.get())));
+                    if outcome.is_err() {
+                        connection.conn = None;
+                    }
+                }
+                Job::Write(write) => batch.push(write),
+            }
+            if batch.len() < MAX_BATCH {
+                next = queue.try_recv().ok();
+            }
+        }
+        commit_batch(&mut connection, batch);
+    }
+}
+
+/// How one transaction of a batch ended.
+enum Ended {
+    Committed,
+    /// The write at this position failed: the transaction was rolled back.
+    Failed {
+        at: usize,
+        panicked: bool,
+    },
+    /// The transaction could not begin: no write ran.
+    NotBegun(DbError),
+    /// Every write ran, and the commit failed.
+    NotCommitted(DbError),
+}
+
+/// Runs a batch of writes and answers each (module docs).
+fn commit_batch(connection: &mut WriterConnection, batch: Vec<Box<dyn Write>>) {
+    let mut waiting: VecDeque<Box<dyn Write>> = batch.into();
+    // The first `together` writes waiting run in one transaction.
+    let mut together = waiting.len();
+    // A connection found dead before anything ran on it (the server restarted while it
+    // was idle) is replaced, and the batch tried on the new one, once.
+    let mut may_reconnect = true;
+    while !waiting.is_empty() {
+        let conn = match connection.get() {
+            Ok(conn) => conn,
+            Err(error) => {
+                for write in waiting.drain(..) {
+                    write.answer(Err(passed_on(&error)));
+                }
+                return;
+            }
+        };
+        match run_together(conn, waiting.range_mut(..together)) {
+            Ended::Committed => {
+                for write in waiting.drain(..together) {
+                    write.answer(Ok(()));
+                }
+            }
+            Ended::NotBegun(_) if may_reconnect && !connection.survived() => {
+                may_reconnect = false;
+                continue;
+            }
+            Ended::NotBegun(error) | Ended::NotCommitted(error) => {
+                let error = if connection.survived() {
+                    error
+                } else {
+                    lost(&connection.manager.url)
+                };
+                for write in waiting.drain(..together) {
+                    write.answer(Err(passed_on(&error)));
+                }
+            }
+            Ended::Failed { at, panicked: true } => {
+                // A bug, not a database outcome: that write is answered so, and the
+                // writes before it run again on a fresh connection (the panic may have left
+                // this one's state unknown).
+                connection.conn = None;
+                if let Some(write) = waiting.remove(at) {
+                    write.answer(Ok(()));
+                }
+                if at > 0 {
+                    together = at;
+                    continue;
+                }
+            }
+            Ended::Failed { at, .. } if !connection.survived() => {
+                // Whatever the write's error said, the cause may be the lost connection:
+                // every write that ran is answered so (a 503, try again), none committed.
+                let error = lost(&connection.manager.url);
+                for write in waiting.drain(..=at) {
+                    write.answer(Err(passed_on(&error)));
+                }
+            }
+            Ended::Failed { at: 0, .. } => {
+                // It ran first: its outcome is the one it has alone.
+                if let Some(write) = waiting.pop_front() {
+                    write.answer(Ok(()));
+                }
+            }
+            Ended::Failed { at, .. } => {
+                // The writes before it run again, without it; it runs first after them.
+                together = at;
+                continue;
+            }
+        }
+        together = waiting.len();
+    }
+}
+
+/// Runs `writes` in one transaction, committed if every one succeeds.
+fn run_together<'a>(
+    conn: &mut DbConnection,
+    writes: impl Iterator<Item = &'a mut Box<dyn Write>>,
+) -> Ended {
+    let mut failed = None;
+    let mut begun = false;
+    let committed = conn.transaction(|conn| {
+        begun = true;
+        for (at, write) in writes.enumerate() {
+            let panicked = match write.run(conn) {
+                Ran::Succeeded => continue,
+                Ran::Failed => false,
+                Ran::Panicked => true,
+            };
+            failed = Some(Ended::Failed { at, panicked });
+            return Err(diesel::result::Error::RollbackTransaction);
+        }
+        Ok(())
+    });
+    match (failed, committed) {
+        (Some(failed), _) => failed,
+        (None, Ok(())) => Ended::Committed,
+        (None, Err(error)) if !begun => Ended::NotBegun(DbError::from(error)),
+        (None, Err(error)) => Ended::NotCommitted(DbError::from(error)),
+    }
+}
+
+fn lost(url: &DatabaseUrl) -> DbError {
+    DbError::Unavailable(format!("{url}: the connection to the server was lost"))
+}
+
+/// The error a batch's failure gives each write in it.
+fn passed_on(error: &DbError) -> DbError {
+    match error {
+        DbError::Unavailable(reason) => DbError::Unavailable(reason.clone()),
+        error => DbError::Task(format!("the batch did not commit: {error}")),
+    }
+}
