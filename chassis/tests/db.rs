@@ -28,6 +28,14 @@ async fn count(db: &Database) -> i64 {
     .expect("counts")
 }
 
+/// The events in the outbox, not yet published (no relay runs in these tests).
+async fn pending_events(db: &Database) -> i64 {
+    chassis::events::outbox::stats(db)
+        .await
+        .expect("outbox stats")
+        .pending
+}
+
 async fn commit_and_rollback(backend: Backend) {
     let Some(test_db) = TestDatabase::new(backend) else {
         return;
@@ -375,12 +383,14 @@ async fn six_writes_in_one_batch(
     };
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     let runs: Arc<Vec<AtomicUsize>> = Arc::new((0..6).map(|_| AtomicUsize::new(0)).collect());
-    // `join_all` polls them in order: they reach the writer's queue in this order.
+    // `join_all` polls them in order: they reach the writer's queue in this order. Each
+    // raises an event.
     let writes = (0..6).map(|n| {
         let runs = Arc::clone(&runs);
-        db.write(move |conn| {
+        db.write_with_events(move |conn, events| {
             runs[n].fetch_add(1, Ordering::SeqCst);
             insert(conn, &format!("item-{n}"))?;
+            events.push(common::event("batch", n));
             if n == 3 {
                 misbehave()?;
             }
@@ -412,6 +422,11 @@ async fn a_failed_write_is_run_again_alone_and_the_others_commit_once(backend: B
         6,
         "the holder and every write but the failed one, once"
     );
+    assert_eq!(
+        pending_events(&db).await,
+        5,
+        "the events of the writes committed, once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,6 +457,7 @@ async fn a_panicking_write_fails_alone(backend: Backend) {
     );
     assert_eq!(runs, [2, 2, 2, 1, 1, 1], "runs of each write");
     assert_eq!(count(&db).await, 6);
+    assert_eq!(pending_events(&db).await, 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -454,7 +470,8 @@ async fn a_panicking_write_fails_alone_on_postgres() {
     a_panicking_write_fails_alone(Backend::Postgres).await;
 }
 
-/// Writes are committed together: a batch of writes is one transaction on the database.
+/// Writes are committed together: a batch of writes is one transaction on the database, and
+/// the events they raised one insert into its outbox.
 async fn writes_waiting_together_commit_in_one_transaction(backend: Backend) {
     let Some(test_db) = TestDatabase::new(backend) else {
         return;
@@ -469,8 +486,10 @@ async fn writes_waiting_together_commit_in_one_transaction(backend: Backend) {
         2,
         "the holder's transaction, and one for the six writes"
     );
-    // Each insert, and `BEGIN` and `COMMIT` of each transaction: no savepoints.
-    assert_eq!(after.statements - before.statements, 7 + 2 * 2);
+    // Each item's insert, one insert of the six events, and `BEGIN` and `COMMIT` of each
+    // transaction: no savepoints.
+    assert_eq!(after.statements - before.statements, 7 + 1 + 2 * 2);
+    assert_eq!(pending_events(&db).await, 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

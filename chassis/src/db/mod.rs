@@ -48,7 +48,6 @@ use writer::Writer;
 
 use crate::config::DatabaseUrl;
 use crate::events::Events;
-use crate::events::outbox;
 use crate::problem::ProblemCode;
 
 /// Runs statements on the backend's own connection, the body written once and compiled
@@ -333,7 +332,8 @@ impl Database {
             .connection_timeout(options.connection_timeout)
             .build(PoolManager(manager()))
             .map_err(|error| DbError::Unavailable(format!("{url}: {error}")))?;
-        let writer = Writer::start(manager(), backend)?;
+        let outbox_signal = Arc::new(tokio::sync::Notify::new());
+        let writer = Writer::start(manager(), backend, Arc::clone(&outbox_signal))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
@@ -341,7 +341,7 @@ impl Database {
                 url: url.clone(),
                 counters,
                 writer,
-                outbox_signal: Arc::new(tokio::sync::Notify::new()),
+                outbox_signal,
                 serving_lock: std::sync::Mutex::new(None),
             }),
         })
@@ -423,13 +423,16 @@ impl Database {
         T: Send + 'static,
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
-        self.write_with_events(move |conn, _no_events| work(conn))
+        self.inner
+            .writer
+            .write(move |conn, _no_events| work(conn))
             .await
     }
 
     /// Like [`Database::write`], and the events `work` pushes go to this database's outbox
-    /// in the same transaction: committed together with the change, or not at all. The
-    /// outbox relay is woken once the transaction has committed.
+    /// in the same transaction: committed together with the change, or not at all (the
+    /// writer inserts a whole batch's events in one statement). The outbox relay is woken
+    /// once the transaction has committed.
     pub async fn write_with_events<T, E, F>(&self, mut work: F) -> Result<T, E>
     where
         F: FnMut(&mut DbConnection, &mut Events) -> Result<T, E> + Send + 'static,
@@ -438,21 +441,14 @@ impl Database {
     {
         // The caller's span, taken here: the work itself runs on another thread.
         let caller = tracing::Span::current();
-        let (value, appended) = self
-            .inner
+        self.inner
             .writer
-            .write(move |conn: &mut DbConnection| {
-                let mut events = Events::default();
-                let value = work(conn, &mut events)?;
+            .write(move |conn, events| {
+                let value = work(conn, events)?;
                 events.record_creation(&caller);
-                let appended = outbox::append(conn, events)?;
-                Ok::<_, E>((value, appended))
+                Ok(value)
             })
-            .await?;
-        if appended > 0 {
-            self.inner.outbox_signal.notify_one();
-        }
-        Ok(value)
+            .await
     }
 
     /// Rung when outbox rows were committed; the relay waits on it.

@@ -24,7 +24,7 @@
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use diesel::Connection;
@@ -33,6 +33,8 @@ use diesel::r2d2::R2D2Connection;
 
 use super::{Backend, DbConnection, DbError, Manager};
 use crate::config::DatabaseUrl;
+use crate::events::Events;
+use crate::events::outbox::{self, OutboxRow};
 
 /// Most writes committed together.
 const MAX_BATCH: usize = 512;
@@ -55,8 +57,9 @@ enum Ran {
 
 /// A write waiting for the writer, with its caller's answer slot.
 trait Write: Send {
-    /// Runs the write (once more) inside the batch's open transaction.
-    fn run(&mut self, conn: &mut DbConnection) -> Ran;
+    /// Runs the write (once more) inside the batch's open transaction, adding the events it
+    /// raised to `raised`, which the batch writes to the outbox in one statement.
+    fn run(&mut self, conn: &mut DbConnection, raised: &mut Vec<OutboxRow>) -> Ran;
     /// Answers the caller with the last run's outcome. `ended` is how that run's
     /// transaction ended: committed, or not (and why) — a write that succeeded in a
     /// transaction that did not commit answers that error instead.
@@ -71,20 +74,25 @@ struct Pending<T, E, F> {
 
 impl<T, E, F> Write for Pending<T, E, F>
 where
-    F: FnMut(&mut DbConnection) -> Result<T, E> + Send,
+    F: FnMut(&mut DbConnection, &mut Events) -> Result<T, E> + Send,
     T: Send,
     E: From<DbError> + Send,
 {
-    fn run(&mut self, conn: &mut DbConnection) -> Ran {
-        match catch_unwind(AssertUnwindSafe(|| (self.work)(conn))) {
-            Ok(outcome) => {
-                let ran = if outcome.is_ok() {
-                    Ran::Succeeded
-                } else {
-                    Ran::Failed
-                };
-                self.outcome = Some(outcome);
-                ran
+    fn run(&mut self, conn: &mut DbConnection, raised: &mut Vec<OutboxRow>) -> Ran {
+        let run = || {
+            let mut events = Events::default();
+            let value = (self.work)(conn, &mut events)?;
+            Ok((value, outbox::encode(events).map_err(E::from)?))
+        };
+        match catch_unwind(AssertUnwindSafe(run)) {
+            Ok(Ok((value, rows))) => {
+                raised.extend(rows);
+                self.outcome = Some(Ok(value));
+                Ran::Succeeded
+            }
+            Ok(Err(error)) => {
+                self.outcome = Some(Err(error));
+                Ran::Failed
             }
             Err(_) => {
                 self.outcome = None;
@@ -124,8 +132,13 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Starts the writer thread of the database `manager` opens connections to (and, on
-    /// SQLite, its checkpointer). An unreachable database is an error here.
-    pub(super) fn start(manager: Manager, backend: Backend) -> Result<Self, DbError> {
+    /// SQLite, its checkpointer). An unreachable database is an error here. `outbox_signal`
+    /// is rung after each commit that wrote outbox rows.
+    pub(super) fn start(
+        manager: Manager,
+        backend: Backend,
+        outbox_signal: Arc<tokio::sync::Notify>,
+    ) -> Result<Self, DbError> {
         let conn = connect(&manager)?;
         let checkpoints = match backend {
             Backend::Sqlite => {
@@ -148,7 +161,7 @@ impl Writer {
         let (jobs, queue) = mpsc::sync_channel(MAX_QUEUED);
         std::thread::Builder::new()
             .name(format!("{}-writer", backend.as_str()))
-            .spawn(move || run(manager, Some(conn), &queue))
+            .spawn(move || run(manager, Some(conn), &queue, &outbox_signal))
             .map_err(|error| DbError::Task(format!("cannot start the database writer: {error}")))?;
         Ok(Self {
             jobs,
@@ -156,12 +169,13 @@ impl Writer {
         })
     }
 
-    /// Runs `work` in the next batch's transaction; answers its outcome once that
-    /// transaction has committed (or `work`'s error, having written nothing). `work` may
-    /// run more than once (module docs).
+    /// Runs `work` in the next batch's transaction, the events it pushes written to the
+    /// outbox in that transaction; answers its outcome once that transaction has committed
+    /// (or `work`'s error, having written nothing). `work` may run more than once (module
+    /// docs).
     pub(super) async fn write<T, E, F>(&self, work: F) -> Result<T, E>
     where
-        F: FnMut(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        F: FnMut(&mut DbConnection, &mut Events) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
@@ -260,7 +274,12 @@ impl WriterConnection {
 }
 
 /// Ends when every `Database` handle is gone (the channel closes).
-fn run(manager: Manager, conn: Option<DbConnection>, queue: &mpsc::Receiver<Job>) {
+fn run(
+    manager: Manager,
+    conn: Option<DbConnection>,
+    queue: &mpsc::Receiver<Job>,
+    outbox_signal: &tokio::sync::Notify,
+) {
     let mut connection = WriterConnection { manager, conn };
     while let Ok(first) = queue.recv() {
         let mut batch = Vec::new();
@@ -268,7 +287,7 @@ fn run(manager: Manager, conn: Option<DbConnection>, queue: &mpsc::Receiver<Job>
         while let Some(job) = next.take() {
             match job {
                 Job::Exclusive(work) => {
-                    commit_batch(&mut connection, std::mem::take(&mut batch));
+                    commit_batch(&mut connection, std::mem::take(&mut batch), outbox_signal);
                     let outcome = catch_unwind(AssertUnwindSafe(|| work(connection.get())));
                     if outcome.is_err() {
                         connection.conn = None;
@@ -280,18 +299,16 @@ fn run(manager: Manager, conn: Option<DbConnection>, queue: &mpsc::Receiver<Job>
                 next = queue.try_recv().ok();
             }
         }
-        commit_batch(&mut connection, batch);
+        commit_batch(&mut connection, batch, outbox_signal);
     }
 }
 
 /// How one transaction of a batch ended.
 enum Ended {
-    Committed,
+    /// Committed, with this many outbox rows.
+    Committed { raised: usize },
     /// The write at this position failed: the transaction was rolled back.
-    Failed {
-        at: usize,
-        panicked: bool,
-    },
+    Failed { at: usize, panicked: bool },
     /// The transaction could not begin: no write ran.
     NotBegun(DbError),
     /// Every write ran, and the commit failed.
@@ -299,7 +316,11 @@ enum Ended {
 }
 
 /// Runs a batch of writes and answers each (module docs).
-fn commit_batch(connection: &mut WriterConnection, batch: Vec<Box<dyn Write>>) {
+fn commit_batch(
+    connection: &mut WriterConnection,
+    batch: Vec<Box<dyn Write>>,
+    outbox_signal: &tokio::sync::Notify,
+) {
     let mut waiting: VecDeque<Box<dyn Write>> = batch.into();
     // The first `together` writes waiting run in one transaction.
     let mut together = waiting.len();
@@ -317,7 +338,10 @@ fn commit_batch(connection: &mut WriterConnection, batch: Vec<Box<dyn Write>>) {
             }
         };
         match run_together(conn, waiting.range_mut(..together)) {
-            Ended::Committed => {
+            Ended::Committed { raised } => {
+                if raised > 0 {
+                    outbox_signal.notify_one();
+                }
                 for write in waiting.drain(..together) {
                     write.answer(Ok(()));
                 }
@@ -373,31 +397,35 @@ fn commit_batch(connection: &mut WriterConnection, batch: Vec<Box<dyn Write>>) {
     }
 }
 
-/// Runs `writes` in one transaction, committed if every one succeeds.
+/// Runs `writes` in one transaction, and the events they raised in the outbox, committed
+/// if every one succeeds.
 fn run_together<'a>(
     conn: &mut DbConnection,
     writes: impl Iterator<Item = &'a mut Box<dyn Write>>,
 ) -> Ended {
     let mut failed = None;
     let mut begun = false;
+    let mut raised = Vec::new();
     let committed = conn.transaction(|conn| {
         begun = true;
         for (at, write) in writes.enumerate() {
-            let panicked = match write.run(conn) {
+            let panicked = match write.run(conn, &mut raised) {
                 Ran::Succeeded => continue,
                 Ran::Failed => false,
                 Ran::Panicked => true,
             };
             failed = Some(Ended::Failed { at, panicked });
-            return Err(diesel::result::Error::RollbackTransaction);
+            return Err(DbError::from(diesel::result::Error::RollbackTransaction));
         }
-        Ok(())
+        outbox::append(conn, &raised)
     });
     match (failed, committed) {
         (Some(failed), _) => failed,
-        (None, Ok(())) => Ended::Committed,
-        (None, Err(error)) if !begun => Ended::NotBegun(DbError::from(error)),
-        (None, Err(error)) => Ended::NotCommitted(DbError::from(error)),
+        (None, Ok(())) => Ended::Committed {
+            raised: raised.len(),
+        },
+        (None, Err(error)) if !begun => Ended::NotBegun(error),
+        (None, Err(error)) => Ended::NotCommitted(error),
     }
 }
 

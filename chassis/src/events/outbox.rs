@@ -68,22 +68,60 @@ impl Events {
     }
 }
 
-/// Writes `events` into the outbox on `conn`, inside the caller's transaction.
-pub(crate) fn append(conn: &mut DbConnection, events: Events) -> Result<usize, DbError> {
-    for event in &events.events {
-        let envelope =
-            serde_json::to_string(event).map_err(|error| DbError::Encoding(error.to_string()))?;
+/// An event encoded for the outbox, waiting for its batch's insert.
+#[derive(Debug)]
+pub(crate) struct OutboxRow {
+    event_id: String,
+    event_type: String,
+    event_key: String,
+    occurred_at: NaiveDateTime,
+    envelope: String,
+}
+
+/// Encodes `events` for the outbox: done inside the write that raised them, so that an
+/// event that cannot be encoded fails that write alone.
+pub(crate) fn encode(events: Events) -> Result<Vec<OutboxRow>, DbError> {
+    events
+        .events
+        .into_iter()
+        .map(|event| {
+            Ok(OutboxRow {
+                envelope: serde_json::to_string(&event)
+                    .map_err(|error| DbError::Encoding(error.to_string()))?,
+                event_id: event.id.to_string(),
+                event_type: event.event_type,
+                event_key: event.key,
+                occurred_at: event.occurred_at.naive_utc(),
+            })
+        })
+        .collect()
+}
+
+/// Most rows one `INSERT` carries: five bound values each, far below either backend's
+/// limit on a statement's parameters.
+const ROWS_PER_INSERT: usize = 1000;
+
+/// Writes the rows the writes of one batch raised, in their order, on `conn`, inside the
+/// batch's transaction: one multi-row `INSERT` for the batch, not one per write.
+pub(crate) fn append(conn: &mut DbConnection, rows: &[OutboxRow]) -> Result<(), DbError> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let values: Vec<_> = chunk
+            .iter()
+            .map(|row| {
+                (
+                    outbox::event_id.eq(&row.event_id),
+                    outbox::event_type.eq(&row.event_type),
+                    outbox::event_key.eq(&row.event_key),
+                    outbox::occurred_at.eq(row.occurred_at),
+                    outbox::envelope.eq(&row.envelope),
+                )
+            })
+            .collect();
         crate::per_backend!(conn, |conn| diesel::insert_into(outbox::table)
-            .values((
-                outbox::event_id.eq(event.id.to_string()),
-                outbox::event_type.eq(&event.event_type),
-                outbox::event_key.eq(&event.key),
-                outbox::occurred_at.eq(event.occurred_at.naive_utc()),
-                outbox::envelope.eq(envelope),
-            ))
+            .values(&values)
             .execute(conn))?;
     }
-    Ok(events.events.len())
+    Ok(())
 }
 
 /// How often a relay deletes what the retention no longer keeps.
