@@ -224,7 +224,9 @@ async fn a_postgres_read_runs_on_a_blocking_thread() {
 
 /// Connections the server ended under the pool (`pg_terminate_backend`, a restart): the
 /// read that meets one is told the database is unavailable (a 503, never a 500), and the
-/// pool drops the dead connections and opens fresh ones by itself.
+/// pool drops the dead connections and opens fresh ones by itself. The writer's connection
+/// was ended too: the next write finds it dead before its transaction begins, and runs on
+/// a fresh one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminated_connections_are_unavailable_and_the_pool_recovers_on_postgres() {
     let Some(test_db) = TestDatabase::new(Backend::Postgres) else {
