@@ -503,3 +503,36 @@ async fn writes_waiting_together_commit_in_one_transaction_on_sqlite() {
 async fn writes_waiting_together_commit_in_one_transaction_on_postgres() {
     writes_waiting_together_commit_in_one_transaction(Backend::Postgres).await;
 }
+
+/// A server that refuses connections (gone, or a database taken offline): a write is
+/// answered unavailable (a 503) within the connection timeout, never left waiting on its
+/// writer's connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_while_postgres_refuses_connections_is_unavailable_within_the_timeout() {
+    let Some(test_db) = TestDatabase::new(Backend::Postgres) else {
+        return;
+    };
+    let options = PoolOptions {
+        max_size: 2,
+        connection_timeout: std::time::Duration::from_millis(500),
+    };
+    let db = Database::open(test_db.url(), options).expect("opens");
+    db.migrate(MIGRATIONS).await.expect("migrates");
+    db.write(|conn| insert(conn, "before").map_err(TestError::from))
+        .await
+        .expect("writes");
+    test_db.refuse_connections();
+    let started = std::time::Instant::now();
+    let outcome = db
+        .write(|conn| insert(conn, "during").map_err(TestError::from))
+        .await;
+    assert!(
+        matches!(outcome, Err(TestError::Db(DbError::Unavailable(_)))),
+        "{outcome:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "answered within the timeout, not left waiting: {:?}",
+        started.elapsed()
+    );
+}

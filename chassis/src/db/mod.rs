@@ -248,6 +248,9 @@ impl diesel::connection::Instrumentation for CountWork {
 /// Pool tuning.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolOptions {
+    /// The most connections the database opens: on PostgreSQL its writer's and the read
+    /// pool's together (at least one each); on SQLite the read pool's (at least one per
+    /// core), beside the writer's and the checkpointer's.
     pub max_size: u32,
     pub connection_timeout: Duration,
 }
@@ -315,7 +318,9 @@ impl Database {
                     u32::try_from(threads.get()).unwrap_or(u32::MAX)
                 })
                 .max(options.max_size),
-            Backend::Postgres => options.max_size,
+            // The writer's connection is one of the database's `max_size`: the process's
+            // PostgreSQL connections stay within the budget its pools were sized to.
+            Backend::Postgres => options.max_size.saturating_sub(1),
         };
         let counters = Arc::new(Counters::default());
         let manager = || Manager {
@@ -333,7 +338,12 @@ impl Database {
             .build(PoolManager(manager()))
             .map_err(|error| DbError::Unavailable(format!("{url}: {error}")))?;
         let outbox_signal = Arc::new(tokio::sync::Notify::new());
-        let writer = Writer::start(manager(), backend, Arc::clone(&outbox_signal))?;
+        let writer = Writer::start(
+            manager(),
+            backend,
+            options.connection_timeout,
+            Arc::clone(&outbox_signal),
+        )?;
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,

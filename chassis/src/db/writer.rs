@@ -31,7 +31,7 @@ use diesel::Connection;
 use diesel::connection::SimpleConnection;
 use diesel::r2d2::R2D2Connection;
 
-use super::{Backend, DbConnection, DbError, Manager};
+use super::{Backend, DbConnection, DbError, Manager, PoolManager};
 use crate::config::DatabaseUrl;
 use crate::events::Events;
 use crate::events::outbox::{self, OutboxRow};
@@ -132,14 +132,15 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Starts the writer thread of the database `manager` opens connections to (and, on
-    /// SQLite, its checkpointer). An unreachable database is an error here. `outbox_signal`
-    /// is rung after each commit that wrote outbox rows.
+    /// SQLite, its checkpointer). An unreachable database is an error here; later, a
+    /// connection that cannot be had within `connection_timeout` fails the batch waiting
+    /// for it. `outbox_signal` is rung after each commit that wrote outbox rows.
     pub(super) fn start(
         manager: Manager,
         backend: Backend,
+        connection_timeout: Duration,
         outbox_signal: Arc<tokio::sync::Notify>,
     ) -> Result<Self, DbError> {
-        let conn = connect(&manager)?;
         let checkpoints = match backend {
             Backend::Sqlite => {
                 let mut checkpointer = connect(&manager)?;
@@ -158,10 +159,26 @@ impl Writer {
             }
             Backend::Postgres => None,
         };
+        let url = manager.url.clone();
+        // A pool of one: r2d2 opens the connection again in the background after it was
+        // lost, and a batch waits for it at most `connection_timeout` — never on a connect
+        // that hangs (a server gone from the network).
+        let pool = r2d2::Pool::builder()
+            .max_size(1)
+            .test_on_check_out(false)
+            .connection_timeout(connection_timeout)
+            .build(PoolManager(manager))
+            .map_err(|error| DbError::Unavailable(format!("{url}: {error}")))?;
+        let mut connection = WriterConnection {
+            url,
+            pool,
+            conn: None,
+        };
+        connection.get()?;
         let (jobs, queue) = mpsc::sync_channel(MAX_QUEUED);
         std::thread::Builder::new()
             .name(format!("{}-writer", backend.as_str()))
-            .spawn(move || run(manager, Some(conn), &queue, &outbox_signal))
+            .spawn(move || run(connection, &queue, &outbox_signal))
             .map_err(|error| DbError::Task(format!("cannot start the database writer: {error}")))?;
         Ok(Self {
             jobs,
@@ -240,34 +257,44 @@ fn checkpoint_until_stopped(url: &DatabaseUrl, mut conn: DbConnection, stop: &mp
     }
 }
 
-/// The writer's connection: opened again, once per batch, after it was lost. A batch
-/// that finds no connection to be had is answered `Unavailable` at once, so callers never
-/// wait on a server that is down.
+/// The writer's connection, held from its pool of one. After it was lost, the next batch
+/// takes a fresh one; a batch that finds none within the pool's timeout is answered
+/// `Unavailable`, so callers never wait long on a server that is down.
 struct WriterConnection {
-    manager: Manager,
-    conn: Option<DbConnection>,
+    url: DatabaseUrl,
+    pool: r2d2::Pool<PoolManager>,
+    conn: Option<r2d2::PooledConnection<PoolManager>>,
 }
 
 impl WriterConnection {
     fn get(&mut self) -> Result<&mut DbConnection, DbError> {
-        if self.conn.is_none() {
-            self.conn = Some(connect(&self.manager)?);
+        let pooled = match self.conn.take() {
+            Some(pooled) => pooled,
+            None => self
+                .pool
+                .get()
+                .map_err(|error| DbError::Unavailable(format!("{}: {error}", self.url)))?,
+        };
+        Ok(&mut self.conn.insert(pooled).conn)
+    }
+
+    /// Gives the connection up: the pool drops it and opens a fresh one.
+    fn discard(&mut self) {
+        if let Some(mut pooled) = self.conn.take() {
+            pooled.lost = true;
         }
-        self.conn
-            .as_mut()
-            .ok_or_else(|| DbError::Task("no writer connection".into()))
     }
 
     /// After a failure: whether the connection is still sound. One that is not (its server
-    /// went away, or its transaction state is unknown after a failed rollback) is dropped,
-    /// and the next transaction opens a fresh one.
+    /// went away, or its transaction state is unknown after a failed rollback) is
+    /// discarded, and the next transaction takes a fresh one.
     fn survived(&mut self) -> bool {
         let sound = self
             .conn
             .as_mut()
-            .is_some_and(|conn| !conn.is_broken() && conn.ping().is_ok());
+            .is_some_and(|pooled| !pooled.conn.is_broken() && pooled.conn.ping().is_ok());
         if !sound {
-            self.conn = None;
+            self.discard();
         }
         sound
     }
@@ -275,12 +302,10 @@ impl WriterConnection {
 
 /// Ends when every `Database` handle is gone (the channel closes).
 fn run(
-    manager: Manager,
-    conn: Option<DbConnection>,
+    mut connection: WriterConnection,
     queue: &mpsc::Receiver<Job>,
     outbox_signal: &tokio::sync::Notify,
 ) {
-    let mut connection = WriterConnection { manager, conn };
     while let Ok(first) = queue.recv() {
         let mut batch = Vec::new();
         let mut next = Some(first);
@@ -290,7 +315,7 @@ fn run(
                     commit_batch(&mut connection, std::mem::take(&mut batch), outbox_signal);
                     let outcome = catch_unwind(AssertUnwindSafe(|| work(connection.get())));
                     if outcome.is_err() {
-                        connection.conn = None;
+                        connection.discard();
                     }
                 }
                 Job::Write(write) => batch.push(write),
@@ -354,7 +379,7 @@ fn commit_batch(
                 let error = if connection.survived() {
                     error
                 } else {
-                    lost(&connection.manager.url)
+                    lost(&connection.url)
                 };
                 for write in waiting.drain(..together) {
                     write.answer(Err(passed_on(&error)));
@@ -364,7 +389,7 @@ fn commit_batch(
                 // A bug, not a database outcome: that write is answered so, and the
                 // writes before it run again on a fresh connection (the panic may have left
                 // this one's state unknown).
-                connection.conn = None;
+                connection.discard();
                 if let Some(write) = waiting.remove(at) {
                     write.answer(Ok(()));
                 }
@@ -376,7 +401,7 @@ fn commit_batch(
             Ended::Failed { at, .. } if !connection.survived() => {
                 // Whatever the write's error said, the cause may be the lost connection:
                 // every write that ran is answered so (a 503, try again), none committed.
-                let error = lost(&connection.manager.url);
+                let error = lost(&connection.url);
                 for write in waiting.drain(..=at) {
                     write.answer(Err(passed_on(&error)));
                 }
