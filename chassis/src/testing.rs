@@ -11,6 +11,17 @@ use crate::config::DatabaseUrl;
 use crate::db::{Backend, Database, Migrations, PoolOptions, establish_postgres};
 
 pub const POSTGRES_URL_VAR: &str = "BAZAAR_TEST_POSTGRES_URL";
+
+/// How many instances of a module a race test spreads its concurrent calls over: on
+/// PostgreSQL 4, as 4 replicas of the module would be, each with its own `Database` (one
+/// handle's writes run one after the other on its writer, so only separate handles' writes
+/// surely run at once); on SQLite one, as a database file belongs to one process.
+pub fn racing_instances(backend: Backend) -> usize {
+    match backend {
+        Backend::Sqlite => 1,
+        Backend::Postgres => 4,
+    }
+}
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 #[derive(diesel::QueryableByName)]

@@ -7,8 +7,8 @@ mod common;
 
 use chassis::config::DatabaseUrl;
 use chassis::db::{Backend, Database, DbConnection, DbError, PoolOptions};
-use chassis::testing::TestDatabase;
-use common::{MIGRATIONS, TestError, items, open_instances, racing_instances};
+use chassis::testing::{TestDatabase, racing_instances};
+use common::{MIGRATIONS, TestError, items, open_instances};
 use diesel::prelude::*;
 
 fn insert(conn: &mut DbConnection, id: &str) -> QueryResult<usize> {

@@ -16,11 +16,8 @@ use chassis::events::{
     Applied, Envelope, EventBus, EventHandler, HandlerError, InProcessBus, Inbox, RetryPolicy,
     Subscription,
 };
-use chassis::testing::TestDatabase;
-use common::{
-    EVENT, MIGRATIONS, Recorder, TestError, event, eventually, items, open_instances,
-    racing_instances,
-};
+use chassis::testing::{TestDatabase, racing_instances};
+use common::{EVENT, MIGRATIONS, Recorder, TestError, event, eventually, items, open_instances};
 use diesel::prelude::*;
 
 diesel::table! {

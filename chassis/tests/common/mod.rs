@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chassis::db::{Backend, Database, DbError, Migrations};
+use chassis::db::{Database, DbError, Migrations};
 use chassis::events::{Envelope, EventHandler, HandlerError};
 use chassis::testing::TestDatabase;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
@@ -25,17 +25,6 @@ diesel::table! {
     items (id) {
         id -> Text,
         n -> BigInt,
-    }
-}
-
-/// How many `Database` handles a race test spreads its concurrent calls over: on
-/// PostgreSQL 4, as 4 processes (replicas of a module) would have, since one handle's
-/// writes may be run one after the other and only separate handles' writes surely run at
-/// once; on SQLite one, as a database file belongs to one process.
-pub fn racing_instances(backend: Backend) -> usize {
-    match backend {
-        Backend::Sqlite => 1,
-        Backend::Postgres => 4,
     }
 }
 

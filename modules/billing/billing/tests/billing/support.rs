@@ -15,6 +15,7 @@ use billing_contract::{BillingSettings, ChargeRequest, Money};
 use chassis::db::Backend;
 use chassis::module::LocalModule;
 use chassis::testing::TestDatabase;
+pub(crate) use chassis::testing::racing_instances;
 use uuid::Uuid;
 
 pub(crate) use chassis::testing::{
@@ -163,17 +164,6 @@ pub(crate) async fn local(backend: Backend) -> Option<LocalBilling> {
 
 pub(crate) async fn local_with(backend: Backend, timing: Timing) -> Option<LocalBilling> {
     local_instances_with(backend, timing, 1).await
-}
-
-/// How many instances of billing a race test spreads its concurrent calls over: on
-/// PostgreSQL 4, as 4 replicas of the module would be, each with its own `Database` (one
-/// handle's writes may be run one after the other, so only separate handles' writes
-/// surely run at once); on SQLite one, as a database file belongs to one process.
-pub(crate) fn racing_instances(backend: Backend) -> usize {
-    match backend {
-        Backend::Sqlite => 1,
-        Backend::Postgres => 4,
-    }
 }
 
 /// `n` (at least one) billing modules on one fresh database of `backend`, with the

@@ -4,6 +4,7 @@ use catalog::{CatalogModule, MIGRATIONS, NewProduct};
 use catalog_contract::{Money, Product};
 use chassis::db::Backend;
 use chassis::testing::TestDatabase;
+pub(crate) use chassis::testing::racing_instances;
 
 pub(crate) use chassis::testing::{
     ADMIN_TOKEN, SERVICE_TOKEN, TestServer as RemoteServer, module_app as app,
@@ -33,17 +34,6 @@ impl LocalCatalog {
 /// outside CI (the reason is printed).
 pub(crate) async fn local(backend: Backend) -> Option<LocalCatalog> {
     local_instances(backend, 1).await
-}
-
-/// How many instances of the catalog a race test spreads its concurrent calls over: on
-/// PostgreSQL 4, as 4 replicas of the module would be, each with its own `Database` (one
-/// handle's writes may be run one after the other, so only separate handles' writes
-/// surely run at once); on SQLite one, as a database file belongs to one process.
-pub(crate) fn racing_instances(backend: Backend) -> usize {
-    match backend {
-        Backend::Sqlite => 1,
-        Backend::Postgres => 4,
-    }
 }
 
 /// `n` (at least one) catalogs on one fresh database of `backend`, each with its own

@@ -119,17 +119,6 @@ pub(crate) async fn fixture(
     fixture_instances(catalog, billing, settings, 1).await
 }
 
-/// How many instances of orders a race test spreads its concurrent calls over: on
-/// PostgreSQL 4, as 4 replicas of the module would be, each with its own `Database` (one
-/// handle's writes may be run one after the other, so only separate handles' writes
-/// surely run at once); on SQLite one, as a database file belongs to one process.
-pub(crate) fn racing_instances() -> usize {
-    match backend() {
-        Backend::Sqlite => 1,
-        Backend::Postgres => 4,
-    }
-}
-
 /// Like [`fixture`], with `n` (at least one) orders services on the one database, each
 /// with its own `Database` handle (its own pool), as separate processes of the module
 /// would have; all call the same mocks, so their expectations count every instance's
