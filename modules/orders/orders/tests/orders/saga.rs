@@ -508,13 +508,7 @@ async fn concurrent_cancels_of_one_order_refund_and_restock_once() {
         .expect_restock()
         .times(1)
         .returning(|id| Ok(reservation(id, ReservationStatus::Restocked, &[])));
-    let fixture = support::fixture_instances(
-        catalog,
-        billing,
-        settings(),
-        chassis::testing::racing_instances(support::backend()),
-    )
-    .await;
+    let fixture = support::racing_fixture(catalog, billing, settings()).await;
     let placed = fixture
         .service
         .place(request(&item, 1, "tok_visa"), None)
@@ -544,13 +538,7 @@ async fn concurrent_cancels_of_one_order_refund_and_restock_once() {
 async fn concurrent_identical_idempotent_orders_create_and_charge_once() {
     let item = product(100);
     let (catalog, billing) = support::confirming_once(&item);
-    let fixture = support::fixture_instances(
-        catalog,
-        billing,
-        settings(),
-        chassis::testing::racing_instances(support::backend()),
-    )
-    .await;
+    let fixture = support::racing_fixture(catalog, billing, settings()).await;
     let places = (0..8).map(|i| {
         let service = fixture.instance(i).clone();
         let request = request(&item, 1, "tok_visa");

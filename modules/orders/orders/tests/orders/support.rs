@@ -119,11 +119,22 @@ pub(crate) async fn fixture(
     fixture_instances(catalog, billing, settings, 1).await
 }
 
+/// A fixture for a race test: on PostgreSQL 4 instances of orders on the one database, as
+/// 4 replicas would be, on SQLite one (`chassis::testing::racing_instances`).
+pub(crate) async fn racing_fixture(
+    catalog: MockCatalog,
+    billing: MockBilling,
+    settings: OrdersSettings,
+) -> Fixture {
+    let instances = chassis::testing::racing_instances(backend());
+    fixture_instances(catalog, billing, settings, instances).await
+}
+
 /// Like [`fixture`], with `n` (at least one) orders services on the one database, each
 /// with its own `Database` handle (its own pool), as separate processes of the module
 /// would have; all call the same mocks, so their expectations count every instance's
 /// calls. `db` is the first instance's.
-pub(crate) async fn fixture_instances(
+async fn fixture_instances(
     catalog: MockCatalog,
     billing: MockBilling,
     settings: OrdersSettings,
