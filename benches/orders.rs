@@ -209,22 +209,25 @@ async fn drive(
         mails as f64 * 100.0 / confirmed.max(1) as f64,
     );
     // What each module's database was sent per order: on PostgreSQL every statement is a
-    // round trip, and round trips are what an order costs there (BENCHMARKS.md).
+    // round trip, and round trips are what an order costs there (BENCHMARKS.md). Writes
+    // per transaction is the size of the writer's batches.
     let per_order: Vec<String> = work_after
         .iter()
-        .map(|(module, (statements, transactions))| {
-            let (statements_before, transactions_before) =
+        .map(|(module, (statements, transactions, writes))| {
+            let (statements_before, transactions_before, writes_before) =
                 work_before.get(module).copied().unwrap_or_default();
+            let transactions = transactions - transactions_before;
             format!(
-                "{module} {:.1} / {:.1}",
+                "{module} {:.1} / {:.1} / {:.1}",
                 (statements - statements_before) / confirmed.max(1) as f64,
-                (transactions - transactions_before) / confirmed.max(1) as f64,
+                transactions / confirmed.max(1) as f64,
+                (writes - writes_before) / transactions.max(1.0),
             )
         })
         .collect();
     if !per_order.is_empty() {
         println!(
-            "{:<12} statements / transactions per confirmed order, by database (background work included): {}",
+            "{:<12} statements / transactions per confirmed order, writes per transaction, by database (background work included): {}",
             "",
             per_order.join(", ")
         );
@@ -378,17 +381,19 @@ async fn drive_accounted(
     report
 }
 
-/// Statements and transactions each module's database has run, from `/metrics` of the
-/// process at `base` (its local modules only).
-async fn database_work(base: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
+/// Statements, transactions and writes each module's database has run, from `/metrics`
+/// of the process at `base` (its local modules only).
+async fn database_work(base: &str) -> std::collections::BTreeMap<String, (f64, f64, f64)> {
     let text = metrics_text(base).await;
     let statements = metric_by_label(&text, "bazaar_db_statements_total", "module");
     let transactions = metric_by_label(&text, "bazaar_db_transactions_total", "module");
+    let writes = metric_by_label(&text, "bazaar_db_writes_total", "module");
     statements
         .into_iter()
         .map(|(module, count)| {
             let begun = transactions.get(&module).copied().unwrap_or_default();
-            (module, (count, begun))
+            let written = writes.get(&module).copied().unwrap_or_default();
+            (module, (count, begun, written))
         })
         .collect()
 }

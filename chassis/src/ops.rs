@@ -258,6 +258,8 @@ async fn render_metrics(ops: web::Data<Operations>) -> HttpResponse {
                 .absolute(counts.statements);
             metrics::counter!("bazaar_db_transactions_total", "module" => module.name)
                 .absolute(counts.transactions);
+            metrics::counter!("bazaar_db_writes_total", "module" => module.name)
+                .absolute(counts.writes);
         }
     }
     HttpResponse::Ok()

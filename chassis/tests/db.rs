@@ -488,6 +488,7 @@ async fn writes_waiting_together_commit_in_one_transaction(backend: Backend) {
         2,
         "the holder's transaction, and one for the six writes"
     );
+    assert_eq!(after.writes - before.writes, 7, "the holder and the six");
     // Each item's insert, one insert of the six events, and `BEGIN` and `COMMIT` of each
     // transaction: no savepoints.
     assert_eq!(after.statements - before.statements, 7 + 1 + 2 * 2);

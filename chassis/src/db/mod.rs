@@ -210,14 +210,17 @@ pub fn utc_now() -> chrono::NaiveDateTime {
 }
 
 /// How much work a database was given: the statements sent (each a round trip to a
-/// PostgreSQL server; `BEGIN`, `COMMIT` and savepoints included) and the transactions
-/// begun (nested savepoints not counted). Counted by diesel's instrumentation on every
-/// connection the database opens; `/metrics` reports them per module, and tests pin how
-/// many an order takes (BENCHMARKS.md: on PostgreSQL, round trips are what an order costs).
+/// PostgreSQL server; `BEGIN`, `COMMIT` and savepoints included), the transactions begun
+/// (nested savepoints not counted) and the writes submitted to its writer. Statements and
+/// transactions are counted by diesel's instrumentation on every connection the database
+/// opens. `/metrics` reports them per module, tests pin how many an order takes
+/// (BENCHMARKS.md: on PostgreSQL, round trips are what an order costs), and writes per
+/// transaction is how many writes the writer's batches hold.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WorkCounts {
     pub statements: u64,
     pub transactions: u64,
+    pub writes: u64,
 }
 
 /// The counters behind [`WorkCounts`], shared by a database's connections.
@@ -225,6 +228,7 @@ pub struct WorkCounts {
 struct Counters {
     statements: AtomicU64,
     transactions: AtomicU64,
+    writes: AtomicU64,
 }
 
 /// Counts into [`Counters`]; installed on each connection as it is opened.
@@ -404,6 +408,7 @@ impl Database {
         WorkCounts {
             statements: self.inner.counters.statements.load(Ordering::Relaxed),
             transactions: self.inner.counters.transactions.load(Ordering::Relaxed),
+            writes: self.inner.counters.writes.load(Ordering::Relaxed),
         }
     }
 
@@ -433,9 +438,7 @@ impl Database {
         T: Send + 'static,
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
-        self.inner
-            .writer
-            .write(move |conn, _no_events| work(conn))
+        self.write_with_events(move |conn, _no_events| work(conn))
             .await
     }
 
@@ -451,6 +454,7 @@ impl Database {
     {
         // The caller's span, taken here: the work itself runs on another thread.
         let caller = tracing::Span::current();
+        self.inner.counters.writes.fetch_add(1, Ordering::Relaxed);
         self.inner
             .writer
             .write(move |conn, events| {
