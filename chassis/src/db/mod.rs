@@ -331,7 +331,16 @@ impl Database {
             url: url.clone(),
             counters: Arc::clone(&counters),
         };
+        // The threads that open a database's connections in the background, shared by its
+        // read pool and its writer's (r2d2 would start three for each pool otherwise).
+        let upkeep = Arc::new(
+            scheduled_thread_pool::ScheduledThreadPool::builder()
+                .num_threads(2)
+                .thread_name_pattern("db-upkeep-{}")
+                .build(),
+        );
         let pool = r2d2::Pool::builder()
+            .thread_pool(Arc::clone(&upkeep))
             .max_size(max_size.max(1))
             .min_idle(Some(1))
             // No `SELECT 1` round trip before every checkout: a broken connection is
@@ -345,7 +354,9 @@ impl Database {
         let writer = Writer::start(
             manager(),
             backend,
-            options.connection_timeout,
+            r2d2::Pool::builder()
+                .thread_pool(upkeep)
+                .connection_timeout(options.connection_timeout),
             Arc::clone(&outbox_signal),
         )?;
         Ok(Self {

@@ -133,12 +133,12 @@ pub(super) struct Writer {
 impl Writer {
     /// Starts the writer thread of the database `manager` opens connections to (and, on
     /// SQLite, its checkpointer). An unreachable database is an error here; later, a
-    /// connection that cannot be had within `connection_timeout` fails the batch waiting
-    /// for it. `outbox_signal` is rung after each commit that wrote outbox rows.
+    /// connection that cannot be had within `pool`'s connection timeout fails the batch
+    /// waiting for it. `outbox_signal` is rung after each commit that wrote outbox rows.
     pub(super) fn start(
         manager: Manager,
         backend: Backend,
-        connection_timeout: Duration,
+        pool: r2d2::Builder<PoolManager>,
         outbox_signal: Arc<tokio::sync::Notify>,
     ) -> Result<Self, DbError> {
         let checkpoints = match backend {
@@ -161,12 +161,11 @@ impl Writer {
         };
         let url = manager.url.clone();
         // A pool of one: r2d2 opens the connection again in the background after it was
-        // lost, and a batch waits for it at most `connection_timeout` — never on a connect
-        // that hangs (a server gone from the network).
-        let pool = r2d2::Pool::builder()
+        // lost, and a batch waits for it at most the pool's connection timeout — never on
+        // a connect that hangs (a server gone from the network).
+        let pool = pool
             .max_size(1)
             .test_on_check_out(false)
-            .connection_timeout(connection_timeout)
             .build(PoolManager(manager))
             .map_err(|error| DbError::Unavailable(format!("{url}: {error}")))?;
         let mut connection = WriterConnection {
