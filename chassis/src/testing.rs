@@ -11,6 +11,7 @@ use crate::config::DatabaseUrl;
 use crate::db::{Backend, Database, Migrations, PoolOptions, establish_postgres};
 
 pub const POSTGRES_URL_VAR: &str = "BAZAAR_TEST_POSTGRES_URL";
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// How many instances of a module a race test spreads its concurrent calls over: on
 /// PostgreSQL 4, as 4 replicas of the module would be, each with its own `Database` (one
@@ -22,7 +23,6 @@ pub fn racing_instances(backend: Backend) -> usize {
         Backend::Postgres => 4,
     }
 }
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 #[derive(diesel::QueryableByName)]
 struct Ended {
