@@ -788,3 +788,118 @@ async fn a_live_relay_takes_over_a_dead_relays_rows_after_the_lease() {
     assert_eq!(pending(&db).await, 0, "every row marked published");
     live.abort();
 }
+
+/// Rows of two ages: `old` of each table from 2020, each a second older than the next (so
+/// that the purge's chunks, which end at a row's age, hold a thousand each), and ten from
+/// 2999.
+async fn seed_outbox_and_inbox(db: &Database, old: usize) {
+    let rows = |prefix: &str, count: usize, year: u32| -> Vec<(String, String)> {
+        (0..count)
+            .map(|i| {
+                let at = format!(
+                    "{year}-01-01 {:02}:{:02}:{:02}",
+                    i / 3600,
+                    (i / 60) % 60,
+                    i % 60
+                );
+                (format!("{prefix}-{i}"), at)
+            })
+            .collect()
+    };
+    let all: Vec<(String, String)> = rows("old", old, 2020)
+        .into_iter()
+        .chain(rows("new", 10, 2999))
+        .collect();
+    let outbox_values: Vec<String> = all
+        .iter()
+        .map(|(id, at)| format!("('{id}', 'test.seeded', 'k', '{at}', '{{}}', '{at}')"))
+        .collect();
+    let inbox_values: Vec<String> = all
+        .iter()
+        .map(|(id, at)| format!("('c', '{id}', '{at}')"))
+        .collect();
+    let seed = format!(
+        "INSERT INTO outbox (event_id, event_type, event_key, occurred_at, envelope, published_at) \
+         VALUES {}; INSERT INTO inbox (consumer, event_id, handled_at) VALUES {};",
+        outbox_values.join(", "),
+        inbox_values.join(", ")
+    );
+    db.write(move |conn| {
+        use diesel::connection::SimpleConnection as _;
+        conn.batch_execute(&seed).map_err(TestError::from)
+    })
+    .await
+    .expect("seeds");
+}
+
+/// (outbox rows, inbox rows) from before 2021, and from after.
+async fn rows_by_age(db: &Database) -> ((i64, i64), (i64, i64)) {
+    #[derive(diesel::QueryableByName)]
+    struct Counts {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        outbox_old: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        outbox_new: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        inbox_old: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        inbox_new: i64,
+    }
+    let counts = db
+        .read(|conn| {
+            diesel::sql_query(
+                "SELECT \
+                 (SELECT COUNT(*) FROM outbox WHERE event_id LIKE 'old-%') AS outbox_old, \
+                 (SELECT COUNT(*) FROM outbox WHERE event_id LIKE 'new-%') AS outbox_new, \
+                 (SELECT COUNT(*) FROM inbox WHERE event_id LIKE 'old-%') AS inbox_old, \
+                 (SELECT COUNT(*) FROM inbox WHERE event_id LIKE 'new-%') AS inbox_new",
+            )
+            .get_result::<Counts>(conn)
+            .map_err(TestError::from)
+        })
+        .await
+        .expect("counts");
+    (
+        (counts.outbox_old, counts.inbox_old),
+        (counts.outbox_new, counts.inbox_new),
+    )
+}
+
+/// A relay deletes the sent rows and the handled ids older than the retention — a
+/// backlog of several of the purge's chunks (a write each, so that other writes go in
+/// between) — and keeps everything younger.
+async fn a_relay_purges_what_the_retention_no_longer_keeps(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    seed_outbox_and_inbox(&db, 2_500).await;
+    assert_eq!(rows_by_age(&db).await, ((2_500, 2_500), (10, 10)));
+    let bus = Arc::new(InProcessBus::new());
+    let relay = OutboxRelay::new("test", db.clone(), bus, quick_relay()).spawn();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while rows_by_age(&db).await.0 != (0, 0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old rows stay: {:?}",
+            rows_by_age(&db).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        rows_by_age(&db).await,
+        ((0, 0), (10, 10)),
+        "the young rows stay"
+    );
+    relay.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_purges_what_the_retention_no_longer_keeps_on_sqlite() {
+    a_relay_purges_what_the_retention_no_longer_keeps(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_purges_what_the_retention_no_longer_keeps_on_postgres() {
+    a_relay_purges_what_the_retention_no_longer_keeps(Backend::Postgres).await;
+}

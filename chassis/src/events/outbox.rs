@@ -127,6 +127,9 @@ pub(crate) fn append(conn: &mut DbConnection, rows: &[OutboxRow]) -> Result<(), 
 /// How often a relay deletes what the retention no longer keeps.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 
+/// Most rows of each table one write of the purge deletes.
+const PURGE_CHUNK: i64 = 1000;
+
 /// Tuning of a relay.
 #[derive(Debug, Clone, Copy)]
 pub struct RelaySettings {
@@ -410,24 +413,63 @@ impl OutboxRelay {
         }
     }
 
-    /// Deletes sent rows, and the inbox's handled ids, older than the retention.
+    /// Deletes sent rows, and the inbox's handled ids, older than the retention: at most
+    /// [`PURGE_CHUNK`] rows a write, so that the database's other writes, which wait for
+    /// the same writer, go in between — a day's backlog is never one long write.
     async fn purge(&self) {
         let cutoff = utc_now()
             - chrono::Duration::from_std(self.settings.retention)
                 .unwrap_or(chrono::Duration::days(1));
-        let purged = self
-            .db
-            .write(move |conn| {
-                diesel::delete(outbox::table.filter(outbox::published_at.lt(cutoff)))
-                    .execute(conn)?;
-                // Redeliveries come within a lease or two; a day-old handled id is not needed
-                // to recognise one.
-                diesel::delete(inbox::table.filter(inbox::handled_at.lt(cutoff))).execute(conn)?;
-                Ok::<_, DbError>(())
-            })
-            .await;
-        if let Err(error) = purged {
-            tracing::warn!(module = %self.module, %error, "cannot purge sent outbox rows");
+        loop {
+            let purged = self
+                .db
+                .write(move |conn| {
+                    // Each table's chunk ends at the age of its `PURGE_CHUNK`-th oldest row
+                    // (or at the cutoff, when fewer are older), found through its index.
+                    let sent_until = crate::per_backend!(conn, |conn| outbox::table
+                        .select(outbox::published_at)
+                        .filter(outbox::published_at.lt(cutoff))
+                        .order(outbox::published_at.asc())
+                        .offset(PURGE_CHUNK - 1)
+                        .limit(1)
+                        .get_result::<Option<NaiveDateTime>>(conn)
+                        .optional())?
+                    .flatten()
+                    .unwrap_or(cutoff);
+                    let sent = crate::per_backend!(conn, |conn| diesel::delete(
+                        outbox::table
+                            .filter(outbox::published_at.lt(cutoff))
+                            .filter(outbox::published_at.le(sent_until))
+                    )
+                    .execute(conn))?;
+                    // Redeliveries come within a lease or two; a day-old handled id is not
+                    // needed to recognise one.
+                    let handled_until = crate::per_backend!(conn, |conn| inbox::table
+                        .select(inbox::handled_at)
+                        .filter(inbox::handled_at.lt(cutoff))
+                        .order(inbox::handled_at.asc())
+                        .offset(PURGE_CHUNK - 1)
+                        .limit(1)
+                        .get_result::<NaiveDateTime>(conn)
+                        .optional())?
+                    .unwrap_or(cutoff);
+                    let handled = crate::per_backend!(conn, |conn| diesel::delete(
+                        inbox::table
+                            .filter(inbox::handled_at.lt(cutoff))
+                            .filter(inbox::handled_at.le(handled_until))
+                    )
+                    .execute(conn))?;
+                    Ok::<_, DbError>(sent.max(handled))
+                })
+                .await;
+            match purged {
+                Ok(most) if most < usize::try_from(PURGE_CHUNK).unwrap_or(usize::MAX) => return,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(module = %self.module, %error, "cannot purge sent outbox rows");
+                    return;
+                }
+            }
         }
     }
 }
