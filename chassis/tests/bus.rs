@@ -21,7 +21,7 @@ use chassis::events::{
 };
 use chassis::secret::SecretUrl;
 use chassis::testing::{NatsServer, TestDatabase};
-use common::{EVENT, MIGRATIONS, Recorder, TestError, event, eventually, items};
+use common::{EVENT, MIGRATIONS, Recorder, TestError, count_items, event, eventually, items};
 use diesel::prelude::*;
 
 const PARTITIONS: u16 = 8;
@@ -452,17 +452,6 @@ impl EventHandler for Applier {
     }
 }
 
-async fn effects(db: &Database) -> i64 {
-    db.read(|conn| {
-        items::table
-            .count()
-            .get_result::<i64>(conn)
-            .map_err(TestError::from)
-    })
-    .await
-    .expect("counts")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_committed_before_during_and_after_a_broker_restart_are_all_applied_once() {
     let Some(mut harness) = Harness::new(Kind::Nats).await else {
@@ -501,7 +490,7 @@ async fn events_committed_before_during_and_after_a_broker_restart_are_all_appli
     eventually("all 120 applied", || applier.applied().len() == 120).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(sorted(applier.applied()), sorted(sent), "every event, once");
-    assert_eq!(effects(&consumer_db).await, 120, "one effect per event");
+    assert_eq!(count_items(&consumer_db).await, 120, "one effect per event");
     relay.abort();
 }
 
@@ -544,6 +533,6 @@ async fn an_event_whose_consumer_died_before_the_ack_is_redelivered_and_applied_
         survivor.applied().is_empty(),
         "the inbox saw it was applied"
     );
-    assert_eq!(effects(&consumer_db).await, 1, "one effect");
+    assert_eq!(count_items(&consumer_db).await, 1, "one effect");
     relay.abort();
 }

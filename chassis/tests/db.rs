@@ -6,27 +6,10 @@
 mod common;
 
 use chassis::config::DatabaseUrl;
-use chassis::db::{Backend, Database, DbConnection, DbError, PoolOptions};
+use chassis::db::{Backend, Database, DbError, PoolOptions};
 use chassis::testing::{TestDatabase, racing_instances};
-use common::{MIGRATIONS, TestError, items, open_instances};
+use common::{MIGRATIONS, TestError, count_items, insert_item, items, open_instances};
 use diesel::prelude::*;
-
-fn insert(conn: &mut DbConnection, id: &str) -> QueryResult<usize> {
-    diesel::insert_into(items::table)
-        .values((items::id.eq(id), items::n.eq(1_i64)))
-        .execute(conn)
-}
-
-async fn count(db: &Database) -> i64 {
-    db.read(|conn| {
-        items::table
-            .count()
-            .get_result::<i64>(conn)
-            .map_err(TestError::from)
-    })
-    .await
-    .expect("counts")
-}
 
 /// The events in the outbox, not yet published (no relay runs in these tests).
 async fn pending_events(db: &Database) -> i64 {
@@ -42,19 +25,23 @@ async fn commit_and_rollback(backend: Backend) {
     };
     let db = test_db.open(MIGRATIONS).await;
     assert_eq!(db.backend(), backend);
-    db.write(|conn| insert(conn, "kept").map_err(TestError::from))
+    db.write(|conn| insert_item(conn, "kept").map_err(TestError::from))
         .await
         .expect("commits");
     let refused = db
         .write(|conn| {
-            insert(conn, "dropped")?;
+            insert_item(conn, "dropped")?;
             Err::<(), _>(TestError::Refused)
         })
         .await;
     assert!(matches!(refused, Err(TestError::Refused)));
-    assert_eq!(count(&db).await, 1, "the refused transaction left nothing");
+    assert_eq!(
+        count_items(&db).await,
+        1,
+        "the refused transaction left nothing"
+    );
     let duplicate = db
-        .write(|conn| insert(conn, "kept").map_err(TestError::from))
+        .write(|conn| insert_item(conn, "kept").map_err(TestError::from))
         .await;
     match duplicate {
         Err(TestError::Db(DbError::Query(error))) => {
@@ -103,7 +90,7 @@ async fn committed_pages_are_checkpointed_into_the_database_file_in_the_backgrou
     let db = Database::open(&DatabaseUrl::sqlite(&path), PoolOptions::default()).expect("opens");
     db.migrate(MIGRATIONS).await.expect("migrates");
     for n in 0..200 {
-        db.write(move |conn| insert(conn, &format!("item-{n}")).map_err(TestError::from))
+        db.write(move |conn| insert_item(conn, &format!("item-{n}")).map_err(TestError::from))
             .await
             .expect("writes");
     }
@@ -119,7 +106,7 @@ async fn committed_pages_are_checkpointed_into_the_database_file_in_the_backgrou
         "the database file is still {} bytes",
         std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
     );
-    assert_eq!(count(&db).await, 200);
+    assert_eq!(count_items(&db).await, 200);
 }
 
 #[derive(QueryableByName)]
@@ -165,7 +152,7 @@ async fn failed_writes_leave_concurrent_ones_committed(backend: Backend) {
             let db = instances[n % instances.len()].clone();
             tokio::spawn(async move {
                 db.write(move |conn| {
-                    insert(conn, &format!("item-{n}"))?;
+                    insert_item(conn, &format!("item-{n}"))?;
                     if n % 2 == 1 {
                         return Err(TestError::Refused);
                     }
@@ -179,7 +166,7 @@ async fn failed_writes_leave_concurrent_ones_committed(backend: Backend) {
         let outcome = write.await.expect("task ran");
         assert_eq!(outcome.is_ok(), n % 2 == 0, "write {n}: {outcome:?}");
     }
-    assert_eq!(count(&db).await, 20, "the even writes only");
+    assert_eq!(count_items(&db).await, 20, "the even writes only");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -233,7 +220,7 @@ async fn terminated_connections_are_unavailable_and_the_pool_recovers_on_postgre
         return;
     };
     let db = test_db.open(MIGRATIONS).await;
-    db.write(|conn| insert(conn, "before").map_err(TestError::from))
+    db.write(|conn| insert_item(conn, "before").map_err(TestError::from))
         .await
         .expect("writes");
     assert!(
@@ -263,8 +250,8 @@ async fn terminated_connections_are_unavailable_and_the_pool_recovers_on_postgre
         unavailable <= 16,
         "every dead connection is dropped once met"
     );
-    assert_eq!(count(&db).await, 1, "the pool recovered");
-    db.write(|conn| insert(conn, "after").map_err(TestError::from))
+    assert_eq!(count_items(&db).await, 1, "the pool recovered");
+    db.write(|conn| insert_item(conn, "after").map_err(TestError::from))
         .await
         .expect("writes again");
 }
@@ -299,7 +286,7 @@ async fn instances_migrating_one_fresh_database_at_once_all_succeed_on_postgres(
         applied_by, 1,
         "one instance applied the migrations, the others found none"
     );
-    assert_eq!(count(&instances[0]).await, 0);
+    assert_eq!(count_items(&instances[0]).await, 0);
 }
 
 /// A flood of writes past what a database's writer may hold queued: the excess is refused
@@ -315,7 +302,7 @@ async fn writes_past_the_writers_queue_are_refused_and_write_nothing(backend: Ba
         tokio::spawn(async move {
             db.write(|conn| {
                 std::thread::sleep(std::time::Duration::from_millis(500));
-                insert(conn, "blocker").map_err(TestError::from)
+                insert_item(conn, "blocker").map_err(TestError::from)
             })
             .await
         })
@@ -325,7 +312,7 @@ async fn writes_past_the_writers_queue_are_refused_and_write_nothing(backend: Ba
         .map(|i| {
             let db = db.clone();
             tokio::spawn(async move {
-                db.write(move |conn| insert(conn, &format!("w{i}")).map_err(TestError::from))
+                db.write(move |conn| insert_item(conn, &format!("w{i}")).map_err(TestError::from))
                     .await
             })
         })
@@ -348,7 +335,7 @@ async fn writes_past_the_writers_queue_are_refused_and_write_nothing(backend: Ba
         "a full queue's worth is accepted: {written}"
     );
     assert_eq!(
-        count(&db).await,
+        count_items(&db).await,
         written + 1,
         "exactly the accepted writes are stored"
     );
@@ -378,7 +365,7 @@ async fn six_writes_in_one_batch(
         tokio::spawn(async move {
             db.write(|conn| {
                 std::thread::sleep(std::time::Duration::from_millis(300));
-                insert(conn, "holder").map_err(TestError::from)
+                insert_item(conn, "holder").map_err(TestError::from)
             })
             .await
         })
@@ -391,7 +378,7 @@ async fn six_writes_in_one_batch(
         let runs = Arc::clone(&runs);
         db.write_with_events(move |conn, events| {
             runs[n].fetch_add(1, Ordering::SeqCst);
-            insert(conn, &format!("item-{n}"))?;
+            insert_item(conn, &format!("item-{n}"))?;
             events.push(common::event("batch", n));
             if n == 3 {
                 misbehave()?;
@@ -420,7 +407,7 @@ async fn a_failed_write_is_run_again_alone_and_the_others_commit_once(backend: B
     assert!(matches!(answers[3], Err(TestError::Refused)));
     assert_eq!(runs, [2, 2, 2, 2, 1, 1], "runs of each write");
     assert_eq!(
-        count(&db).await,
+        count_items(&db).await,
         6,
         "the holder and every write but the failed one, once"
     );
@@ -458,7 +445,7 @@ async fn a_panicking_write_fails_alone(backend: Backend) {
         answers[3]
     );
     assert_eq!(runs, [2, 2, 2, 1, 1, 1], "runs of each write");
-    assert_eq!(count(&db).await, 6);
+    assert_eq!(count_items(&db).await, 6);
     assert_eq!(pending_events(&db).await, 5);
 }
 
@@ -519,13 +506,13 @@ async fn a_write_while_postgres_refuses_connections_is_unavailable_within_the_ti
     };
     let db = Database::open(test_db.url(), options).expect("opens");
     db.migrate(MIGRATIONS).await.expect("migrates");
-    db.write(|conn| insert(conn, "before").map_err(TestError::from))
+    db.write(|conn| insert_item(conn, "before").map_err(TestError::from))
         .await
         .expect("writes");
     test_db.refuse_connections();
     let started = std::time::Instant::now();
     let outcome = db
-        .write(|conn| insert(conn, "during").map_err(TestError::from))
+        .write(|conn| insert_item(conn, "during").map_err(TestError::from))
         .await;
     assert!(
         matches!(outcome, Err(TestError::Db(DbError::Unavailable(_)))),

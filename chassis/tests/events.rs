@@ -17,7 +17,10 @@ use chassis::events::{
     Subscription,
 };
 use chassis::testing::{TestDatabase, racing_instances};
-use common::{EVENT, MIGRATIONS, Recorder, TestError, event, eventually, items, open_instances};
+use common::{
+    EVENT, MIGRATIONS, Recorder, TestError, count_items, event, eventually, insert_item, items,
+    open_instances,
+};
 use diesel::prelude::*;
 
 diesel::table! {
@@ -175,27 +178,14 @@ async fn redelivery_applies_once(backend: Backend) {
     for expected in [Applied::Handled, Applied::Duplicate, Applied::Duplicate] {
         let applied = inbox
             .apply(&event, |conn, _| {
-                diesel::insert_into(items::table)
-                    .values((
-                        items::id.eq(uuid::Uuid::new_v4().to_string()),
-                        items::n.eq(1_i64),
-                    ))
-                    .execute(conn)?;
+                insert_item(conn, &uuid::Uuid::new_v4().to_string())?;
                 Ok::<_, TestError>(())
             })
             .await
             .expect("applies");
         assert_eq!(applied, expected);
     }
-    let effects: i64 = db
-        .read(|conn| {
-            items::table
-                .count()
-                .get_result(conn)
-                .map_err(TestError::from)
-        })
-        .await
-        .expect("counts");
+    let effects = count_items(&db).await;
     assert_eq!(effects, 1, "one effect for three deliveries");
 
     // A failing effect records nothing: the event is still to be handled.
@@ -242,12 +232,7 @@ async fn concurrent_deliveries_apply_once(backend: Backend) {
             tokio::spawn(async move {
                 inbox
                     .apply(&event, |conn, _| {
-                        diesel::insert_into(items::table)
-                            .values((
-                                items::id.eq(uuid::Uuid::new_v4().to_string()),
-                                items::n.eq(1_i64),
-                            ))
-                            .execute(conn)?;
+                        insert_item(conn, &uuid::Uuid::new_v4().to_string())?;
                         Ok::<_, TestError>(())
                     })
                     .await
@@ -260,15 +245,7 @@ async fn concurrent_deliveries_apply_once(backend: Backend) {
     }
     let handled = applied.iter().filter(|a| **a == Applied::Handled).count();
     assert_eq!(handled, 1, "{applied:?}");
-    let effects: i64 = db
-        .read(|conn| {
-            items::table
-                .count()
-                .get_result(conn)
-                .map_err(TestError::from)
-        })
-        .await
-        .expect("counts");
+    let effects = count_items(&db).await;
     assert_eq!(effects, 1, "one effect for eight concurrent deliveries");
 }
 

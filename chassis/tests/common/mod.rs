@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chassis::db::{Database, DbError, Migrations};
+use chassis::db::{Database, DbConnection, DbError, Migrations};
 use chassis::events::{Envelope, EventHandler, HandlerError};
 use chassis::testing::TestDatabase;
+use diesel::prelude::*;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
 static SQLITE: EmbeddedMigrations = embed_migrations!("tests/migrations/sqlite");
@@ -37,6 +38,25 @@ pub async fn open_instances(test_db: &TestDatabase, n: usize) -> Vec<Database> {
         instances.push(test_db.open(MIGRATIONS).await);
     }
     instances
+}
+
+/// Stores an item: the effect the tests count.
+pub fn insert_item(conn: &mut DbConnection, id: &str) -> QueryResult<usize> {
+    diesel::insert_into(items::table)
+        .values((items::id.eq(id), items::n.eq(1_i64)))
+        .execute(conn)
+}
+
+/// How many items are stored.
+pub async fn count_items(db: &Database) -> i64 {
+    db.read(|conn| {
+        items::table
+            .count()
+            .get_result::<i64>(conn)
+            .map_err(TestError::from)
+    })
+    .await
+    .expect("counts")
 }
 
 #[derive(Debug, thiserror::Error)]
