@@ -118,32 +118,52 @@ pub(crate) fn find_payment(
     })
 }
 
-/// Records a charge about to be sent to the gateway, its attempt starting `at`. A unique
+/// Records a charge about to be sent to the gateway, its attempt starting `at`, unless the
+/// order was voided; answers whether it did. The check and the insert are one statement
+/// (`INSERT … SELECT … WHERE NOT EXISTS`): one round trip on PostgreSQL, not two. The
+/// caller holds the order's charge lock, so no void commits in between. A unique
 /// violation means a concurrent call for the same order inserted first.
-pub(crate) fn insert_pending(
+pub(crate) fn insert_pending_unless_voided(
     conn: &mut DbConnection,
     id: Uuid,
     order_id: Uuid,
     amount: &Money,
     customer_email: &str,
     at: NaiveDateTime,
-) -> QueryResult<()> {
+) -> QueryResult<bool> {
+    use diesel::dsl::{exists, not};
+    use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
     per_backend!(conn, |conn| {
+        let order_key = order_id.to_string();
+        let values = diesel::select((
+            id.to_string().into_sql::<Text>(),
+            order_key.clone().into_sql::<Text>(),
+            amount.amount.into_sql::<BigInt>(),
+            amount.currency.clone().into_sql::<Text>(),
+            customer_email.to_owned().into_sql::<Text>(),
+            PENDING.into_sql::<Text>(),
+            0_i64.into_sql::<BigInt>(),
+            Some(at).into_sql::<Nullable<Timestamp>>(),
+            at.into_sql::<Timestamp>(),
+            at.into_sql::<Timestamp>(),
+        ))
+        .filter(not(exists(voided_charges::table.find(order_key))));
         diesel::insert_into(payments::table)
-            .values((
-                payments::id.eq(id.to_string()),
-                payments::order_id.eq(order_id.to_string()),
-                payments::amount.eq(amount.amount),
-                payments::currency.eq(&amount.currency),
-                payments::customer_email.eq(customer_email),
-                payments::status.eq(PENDING),
-                payments::refunded_amount.eq(0_i64),
-                payments::attempt_started_at.eq(Some(at)),
-                payments::created_at.eq(at),
-                payments::updated_at.eq(at),
+            .values(values)
+            .into_columns((
+                payments::id,
+                payments::order_id,
+                payments::amount,
+                payments::currency,
+                payments::customer_email,
+                payments::status,
+                payments::refunded_amount,
+                payments::attempt_started_at,
+                payments::created_at,
+                payments::updated_at,
             ))
             .execute(conn)
-            .map(|_| ())
+            .map(|inserted| inserted == 1)
     })
 }
 

@@ -184,10 +184,7 @@ impl BillingService {
                     // A first charge races a refund that would void the order (`void`):
                     // the two decide on each other's rows being absent, so they take turns.
                     chassis::db::lock_key(conn, &voiding_key(order_id))?;
-                    if repo::is_voided(conn, order_id)? {
-                        return Err(BillingError::ChargeVoided { order_id }.into());
-                    }
-                    repo::insert_pending(
+                    let recorded = repo::insert_pending_unless_voided(
                         conn,
                         Uuid::now_v7(),
                         order_id,
@@ -195,7 +192,11 @@ impl BillingService {
                         &customer_email,
                         at,
                     )?;
-                    return Ok(Begun::Attempt(at));
+                    return if recorded {
+                        Ok(Begun::Attempt(at))
+                    } else {
+                        Err(BillingError::ChargeVoided { order_id }.into())
+                    };
                 };
                 if stored.amount != amount {
                     return Err(BillingError::ChargeConflict { order_id }.into());

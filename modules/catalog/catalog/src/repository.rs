@@ -10,7 +10,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use uuid::Uuid;
 
-use crate::schema::{products, reservation_lines, reservations};
+use crate::schema::{products, reservations};
 
 diesel::define_sql_function!(fn lower(text: diesel::sql_types::Text) -> diesel::sql_types::Text);
 
@@ -270,14 +270,14 @@ pub(crate) fn find_reservation(
     conn: &mut DbConnection,
     order_id: Uuid,
 ) -> QueryResult<Option<StoredReservation>> {
-    let status: Option<String> = per_backend!(conn, |conn| {
+    let found: Option<(String, String)> = per_backend!(conn, |conn| {
         reservations::table
             .find(order_id.to_string())
-            .select(reservations::status)
+            .select((reservations::status, reservations::lines))
             .get_result(conn)
             .optional()
     })?;
-    let Some(status) = status else {
+    let Some((status, lines)) = found else {
         return Ok(None);
     };
     let status = ReservationStatus::parse(&status).ok_or_else(|| {
@@ -285,35 +285,47 @@ pub(crate) fn find_reservation(
             format!("unknown reservation status {status:?}").into(),
         )
     })?;
-    let lines = reservation_lines(conn, order_id)?;
-    Ok(Some(StoredReservation { status, lines }))
+    Ok(Some(StoredReservation {
+        status,
+        lines: decode_lines(&lines)?,
+    }))
 }
 
-/// The lines of a reservation, by product id.
-pub(crate) fn reservation_lines(
-    conn: &mut DbConnection,
-    order_id: Uuid,
-) -> QueryResult<Vec<StockLine>> {
-    per_backend!(conn, |conn| {
-        let rows: Vec<(String, i64)> = reservation_lines::table
-            .filter(reservation_lines::order_id.eq(order_id.to_string()))
-            .select((reservation_lines::product_id, reservation_lines::quantity))
-            .order(reservation_lines::product_id.asc())
-            .load(conn)?;
-        Ok(rows
-            .into_iter()
-            .map(|(product_id, quantity)| StockLine {
-                product_id: Uuid::parse_str(&product_id).unwrap_or_default(),
-                quantity: u32::try_from(quantity).unwrap_or(u32::MAX),
-            })
-            .collect())
-    })
+/// A reservation's lines as its row keeps them: `[[product id, quantity], …]`, in the
+/// order given (sorted by product id: `domain::normalize_lines`).
+fn encode_lines(lines: &[StockLine]) -> String {
+    let pairs: Vec<(Uuid, u32)> = lines
+        .iter()
+        .map(|line| (line.product_id, line.quantity))
+        .collect();
+    // A vector of UUIDs and integers always encodes.
+    serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".to_owned())
 }
 
+fn decode_lines(stored: &str) -> QueryResult<Vec<StockLine>> {
+    let pairs: Vec<(Uuid, u32)> = serde_json::from_str(stored).map_err(|error| {
+        diesel::result::Error::DeserializationError(
+            format!("a reservation's lines {stored:?}: {error}").into(),
+        )
+    })?;
+    let mut lines: Vec<StockLine> = pairs
+        .into_iter()
+        .map(|(product_id, quantity)| StockLine {
+            product_id,
+            quantity,
+        })
+        .collect();
+    lines.sort_by_key(|line| line.product_id);
+    Ok(lines)
+}
+
+/// Records an order's reservation with its lines, in one row. A unique violation means a
+/// reservation of that order is stored already.
 pub(crate) fn insert_reservation(
     conn: &mut DbConnection,
     order_id: Uuid,
     status: ReservationStatus,
+    lines: &[StockLine],
 ) -> QueryResult<()> {
     per_backend!(conn, |conn| {
         let at = now();
@@ -323,43 +335,26 @@ pub(crate) fn insert_reservation(
                 reservations::status.eq(status.as_str()),
                 reservations::created_at.eq(at),
                 reservations::updated_at.eq(at),
+                reservations::lines.eq(encode_lines(lines)),
             ))
             .execute(conn)
             .map(|_| ())
     })
 }
 
-pub(crate) fn insert_reservation_lines(
-    conn: &mut DbConnection,
-    order_id: Uuid,
-    lines: &[StockLine],
-) -> QueryResult<()> {
-    per_backend!(conn, |conn| {
-        let key = order_id.to_string();
-        for line in lines {
-            diesel::insert_into(reservation_lines::table)
-                .values((
-                    reservation_lines::order_id.eq(&key),
-                    reservation_lines::product_id.eq(line.product_id.to_string()),
-                    reservation_lines::quantity.eq(i64::from(line.quantity)),
-                ))
-                .execute(conn)?;
-        }
-        Ok(())
-    })
-}
-
-/// Moves an order's reservation from `from` to `to`; answers whether it did. The status
-/// in the `WHERE` clause makes the move happen once: of concurrent callers (PostgreSQL
-/// runs them at once; the second waits for the first's row lock, then finds the status
-/// moved) exactly one sees a row updated, and only that one may move the stock.
+/// Moves an order's reservation from `from` to `to`; answers its lines if it did, `None`
+/// if it was not in `from`. The status in the `WHERE` clause makes the move happen once:
+/// of concurrent callers (PostgreSQL runs them at once; the second waits for the first's
+/// row lock, then finds the status moved) exactly one sees a row updated, and only that
+/// one may move the stock. The lines come back with the move (`RETURNING`), not by a look
+/// of their own.
 pub(crate) fn move_reservation(
     conn: &mut DbConnection,
     order_id: Uuid,
     from: ReservationStatus,
     to: ReservationStatus,
-) -> QueryResult<bool> {
-    per_backend!(conn, |conn| {
+) -> QueryResult<Option<Vec<StockLine>>> {
+    let moved: Option<String> = per_backend!(conn, |conn| {
         update(
             reservations::table,
             reservations::order_id
@@ -370,7 +365,9 @@ pub(crate) fn move_reservation(
                 reservations::updated_at.eq(now()),
             ),
         )
-        .execute(conn)
-        .map(|rows| rows == 1)
-    })
+        .returning(reservations::lines)
+        .get_result(conn)
+        .optional()
+    })?;
+    moved.as_deref().map(decode_lines).transpose()
 }

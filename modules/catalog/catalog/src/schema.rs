@@ -21,17 +21,9 @@ diesel::table! {
         status -> Text,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        /// JSON: `[[product id, quantity], …]`, sorted by product id.
+        lines -> Text,
     }
 }
 
-diesel::table! {
-    reservation_lines (order_id, product_id) {
-        order_id -> Text,
-        product_id -> Text,
-        quantity -> BigInt,
-    }
-}
-
-diesel::joinable!(reservation_lines -> reservations (order_id));
-diesel::joinable!(reservation_lines -> products (product_id));
-diesel::allow_tables_to_appear_in_same_query!(products, reservations, reservation_lines);
+diesel::allow_tables_to_appear_in_same_query!(products, reservations);

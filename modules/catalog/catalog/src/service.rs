@@ -184,7 +184,7 @@ impl CatalogService {
             .write(move |conn| {
                 // The move first, without a look: the common call finds the reservation in
                 // `from`, and the look is a round trip on PostgreSQL.
-                if !repo::move_reservation(conn, order_id, from, to)? {
+                let Some(lines) = repo::move_reservation(conn, order_id, from, to)? else {
                     // Not in `from`: moved already (by an earlier or a concurrent call, which
                     // moved the stock too), in another state, or unknown.
                     let now = repo::find_reservation(conn, order_id)?
@@ -194,8 +194,7 @@ impl CatalogService {
                     } else {
                         Err(conflict(order_id, now.status))
                     };
-                }
-                let lines = repo::reservation_lines(conn, order_id)?;
+                };
                 for line in &lines {
                     apply(conn, line.product_id, i64::from(line.quantity))?;
                 }
@@ -227,7 +226,7 @@ impl CatalogService {
                 }
                 // A reservation stored already (by an earlier or a concurrent call) fails
                 // this insert on its key, which rolls this try back; `reserve` looks then.
-                repo::insert_reservation(conn, order_id, ReservationStatus::Reserved)?;
+                repo::insert_reservation(conn, order_id, ReservationStatus::Reserved, &lines)?;
                 for line in &lines {
                     let Some(after) = repo::hold(conn, line.product_id, i64::from(line.quantity))?
                     else {
@@ -243,7 +242,6 @@ impl CatalogService {
                     let before = after.stock.available + i64::from(line.quantity);
                     raise_if_low(events, threshold, before, &after)?;
                 }
-                repo::insert_reservation_lines(conn, order_id, &lines)?;
                 Ok(reservation(
                     order_id,
                     StoredReservation {
@@ -352,7 +350,7 @@ impl Catalog for CatalogService {
             .write(move |conn| {
                 if repo::find_reservation(conn, order_id)?.is_none() {
                     // Remember the release, so that a reserve arriving late is refused.
-                    repo::insert_reservation(conn, order_id, ReservationStatus::Released)?;
+                    repo::insert_reservation(conn, order_id, ReservationStatus::Released, &[])?;
                     return Ok(Some(Reservation {
                         order_id,
                         status: ReservationStatus::Released,

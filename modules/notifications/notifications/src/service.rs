@@ -1,5 +1,6 @@
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -85,6 +86,12 @@ struct Lane {
     /// How many slots there are: the most deliveries one claim takes.
     size: usize,
     wake: Arc<Notify>,
+    /// Whether deliveries of this kind may be due that nobody holds a slot for: recorded
+    /// for the worker by the handler, or left over by a claim that filled every free slot.
+    /// A slot that frees up wakes the worker only then — otherwise every e-mail sent would
+    /// cost a look for due deliveries (a round trip on PostgreSQL) that finds none.
+    /// Retries fall due later, and the worker's poll finds them.
+    backlog: Arc<AtomicBool>,
 }
 
 impl Lane {
@@ -94,6 +101,20 @@ impl Lane {
             slots: Arc::new(Semaphore::new(size)),
             size,
             wake: Arc::new(Notify::new()),
+            backlog: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Deliveries were left for the worker: it claims them now, or when a slot frees up.
+    fn left_for_worker(&self) {
+        self.backlog.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// A slot was given back: the worker claims with it if anything is waiting.
+    fn slot_freed(&self) {
+        if self.backlog.load(Ordering::SeqCst) {
+            self.wake.notify_one();
         }
     }
 }
@@ -442,10 +463,10 @@ impl NotificationsService {
             self.spawn_attempt(row, slot);
         }
         if recorded.mails_for_worker {
-            self.mail_lane.wake.notify_one();
+            self.mail_lane.left_for_worker();
         }
         if recorded.webhooks_for_worker {
-            self.webhook_lane.wake.notify_one();
+            self.webhook_lane.left_for_worker();
         }
         Ok(Applied::Handled)
     }
@@ -461,7 +482,7 @@ impl NotificationsService {
                 let kind = Kind::of(&row);
                 service.attempt(row).await;
                 drop(slot);
-                service.lane(kind).wake.notify_one();
+                service.lane(kind).slot_freed();
             }
             .in_current_span(),
         );
@@ -725,9 +746,16 @@ impl NotificationsService {
             let free = lane.slots.available_permits();
             let mut claimed_all = false;
             if free > 0 {
+                // This claim takes what is due now; what is recorded after it sets the
+                // backlog again (and rings).
+                lane.backlog.store(false, Ordering::SeqCst);
                 match self.claim_due(kind, free).await {
                     Ok(claimed) => {
                         claimed_all = claimed.len() == free;
+                        if claimed_all {
+                            // More may be due than there were slots for.
+                            lane.backlog.store(true, Ordering::SeqCst);
+                        }
                         for row in claimed {
                             // Only the handler takes slots besides this worker, and only
                             // e-mail slots for e-mails it sends at once: a wait here is
@@ -739,6 +767,7 @@ impl NotificationsService {
                         }
                     }
                     Err(error) => {
+                        lane.backlog.store(true, Ordering::SeqCst);
                         tracing::warn!(%error, ?kind, "cannot claim due deliveries");
                     }
                 }

@@ -104,13 +104,12 @@ pub(crate) fn insert_order(
         diesel::insert_into(orders::table)
             .values(order)
             .execute(c)?;
-        // One statement per line: batch inserts are not in the common SQL of both backends.
-        for line in lines {
-            diesel::insert_into(order_lines::table)
-                .values(line)
-                .execute(c)?;
-        }
-        Ok(())
+        // All lines in one multi-row statement: one round trip on PostgreSQL, whatever
+        // the number of lines.
+        diesel::insert_into(order_lines::table)
+            .values(lines)
+            .execute(c)
+            .map(|_| ())
     })
 }
 
