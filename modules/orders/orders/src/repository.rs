@@ -8,7 +8,7 @@ use orders_contract::{Money, Order, OrderLine, OrderStatus, RejectionReason};
 use uuid::Uuid;
 
 use crate::domain::Step;
-use crate::schema::{idempotency_keys, order_lines, orders};
+use crate::schema::{idempotency_keys, orders};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = orders)]
@@ -29,13 +29,14 @@ pub(crate) struct OrderRow {
     pub(crate) saga_error: Option<String>,
     pub(crate) created_at: NaiveDateTime,
     pub(crate) updated_at: NaiveDateTime,
+    /// The lines, encoded by [`encode_lines`].
+    pub(crate) lines: String,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = order_lines)]
+/// An order line as its order's row keeps it (one element of the `lines` JSON array, in
+/// line order): prices snapshotted when the order was placed, never changed after.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct LineRow {
-    pub(crate) order_id: String,
-    pub(crate) position: i64,
     pub(crate) product_id: String,
     pub(crate) sku: String,
     pub(crate) name: String,
@@ -44,7 +45,22 @@ pub(crate) struct LineRow {
     pub(crate) line_total: i64,
 }
 
+/// The `lines` column of an order's row.
+pub(crate) fn encode_lines(lines: &[LineRow]) -> String {
+    // Strings and integers always encode.
+    serde_json::to_string(lines).unwrap_or_else(|_| "[]".to_owned())
+}
+
 impl OrderRow {
+    /// The lines stored with the order.
+    pub(crate) fn lines(&self) -> QueryResult<Vec<LineRow>> {
+        serde_json::from_str(&self.lines).map_err(|error| {
+            diesel::result::Error::DeserializationError(
+                format!("the lines of order {}: {error}", self.id).into(),
+            )
+        })
+    }
+
     pub(crate) fn order_id(&self) -> Uuid {
         // Ids are written by this module only, always as UUIDs.
         Uuid::parse_str(&self.id).unwrap_or_default()
@@ -95,19 +111,11 @@ impl OrderRow {
     }
 }
 
-pub(crate) fn insert_order(
-    conn: &mut DbConnection,
-    order: &OrderRow,
-    lines: &[LineRow],
-) -> QueryResult<()> {
+/// Stores a new order, its lines in its row (`order.lines`): one statement.
+pub(crate) fn insert_order(conn: &mut DbConnection, order: &OrderRow) -> QueryResult<()> {
     per_backend!(conn, |c| {
         diesel::insert_into(orders::table)
             .values(order)
-            .execute(c)?;
-        // All lines in one multi-row statement: one round trip on PostgreSQL, whatever
-        // the number of lines.
-        diesel::insert_into(order_lines::table)
-            .values(lines)
             .execute(c)
             .map(|_| ())
     })
@@ -155,31 +163,11 @@ pub(crate) fn find_row(conn: &mut DbConnection, id: Uuid) -> QueryResult<Option<
         .optional())
 }
 
-pub(crate) fn lines_of(conn: &mut DbConnection, ids: &[String]) -> QueryResult<Vec<LineRow>> {
-    per_backend!(conn, |conn| {
-        order_lines::table
-            .filter(order_lines::order_id.eq_any(ids))
-            .order((order_lines::order_id.asc(), order_lines::position.asc()))
-            .select(LineRow::as_select())
-            .load(conn)
-    })
-}
-
-/// One order's lines. (By `=`, not [`lines_of`]: diesel keeps this statement prepared, but
-/// never one with an `IN` list.)
-pub(crate) fn lines_of_order(conn: &mut DbConnection, order_id: &str) -> QueryResult<Vec<LineRow>> {
-    per_backend!(conn, |c| order_lines::table
-        .filter(order_lines::order_id.eq(order_id))
-        .order(order_lines::position.asc())
-        .select(LineRow::as_select())
-        .load(c))
-}
-
 pub(crate) fn find_order(conn: &mut DbConnection, id: Uuid) -> QueryResult<Option<Order>> {
     let Some(row) = find_row(conn, id)? else {
         return Ok(None);
     };
-    let lines = lines_of_order(conn, &row.id)?;
+    let lines = row.lines()?;
     Ok(Some(row.into_order(lines)))
 }
 
@@ -202,17 +190,12 @@ pub(crate) fn list_by_customer(
         }
         query.load(conn)
     })?;
-    let ids: Vec<String> = rows.iter().map(|row| row.id.clone()).collect();
-    let mut lines = lines_of(conn, &ids)?;
-    Ok(rows
-        .into_iter()
+    rows.into_iter()
         .map(|row| {
-            let (mine, rest): (Vec<LineRow>, Vec<LineRow>) =
-                lines.drain(..).partition(|line| line.order_id == row.id);
-            lines = rest;
-            row.into_order(mine)
+            let lines = row.lines()?;
+            Ok(row.into_order(lines))
         })
-        .collect())
+        .collect()
 }
 
 /// Takes the saga of `id` for the run `owner` until `lease_until`, unless a lease still

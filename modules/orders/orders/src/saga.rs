@@ -114,7 +114,7 @@ impl Saga {
             .db
             .read(move |conn| {
                 let row = repo::find_row(conn, id)?.ok_or(Error::OrderNotFound(id))?;
-                let lines = repo::lines_of_order(conn, &row.id)?;
+                let lines = row.lines()?;
                 Ok::<_, Error>((row, lines))
             })
             .await?;

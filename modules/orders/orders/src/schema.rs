@@ -18,19 +18,8 @@ diesel::table! {
         saga_error -> Nullable<Text>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
-    }
-}
-
-diesel::table! {
-    order_lines (order_id, position) {
-        order_id -> Text,
-        position -> BigInt,
-        product_id -> Text,
-        sku -> Text,
-        name -> Text,
-        quantity -> BigInt,
-        unit_price -> BigInt,
-        line_total -> BigInt,
+        /// JSON: the lines in order (`repository::LineRow`).
+        lines -> Text,
     }
 }
 
@@ -43,6 +32,5 @@ diesel::table! {
     }
 }
 
-diesel::joinable!(order_lines -> orders (order_id));
 diesel::joinable!(idempotency_keys -> orders (order_id));
-diesel::allow_tables_to_appear_in_same_query!(orders, order_lines, idempotency_keys);
+diesel::allow_tables_to_appear_in_same_query!(orders, idempotency_keys);

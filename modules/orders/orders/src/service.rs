@@ -135,8 +135,6 @@ impl OrdersService {
                 .checked_add(line_total)
                 .ok_or_else(|| Error::Validation("lines: the order total is too large".into()))?;
             lines.push(LineRow {
-                order_id: key.clone(),
-                position: position as i64,
                 product_id: product.id.to_string(),
                 sku: product.sku,
                 name: product.name,
@@ -163,6 +161,7 @@ impl OrdersService {
             saga_error: None,
             created_at: now,
             updated_at: now,
+            lines: repo::encode_lines(&lines),
         };
         let stored_key = idempotency_key.clone();
         let (saga_row, saga_lines) = (row.clone(), lines.clone());
@@ -170,7 +169,7 @@ impl OrdersService {
         let stored = self
             .db
             .write(move |conn| {
-                repo::insert_order(conn, &row, &lines)?;
+                repo::insert_order(conn, &row)?;
                 if let Some(key) = &stored_key {
                     repo::insert_idempotency_key(conn, key, &fingerprint, id)?;
                 }

@@ -80,11 +80,19 @@ async fn reservations_keep_their_lines(backend: Backend) {
     lines.sort_by_key(|line| line.product_id);
     let committed = port.commit(reserved).await.expect("commits");
     assert_eq!(committed.status, ReservationStatus::Committed);
-    assert_eq!(committed.lines, lines, "the lines stored before the upgrade");
+    assert_eq!(
+        committed.lines, lines,
+        "the lines stored before the upgrade"
+    );
     let again = port.commit(reserved).await.expect("answers as is");
     assert_eq!(again.lines, lines, "read back from the row");
     for (product, on_hand) in [(a, 7), (b, 4)] {
-        let stock = module.service().product(product).await.expect("reads").stock;
+        let stock = module
+            .service()
+            .product(product)
+            .await
+            .expect("reads")
+            .stock;
         assert_eq!((stock.on_hand, stock.reserved), (on_hand, 0), "{product}");
     }
 

@@ -249,7 +249,9 @@ async fn an_smtp_server_that_never_answers_fails_the_attempt_after_smtp_timeout(
 
 /// The handler sends an e-mail itself only with a free e-mail slot (`notifications.concurrency`):
 /// while an SMTP server that never answers holds the only one, the next order's e-mail is
-/// recorded, left unattempted, and attempted by the worker once the slot is free.
+/// recorded, left unattempted, and attempted by the worker once the slot is free. The
+/// worker's poll is an hour away: the freed slot itself wakes it, because an e-mail was
+/// left for it.
 #[tokio::test]
 async fn an_e_mail_waits_for_a_free_e_mail_slot() {
     let (port, accepted) = support::hanging_server().await;
@@ -260,6 +262,7 @@ async fn an_e_mail_waits_for_a_free_e_mail_slot() {
         smtp_timeout: Duration::from_millis(500),
         concurrency: 1,
         max_attempts: 1,
+        poll_interval: Duration::from_secs(3600),
         ..quick_settings()
     };
     let local = support::local(Backend::Sqlite, settings)

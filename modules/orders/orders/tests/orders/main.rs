@@ -6,3 +6,4 @@ mod conformance;
 mod http_api;
 mod saga;
 mod support;
+mod upgrade;

@@ -276,19 +276,7 @@ diesel::table! {
         saga_deadline -> Timestamp,
         created_at -> Timestamp,
         updated_at -> Timestamp,
-    }
-}
-
-diesel::table! {
-    order_lines (order_id, position) {
-        order_id -> Text,
-        position -> BigInt,
-        product_id -> Text,
-        sku -> Text,
-        name -> Text,
-        quantity -> BigInt,
-        unit_price -> BigInt,
-        line_total -> BigInt,
+        lines -> Text,
     }
 }
 
@@ -301,6 +289,15 @@ pub(crate) async fn insert_pending(db: &Database, item: &Product, step: &str) ->
     let now = chassis::db::utc_now();
     let compensating = matches!(step, "refund" | "release");
     let step = step.to_owned();
+    let lines = serde_json::json!([{
+        "product_id": item.id,
+        "sku": item.sku,
+        "name": item.name,
+        "quantity": 1,
+        "unit_price": item.price.amount,
+        "line_total": item.price.amount,
+    }])
+    .to_string();
     let item = item.clone();
     db.write(move |conn| {
         diesel::insert_into(stored_orders::table)
@@ -317,18 +314,7 @@ pub(crate) async fn insert_pending(db: &Database, item: &Product, step: &str) ->
                 stored_orders::saga_deadline.eq(now + chrono::Duration::minutes(5)),
                 stored_orders::created_at.eq(now),
                 stored_orders::updated_at.eq(now),
-            ))
-            .execute(conn)?;
-        diesel::insert_into(order_lines::table)
-            .values((
-                order_lines::order_id.eq(&key),
-                order_lines::position.eq(0_i64),
-                order_lines::product_id.eq(item.id.to_string()),
-                order_lines::sku.eq(&item.sku),
-                order_lines::name.eq(&item.name),
-                order_lines::quantity.eq(1_i64),
-                order_lines::unit_price.eq(item.price.amount),
-                order_lines::line_total.eq(item.price.amount),
+                stored_orders::lines.eq(lines.clone()),
             ))
             .execute(conn)?;
         Ok::<_, orders::Error>(())
