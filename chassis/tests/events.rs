@@ -766,6 +766,72 @@ async fn a_live_relay_takes_over_a_dead_relays_rows_after_the_lease() {
     live.abort();
 }
 
+/// A relay's claims after a wake-up look from a floor a little below the rows it found last
+/// (so that the dead entries a PostgreSQL index keeps of published rows are not walked on
+/// every claim). A dead relay's rows, far below that floor by the time its lease runs out,
+/// are still taken over: by the claim from the start that the safety-net poll makes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_relays_rows_far_below_the_claims_floor_are_taken_over_after_the_lease() {
+    let Some(test_db) = TestDatabase::postgres() else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    let dead_key: Vec<Envelope> = (0..5).map(|n| event("dead", n)).collect();
+    for event in dead_key.clone() {
+        commit_event(&db, event).await;
+    }
+    let bus = Arc::new(InProcessBus::new());
+    let recorder = Arc::new(Recorder::default());
+    subscribe(&bus, &db, "survivor", recorder.clone()).await;
+    let settings = RelaySettings {
+        lease: Duration::from_secs(2),
+        ..quick_relay()
+    };
+    let dead = OutboxRelay::new("test", db.clone(), bus.clone(), settings);
+    assert_eq!(dead.claim().await.expect("claims").len(), 5);
+    drop(dead);
+    let live = OutboxRelay::new("test", db.clone(), bus.clone(), settings).spawn();
+    // Far more rows after them than the floor's slack (1,000), committed while the lease
+    // holds, one key each: the live relay's floor moves well past the dead relay's rows.
+    let later = 1_500;
+    for chunk in 0..15 {
+        db.write_with_events(move |_conn, events| {
+            for n in 0..100 {
+                events.push(event(&format!("later-{chunk}-{n}"), n));
+            }
+            Ok::<_, TestError>(())
+        })
+        .await
+        .expect("commits");
+    }
+    eventually("the later rows went out", || {
+        recorder.handled.load(Ordering::SeqCst) >= later
+    })
+    .await;
+    eventually("the dead relay's rows were taken over", || {
+        recorder.handled.load(Ordering::SeqCst) == later + dead_key.len()
+    })
+    .await;
+    let taken_over: Vec<_> = recorder
+        .ids()
+        .into_iter()
+        .filter(|id| dead_key.iter().any(|event| event.id == *id))
+        .collect();
+    assert_eq!(
+        taken_over,
+        dead_key.iter().map(|event| event.id).collect::<Vec<_>>(),
+        "all of them, in order"
+    );
+    for _ in 0..400 {
+        if pending(&db).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(pending(&db).await, 0, "every row marked published");
+    live.abort();
+}
+
 /// Rows of two ages: `old` of each table from 2020, each a second older than the next (so
 /// that the purge's chunks, which end at a row's age, hold a thousand each), and ten from
 /// 2999.

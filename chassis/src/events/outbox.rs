@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -192,6 +193,10 @@ pub async fn stats(db: &Database) -> Result<OutboxStats, DbError> {
     .await
 }
 
+/// How far below the first row its last claim found a relay's next claim starts looking:
+/// room for rows that commit after rows inserted later (two instances' writers at once).
+const SCAN_SLACK: i64 = 1000;
+
 /// Publishes one module's outbox.
 pub struct OutboxRelay {
     module: String,
@@ -199,6 +204,13 @@ pub struct OutboxRelay {
     db: Database,
     bus: Arc<dyn EventBus>,
     settings: RelaySettings,
+    /// Where the claims after a wake-up start looking (`seq >=`): [`SCAN_SLACK`] below the
+    /// first row the last claim found. Below it lie published rows and rows other relays
+    /// hold — on PostgreSQL, until a vacuum, a trail of dead entries in the index of
+    /// pending rows that a claim from the start would walk every time (BENCHMARKS.md,
+    /// "Orders on PostgreSQL"). The safety-net poll claims from the start, so a row below
+    /// it (a dead relay's, once its lease ran out) waits at most `poll_interval`.
+    floor: AtomicI64,
 }
 
 impl std::fmt::Debug for OutboxRelay {
@@ -222,6 +234,7 @@ impl OutboxRelay {
             db,
             bus,
             settings,
+            floor: AtomicI64::new(0),
         }
     }
 
@@ -241,6 +254,7 @@ impl OutboxRelay {
         let permits = Arc::new(Semaphore::new(self.settings.max_in_flight.max(1)));
         let mut reported = Instant::now();
         let mut purged = Instant::now();
+        let mut scanned_all = Instant::now();
         self.report_backlog().await;
         self.purge().await;
         loop {
@@ -256,7 +270,14 @@ impl OutboxRelay {
             let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                 return;
             };
-            match self.claim().await {
+            // From the start once per `poll_interval`, from the floor otherwise.
+            let from = if scanned_all.elapsed() >= self.settings.poll_interval {
+                scanned_all = Instant::now();
+                0
+            } else {
+                self.floor.load(AtomicOrdering::Relaxed)
+            };
+            match self.claim_from(from).await {
                 Ok(batch) if !batch.is_empty() => {
                     let full = batch.len() >= self.settings.batch_size as usize;
                     let relay = Arc::clone(&self);
@@ -281,15 +302,30 @@ impl OutboxRelay {
         }
     }
 
-    /// Claims up to a batch of pending rows for this relay, in order.
+    /// Claims up to a batch of pending rows for this relay, in order, looking from the
+    /// first row of the outbox.
     pub async fn claim(&self) -> Result<Vec<Claimed>, DbError> {
+        self.claim_from(0).await
+    }
+
+    /// Claims up to a batch of pending rows from `seq` `from` on, and moves the floor to
+    /// [`SCAN_SLACK`] below the first claimable row found.
+    async fn claim_from(&self, from: i64) -> Result<Vec<Claimed>, DbError> {
         let owner = self.owner.clone();
         let batch = i64::from(self.settings.batch_size);
         let lease = chrono::Duration::from_std(self.settings.lease)
             .unwrap_or(chrono::Duration::seconds(30));
-        self.db
-            .write(move |conn| claim(conn, &owner, batch, lease))
-            .await
+        let (claimed, first) = self
+            .db
+            .write(move |conn| claim(conn, &owner, batch, lease, from))
+            .await?;
+        if let Some(first) = first {
+            self.floor.store(
+                first.saturating_sub(SCAN_SLACK).max(0),
+                AtomicOrdering::Relaxed,
+            );
+        }
+        Ok(claimed)
     }
 
     /// Publishes claimed rows and marks them sent; on a bus error, gives the rows back.
@@ -310,11 +346,14 @@ impl OutboxRelay {
         if let Err(error) = self.publish_holding_lease(events, &seqs).await {
             tracing::warn!(module = %self.module, %error, "cannot publish; the rows stay in the outbox");
             let owner = self.owner.clone();
-            if let Err(error) = self
+            let lowest = seqs.iter().copied().min().unwrap_or(0);
+            let released = self
                 .db
                 .write(move |conn| release(conn, &owner, &seqs))
-                .await
-            {
+                .await;
+            // The next claim looks at them again, however far the floor moved meanwhile.
+            self.floor.fetch_min(lowest, AtomicOrdering::Relaxed);
+            if let Err(error) = released {
                 tracing::warn!(module = %self.module, %error, "cannot release outbox rows; their lease will run out");
             }
             tokio::time::sleep(self.settings.poll_interval).await;
@@ -474,17 +513,21 @@ impl OutboxRelay {
     }
 }
 
+/// Claims up to `batch` pending rows from `seq` `from` on; answers them, and the first
+/// claimable row found (claimed or not: its key may be held elsewhere).
 fn claim(
     conn: &mut DbConnection,
     owner: &str,
     batch: i64,
     lease: chrono::Duration,
-) -> Result<Vec<Claimed>, DbError> {
+    from: i64,
+) -> Result<(Vec<Claimed>, Option<i64>), DbError> {
     let now = utc_now();
     macro_rules! candidates {
         () => {
             outbox::table
                 .filter(outbox::published_at.is_null())
+                .filter(outbox::seq.ge(from))
                 .filter(
                     outbox::lease_until
                         .is_null()
@@ -500,8 +543,9 @@ fn claim(
         DbConnection::Sqlite(sqlite) => candidates!().load(sqlite)?,
     };
     let Some(max_seq) = candidates.last().map(|(seq, _, _)| *seq) else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     };
+    let first = candidates.first().map(|(seq, _, _)| *seq);
     let mut held: HashMap<&str, i64> = HashMap::new();
     for (_, key, _) in &candidates {
         *held.entry(key.as_str()).or_default() += 1;
@@ -533,7 +577,7 @@ fn claim(
             outbox::lease_until.eq(now + lease),
         ))
         .execute(conn)?;
-    Ok(claimed)
+    Ok((claimed, first))
 }
 
 fn mark_published(conn: &mut DbConnection, seqs: &[i64]) -> Result<(), DbError> {
