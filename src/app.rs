@@ -4,8 +4,8 @@ use std::sync::Arc;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
-use billing_contract::{Billing, HttpBilling};
-use catalog_contract::{Catalog, HttpCatalog};
+use billing_contract::HttpBilling;
+use catalog_contract::HttpCatalog;
 use chassis::config::Placement;
 use chassis::db::{Backend, Database, PoolOptions};
 use chassis::events::dead_letters::DeadLetters;
@@ -145,10 +145,10 @@ fn local_orders(
     ports: &mut Ports,
 ) -> anyhow::Result<Arc<dyn LocalModule>> {
     let catalog = ports
-        .get::<dyn Catalog>()
+        .get::<dyn catalog_contract::Catalog>()
         .context("the catalog port is missing")?;
     let billing = ports
-        .get::<dyn Billing>()
+        .get::<dyn billing_contract::Billing>()
         .context("the billing port is missing")?;
     let module = orders::OrdersModule::new(
         db,

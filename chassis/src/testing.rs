@@ -150,6 +150,30 @@ impl TestDatabase {
         &self.url
     }
 
+    /// Applies a module's own `migrations` up to and including `version` (the chassis's
+    /// are not applied), then runs `rows`: data stored as that schema laid it out, for a
+    /// test that the migrations after it keep it. [`open`](Self::open) applies the rest.
+    pub fn store_at_version(&self, migrations: Migrations, version: &str, rows: &str) {
+        use diesel::Connection as _;
+        match &self.cleanup {
+            Cleanup::Folder { .. } => {
+                let path = self.url.sqlite_path().unwrap_or_default();
+                let mut conn = match diesel::SqliteConnection::establish(path) {
+                    Ok(conn) => conn,
+                    Err(error) => panic!("cannot open {path}: {error}"),
+                };
+                store_at_version(&mut conn, migrations.sqlite, version, rows);
+            }
+            Cleanup::Postgres { .. } => {
+                let mut conn = match establish_postgres(self.url.expose()) {
+                    Ok(conn) => conn,
+                    Err(error) => panic!("cannot reach {}: {error}", self.url),
+                };
+                store_at_version(&mut conn, migrations.postgres, version, rows);
+            }
+        }
+    }
+
     /// Opens a pool on this database and applies `migrations`.
     pub async fn open(&self, migrations: Migrations) -> Database {
         let options = PoolOptions {
@@ -164,6 +188,42 @@ impl TestDatabase {
             panic!("cannot migrate test database {}: {error}", self.url);
         }
         db
+    }
+}
+
+fn store_at_version<DB, C>(
+    conn: &mut C,
+    migrations: &diesel_migrations::EmbeddedMigrations,
+    version: &str,
+    rows: &str,
+) where
+    DB: diesel::backend::Backend,
+    C: diesel_migrations::MigrationHarness<DB> + SimpleConnection,
+    diesel_migrations::EmbeddedMigrations: diesel::migration::MigrationSource<DB>,
+{
+    let all = match diesel::migration::MigrationSource::<DB>::migrations(migrations) {
+        Ok(all) => all,
+        Err(error) => panic!("cannot list the migrations: {error}"),
+    };
+    // Creates diesel's table of applied migrations, which `run_migration` expects.
+    match conn.applied_migrations() {
+        Ok(applied) if applied.is_empty() => {}
+        Ok(applied) => panic!("the database is not fresh: {applied:?}"),
+        Err(error) => panic!("cannot read the applied migrations: {error}"),
+    }
+    let mut reached = false;
+    for migration in &all {
+        if let Err(error) = conn.run_migration(migration.as_ref()) {
+            panic!("cannot apply {}: {error}", migration.name());
+        }
+        if migration.name().version().to_string() == version {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "no migration {version}");
+    if let Err(error) = conn.batch_execute(rows) {
+        panic!("cannot store the rows: {error}");
     }
 }
 

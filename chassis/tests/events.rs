@@ -756,13 +756,7 @@ async fn a_live_relay_takes_over_a_dead_relays_rows_after_the_lease() {
         "not before the lease ran out"
     );
     // The handler sees an event before the relay marks it published.
-    for _ in 0..400 {
-        if pending(&db).await == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(pending(&db).await, 0, "every row marked published");
+    all_published(&db).await;
     live.abort();
 }
 
@@ -822,13 +816,7 @@ async fn a_dead_relays_rows_far_below_the_claims_floor_are_taken_over_after_the_
         dead_key.iter().map(|event| event.id).collect::<Vec<_>>(),
         "all of them, in order"
     );
-    for _ in 0..400 {
-        if pending(&db).await == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(pending(&db).await, 0, "every row marked published");
+    all_published(&db).await;
     live.abort();
 }
 

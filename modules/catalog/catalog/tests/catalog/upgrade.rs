@@ -6,32 +6,7 @@ use catalog::{CatalogModule, MIGRATIONS};
 use catalog_contract::{CatalogError, ReservationStatus, StockLine};
 use chassis::db::Backend;
 use chassis::testing::TestDatabase;
-use diesel::backend::Backend as DieselBackend;
-use diesel::connection::SimpleConnection;
-use diesel::migration::MigrationSource;
-use diesel::{Connection, PgConnection, SqliteConnection};
-use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 use uuid::Uuid;
-
-/// Applies only the catalog's first migration, then stores rows as it laid them out.
-fn store_before_the_upgrade<DB, C>(conn: &mut C, migrations: &EmbeddedMigrations, rows: &str)
-where
-    DB: DieselBackend,
-    C: MigrationHarness<DB> + SimpleConnection,
-    EmbeddedMigrations: MigrationSource<DB>,
-{
-    let all = MigrationSource::<DB>::migrations(migrations).expect("the catalog's migrations");
-    let first = all
-        .iter()
-        .find(|migration| migration.name().version().to_string() == "catalog0001")
-        .expect("catalog0001 is embedded");
-    // Creates diesel's table of applied migrations, which `run_migration` expects.
-    let none = conn.applied_migrations().expect("an empty database");
-    assert!(none.is_empty(), "a fresh database: {none:?}");
-    conn.run_migration(first.as_ref())
-        .expect("applies catalog0001");
-    conn.batch_execute(rows).expect("stores the old rows");
-}
 
 async fn reservations_keep_their_lines(backend: Backend) {
     let Some(db) = TestDatabase::new(backend) else {
@@ -50,17 +25,7 @@ async fn reservations_keep_their_lines(backend: Backend) {
          INSERT INTO reservation_lines (order_id, product_id, quantity) VALUES \
              ('{reserved}', '{b}', 1), ('{reserved}', '{a}', 3);"
     );
-    match backend {
-        Backend::Sqlite => {
-            let path = db.url().sqlite_path().expect("a SQLite file");
-            let mut conn = SqliteConnection::establish(path).expect("opens");
-            store_before_the_upgrade(&mut conn, MIGRATIONS.sqlite, &rows);
-        }
-        Backend::Postgres => {
-            let mut conn = PgConnection::establish(db.url().expose()).expect("connects");
-            store_before_the_upgrade(&mut conn, MIGRATIONS.postgres, &rows);
-        }
-    }
+    db.store_at_version(MIGRATIONS, "catalog0001", &rows);
 
     // Opening applies what is left: the chassis's tables and catalog0002.
     let database = db.open(MIGRATIONS).await;

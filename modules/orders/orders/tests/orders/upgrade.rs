@@ -10,35 +10,10 @@ use catalog_contract::MockCatalog;
 use chassis::db::Backend;
 use chassis::page::PageRequest;
 use chassis::testing::TestDatabase;
-use diesel::backend::Backend as DieselBackend;
-use diesel::connection::SimpleConnection;
-use diesel::migration::MigrationSource;
-use diesel::{Connection, PgConnection, SqliteConnection};
-use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 use orders_contract::{Money, OrderLine, OrderStatus};
 use uuid::Uuid;
 
 use crate::support::settings;
-
-/// Applies only the orders module's first migration, then stores rows as it laid them out.
-fn store_before_the_upgrade<DB, C>(conn: &mut C, migrations: &EmbeddedMigrations, rows: &str)
-where
-    DB: DieselBackend,
-    C: MigrationHarness<DB> + SimpleConnection,
-    EmbeddedMigrations: MigrationSource<DB>,
-{
-    let all = MigrationSource::<DB>::migrations(migrations).expect("the orders migrations");
-    let first = all
-        .iter()
-        .find(|migration| migration.name().version().to_string() == "orders0001")
-        .expect("orders0001 is embedded");
-    // Creates diesel's table of applied migrations, which `run_migration` expects.
-    let none = conn.applied_migrations().expect("an empty database");
-    assert!(none.is_empty(), "a fresh database: {none:?}");
-    conn.run_migration(first.as_ref())
-        .expect("applies orders0001");
-    conn.batch_execute(rows).expect("stores the old rows");
-}
 
 fn line(product_id: Uuid, sku: &str, quantity: u32, unit_price: i64) -> OrderLine {
     OrderLine {
@@ -71,17 +46,7 @@ async fn orders_keep_their_lines(backend: Backend) {
              ('{older}', 0, '{first}', 'A', 'Name of A', 2, 500, 1000), \
              ('{newer}', 0, '{second}', 'B', 'Name of B', 3, 100, 300);"
     );
-    match backend {
-        Backend::Sqlite => {
-            let path = db.url().sqlite_path().expect("a SQLite file");
-            let mut conn = SqliteConnection::establish(path).expect("opens");
-            store_before_the_upgrade(&mut conn, MIGRATIONS.sqlite, &rows);
-        }
-        Backend::Postgres => {
-            let mut conn = PgConnection::establish(db.url().expose()).expect("connects");
-            store_before_the_upgrade(&mut conn, MIGRATIONS.postgres, &rows);
-        }
-    }
+    db.store_at_version(MIGRATIONS, "orders0001", &rows);
 
     // Opening applies what is left: the chassis's tables and orders0002.
     let database = db.open(MIGRATIONS).await;
