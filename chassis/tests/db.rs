@@ -137,6 +137,55 @@ async fn an_unreachable_postgres_is_unavailable_and_never_becomes_a_sqlite_file(
     );
 }
 
+#[derive(QueryableByName)]
+struct Encrypted {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    ssl: bool,
+}
+
+/// A PostgreSQL on this host is spoken to in plaintext when nothing asks for TLS (libpq's
+/// default would negotiate it, at a price on every round trip): reads and writes alike.
+#[tokio::test]
+async fn a_postgres_on_a_loopback_address_is_reached_without_tls_unless_asked_for() {
+    let Some(test_db) = TestDatabase::postgres() else {
+        return;
+    };
+    let url = url::Url::parse(test_db.url().expose()).expect("a URL");
+    let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+    let decided = url.query_pairs().any(|(key, _)| key == "sslmode")
+        || std::env::var_os("PGSSLMODE").is_some()
+        || std::env::var_os("PGSERVICE").is_some();
+    if !loopback || decided {
+        let message = format!(
+            "this test needs {} on a loopback address, without sslmode, PGSSLMODE or \
+             PGSERVICE",
+            chassis::testing::POSTGRES_URL_VAR
+        );
+        assert!(std::env::var("CI").is_err(), "{message}");
+        eprintln!("SKIPPED: {message}");
+        return;
+    }
+    let db = test_db.open(MIGRATIONS).await;
+    let query = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    let read = db
+        .read(move |conn| {
+            chassis::per_backend!(conn, |conn| diesel::sql_query(query)
+                .get_result::<Encrypted>(conn))
+            .map_err(DbError::from)
+        })
+        .await
+        .expect("reads");
+    let written = db
+        .write(move |conn| {
+            chassis::per_backend!(conn, |conn| diesel::sql_query(query)
+                .get_result::<Encrypted>(conn))
+            .map_err(DbError::from)
+        })
+        .await
+        .expect("writes");
+    assert!(!read.ssl && !written.ssl, "plaintext on loopback");
+}
+
 /// On PostgreSQL the writes spread round-robin over 4 handles on the one database, as 4
 /// processes would make them; on SQLite they all go through one.
 async fn failed_writes_leave_concurrent_ones_committed(backend: Backend) {

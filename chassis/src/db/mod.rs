@@ -30,6 +30,7 @@
 //! connection through [`per_backend!`](crate::per_backend), which spares diesel's
 //! `MultiConnection` rendering their SQL on every execution.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -617,7 +618,48 @@ struct Manager {
 /// first, without that handler, rules it out.
 pub(crate) fn establish_postgres(url: &str) -> diesel::ConnectionResult<diesel::PgConnection> {
     openssl_sys::init();
-    diesel::PgConnection::establish(url)
+    let ssl_mode_set = |var| std::env::var_os(var).is_some_and(|value| !value.is_empty());
+    let environment_decides = ssl_mode_set("PGSSLMODE") || ssl_mode_set("PGSERVICE");
+    diesel::PgConnection::establish(&plaintext_first_on_loopback(url, environment_decides))
+}
+
+/// The URL libpq is given: on a loopback address with nothing saying how to use TLS, asks
+/// for `sslmode=allow` — plaintext first, TLS if the server insists (a `hostssl`-only
+/// `pg_hba.conf`).
+///
+/// libpq's default, `prefer`, negotiates TLS even with a server on the same host, where it
+/// protects nothing: the traffic never leaves the machine, and `prefer` accepts plaintext
+/// anyway, so it guarantees no more than `allow`. On PostgreSQL every statement is a round
+/// trip, and TLS on each cost 10 – 40 % of the orders a second (BENCHMARKS.md, "Orders on
+/// PostgreSQL"). An `sslmode` or a `service` in the URL, or `PGSSLMODE` or `PGSERVICE` in
+/// the environment (`environment_decides`), is left to decide; so is every other host.
+fn plaintext_first_on_loopback(url: &str, environment_decides: bool) -> Cow<'_, str> {
+    if environment_decides {
+        return Cow::Borrowed(url);
+    }
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return Cow::Borrowed(url);
+    };
+    // `postgres://` is not a scheme the URL standard knows, so its host comes as text.
+    let loopback = match parsed.host() {
+        Some(url::Host::Ipv4(address)) => address.is_loopback(),
+        Some(url::Host::Ipv6(address)) => address.is_loopback(),
+        Some(url::Host::Domain(name)) => {
+            name.eq_ignore_ascii_case("localhost")
+                || name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|address| address.is_loopback())
+        }
+        None => false,
+    };
+    let decided = parsed
+        .query_pairs()
+        .any(|(key, _)| key == "sslmode" || key == "service");
+    if !loopback || decided {
+        return Cow::Borrowed(url);
+    }
+    parsed.query_pairs_mut().append_pair("sslmode", "allow");
+    Cow::Owned(parsed.into())
 }
 
 /// `wal_autocheckpoint` is only a backstop: each database's checkpointer thread keeps the
@@ -708,4 +750,50 @@ pub fn is_unique_violation(error: &diesel::result::Error) -> bool {
         error,
         diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plaintext_first_on_loopback as url_for_libpq;
+
+    #[test]
+    fn a_loopback_server_is_asked_for_plaintext_first() {
+        for (given, expected) in [
+            (
+                "postgres://u@127.0.0.1:5432/db",
+                "postgres://u@127.0.0.1:5432/db?sslmode=allow",
+            ),
+            (
+                "postgres://u@localhost/db?connect_timeout=5",
+                "postgres://u@localhost/db?connect_timeout=5&sslmode=allow",
+            ),
+            (
+                "postgres://u@[::1]/db",
+                "postgres://u@[::1]/db?sslmode=allow",
+            ),
+            (
+                "postgresql://u@127.0.0.2/db",
+                "postgresql://u@127.0.0.2/db?sslmode=allow",
+            ),
+        ] {
+            assert_eq!(url_for_libpq(given, false), expected, "{given}");
+        }
+    }
+
+    #[test]
+    fn tls_is_left_to_libpq_when_anything_says_how_to_use_it_or_the_server_is_elsewhere() {
+        for given in [
+            "postgres://u@127.0.0.1/db?sslmode=require",
+            "postgres://u@127.0.0.1/db?service=bazaar",
+            "postgres://u@db.internal:5432/db",
+            "postgres://u@10.0.0.5/db",
+            // A Unix socket: libpq never uses TLS on one.
+            "postgres://u@%2Fvar%2Frun%2Fpostgresql/db",
+        ] {
+            assert_eq!(url_for_libpq(given, false), given);
+        }
+        // `PGSSLMODE` or `PGSERVICE` in the environment.
+        let loopback = "postgres://u@127.0.0.1/db";
+        assert_eq!(url_for_libpq(loopback, true), loopback);
+    }
 }
