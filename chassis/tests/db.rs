@@ -166,24 +166,17 @@ async fn a_postgres_on_a_loopback_address_is_reached_without_tls_unless_asked_fo
         return;
     }
     let db = test_db.open(MIGRATIONS).await;
-    let query = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
-    let read = db
-        .read(move |conn| {
-            chassis::per_backend!(conn, |conn| diesel::sql_query(query)
-                .get_result::<Encrypted>(conn))
-            .map_err(DbError::from)
-        })
-        .await
-        .expect("reads");
-    let written = db
-        .write(move |conn| {
-            chassis::per_backend!(conn, |conn| diesel::sql_query(query)
-                .get_result::<Encrypted>(conn))
-            .map_err(DbError::from)
-        })
-        .await
-        .expect("writes");
-    assert!(!read.ssl && !written.ssl, "plaintext on loopback");
+    // Whether this connection is encrypted.
+    fn encrypted(conn: &mut chassis::db::DbConnection) -> Result<bool, DbError> {
+        let query = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+        chassis::per_backend!(conn, |conn| diesel::sql_query(query)
+            .get_result::<Encrypted>(conn))
+        .map(|row| row.ssl)
+        .map_err(DbError::from)
+    }
+    let read = db.read(encrypted).await.expect("reads");
+    let written = db.write(encrypted).await.expect("writes");
+    assert!(!read && !written, "plaintext on loopback");
 }
 
 /// On PostgreSQL the writes spread round-robin over 4 handles on the one database, as 4
