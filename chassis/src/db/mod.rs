@@ -630,7 +630,7 @@ pub(crate) fn establish_postgres(url: &str) -> diesel::ConnectionResult<diesel::
 /// libpq's default, `prefer`, negotiates TLS even with a server on the same host, where it
 /// protects nothing: the traffic never leaves the machine, and `prefer` accepts plaintext
 /// anyway, so it guarantees no more than `allow`. On PostgreSQL every statement is a round
-/// trip, and TLS on each cost 10 – 40 % of the orders a second (BENCHMARKS.md, "Orders on
+/// trip, and TLS on each cost 8 – 30 % of the orders a second (BENCHMARKS.md, "Orders on
 /// PostgreSQL"). An `sslmode` or a `service` in the URL, or `PGSSLMODE` or `PGSERVICE` in
 /// the environment (`environment_decides`), is left to decide; so is every other host.
 fn plaintext_first_on_loopback(url: &str, environment_decides: bool) -> Cow<'_, str> {
