@@ -463,41 +463,35 @@ impl OutboxRelay {
             let purged = self
                 .db
                 .write(move |conn| {
-                    // Each table's chunk ends at the age of its `PURGE_CHUNK`-th oldest row
-                    // (or at the cutoff, when fewer are older), found through its index.
-                    let sent_until = crate::per_backend!(conn, |conn| outbox::table
-                        .select(outbox::published_at)
-                        .filter(outbox::published_at.lt(cutoff))
-                        .order(outbox::published_at.asc())
-                        .offset(PURGE_CHUNK - 1)
-                        .limit(1)
-                        .get_result::<Option<NaiveDateTime>>(conn)
-                        .optional())?
-                    .flatten()
-                    .unwrap_or(cutoff);
-                    let sent = crate::per_backend!(conn, |conn| diesel::delete(
-                        outbox::table
-                            .filter(outbox::published_at.lt(cutoff))
-                            .filter(outbox::published_at.le(sent_until))
-                    )
-                    .execute(conn))?;
+                    // Deletes the rows of `$table` whose `$age` is before the cutoff, up to
+                    // the age of its `PURGE_CHUNK`-th oldest such row (all of them, when
+                    // fewer), found through the column's index. `$selected` is `$age` read
+                    // as not null: the filter leaves no null.
+                    macro_rules! purge_chunk {
+                        ($table:ident, $age:expr, $selected:expr) => {{
+                            let until = crate::per_backend!(conn, |conn| $table::table
+                                .select($selected)
+                                .filter($age.lt(cutoff))
+                                .order($age.asc())
+                                .offset(PURGE_CHUNK - 1)
+                                .limit(1)
+                                .get_result::<NaiveDateTime>(conn)
+                                .optional())?
+                            .unwrap_or(cutoff);
+                            crate::per_backend!(conn, |conn| diesel::delete(
+                                $table::table.filter($age.lt(cutoff)).filter($age.le(until))
+                            )
+                            .execute(conn))?
+                        }};
+                    }
+                    let sent = purge_chunk!(
+                        outbox,
+                        outbox::published_at,
+                        outbox::published_at.assume_not_null()
+                    );
                     // Redeliveries come within a lease or two; a day-old handled id is not
                     // needed to recognise one.
-                    let handled_until = crate::per_backend!(conn, |conn| inbox::table
-                        .select(inbox::handled_at)
-                        .filter(inbox::handled_at.lt(cutoff))
-                        .order(inbox::handled_at.asc())
-                        .offset(PURGE_CHUNK - 1)
-                        .limit(1)
-                        .get_result::<NaiveDateTime>(conn)
-                        .optional())?
-                    .unwrap_or(cutoff);
-                    let handled = crate::per_backend!(conn, |conn| diesel::delete(
-                        inbox::table
-                            .filter(inbox::handled_at.lt(cutoff))
-                            .filter(inbox::handled_at.le(handled_until))
-                    )
-                    .execute(conn))?;
+                    let handled = purge_chunk!(inbox, inbox::handled_at, inbox::handled_at);
                     Ok::<_, DbError>(sent.max(handled))
                 })
                 .await;
