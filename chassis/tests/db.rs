@@ -6,7 +6,7 @@
 mod common;
 
 use chassis::config::DatabaseUrl;
-use chassis::db::{Backend, Database, DbError, PoolOptions};
+use chassis::db::{Backend, Database, DbConnection, DbError, DeferredRow, PoolOptions};
 use chassis::testing::{TestDatabase, racing_instances};
 use common::{MIGRATIONS, TestError, count_items, insert_item, items, open_instances};
 use diesel::prelude::*;
@@ -532,6 +532,133 @@ async fn writes_waiting_together_commit_in_one_transaction_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_waiting_together_commit_in_one_transaction_on_postgres() {
     writes_waiting_together_commit_in_one_transaction(Backend::Postgres).await;
+}
+
+/// An item a write leaves to its batch.
+// `treat_none_as_default_value = false`: rows SQLite takes in one statement (diesel inserts
+// rows that may hold `DEFAULT` one by one there).
+#[derive(Insertable)]
+#[diesel(table_name = common::items, treat_none_as_default_value = false)]
+struct DeferredItem {
+    id: String,
+    n: i64,
+}
+
+impl DeferredRow for DeferredItem {
+    fn insert_all(conn: &mut DbConnection, rows: &[Self]) -> QueryResult<()> {
+        chassis::per_backend!(conn, |conn| diesel::insert_into(common::items::table)
+            .values(rows)
+            .execute(conn)
+            .map(|_| ()))
+    }
+}
+
+/// Six writes queued together behind a held writer, each leaving the item `ids[n]` to its
+/// batch: what each answered (whether its item went in, or its key was taken) and how many
+/// times each ran.
+async fn six_deferring_writes_in_one_batch(
+    db: &Database,
+    ids: [&'static str; 6],
+) -> (Vec<Result<bool, TestError>>, Vec<usize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let holder = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.write(|conn| {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                insert_item(conn, "holder").map_err(TestError::from)
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let runs: Arc<Vec<AtomicUsize>> = Arc::new((0..6).map(|_| AtomicUsize::new(0)).collect());
+    let writes = ids.into_iter().enumerate().map(|(n, id)| {
+        let runs = Arc::clone(&runs);
+        db.write_with_events(move |conn, at_commit| {
+            runs[n].fetch_add(1, Ordering::SeqCst);
+            let item = DeferredItem {
+                id: id.to_owned(),
+                n: 1,
+            };
+            match at_commit.insert_at_commit(conn, item) {
+                Ok(()) => Ok::<_, TestError>(true),
+                Err(error) if chassis::db::is_unique_violation(&error) => Ok(false),
+                Err(error) => Err(error.into()),
+            }
+        })
+    });
+    let answers = futures::future::join_all(writes).await;
+    holder.await.expect("task ran").expect("the holder commits");
+    let runs = runs.iter().map(|n| n.load(Ordering::SeqCst)).collect();
+    (answers, runs)
+}
+
+/// Rows the writes of a batch leave to it go in together: one multi-row `INSERT` in the
+/// batch's transaction, before its commit.
+async fn rows_left_to_a_batch_go_in_one_insert(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    let before = db.work_counts();
+    let (answers, runs) =
+        six_deferring_writes_in_one_batch(&db, ["a", "b", "c", "d", "e", "f"]).await;
+    assert!(
+        answers.iter().all(|answer| matches!(answer, Ok(true))),
+        "{answers:?}"
+    );
+    assert_eq!(runs, [1; 6], "each write ran once");
+    let after = db.work_counts();
+    assert_eq!(after.transactions - before.transactions, 2);
+    // The holder's insert, one insert of the six items, `BEGIN` and `COMMIT` of each
+    // transaction.
+    assert_eq!(after.statements - before.statements, 1 + 1 + 2 * 2);
+    assert_eq!(count_items(&db).await, 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_left_to_a_batch_go_in_one_insert_on_sqlite() {
+    rows_left_to_a_batch_go_in_one_insert(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_left_to_a_batch_go_in_one_insert_on_postgres() {
+    rows_left_to_a_batch_go_in_one_insert(Backend::Postgres).await;
+}
+
+/// Two writes of a batch leave rows with one key: the batch's insert fails, and every
+/// write runs again alone, inserting at once, so that the second sees the key taken — as
+/// it would have without the deferral — and the others commit once.
+async fn a_row_left_to_a_batch_that_breaks_a_key_fails_only_its_write(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    let (answers, runs) =
+        six_deferring_writes_in_one_batch(&db, ["a", "b", "twice", "c", "twice", "d"]).await;
+    let answers: Vec<bool> = answers
+        .into_iter()
+        .map(|answer| answer.expect("every write answers"))
+        .collect();
+    assert_eq!(answers, [true, true, true, true, false, true]);
+    assert_eq!(runs, [2; 6], "the batch, then each write alone");
+    assert_eq!(
+        count_items(&db).await,
+        6,
+        "the holder and five distinct items"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_left_to_a_batch_that_breaks_a_key_fails_only_its_write_on_sqlite() {
+    a_row_left_to_a_batch_that_breaks_a_key_fails_only_its_write(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_left_to_a_batch_that_breaks_a_key_fails_only_its_write_on_postgres() {
+    a_row_left_to_a_batch_that_breaks_a_key_fails_only_its_write(Backend::Postgres).await;
 }
 
 /// A server that refuses connections (gone, or a database taken offline): a write is

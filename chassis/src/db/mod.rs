@@ -7,7 +7,9 @@
 //! PostgreSQL because each statement is a round trip and a transaction per write cost
 //! `BEGIN`, `COMMIT` and a WAL flush each. A write may therefore run more than once (a
 //! batch one of its writes fails is run again without it): its closure is `FnMut`, and
-//! acts only through its connection. Several instances of a module on one PostgreSQL
+//! acts only through its connection. A write may leave new rows nothing in its batch reads
+//! to the batch, which inserts each kind in one statement before it commits
+//! ([`DeferredRow`], `Events::insert_at_commit`). Several instances of a module on one PostgreSQL
 //! database write concurrently, each through its own writer; correctness between them
 //! comes from the statements themselves (conditional updates, unique keys, [`lock_key`]).
 //!
@@ -40,9 +42,12 @@ use diesel::prelude::*;
 use diesel::r2d2::R2D2Connection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 
+mod deferred;
 mod update;
 mod writer;
 
+pub(crate) use deferred::DeferredInserts;
+pub use deferred::DeferredRow;
 pub use update::{Update, UpdateReturning, update};
 
 use writer::Writer;

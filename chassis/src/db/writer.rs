@@ -21,6 +21,11 @@
 //! answer. So a write may run more than once, and each run must act only through its
 //! connection: whatever it did is rolled back with the batch. Failures are rare on the hot
 //! path (a duplicate key, an order out of stock), and cost one batch's re-run.
+//!
+//! **Rows left to the batch.** A write that shares its transaction may leave rows nothing
+//! in the batch reads to be inserted just before the commit, each kind in one multi-row
+//! statement with the other writes' (`deferred`). If that insert breaks a key, the batch is
+//! rolled back and every write runs again alone, where rows are inserted at once.
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -31,7 +36,7 @@ use diesel::Connection;
 use diesel::connection::SimpleConnection;
 use diesel::r2d2::R2D2Connection;
 
-use super::{Backend, DbConnection, DbError, Manager, PoolManager};
+use super::{Backend, DbConnection, DbError, DeferredInserts, Manager, PoolManager};
 use crate::config::DatabaseUrl;
 use crate::events::Events;
 use crate::events::outbox::{self, OutboxRow};
@@ -58,8 +63,8 @@ enum Ran {
 /// A write waiting for the writer, with its caller's answer slot.
 trait Write: Send {
     /// Runs the write (once more) inside the batch's open transaction, adding the events it
-    /// raised to `raised`, which the batch writes to the outbox in one statement.
-    fn run(&mut self, conn: &mut DbConnection, raised: &mut Vec<OutboxRow>) -> Ran;
+    /// raised and the rows it deferred to `left`, which the batch writes before it commits.
+    fn run(&mut self, conn: &mut DbConnection, left: &mut LeftToBatch) -> Ran;
     /// Answers the caller with the last run's outcome. `ended` is how that run's
     /// transaction ended: committed, or not (and why) — a write that succeeded in a
     /// transaction that did not commit answers that error instead.
@@ -78,15 +83,24 @@ where
     T: Send,
     E: From<DbError> + Send,
 {
-    fn run(&mut self, conn: &mut DbConnection, raised: &mut Vec<OutboxRow>) -> Ran {
+    fn run(&mut self, conn: &mut DbConnection, left: &mut LeftToBatch) -> Ran {
+        let sharing = left.deferred.is_some();
         let run = || {
-            let mut events = Events::default();
+            let mut events = if sharing {
+                Events::sharing()
+            } else {
+                Events::default()
+            };
             let value = (self.work)(conn, &mut events)?;
-            Ok((value, outbox::encode(events).map_err(E::from)?))
+            let deferred = events.take_deferred();
+            Ok((value, outbox::encode(events).map_err(E::from)?, deferred))
         };
         match catch_unwind(AssertUnwindSafe(run)) {
-            Ok(Ok((value, rows))) => {
-                raised.extend(rows);
+            Ok(Ok((value, rows, deferred))) => {
+                left.raised.extend(rows);
+                if let (Some(batch), Some(deferred)) = (&mut left.deferred, deferred) {
+                    batch.extend(deferred);
+                }
                 self.outcome = Some(Ok(value));
                 Ran::Succeeded
             }
@@ -333,6 +347,9 @@ enum Ended {
     Committed { raised: usize },
     /// The write at this position failed: the transaction was rolled back.
     Failed { at: usize, panicked: bool },
+    /// Every write ran, and inserting the rows they deferred failed (a key broken by one
+    /// of them): the transaction was rolled back.
+    DeferredFailed,
     /// The transaction could not begin: no write ran.
     NotBegun(DbError),
     /// Every write ran, and the commit failed.
@@ -348,6 +365,9 @@ fn commit_batch(
     let mut waiting: VecDeque<Box<dyn Write>> = batch.into();
     // The first `together` writes waiting run in one transaction.
     let mut together = waiting.len();
+    // After the rows some writes deferred broke a key, every write runs alone, so that
+    // the error reaches the one that broke it (`deferred`'s module docs).
+    let mut one_at_a_time = false;
     // A connection found dead before anything ran on it (the server restarted while it
     // was idle) is replaced, and the batch tried on the new one, once.
     let mut may_reconnect = true;
@@ -361,7 +381,7 @@ fn commit_batch(
                 return;
             }
         };
-        match run_together(conn, waiting.range_mut(..together)) {
+        match run_together(conn, waiting.range_mut(..together), together > 1) {
             Ended::Committed { raised } => {
                 if raised > 0 {
                     outbox_signal.notify_one();
@@ -416,24 +436,47 @@ fn commit_batch(
                 together = at;
                 continue;
             }
+            Ended::DeferredFailed if !connection.survived() => {
+                let error = lost(&connection.url);
+                for write in waiting.drain(..together) {
+                    write.answer(Err(passed_on(&error)));
+                }
+            }
+            Ended::DeferredFailed => {
+                one_at_a_time = true;
+                together = 1;
+                continue;
+            }
         }
-        together = waiting.len();
+        together = if one_at_a_time { 1 } else { waiting.len() };
     }
 }
 
-/// Runs `writes` in one transaction, and the events they raised in the outbox, committed
-/// if every one succeeds.
+/// What the writes of one transaction leave to be written before it commits.
+struct LeftToBatch {
+    /// The events raised, for the outbox.
+    raised: Vec<OutboxRow>,
+    /// The rows deferred; `None` when a write runs alone, and inserts at once.
+    deferred: Option<DeferredInserts>,
+}
+
+/// Runs `writes` in one transaction, then the rows they deferred (when `sharing`) and the
+/// events they raised in the outbox, committed if every one succeeds.
 fn run_together<'a>(
     conn: &mut DbConnection,
     writes: impl Iterator<Item = &'a mut Box<dyn Write>>,
+    sharing: bool,
 ) -> Ended {
     let mut failed = None;
     let mut begun = false;
-    let mut raised = Vec::new();
+    let mut left = LeftToBatch {
+        raised: Vec::new(),
+        deferred: sharing.then(DeferredInserts::default),
+    };
     let committed = conn.transaction(|conn| {
         begun = true;
         for (at, write) in writes.enumerate() {
-            let panicked = match write.run(conn, &mut raised) {
+            let panicked = match write.run(conn, &mut left) {
                 Ran::Succeeded => continue,
                 Ran::Failed => false,
                 Ran::Panicked => true,
@@ -441,12 +484,18 @@ fn run_together<'a>(
             failed = Some(Ended::Failed { at, panicked });
             return Err(DbError::from(diesel::result::Error::RollbackTransaction));
         }
-        outbox::append(conn, &raised)
+        if let Some(deferred) = &left.deferred
+            && deferred.flush(conn).is_err()
+        {
+            failed = Some(Ended::DeferredFailed);
+            return Err(DbError::from(diesel::result::Error::RollbackTransaction));
+        }
+        outbox::append(conn, &left.raised)
     });
     match (failed, committed) {
         (Some(failed), _) => failed,
         (None, Ok(())) => Ended::Committed {
-            raised: raised.len(),
+            raised: left.raised.len(),
         },
         (None, Err(error)) if !begun => Ended::NotBegun(error),
         (None, Err(error)) => Ended::NotCommitted(error),

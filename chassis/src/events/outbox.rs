@@ -20,16 +20,54 @@ use tokio::sync::Semaphore;
 
 use super::schema::{inbox, outbox};
 use super::{Envelope, EventBus};
-use crate::db::{Backend, Database, DbConnection, DbError, update, utc_now};
+use crate::db::{
+    Backend, Database, DbConnection, DbError, DeferredInserts, DeferredRow, update, utc_now,
+};
 
-/// The events a transaction raises; pushed by module code inside
-/// `Database::write_with_events`, written to the outbox before the transaction commits.
+/// What a write leaves to its batch, written before the batch commits: the events it
+/// raises (pushed by module code inside `Database::write_with_events`, to the outbox) and
+/// the rows it inserts at commit ([`Events::insert_at_commit`]).
 #[derive(Debug, Default)]
 pub struct Events {
     events: Vec<Envelope>,
+    /// `Some` while the write shares its batch's transaction with others; `None` when it
+    /// runs alone, and deferring would gain nothing.
+    deferred: Option<DeferredInserts>,
 }
 
 impl Events {
+    /// For a write that shares its transaction: its deferred rows go to the batch.
+    pub(crate) fn sharing() -> Self {
+        Self {
+            events: Vec::new(),
+            deferred: Some(DeferredInserts::default()),
+        }
+    }
+
+    /// Inserts `row` — with the other rows of its kind of the batch, in one statement
+    /// just before the batch commits, when this write shares its transaction; at once,
+    /// when it runs alone. For rows no write of the batch reads: a duplicate key fails the
+    /// batch at the flush, and the writer then runs each of its writes alone, where this
+    /// insert's error reaches the write (`chassis::db::deferred`).
+    pub fn insert_at_commit<R: DeferredRow>(
+        &mut self,
+        conn: &mut DbConnection,
+        row: R,
+    ) -> diesel::QueryResult<()> {
+        match &mut self.deferred {
+            Some(deferred) => {
+                deferred.push(row);
+                Ok(())
+            }
+            None => R::insert_all(conn, std::slice::from_ref(&row)),
+        }
+    }
+
+    /// The rows deferred, for the batch.
+    pub(crate) fn take_deferred(&mut self) -> Option<DeferredInserts> {
+        self.deferred.take()
+    }
+
     pub fn push(&mut self, event: Envelope) {
         self.events.push(event);
     }
@@ -82,6 +120,10 @@ pub(crate) struct OutboxRow {
 /// Encodes `events` for the outbox: done inside the write that raised them, so that an
 /// event that cannot be encoded fails that write alone.
 pub(crate) fn encode(events: Events) -> Result<Vec<OutboxRow>, DbError> {
+    debug_assert!(
+        events.deferred.as_ref().is_none_or(|rows| rows.len() == 0),
+        "the deferred rows are taken first"
+    );
     events
         .events
         .into_iter()

@@ -5,7 +5,7 @@
 //! one does; the other reads what the winner wrote.
 
 use billing_contract::{Money, Payment, PaymentStatus};
-use chassis::db::{DbConnection, update};
+use chassis::db::{DbConnection, DeferredRow, update};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -382,8 +382,8 @@ pub(crate) fn next_invoice_number(conn: &mut DbConnection, year: i32) -> QueryRe
     })
 }
 
-#[derive(Debug, Queryable, Selectable, Insertable)]
-#[diesel(table_name = invoices)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = invoices, treat_none_as_default_value = false)]
 pub(crate) struct InvoiceRow {
     pub(crate) id: String,
     pub(crate) number: String,
@@ -406,13 +406,15 @@ impl InvoiceRow {
     }
 }
 
-pub(crate) fn insert_invoice(conn: &mut DbConnection, row: &InvoiceRow) -> QueryResult<()> {
-    per_backend!(conn, |conn| {
-        diesel::insert_into(invoices::table)
-            .values(row)
-            .execute(conn)
-            .map(|_| ())
-    })
+impl DeferredRow for InvoiceRow {
+    fn insert_all(conn: &mut DbConnection, rows: &[Self]) -> QueryResult<()> {
+        per_backend!(conn, |conn| {
+            diesel::insert_into(invoices::table)
+                .values(rows)
+                .execute(conn)
+                .map(|_| ())
+        })
+    }
 }
 
 pub(crate) fn find_invoice(conn: &mut DbConnection, id: Uuid) -> QueryResult<Option<InvoiceRow>> {

@@ -293,7 +293,7 @@ impl BillingService {
                         })?;
                         // Last but the event: the year's counter row, which every capture
                         // locks until it commits, is held for as few round trips as can be.
-                        let invoice = issue_invoice(conn, invoice_id, &payment, at)?;
+                        let invoice = issue_invoice(conn, events, invoice_id, &payment, at)?;
                         let captured = PaymentCaptured {
                             payment_id: payment.id,
                             order_id,
@@ -407,9 +407,11 @@ enum Answer {
     Declined(String),
 }
 
-/// Issues the invoice of a payment captured in this transaction.
+/// Issues the invoice of a payment captured in this transaction. Its number is taken now;
+/// its row, which nothing reads before the batch commits, goes in with the batch's others.
 fn issue_invoice(
     conn: &mut DbConnection,
+    at_commit: &mut Events,
     id: Uuid,
     payment: &Payment,
     at: NaiveDateTime,
@@ -425,7 +427,7 @@ fn issue_invoice(
         currency: payment.amount.currency.clone(),
         issued_at: at,
     };
-    repo::insert_invoice(conn, &row)?;
+    at_commit.insert_at_commit(conn, row.clone())?;
     Ok(row.into_invoice())
 }
 

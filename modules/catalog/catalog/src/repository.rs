@@ -4,7 +4,7 @@
 //! that no interleaving of concurrent reservations can oversell, on SQLite or PostgreSQL.
 
 use catalog_contract::{Money, Product, ReservationStatus, StockLevels, StockLine};
-use chassis::db::{DbConnection, update};
+use chassis::db::{DbConnection, DeferredRow, update};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -323,23 +323,45 @@ fn decode_lines(stored: &str) -> QueryResult<Vec<StockLine>> {
 /// reservation of that order is stored already.
 pub(crate) fn insert_reservation(
     conn: &mut DbConnection,
-    order_id: Uuid,
-    status: ReservationStatus,
-    lines: &[StockLine],
+    reservation: &NewReservation,
 ) -> QueryResult<()> {
-    per_backend!(conn, |conn| {
+    NewReservation::insert_all(conn, std::slice::from_ref(reservation))
+}
+
+/// A reservation's row: its lines in it (`reservations.lines`).
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = reservations, treat_none_as_default_value = false)]
+pub(crate) struct NewReservation {
+    order_id: String,
+    status: String,
+    created_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+    lines: String,
+}
+
+impl NewReservation {
+    pub(crate) fn new(order_id: Uuid, status: ReservationStatus, lines: &[StockLine]) -> Self {
         let at = now();
-        diesel::insert_into(reservations::table)
-            .values((
-                reservations::order_id.eq(order_id.to_string()),
-                reservations::status.eq(status.as_str()),
-                reservations::created_at.eq(at),
-                reservations::updated_at.eq(at),
-                reservations::lines.eq(encode_lines(lines)),
-            ))
-            .execute(conn)
-            .map(|_| ())
-    })
+        Self {
+            order_id: order_id.to_string(),
+            status: status.as_str().to_owned(),
+            created_at: at,
+            updated_at: at,
+            lines: encode_lines(lines),
+        }
+    }
+}
+
+/// A new reservation may be inserted at its batch's commit, with the batch's others.
+impl DeferredRow for NewReservation {
+    fn insert_all(conn: &mut DbConnection, rows: &[Self]) -> QueryResult<()> {
+        per_backend!(conn, |conn| {
+            diesel::insert_into(reservations::table)
+                .values(rows)
+                .execute(conn)
+                .map(|_| ())
+        })
+    }
 }
 
 /// Moves an order's reservation from `from` to `to`; answers its lines if it did, `None`

@@ -226,7 +226,12 @@ impl CatalogService {
                 }
                 // A reservation stored already (by an earlier or a concurrent call) fails
                 // this insert on its key, which rolls this try back; `reserve` looks then.
-                repo::insert_reservation(conn, order_id, ReservationStatus::Reserved, &lines)?;
+                // Nothing reads it before its batch commits: it goes in with the batch's
+                // others (a broken key there runs this try again alone, inserting at once).
+                events.insert_at_commit(
+                    conn,
+                    repo::NewReservation::new(order_id, ReservationStatus::Reserved, &lines),
+                )?;
                 for line in &lines {
                     let Some(after) = repo::hold(conn, line.product_id, i64::from(line.quantity))?
                     else {
@@ -350,7 +355,10 @@ impl Catalog for CatalogService {
             .write(move |conn| {
                 if repo::find_reservation(conn, order_id)?.is_none() {
                     // Remember the release, so that a reserve arriving late is refused.
-                    repo::insert_reservation(conn, order_id, ReservationStatus::Released, &[])?;
+                    repo::insert_reservation(
+                        conn,
+                        &repo::NewReservation::new(order_id, ReservationStatus::Released, &[]),
+                    )?;
                     return Ok(Some(Reservation {
                         order_id,
                         status: ReservationStatus::Released,

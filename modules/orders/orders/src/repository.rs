@@ -1,6 +1,6 @@
 //! The orders module's queries, written once for both backends against `DbConnection`.
 
-use chassis::db::{DbConnection, update, utc_now};
+use chassis::db::{DbConnection, DeferredRow, update, utc_now};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -10,8 +10,10 @@ use uuid::Uuid;
 use crate::domain::Step;
 use crate::schema::{idempotency_keys, orders};
 
+// `None` is inserted as `NULL`, not `DEFAULT`: so SQLite takes a batch's new orders in one
+// statement (diesel inserts rows that may hold `DEFAULT` one by one there).
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = orders)]
+#[diesel(table_name = orders, treat_none_as_default_value = false)]
 pub(crate) struct OrderRow {
     pub(crate) id: String,
     pub(crate) status: String,
@@ -111,33 +113,50 @@ impl OrderRow {
     }
 }
 
-/// Stores a new order, its lines in its row (`order.lines`): one statement.
-pub(crate) fn insert_order(conn: &mut DbConnection, order: &OrderRow) -> QueryResult<()> {
-    per_backend!(conn, |c| {
-        diesel::insert_into(orders::table)
-            .values(order)
-            .execute(c)
-            .map(|_| ())
-    })
+/// A new order, its lines in its row (`order.lines`), is inserted at its batch's commit,
+/// with the batch's other new orders: one statement for them all.
+impl DeferredRow for OrderRow {
+    fn insert_all(conn: &mut DbConnection, rows: &[Self]) -> QueryResult<()> {
+        per_backend!(conn, |c| {
+            diesel::insert_into(orders::table)
+                .values(rows)
+                .execute(c)
+                .map(|_| ())
+        })
+    }
 }
 
-pub(crate) fn insert_idempotency_key(
-    conn: &mut DbConnection,
-    key: &str,
-    hash: &str,
-    order_id: Uuid,
-) -> QueryResult<()> {
-    per_backend!(conn, |conn| {
-        diesel::insert_into(idempotency_keys::table)
-            .values((
-                idempotency_keys::idempotency_key.eq(key),
-                idempotency_keys::request_hash.eq(hash),
-                idempotency_keys::order_id.eq(order_id.to_string()),
-                idempotency_keys::created_at.eq(utc_now()),
-            ))
-            .execute(conn)
-            .map(|_| ())
-    })
+/// An idempotency key stored with its order (inserted after the batch's new orders, which
+/// it refers to).
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = idempotency_keys, treat_none_as_default_value = false)]
+pub(crate) struct IdempotencyKeyRow {
+    pub(crate) idempotency_key: String,
+    pub(crate) request_hash: String,
+    pub(crate) order_id: String,
+    pub(crate) created_at: NaiveDateTime,
+}
+
+impl IdempotencyKeyRow {
+    pub(crate) fn new(key: &str, hash: &str, order_id: Uuid) -> Self {
+        Self {
+            idempotency_key: key.to_owned(),
+            request_hash: hash.to_owned(),
+            order_id: order_id.to_string(),
+            created_at: utc_now(),
+        }
+    }
+}
+
+impl DeferredRow for IdempotencyKeyRow {
+    fn insert_all(conn: &mut DbConnection, rows: &[Self]) -> QueryResult<()> {
+        per_backend!(conn, |c| {
+            diesel::insert_into(idempotency_keys::table)
+                .values(rows)
+                .execute(c)
+                .map(|_| ())
+        })
+    }
 }
 
 /// The order and request fingerprint stored under an idempotency key.

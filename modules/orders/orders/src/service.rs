@@ -168,10 +168,15 @@ impl OrdersService {
         let placed = row.clone().into_order(lines.clone());
         let stored = self
             .db
-            .write(move |conn| {
-                repo::insert_order(conn, &row)?;
+            .write_with_events(move |conn, at_commit| {
+                // Nothing reads a new order before its batch commits: it goes in with the
+                // batch's others, its key after it; a key already taken fails that insert.
+                at_commit.insert_at_commit(conn, row.clone())?;
                 if let Some(key) = &stored_key {
-                    repo::insert_idempotency_key(conn, key, &fingerprint, id)?;
+                    at_commit.insert_at_commit(
+                        conn,
+                        repo::IdempotencyKeyRow::new(key, &fingerprint, id),
+                    )?;
                 }
                 Ok::<_, Error>(())
             })

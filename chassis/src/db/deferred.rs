@@ -1,0 +1,130 @@
+//! Inserts a write leaves to its batch: rows of one kind, from every write of a batch,
+//! inserted in one multi-row statement just before the batch commits
+//! ([`Events::insert_at_commit`](crate::events::Events::insert_at_commit)).
+//!
+//! Why: on PostgreSQL each statement is a round trip, and most of what an order costs
+//! there (BENCHMARKS.md, "Orders on PostgreSQL"). A row nothing in the batch reads — a new
+//! order, a reservation, an invoice — can wait for the end of the batch and go with the
+//! others of its kind, as the batch's events go to the outbox.
+//!
+//! What keeps it correct: the rows are inserted in the batch's own transaction, so they
+//! commit with the writes that made them or not at all. A write whose row breaks a key at
+//! the flush (a repeated call, or two concurrent ones, in one batch) fails the whole batch;
+//! the writer then runs each of its writes again alone, and a write running alone inserts
+//! at once, so the key's error reaches the write that caused it, as it would without the
+//! deferral. Hence the one rule for callers: a deferred row must not be read in its
+//! batch — no write may decide anything on its presence or absence, other than through a
+//! key that fails the flush.
+
+use std::any::{Any, TypeId};
+
+use super::{DbConnection, DbError};
+
+/// Most rows one deferred `INSERT` carries: far below either backend's limit on a
+/// statement's bound values at the widths of the rows deferred (≤ 30 columns).
+const ROWS_PER_INSERT: usize = 100;
+
+/// A row a write may leave to its batch (module docs): how to insert several at once.
+///
+/// Derive its `Insertable` with `treat_none_as_default_value = false` (its `None`s become
+/// `NULL`, not `DEFAULT`): diesel inserts rows that may hold `DEFAULT` one statement per
+/// row on SQLite.
+pub trait DeferredRow: Send + Sized + 'static {
+    /// Inserts `rows` (at most a hundred), in one statement.
+    fn insert_all(conn: &mut DbConnection, rows: &[Self]) -> diesel::QueryResult<()>;
+}
+
+/// The rows deferred in one batch (or one run of a write), grouped by kind in the order
+/// each kind was first deferred: a kind whose rows refer to another's (a foreign key) is
+/// deferred after it, by the write that defers both.
+#[derive(Default)]
+pub(crate) struct DeferredInserts {
+    groups: Vec<Box<dyn Group>>,
+}
+
+impl std::fmt::Debug for DeferredInserts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeferredInserts")
+            .field("rows", &self.len())
+            .finish()
+    }
+}
+
+impl DeferredInserts {
+    pub(crate) fn push<R: DeferredRow>(&mut self, row: R) {
+        let kind = TypeId::of::<R>();
+        match self.groups.iter_mut().find(|group| group.kind() == kind) {
+            Some(group) => {
+                if let Some(rows) = group.as_any_mut().downcast_mut::<Rows<R>>() {
+                    rows.0.push(row);
+                }
+            }
+            None => self.groups.push(Box::new(Rows(vec![row]))),
+        }
+    }
+
+    /// Adds a write's rows to the batch's.
+    pub(crate) fn extend(&mut self, other: Self) {
+        for group in other.groups {
+            match self
+                .groups
+                .iter_mut()
+                .find(|mine| mine.kind() == group.kind())
+            {
+                Some(mine) => mine.absorb(group),
+                None => self.groups.push(group),
+            }
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.groups.iter().map(|group| group.len()).sum()
+    }
+
+    /// Inserts every row, kind by kind.
+    pub(crate) fn flush(&self, conn: &mut DbConnection) -> Result<(), DbError> {
+        for group in &self.groups {
+            group.flush(conn)?;
+        }
+        Ok(())
+    }
+}
+
+/// The rows of one kind, behind a type the batch can hold several kinds of.
+trait Group: Send {
+    fn kind(&self) -> TypeId;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// Takes `other`'s rows, of the same kind, after its own.
+    fn absorb(&mut self, other: Box<dyn Group>);
+    fn len(&self) -> usize;
+    fn flush(&self, conn: &mut DbConnection) -> Result<(), DbError>;
+}
+
+struct Rows<R>(Vec<R>);
+
+impl<R: DeferredRow> Group for Rows<R> {
+    fn kind(&self) -> TypeId {
+        TypeId::of::<R>()
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn absorb(&mut self, mut other: Box<dyn Group>) {
+        if let Some(rows) = other.as_any_mut().downcast_mut::<Self>() {
+            self.0.append(&mut rows.0);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn flush(&self, conn: &mut DbConnection) -> Result<(), DbError> {
+        for chunk in self.0.chunks(ROWS_PER_INSERT) {
+            R::insert_all(conn, chunk)?;
+        }
+        Ok(())
+    }
+}
