@@ -554,8 +554,8 @@ impl DeferredRow for DeferredItem {
 }
 
 /// Six writes queued together behind a held writer, each leaving the item `ids[n]` to its
-/// batch: what each answered (whether its item went in, or its key was taken) and how many
-/// times each ran.
+/// batch: what each answered (whether its item went in, or its key was taken: the
+/// write's answer) and how many times each ran.
 async fn six_deferring_writes_in_one_batch(
     db: &Database,
     ids: [&'static str; 6],
@@ -576,20 +576,28 @@ async fn six_deferring_writes_in_one_batch(
     let runs: Arc<Vec<AtomicUsize>> = Arc::new((0..6).map(|_| AtomicUsize::new(0)).collect());
     let writes = ids.into_iter().enumerate().map(|(n, id)| {
         let runs = Arc::clone(&runs);
-        db.write_with_events(move |conn, at_commit| {
+        db.write_with_events(move |_conn, at_commit| {
             runs[n].fetch_add(1, Ordering::SeqCst);
-            let item = DeferredItem {
+            at_commit.insert_at_commit(DeferredItem {
                 id: id.to_owned(),
                 n: 1,
-            };
-            match at_commit.insert_at_commit(conn, item) {
-                Ok(()) => Ok::<_, TestError>(true),
-                Err(error) if chassis::db::is_unique_violation(&error) => Ok(false),
-                Err(error) => Err(error.into()),
-            }
+            });
+            Ok::<_, TestError>(())
         })
     });
-    let answers = futures::future::join_all(writes).await;
+    let answers = futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .map(|answer| match answer {
+            Ok(()) => Ok(true),
+            Err(TestError::Db(DbError::Query(error)))
+                if chassis::db::is_unique_violation(&error) =>
+            {
+                Ok(false)
+            }
+            Err(error) => Err(error),
+        })
+        .collect();
     holder.await.expect("task ran").expect("the holder commits");
     let runs = runs.iter().map(|n| n.load(Ordering::SeqCst)).collect();
     (answers, runs)
@@ -629,8 +637,8 @@ async fn rows_left_to_a_batch_go_in_one_insert_on_postgres() {
 }
 
 /// Two writes of a batch leave rows with one key: the batch's insert fails, and every
-/// write runs again alone, inserting at once, so that the second sees the key taken — as
-/// it would have without the deferral — and the others commit once.
+/// write runs again alone, so that the second is answered that the key is taken — as it
+/// would have been without the deferral — and the others commit once.
 async fn a_row_left_to_a_batch_that_breaks_a_key_fails_only_its_write(backend: Backend) {
     let Some(test_db) = TestDatabase::new(backend) else {
         return;

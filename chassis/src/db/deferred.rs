@@ -1,6 +1,7 @@
 //! Inserts a write leaves to its batch: rows of one kind, from every write of a batch,
 //! inserted in one multi-row statement just before the batch commits
-//! ([`Events::insert_at_commit`](crate::events::Events::insert_at_commit)).
+//! ([`Events::insert_at_commit`](crate::events::Events::insert_at_commit)), in every
+//! transaction the writer runs, a write's alone too.
 //!
 //! Why: on PostgreSQL each statement is a round trip, and most of what an order costs
 //! there (BENCHMARKS.md, "Orders on PostgreSQL"). A row nothing in the batch reads — a new
@@ -8,13 +9,16 @@
 //! others of its kind, as the batch's events go to the outbox.
 //!
 //! What keeps it correct: the rows are inserted in the batch's own transaction, so they
-//! commit with the writes that made them or not at all. A write whose row breaks a key at
-//! the flush (a repeated call, or two concurrent ones, in one batch) fails the whole batch;
-//! the writer then runs each of its writes again alone, and a write running alone inserts
-//! at once, so the key's error reaches the write that caused it, as it would without the
-//! deferral. Hence the one rule for callers: a deferred row must not be read in its
-//! batch — no write may decide anything on its presence or absence, other than through a
-//! key that fails the flush.
+//! commit with the writes that made them or not at all. A row that breaks a key at the
+//! flush (a repeated call, or two concurrent ones, in one batch) fails the whole batch;
+//! the writer then runs each of its writes again alone, and the key's error is the answer
+//! of the write whose row broke it — what its own insert would have answered, so its
+//! caller handles it as before (a repeated reserve looks, a repeated idempotency key
+//! replays). Hence the rules for callers: a deferred row must not be read in its batch —
+//! no write may decide anything on its presence or absence, other than through a key that
+//! fails the flush — and a write cannot catch its deferred insert's error, only its caller
+//! can. The rows go in last in every transaction, alone too, so the locks of their keys
+//! are always taken after the rows the writes updated, in every instance alike.
 
 use std::any::{Any, TypeId};
 

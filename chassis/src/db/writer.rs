@@ -22,10 +22,11 @@
 //! connection: whatever it did is rolled back with the batch. Failures are rare on the hot
 //! path (a duplicate key, an order out of stock), and cost one batch's re-run.
 //!
-//! **Rows left to the batch.** A write that shares its transaction may leave rows nothing
-//! in the batch reads to be inserted just before the commit, each kind in one multi-row
-//! statement with the other writes' (`deferred`). If that insert breaks a key, the batch is
-//! rolled back and every write runs again alone, where rows are inserted at once.
+//! **Rows left to the batch.** A write may leave rows nothing in the batch reads to be
+//! inserted just before the commit, each kind in one multi-row statement with the other
+//! writes' (`deferred`). If that insert breaks a key, the batch is rolled back and every
+//! write runs again alone: the key's error is then the answer of the write that left the
+//! row.
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -84,13 +85,8 @@ where
     E: From<DbError> + Send,
 {
     fn run(&mut self, conn: &mut DbConnection, left: &mut LeftToBatch) -> Ran {
-        let sharing = left.deferred.is_some();
         let run = || {
-            let mut events = if sharing {
-                Events::sharing()
-            } else {
-                Events::default()
-            };
+            let mut events = Events::default();
             let value = (self.work)(conn, &mut events)?;
             let deferred = events.take_deferred();
             Ok((value, outbox::encode(events).map_err(E::from)?, deferred))
@@ -98,9 +94,7 @@ where
         match catch_unwind(AssertUnwindSafe(run)) {
             Ok(Ok((value, rows, deferred))) => {
                 left.raised.extend(rows);
-                if let (Some(batch), Some(deferred)) = (&mut left.deferred, deferred) {
-                    batch.extend(deferred);
-                }
+                left.deferred.extend(deferred);
                 self.outcome = Some(Ok(value));
                 Ran::Succeeded
             }
@@ -347,9 +341,9 @@ enum Ended {
     Committed { raised: usize },
     /// The write at this position failed: the transaction was rolled back.
     Failed { at: usize, panicked: bool },
-    /// Every write ran, and inserting the rows they deferred failed (a key broken by one
-    /// of them): the transaction was rolled back.
-    DeferredFailed,
+    /// Every write ran, and inserting the rows they left to the batch failed (a key broken
+    /// by one of them): the transaction was rolled back.
+    DeferredFailed(DbError),
     /// The transaction could not begin: no write ran.
     NotBegun(DbError),
     /// Every write ran, and the commit failed.
@@ -381,7 +375,7 @@ fn commit_batch(
                 return;
             }
         };
-        match run_together(conn, waiting.range_mut(..together), together > 1) {
+        match run_together(conn, waiting.range_mut(..together)) {
             Ended::Committed { raised } => {
                 if raised > 0 {
                     outbox_signal.notify_one();
@@ -436,13 +430,19 @@ fn commit_batch(
                 together = at;
                 continue;
             }
-            Ended::DeferredFailed if !connection.survived() => {
+            Ended::DeferredFailed(_) if !connection.survived() => {
                 let error = lost(&connection.url);
                 for write in waiting.drain(..together) {
                     write.answer(Err(passed_on(&error)));
                 }
             }
-            Ended::DeferredFailed => {
+            Ended::DeferredFailed(error) if together == 1 => {
+                // Alone: the key its rows broke is its answer.
+                if let Some(write) = waiting.pop_front() {
+                    write.answer(Err(error));
+                }
+            }
+            Ended::DeferredFailed(_) => {
                 one_at_a_time = true;
                 together = 1;
                 continue;
@@ -453,26 +453,26 @@ fn commit_batch(
 }
 
 /// What the writes of one transaction leave to be written before it commits.
+#[derive(Default)]
 struct LeftToBatch {
     /// The events raised, for the outbox.
     raised: Vec<OutboxRow>,
-    /// The rows deferred; `None` when a write runs alone, and inserts at once.
-    deferred: Option<DeferredInserts>,
+    /// The rows left to the batch (`deferred`).
+    deferred: DeferredInserts,
 }
 
-/// Runs `writes` in one transaction, then the rows they deferred (when `sharing`) and the
-/// events they raised in the outbox, committed if every one succeeds.
+/// Runs `writes` in one transaction, then inserts the rows they left to it and the events
+/// they raised, committed if every one succeeds. The rows go last in every transaction, a
+/// write's alone too, so that the locks their keys take come after the rows the writes
+/// updated, in every instance's transactions alike: never in the opposite order, which
+/// could deadlock two instances' transactions.
 fn run_together<'a>(
     conn: &mut DbConnection,
     writes: impl Iterator<Item = &'a mut Box<dyn Write>>,
-    sharing: bool,
 ) -> Ended {
     let mut failed = None;
     let mut begun = false;
-    let mut left = LeftToBatch {
-        raised: Vec::new(),
-        deferred: sharing.then(DeferredInserts::default),
-    };
+    let mut left = LeftToBatch::default();
     let committed = conn.transaction(|conn| {
         begun = true;
         for (at, write) in writes.enumerate() {
@@ -484,10 +484,8 @@ fn run_together<'a>(
             failed = Some(Ended::Failed { at, panicked });
             return Err(DbError::from(diesel::result::Error::RollbackTransaction));
         }
-        if let Some(deferred) = &left.deferred
-            && deferred.flush(conn).is_err()
-        {
-            failed = Some(Ended::DeferredFailed);
+        if let Err(error) = left.deferred.flush(conn) {
+            failed = Some(Ended::DeferredFailed(error));
             return Err(DbError::from(diesel::result::Error::RollbackTransaction));
         }
         outbox::append(conn, &left.raised)

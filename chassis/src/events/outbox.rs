@@ -30,42 +30,22 @@ use crate::db::{
 #[derive(Debug, Default)]
 pub struct Events {
     events: Vec<Envelope>,
-    /// `Some` while the write shares its batch's transaction with others; `None` when it
-    /// runs alone, and deferring would gain nothing.
-    deferred: Option<DeferredInserts>,
+    deferred: DeferredInserts,
 }
 
 impl Events {
-    /// For a write that shares its transaction: its deferred rows go to the batch.
-    pub(crate) fn sharing() -> Self {
-        Self {
-            events: Vec::new(),
-            deferred: Some(DeferredInserts::default()),
-        }
+    /// Leaves `row` to the batch: inserted with the batch's other rows of its kind, in one
+    /// statement just before the batch commits. For rows no write of the batch reads (see
+    /// `chassis::db::deferred`). A key the row breaks fails the batch there; the writer
+    /// then runs each of the batch's writes alone, and the key's error is the answer of the
+    /// write that left the row, as if its own insert had failed.
+    pub fn insert_at_commit<R: DeferredRow>(&mut self, row: R) {
+        self.deferred.push(row);
     }
 
-    /// Inserts `row` — with the other rows of its kind of the batch, in one statement
-    /// just before the batch commits, when this write shares its transaction; at once,
-    /// when it runs alone. For rows no write of the batch reads: a duplicate key fails the
-    /// batch at the flush, and the writer then runs each of its writes alone, where this
-    /// insert's error reaches the write (`chassis::db::deferred`).
-    pub fn insert_at_commit<R: DeferredRow>(
-        &mut self,
-        conn: &mut DbConnection,
-        row: R,
-    ) -> diesel::QueryResult<()> {
-        match &mut self.deferred {
-            Some(deferred) => {
-                deferred.push(row);
-                Ok(())
-            }
-            None => R::insert_all(conn, std::slice::from_ref(&row)),
-        }
-    }
-
-    /// The rows deferred, for the batch.
-    pub(crate) fn take_deferred(&mut self) -> Option<DeferredInserts> {
-        self.deferred.take()
+    /// The rows left to the batch.
+    pub(crate) fn take_deferred(&mut self) -> DeferredInserts {
+        std::mem::take(&mut self.deferred)
     }
 
     pub fn push(&mut self, event: Envelope) {
@@ -121,8 +101,8 @@ pub(crate) struct OutboxRow {
 /// event that cannot be encoded fails that write alone.
 pub(crate) fn encode(events: Events) -> Result<Vec<OutboxRow>, DbError> {
     debug_assert!(
-        events.deferred.as_ref().is_none_or(|rows| rows.len() == 0),
-        "the deferred rows are taken first"
+        events.deferred.len() == 0,
+        "the rows left to the batch are taken first"
     );
     events
         .events

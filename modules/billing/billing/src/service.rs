@@ -427,7 +427,7 @@ fn issue_invoice(
         currency: payment.amount.currency.clone(),
         issued_at: at,
     };
-    at_commit.insert_at_commit(conn, row.clone())?;
+    at_commit.insert_at_commit(row.clone());
     Ok(row.into_invoice())
 }
 

@@ -16,6 +16,9 @@ pub enum Error {
     ProductNotFound(Uuid),
     #[error("on_hand {on_hand} is below the {reserved} units reserved")]
     StockBelowReserved { on_hand: i64, reserved: i64 },
+    /// A reserve found its order's reservation stored already; `reserve` answers from it.
+    #[error("order {0} has a reservation already")]
+    ReservationExists(Uuid),
     /// An answer the port defines (out of stock, reservation conflicts, …).
     #[error(transparent)]
     Port(CatalogError),
@@ -51,7 +54,9 @@ impl ProblemCode for Error {
     fn status(&self) -> u16 {
         match self {
             Error::Validation(_) => 422,
-            Error::SkuTaken(_) | Error::StockBelowReserved { .. } => 409,
+            Error::SkuTaken(_) | Error::StockBelowReserved { .. } | Error::ReservationExists(_) => {
+                409
+            }
             Error::ProductNotFound(_) => 404,
             Error::Port(error) => error.status(),
             Error::Database(error) => error.status(),
@@ -63,6 +68,7 @@ impl ProblemCode for Error {
             Error::Validation(_) => codes::VALIDATION_FAILED,
             Error::SkuTaken(_) => "sku_taken",
             Error::StockBelowReserved { .. } => "stock_below_reserved",
+            Error::ReservationExists(_) => "reservation_exists",
             Error::ProductNotFound(_) => "product_not_found",
             Error::Port(error) => error.code(),
             Error::Database(error) => error.code(),

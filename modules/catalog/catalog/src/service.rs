@@ -224,17 +224,14 @@ impl CatalogService {
                         Err(conflict(order_id, stored.status))
                     };
                 }
-                // A reservation stored already (by an earlier or a concurrent call) fails
-                // this insert on its key, which rolls this try back; `reserve` looks then.
-                // Nothing reads it before its batch commits: it goes in with the batch's
-                // others (a broken key there runs this try again alone, inserting at once).
-                events.insert_at_commit(
-                    conn,
-                    repo::NewReservation::new(order_id, ReservationStatus::Reserved, &lines),
-                )?;
                 for line in &lines {
                     let Some(after) = repo::hold(conn, line.product_id, i64::from(line.quantity))?
                     else {
+                        // A reservation stored already answers a repeated call, not the
+                        // stock (which its own hold may have taken): `reserve` looks then.
+                        if repo::find_reservation(conn, order_id)?.is_some() {
+                            return Err(Error::ReservationExists(order_id));
+                        }
                         return Err(match repo::find_product(conn, line.product_id)? {
                             None => CatalogError::ProductNotFound(line.product_id).into(),
                             Some(_) => CatalogError::OutOfStock {
@@ -247,6 +244,15 @@ impl CatalogService {
                     let before = after.stock.available + i64::from(line.quantity);
                     raise_if_low(events, threshold, before, &after)?;
                 }
+                // Nothing reads the reservation before its batch commits: it goes in with
+                // the batch's others. One stored already (by an earlier or a concurrent
+                // call) breaks its key there, which is this try's answer; `reserve` looks
+                // then.
+                events.insert_at_commit(repo::NewReservation::new(
+                    order_id,
+                    ReservationStatus::Reserved,
+                    &lines,
+                ));
                 Ok(reservation(
                     order_id,
                     StoredReservation {
@@ -341,7 +347,7 @@ impl Catalog for CatalogService {
         // that exists (a repeated call, or a concurrent one that committed first) fails the
         // insert on its key, and a second try looks and answers it (or the conflict).
         match self.try_reserve(order_id, lines.clone(), false).await {
-            Err(Error::Database(DbError::Query(error))) if is_unique_violation(&error) => self
+            Err(error) if lost_race(&error) || matches!(error, Error::ReservationExists(_)) => self
                 .try_reserve(order_id, lines, true)
                 .await
                 .map_err(CatalogError::from),

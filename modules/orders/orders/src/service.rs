@@ -168,15 +168,13 @@ impl OrdersService {
         let placed = row.clone().into_order(lines.clone());
         let stored = self
             .db
-            .write_with_events(move |conn, at_commit| {
+            .write_with_events(move |_conn, at_commit| {
                 // Nothing reads a new order before its batch commits: it goes in with the
-                // batch's others, its key after it; a key already taken fails that insert.
-                at_commit.insert_at_commit(conn, row.clone())?;
+                // batch's others, its key after it; a key already taken is this write's
+                // answer.
+                at_commit.insert_at_commit(row.clone());
                 if let Some(key) = &stored_key {
-                    at_commit.insert_at_commit(
-                        conn,
-                        repo::IdempotencyKeyRow::new(key, &fingerprint, id),
-                    )?;
+                    at_commit.insert_at_commit(repo::IdempotencyKeyRow::new(key, &fingerprint, id));
                 }
                 Ok::<_, Error>(())
             })

@@ -155,6 +155,20 @@ async fn reserve_is_idempotent_per_order(port: &dyn Catalog, module: &CatalogMod
             status: ReservationStatus::Reserved
         })
     );
+    // A repeat when the stock left could not hold its lines again answers the
+    // reservation, not the stock.
+    let last = product(module, "Last one", 1).await;
+    let sold_out = Uuid::new_v4();
+    let held = port
+        .reserve(sold_out, &[line(&last, 1)])
+        .await
+        .expect("reserved");
+    assert_eq!(
+        port.reserve(sold_out, &[line(&last, 1)]).await,
+        Ok(held),
+        "a repeat of the reservation that took the last unit"
+    );
+    assert_eq!(stock_of(module, &last).await.reserved, 1, "held once");
 }
 
 async fn release_gives_stock_back_and_closes_the_order(port: &dyn Catalog, module: &CatalogModule) {
