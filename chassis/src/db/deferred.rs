@@ -29,13 +29,46 @@ use super::{DbConnection, DbError};
 const ROWS_PER_INSERT: usize = 100;
 
 /// A row a write may leave to its batch (module docs): how to insert several at once.
-///
-/// Derive its `Insertable` with `treat_none_as_default_value = false` (its `None`s become
-/// `NULL`, not `DEFAULT`): diesel inserts rows that may hold `DEFAULT` one statement per
-/// row on SQLite.
+/// Implemented by [`deferred_row!`](crate::deferred_row), one line per kind of row.
 pub trait DeferredRow: Send + Sized + 'static {
-    /// Inserts `rows` (at most a hundred), in one statement.
+    /// Inserts `rows` (at most a hundred).
     fn insert_all(conn: &mut DbConnection, rows: &[Self]) -> diesel::QueryResult<()>;
+}
+
+/// Makes a row type a [`DeferredRow`] of a table: `deferred_row!(OrderRow => orders::table)`.
+///
+/// On PostgreSQL the rows go in one multi-row `INSERT` — one round trip for the batch's
+/// rows of the kind (diesel prepares a statement of a varying number of rows anew each
+/// time; one round trip still). On SQLite, where there is no round trip to save, each row
+/// goes in through the one-row `INSERT` the connection keeps prepared, cheaper there than
+/// parsing a multi-row statement every batch. A single row is the prepared one-row
+/// `INSERT` on both.
+#[macro_export]
+macro_rules! deferred_row {
+    ($row:ty => $table:path) => {
+        impl $crate::db::DeferredRow for $row {
+            fn insert_all(
+                conn: &mut $crate::db::DbConnection,
+                rows: &[Self],
+            ) -> ::diesel::QueryResult<()> {
+                use ::diesel::RunQueryDsl as _;
+                match (conn, rows) {
+                    ($crate::db::DbConnection::Postgres(conn), [row]) => {
+                        ::diesel::insert_into($table).values(row).execute(conn)?;
+                    }
+                    ($crate::db::DbConnection::Postgres(conn), rows) => {
+                        ::diesel::insert_into($table).values(rows).execute(conn)?;
+                    }
+                    ($crate::db::DbConnection::Sqlite(conn), rows) => {
+                        for row in rows {
+                            ::diesel::insert_into($table).values(row).execute(conn)?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    };
 }
 
 /// The rows deferred in one batch (or one run of a write), grouped by kind in the order

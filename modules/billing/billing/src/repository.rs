@@ -5,7 +5,7 @@
 //! one does; the other reads what the winner wrote.
 
 use billing_contract::{Money, Payment, PaymentStatus};
-use chassis::db::{DbConnection, DeferredRow, update};
+use chassis::db::{DbConnection, update};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -383,7 +383,7 @@ pub(crate) fn next_invoice_number(conn: &mut DbConnection, year: i32) -> QueryRe
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = invoices, treat_none_as_default_value = false)]
+#[diesel(table_name = invoices)]
 pub(crate) struct InvoiceRow {
     pub(crate) id: String,
     pub(crate) number: String,
@@ -406,16 +406,7 @@ impl InvoiceRow {
     }
 }
 
-impl DeferredRow for InvoiceRow {
-    fn insert_all(conn: &mut DbConnection, rows: &[Self]) -> QueryResult<()> {
-        per_backend!(conn, |conn| {
-            diesel::insert_into(invoices::table)
-                .values(rows)
-                .execute(conn)
-                .map(|_| ())
-        })
-    }
-}
+chassis::deferred_row!(InvoiceRow => invoices::table);
 
 pub(crate) fn find_invoice(conn: &mut DbConnection, id: Uuid) -> QueryResult<Option<InvoiceRow>> {
     per_backend!(conn, |conn| {

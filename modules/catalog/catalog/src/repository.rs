@@ -330,7 +330,7 @@ pub(crate) fn insert_reservation(
 
 /// A reservation's row: its lines in it (`reservations.lines`).
 #[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = reservations, treat_none_as_default_value = false)]
+#[diesel(table_name = reservations)]
 pub(crate) struct NewReservation {
     order_id: String,
     status: String,
@@ -352,17 +352,8 @@ impl NewReservation {
     }
 }
 
-/// A new reservation may be inserted at its batch's commit, with the batch's others.
-impl DeferredRow for NewReservation {
-    fn insert_all(conn: &mut DbConnection, rows: &[Self]) -> QueryResult<()> {
-        per_backend!(conn, |conn| {
-            diesel::insert_into(reservations::table)
-                .values(rows)
-                .execute(conn)
-                .map(|_| ())
-        })
-    }
-}
+// A new reservation may be inserted at its batch's commit, with the batch's others.
+chassis::deferred_row!(NewReservation => reservations::table);
 
 /// Moves an order's reservation from `from` to `to`; answers its lines if it did, `None`
 /// if it was not in `from`. The status in the `WHERE` clause makes the move happen once:

@@ -1,6 +1,6 @@
 //! The orders module's queries, written once for both backends against `DbConnection`.
 
-use chassis::db::{DbConnection, DeferredRow, update, utc_now};
+use chassis::db::{DbConnection, update, utc_now};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -10,10 +10,8 @@ use uuid::Uuid;
 use crate::domain::Step;
 use crate::schema::{idempotency_keys, orders};
 
-// `None` is inserted as `NULL`, not `DEFAULT`: so SQLite takes a batch's new orders in one
-// statement (diesel inserts rows that may hold `DEFAULT` one by one there).
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = orders, treat_none_as_default_value = false)]
+#[diesel(table_name = orders)]
 pub(crate) struct OrderRow {
     pub(crate) id: String,
     pub(crate) status: String,
@@ -113,23 +111,14 @@ impl OrderRow {
     }
 }
 
-/// A new order, its lines in its row (`order.lines`), is inserted at its batch's commit,
-/// with the batch's other new orders: one statement for them all.
-impl DeferredRow for OrderRow {
-    fn insert_all(conn: &mut DbConnection, rows: &[Self]) -> QueryResult<()> {
-        per_backend!(conn, |c| {
-            diesel::insert_into(orders::table)
-                .values(rows)
-                .execute(c)
-                .map(|_| ())
-        })
-    }
-}
+// A new order, its lines in its row (`order.lines`), is inserted at its batch's commit,
+// with the batch's other new orders.
+chassis::deferred_row!(OrderRow => orders::table);
 
 /// An idempotency key stored with its order (inserted after the batch's new orders, which
 /// it refers to).
 #[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = idempotency_keys, treat_none_as_default_value = false)]
+#[diesel(table_name = idempotency_keys)]
 pub(crate) struct IdempotencyKeyRow {
     pub(crate) idempotency_key: String,
     pub(crate) request_hash: String,
@@ -148,16 +137,7 @@ impl IdempotencyKeyRow {
     }
 }
 
-impl DeferredRow for IdempotencyKeyRow {
-    fn insert_all(conn: &mut DbConnection, rows: &[Self]) -> QueryResult<()> {
-        per_backend!(conn, |c| {
-            diesel::insert_into(idempotency_keys::table)
-                .values(rows)
-                .execute(c)
-                .map(|_| ())
-        })
-    }
-}
+chassis::deferred_row!(IdempotencyKeyRow => idempotency_keys::table);
 
 /// The order and request fingerprint stored under an idempotency key.
 pub(crate) fn find_idempotency_key(
