@@ -1,7 +1,7 @@
 //! Inserts a write leaves to its batch: rows of one kind, from every write of a batch,
-//! inserted in one multi-row statement just before the batch commits
-//! ([`Events::insert_at_commit`](crate::events::Events::insert_at_commit)), in every
-//! transaction the writer runs, a write's alone too.
+//! inserted together just before the batch commits — on PostgreSQL in one multi-row
+//! statement ([`Events::insert_at_commit`](crate::events::Events::insert_at_commit)) — in
+//! every transaction the writer runs, a write's alone too.
 //!
 //! Why: on PostgreSQL each statement is a round trip, and most of what an order costs
 //! there (BENCHMARKS.md, "Orders on PostgreSQL"). A row nothing in the batch reads — a new

@@ -8,7 +8,7 @@
 //! `BEGIN`, `COMMIT` and a WAL flush each. A write may therefore run more than once (a
 //! batch one of its writes fails is run again without it): its closure is `FnMut`, and
 //! acts only through its connection. A write may leave new rows nothing in its batch reads
-//! to the batch, which inserts each kind in one statement before it commits
+//! to the batch, which inserts each kind together before it commits
 //! ([`DeferredRow`], `Events::insert_at_commit`). Several instances of a module on one PostgreSQL
 //! database write concurrently, each through its own writer; correctness between them
 //! comes from the statements themselves (conditional updates, unique keys, [`lock_key`]).

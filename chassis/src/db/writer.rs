@@ -23,8 +23,8 @@
 //! path (a duplicate key, an order out of stock), and cost one batch's re-run.
 //!
 //! **Rows left to the batch.** A write may leave rows nothing in the batch reads to be
-//! inserted just before the commit, each kind in one multi-row statement with the other
-//! writes' (`deferred`). If that insert breaks a key, the batch is rolled back and every
+//! inserted just before the commit, each kind together with the other writes' (on
+//! PostgreSQL in one multi-row statement: `deferred`). If that insert breaks a key, the batch is rolled back and every
 //! write runs again alone: the key's error is then the answer of the write that left the
 //! row.
 

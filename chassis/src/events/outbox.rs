@@ -34,8 +34,8 @@ pub struct Events {
 }
 
 impl Events {
-    /// Leaves `row` to the batch: inserted with the batch's other rows of its kind, in one
-    /// statement just before the batch commits. For rows no write of the batch reads (see
+    /// Leaves `row` to the batch: inserted with the batch's other rows of its kind just
+    /// before the batch commits (on PostgreSQL in one statement). For rows no write of the batch reads (see
     /// `chassis::db::deferred`). A key the row breaks fails the batch there; the writer
     /// then runs each of the batch's writes alone, and the key's error is the answer of the
     /// write that left the row, as if its own insert had failed.
