@@ -6,7 +6,8 @@
 mod common;
 
 use chassis::config::DatabaseUrl;
-use chassis::db::{Backend, Database, DbError, PoolOptions};
+use chassis::db::{Backend, Database, DbConnection, DbError, PoolOptions};
+use chassis::events::Events;
 use chassis::testing::{TestDatabase, racing_instances};
 use common::{MIGRATIONS, TestError, count_items, insert_item, items, open_instances};
 use diesel::prelude::*;
@@ -395,11 +396,15 @@ async fn writes_past_the_writers_queue_are_refused_and_write_nothing_on_postgres
 
 /// What each of six writes queued together answered, and how many times each ran: the
 /// writer is held by a first write while the six queue behind it, so that they form one
-/// batch; `misbehave` decides what write 3 does after its insert.
-async fn six_writes_in_one_batch(
+/// batch; `work(n, …)` is the `n`-th write.
+async fn six_writes_in_one_batch_of<T, F>(
     db: &Database,
-    misbehave: fn() -> Result<(), TestError>,
-) -> (Vec<Result<(), TestError>>, Vec<usize>) {
+    work: F,
+) -> (Vec<Result<T, TestError>>, Vec<usize>)
+where
+    T: Send + 'static,
+    F: Fn(usize, &mut DbConnection, &mut Events) -> Result<T, TestError> + Copy + Send + 'static,
+{
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let holder = {
@@ -414,24 +419,35 @@ async fn six_writes_in_one_batch(
     };
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     let runs: Arc<Vec<AtomicUsize>> = Arc::new((0..6).map(|_| AtomicUsize::new(0)).collect());
-    // `join_all` polls them in order: they reach the writer's queue in this order. Each
-    // raises an event.
+    // `join_all` polls them in order: they reach the writer's queue in this order.
     let writes = (0..6).map(|n| {
         let runs = Arc::clone(&runs);
         db.write_with_events(move |conn, events| {
             runs[n].fetch_add(1, Ordering::SeqCst);
-            insert_item(conn, &format!("item-{n}"))?;
-            events.push(common::event("batch", n));
-            if n == 3 {
-                misbehave()?;
-            }
-            Ok::<_, TestError>(())
+            work(n, conn, events)
         })
     });
     let answers = futures::future::join_all(writes).await;
     holder.await.expect("task ran").expect("the holder commits");
     let runs = runs.iter().map(|n| n.load(Ordering::SeqCst)).collect();
     (answers, runs)
+}
+
+/// Six writes in one batch, each inserting its item and raising an event; `misbehave`
+/// decides what write 3 does after its insert.
+async fn six_writes_in_one_batch(
+    db: &Database,
+    misbehave: fn() -> Result<(), TestError>,
+) -> (Vec<Result<(), TestError>>, Vec<usize>) {
+    six_writes_in_one_batch_of(db, move |n, conn, events| {
+        insert_item(conn, &format!("item-{n}"))?;
+        events.push(common::event("batch", n));
+        if n == 3 {
+            misbehave()?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// A write that fails in a batch rolls the batch back; the writes before it run again
@@ -544,40 +560,22 @@ struct DeferredItem {
 
 chassis::deferred_row!(DeferredItem => common::items::table);
 
-/// Six writes queued together behind a held writer, each leaving the item `ids[n]` to its
-/// batch: what each answered (whether its item went in, or its key was taken: the
-/// write's answer) and how many times each ran.
+/// Six writes in one batch, the `n`-th leaving the item `ids[n]` to it: what each
+/// answered (whether its item went in, or its key was taken: the write's answer) and how
+/// many times each ran.
 async fn six_deferring_writes_in_one_batch(
     db: &Database,
     ids: [&'static str; 6],
 ) -> (Vec<Result<bool, TestError>>, Vec<usize>) {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let holder = {
-        let db = db.clone();
-        tokio::spawn(async move {
-            db.write(|conn| {
-                std::thread::sleep(std::time::Duration::from_millis(300));
-                insert_item(conn, "holder").map_err(TestError::from)
-            })
-            .await
-        })
-    };
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    let runs: Arc<Vec<AtomicUsize>> = Arc::new((0..6).map(|_| AtomicUsize::new(0)).collect());
-    let writes = ids.into_iter().enumerate().map(|(n, id)| {
-        let runs = Arc::clone(&runs);
-        db.write_with_events(move |_conn, at_commit| {
-            runs[n].fetch_add(1, Ordering::SeqCst);
-            at_commit.insert_at_commit(DeferredItem {
-                id: id.to_owned(),
-                n: 1,
-            });
-            Ok::<_, TestError>(())
-        })
-    });
-    let answers = futures::future::join_all(writes)
-        .await
+    let (answers, runs) = six_writes_in_one_batch_of(db, move |n, _conn, at_commit| {
+        at_commit.insert_at_commit(DeferredItem {
+            id: ids[n].to_owned(),
+            n: 1,
+        });
+        Ok(())
+    })
+    .await;
+    let answers = answers
         .into_iter()
         .map(|answer| match answer {
             Ok(()) => Ok(true),
@@ -589,8 +587,6 @@ async fn six_deferring_writes_in_one_batch(
             Err(error) => Err(error),
         })
         .collect();
-    holder.await.expect("task ran").expect("the holder commits");
-    let runs = runs.iter().map(|n| n.load(Ordering::SeqCst)).collect();
     (answers, runs)
 }
 
