@@ -154,9 +154,10 @@ async fn an_order_costs_each_postgres_database_a_pinned_number_of_round_trips_an
     let costs = cost_of_orders(&databases.env(), 4).await;
     // Per order, each write alone (so a transaction of its own: under load the writes
     // waiting for a database's writer share one `BEGIN` and `COMMIT`):
-    // - catalog 9: the products' lookup; reserve: BEGIN, INSERT reservation (its lines in
-    //   its row), UPDATE product … RETURNING, COMMIT; commit: BEGIN, UPDATE
-    //   reservation … RETURNING its lines, UPDATE product, COMMIT.
+    // - catalog 9: the products' lookup; reserve: BEGIN, UPDATE product … RETURNING,
+    //   INSERT reservation (its lines in its row; left to the end of the transaction),
+    //   COMMIT; commit: BEGIN, UPDATE reservation … RETURNING its lines, UPDATE product,
+    //   COMMIT.
     // - billing 21: the pending payment: BEGIN, advisory lock, INSERT payment … SELECT …
     //   WHERE NOT EXISTS (a void), COMMIT; the capture: BEGIN, UPDATE payment … RETURNING,
     //   UPDATE counter … RETURNING, INSERT invoice, INSERT outbox, COMMIT; the relay:
