@@ -89,13 +89,12 @@ impl std::fmt::Debug for DeferredInserts {
 
 impl DeferredInserts {
     pub(crate) fn push<R: DeferredRow>(&mut self, row: R) {
-        let kind = TypeId::of::<R>();
-        match self.groups.iter_mut().find(|group| group.kind() == kind) {
-            Some(group) => {
-                if let Some(rows) = group.as_any_mut().downcast_mut::<Rows<R>>() {
-                    rows.0.push(row);
-                }
-            }
+        let mine = self
+            .groups
+            .iter_mut()
+            .find_map(|group| group.as_any_mut().downcast_mut::<Rows<R>>());
+        match mine {
+            Some(rows) => rows.0.push(row),
             None => self.groups.push(Box::new(Rows(vec![row]))),
         }
     }

@@ -24,9 +24,9 @@
 //!
 //! **Rows left to the batch.** A write may leave rows nothing in the batch reads to be
 //! inserted just before the commit, each kind together with the other writes' (on
-//! PostgreSQL in one multi-row statement: `deferred`). If that insert breaks a key, the batch is rolled back and every
-//! write runs again alone: the key's error is then the answer of the write that left the
-//! row.
+//! PostgreSQL in one multi-row statement: `deferred`). If that insert breaks a key, the
+//! batch is rolled back and every write runs again alone: the key's error is then the
+//! answer of the write that left the row.
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -88,8 +88,8 @@ where
         let run = || {
             let mut events = Events::default();
             let value = (self.work)(conn, &mut events)?;
-            let deferred = events.take_deferred();
-            Ok((value, outbox::encode(events).map_err(E::from)?, deferred))
+            let (raised, deferred) = events.into_parts();
+            Ok((value, outbox::encode(raised).map_err(E::from)?, deferred))
         };
         match catch_unwind(AssertUnwindSafe(run)) {
             Ok(Ok((value, rows, deferred))) => {

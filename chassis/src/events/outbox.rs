@@ -35,17 +35,17 @@ pub struct Events {
 
 impl Events {
     /// Leaves `row` to the batch: inserted with the batch's other rows of its kind just
-    /// before the batch commits (on PostgreSQL in one statement). For rows no write of the batch reads (see
-    /// `chassis::db::deferred`). A key the row breaks fails the batch there; the writer
-    /// then runs each of the batch's writes alone, and the key's error is the answer of the
-    /// write that left the row, as if its own insert had failed.
+    /// before the batch commits (on PostgreSQL in one statement). For rows no write of the
+    /// batch reads (see `chassis::db::deferred`). A key the row breaks fails the batch
+    /// there; the writer then runs each of the batch's writes alone, and the key's error is
+    /// the answer of the write that left the row, as if its own insert had failed.
     pub fn insert_at_commit<R: DeferredRow>(&mut self, row: R) {
         self.deferred.push(row);
     }
 
-    /// The rows left to the batch.
-    pub(crate) fn take_deferred(&mut self) -> DeferredInserts {
-        std::mem::take(&mut self.deferred)
+    /// The events raised, for the outbox, and the rows left to the batch.
+    pub(crate) fn into_parts(self) -> (Vec<Envelope>, DeferredInserts) {
+        (self.events, self.deferred)
     }
 
     pub fn push(&mut self, event: Envelope) {
@@ -99,13 +99,8 @@ pub(crate) struct OutboxRow {
 
 /// Encodes `events` for the outbox: done inside the write that raised them, so that an
 /// event that cannot be encoded fails that write alone.
-pub(crate) fn encode(events: Events) -> Result<Vec<OutboxRow>, DbError> {
-    debug_assert!(
-        events.deferred.len() == 0,
-        "the rows left to the batch are taken first"
-    );
+pub(crate) fn encode(events: Vec<Envelope>) -> Result<Vec<OutboxRow>, DbError> {
     events
-        .events
         .into_iter()
         .map(|event| {
             Ok(OutboxRow {
