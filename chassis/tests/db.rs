@@ -433,6 +433,17 @@ where
     (answers, runs)
 }
 
+/// The `BEGIN`s and `COMMIT`s of the holder's transaction and of the six writes' after it
+/// ([`six_writes_in_one_batch_of`], none failing): four, but three on PostgreSQL, where
+/// the holder's commit begins the six's transaction in the same round trip (`COMMIT;
+/// BEGIN`), since they were waiting.
+fn holder_and_batch_begin_and_commit(backend: Backend) -> u64 {
+    match backend {
+        Backend::Sqlite => 2 * 2,
+        Backend::Postgres => 2 * 2 - 1,
+    }
+}
+
 /// Six writes in one batch, each inserting its item and raising an event; `misbehave`
 /// decides what write 3 does after its insert.
 async fn six_writes_in_one_batch(
@@ -518,7 +529,8 @@ async fn a_panicking_write_fails_alone_on_postgres() {
 }
 
 /// Writes are committed together: a batch of writes is one transaction on the database, and
-/// the events they raised one insert into its outbox.
+/// the events they raised one insert into its outbox; on PostgreSQL a transaction that
+/// follows another at once is begun with its commit.
 async fn writes_waiting_together_commit_in_one_transaction(backend: Backend) {
     let Some(test_db) = TestDatabase::new(backend) else {
         return;
@@ -536,7 +548,10 @@ async fn writes_waiting_together_commit_in_one_transaction(backend: Backend) {
     assert_eq!(after.writes - before.writes, 7, "the holder and the six");
     // Each item's insert, one insert of the six events, and `BEGIN` and `COMMIT` of each
     // transaction: no savepoints.
-    assert_eq!(after.statements - before.statements, 7 + 1 + 2 * 2);
+    assert_eq!(
+        after.statements - before.statements,
+        7 + 1 + holder_and_batch_begin_and_commit(backend)
+    );
     assert_eq!(pending_events(&db).await, 6);
 }
 
@@ -548,6 +563,40 @@ async fn writes_waiting_together_commit_in_one_transaction_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_waiting_together_commit_in_one_transaction_on_postgres() {
     writes_waiting_together_commit_in_one_transaction(Backend::Postgres).await;
+}
+
+#[derive(QueryableByName)]
+struct Open {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    open: i64,
+}
+
+/// PostgreSQL only: a transaction is begun ahead with a commit only for a write already
+/// waiting, so a writer with nothing to do leaves no transaction open on its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_with_nothing_waiting_leaves_no_transaction_open_on_postgres() {
+    let Some(test_db) = TestDatabase::postgres() else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    let before = db.work_counts();
+    // The holder's commit begins the six's transaction: they were waiting.
+    let (answers, _) = six_writes_in_one_batch(&db, || Ok(())).await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    let after = db.work_counts();
+    assert_eq!(after.transactions - before.transactions, 2);
+    let open = db
+        .read(|conn| {
+            let query = "SELECT count(*) AS open FROM pg_stat_activity \
+                         WHERE datname = current_database() AND state LIKE 'idle in transaction%'";
+            chassis::per_backend!(conn, |conn| diesel::sql_query(query)
+                .get_result::<Open>(conn))
+            .map_err(DbError::from)
+        })
+        .await
+        .expect("reads");
+    assert_eq!(open.open, 0, "connections idle in a transaction");
+    assert_eq!(count_items(&db).await, 7, "the holder's item and the six");
 }
 
 /// An item a write leaves to its batch.
@@ -616,7 +665,7 @@ async fn rows_left_to_a_batch_go_in_before_its_commit(backend: Backend) {
     };
     assert_eq!(
         after.statements - before.statements,
-        1 + 2 * 2 + item_inserts
+        1 + holder_and_batch_begin_and_commit(backend) + item_inserts
     );
     assert_eq!(count_items(&db).await, 7);
 }

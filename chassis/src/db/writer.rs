@@ -27,17 +27,27 @@
 //! PostgreSQL in one multi-row statement: `deferred`). If that insert breaks a key, the
 //! batch is rolled back and every write runs again alone: the key's error is then the
 //! answer of the write that left the row.
+//!
+//! **The next transaction begun with the commit.** On PostgreSQL, when a write is already
+//! waiting as a transaction commits, the writer sends `COMMIT; BEGIN` as one message: the
+//! next transaction's `BEGIN` costs no round trip of its own. It never begins one ahead
+//! otherwise, so the connection is never left idle in a transaction. `BEGIN` takes no
+//! snapshot and no lock (under `READ COMMITTED` each statement takes its own snapshot),
+//! so a transaction begun a moment early sees and holds what one begun later would. If
+//! that message fails, whether its `COMMIT` went through is unknown, as for any commit
+//! whose answer was lost: the batch's writes are answered with the error.
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use diesel::Connection;
-use diesel::connection::SimpleConnection;
+use diesel::connection::{SimpleConnection, TransactionManager as _};
 use diesel::r2d2::R2D2Connection;
 
-use super::{Backend, DbConnection, DbError, DeferredInserts, Manager, PoolManager};
+use super::{Backend, Counters, DbConnection, DbError, DeferredInserts, Manager, PoolManager};
 use crate::config::DatabaseUrl;
 use crate::events::Events;
 use crate::events::outbox::{self, OutboxRow};
@@ -168,6 +178,7 @@ impl Writer {
             Backend::Postgres => None,
         };
         let url = manager.url.clone();
+        let counters = Arc::clone(&manager.counters);
         // A pool of one: r2d2 opens the connection again in the background after it was
         // lost, and a batch waits for it at most the pool's connection timeout — never on
         // a connect that hangs (a server gone from the network).
@@ -180,12 +191,14 @@ impl Writer {
             url,
             pool,
             conn: None,
+            begun: false,
+            counters,
         };
         connection.get()?;
         let (jobs, queue) = mpsc::sync_channel(MAX_QUEUED);
         std::thread::Builder::new()
             .name(format!("{}-writer", backend.as_str()))
-            .spawn(move || run(connection, &queue, &outbox_signal))
+            .spawn(move || run(connection, Queue::new(queue), &outbox_signal))
             .map_err(|error| DbError::Task(format!("cannot start the database writer: {error}")))?;
         Ok(Self {
             jobs,
@@ -271,22 +284,47 @@ struct WriterConnection {
     url: DatabaseUrl,
     pool: r2d2::Pool<PoolManager>,
     conn: Option<r2d2::PooledConnection<PoolManager>>,
+    /// Whether the connection is in a transaction begun with the last commit (module
+    /// docs), for the next batch.
+    begun: bool,
+    /// The database's counters: a transaction begun with a commit is counted here, as
+    /// diesel's instrumentation counts the others.
+    counters: Arc<Counters>,
+}
+
+/// The writer's connection, ready for a transaction.
+struct Session<'a> {
+    conn: &'a mut DbConnection,
+    /// Whether a transaction is open on it already (begun with the last commit).
+    begun: &'a mut bool,
+    counters: &'a Counters,
 }
 
 impl WriterConnection {
     fn get(&mut self) -> Result<&mut DbConnection, DbError> {
+        self.session().map(|session| session.conn)
+    }
+
+    fn session(&mut self) -> Result<Session<'_>, DbError> {
         let pooled = match self.conn.take() {
             Some(pooled) => pooled,
-            None => self
-                .pool
-                .get()
-                .map_err(|error| DbError::Unavailable(format!("{}: {error}", self.url)))?,
+            None => {
+                self.begun = false;
+                self.pool
+                    .get()
+                    .map_err(|error| DbError::Unavailable(format!("{}: {error}", self.url)))?
+            }
         };
-        Ok(&mut self.conn.insert(pooled).conn)
+        Ok(Session {
+            conn: &mut self.conn.insert(pooled).conn,
+            begun: &mut self.begun,
+            counters: &self.counters,
+        })
     }
 
     /// Gives the connection up: the pool drops it and opens a fresh one.
     fn discard(&mut self) {
+        self.begun = false;
         if let Some(mut pooled) = self.conn.take() {
             pooled.lost = true;
         }
@@ -307,19 +345,51 @@ impl WriterConnection {
     }
 }
 
+/// The writer's queue, able to tell whether a write waits without taking it.
+struct Queue {
+    receiver: mpsc::Receiver<Job>,
+    /// A job taken off the channel to look at it, first in line.
+    next: Option<Job>,
+}
+
+impl Queue {
+    fn new(receiver: mpsc::Receiver<Job>) -> Self {
+        Self {
+            receiver,
+            next: None,
+        }
+    }
+
+    /// The next job, waiting for one; `None` once every `Database` handle is gone.
+    fn recv(&mut self) -> Option<Job> {
+        self.next.take().or_else(|| self.receiver.recv().ok())
+    }
+
+    /// The next job if one is waiting.
+    fn try_recv(&mut self) -> Option<Job> {
+        self.next.take().or_else(|| self.receiver.try_recv().ok())
+    }
+
+    /// Whether a write is waiting, first in line (it stays there).
+    fn write_waits(&mut self) -> bool {
+        if self.next.is_none() {
+            self.next = self.receiver.try_recv().ok();
+        }
+        matches!(self.next, Some(Job::Write(_)))
+    }
+}
+
 /// Ends when every `Database` handle is gone (the channel closes).
-fn run(
-    mut connection: WriterConnection,
-    queue: &mpsc::Receiver<Job>,
-    outbox_signal: &tokio::sync::Notify,
-) {
-    while let Ok(first) = queue.recv() {
+fn run(mut connection: WriterConnection, mut queue: Queue, outbox_signal: &tokio::sync::Notify) {
+    while let Some(first) = queue.recv() {
         let mut batch = Vec::new();
         let mut next = Some(first);
         while let Some(job) = next.take() {
             match job {
                 Job::Exclusive(work) => {
-                    commit_batch(&mut connection, std::mem::take(&mut batch), outbox_signal);
+                    // It runs outside any transaction: none is begun ahead for it.
+                    let batch = std::mem::take(&mut batch);
+                    commit_batch(&mut connection, batch, &mut || false, outbox_signal);
                     let outcome = catch_unwind(AssertUnwindSafe(|| work(connection.get())));
                     if outcome.is_err() {
                         connection.discard();
@@ -328,10 +398,15 @@ fn run(
                 Job::Write(write) => batch.push(write),
             }
             if batch.len() < MAX_BATCH {
-                next = queue.try_recv().ok();
+                next = queue.try_recv();
             }
         }
-        commit_batch(&mut connection, batch, outbox_signal);
+        commit_batch(
+            &mut connection,
+            batch,
+            &mut || queue.write_waits(),
+            outbox_signal,
+        );
     }
 }
 
@@ -350,10 +425,12 @@ enum Ended {
     NotCommitted(DbError),
 }
 
-/// Runs a batch of writes and answers each (module docs).
+/// Runs a batch of writes and answers each (module docs). `write_waits` tells, at a
+/// commit, whether a write is waiting for the next batch.
 fn commit_batch(
     connection: &mut WriterConnection,
     batch: Vec<Box<dyn Write>>,
+    write_waits: &mut dyn FnMut() -> bool,
     outbox_signal: &tokio::sync::Notify,
 ) {
     let mut waiting: VecDeque<Box<dyn Write>> = batch.into();
@@ -366,8 +443,8 @@ fn commit_batch(
     // was idle) is replaced, and the batch tried on the new one, once.
     let mut may_reconnect = true;
     while !waiting.is_empty() {
-        let conn = match connection.get() {
-            Ok(conn) => conn,
+        let session = match connection.session() {
+            Ok(session) => session,
             Err(error) => {
                 for write in waiting.drain(..) {
                     write.answer(Err(passed_on(&error)));
@@ -375,7 +452,11 @@ fn commit_batch(
                 return;
             }
         };
-        match run_together(conn, waiting.range_mut(..together)) {
+        // Another transaction follows this one at once if writes of this batch are left
+        // for it, or the next batch's first write is waiting.
+        let more_of_this_batch = waiting.len() > together;
+        let mut another_follows = || more_of_this_batch || write_waits();
+        match run_together(session, waiting.range_mut(..together), &mut another_follows) {
             Ended::Committed { raised } => {
                 if raised > 0 {
                     outbox_signal.notify_one();
@@ -465,39 +546,78 @@ struct LeftToBatch {
 /// they raised, committed if every one succeeds. The rows go last in every transaction, a
 /// write's alone too, so that the locks their keys take come after the rows the writes
 /// updated, in every instance's transactions alike: never in the opposite order, which
-/// could deadlock two instances' transactions.
+/// could deadlock two instances' transactions. On PostgreSQL the commit begins the next
+/// transaction too when `another_follows` (module docs).
 fn run_together<'a>(
-    conn: &mut DbConnection,
+    session: Session<'_>,
     writes: impl Iterator<Item = &'a mut Box<dyn Write>>,
+    another_follows: &mut dyn FnMut() -> bool,
 ) -> Ended {
-    let mut failed = None;
-    let mut begun = false;
+    type Transactions = <DbConnection as Connection>::TransactionManager;
+    let Session {
+        conn,
+        begun,
+        counters,
+    } = session;
+    if !std::mem::take(begun)
+        && let Err(error) = Transactions::begin_transaction(conn)
+    {
+        return Ended::NotBegun(error.into());
+    }
     let mut left = LeftToBatch::default();
-    let committed = conn.transaction(|conn| {
-        begun = true;
-        for (at, write) in writes.enumerate() {
-            let panicked = match write.run(conn, &mut left) {
-                Ran::Succeeded => continue,
-                Ran::Failed => false,
-                Ran::Panicked => true,
-            };
-            failed = Some(Ended::Failed { at, panicked });
-            return Err(DbError::from(diesel::result::Error::RollbackTransaction));
+    let ran = run_writes(conn, writes, &mut left);
+    if let Err(failed) = ran {
+        // Its outcome is the write's answer; a connection the rollback left unsound is
+        // found out before the next transaction (`survived`).
+        let _rolled_back = Transactions::rollback_transaction(conn);
+        return failed;
+    }
+    let committed = if matches!(conn, DbConnection::Postgres(_)) && another_follows() {
+        match conn.batch_execute("COMMIT; BEGIN") {
+            Ok(()) => {
+                *begun = true;
+                counters.transactions.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(error) => {
+                // Diesel still counts the transaction open: close it (a `ROLLBACK` with
+                // none open only warns).
+                let _rolled_back = Transactions::rollback_transaction(conn);
+                Err(error)
+            }
         }
-        if let Err(error) = left.deferred.flush(conn) {
-            failed = Some(Ended::DeferredFailed(error));
-            return Err(DbError::from(diesel::result::Error::RollbackTransaction));
-        }
-        outbox::append(conn, &left.raised)
-    });
-    match (failed, committed) {
-        (Some(failed), _) => failed,
-        (None, Ok(())) => Ended::Committed {
+    } else {
+        Transactions::commit_transaction(conn)
+    };
+    match committed {
+        Ok(()) => Ended::Committed {
             raised: left.raised.len(),
         },
-        (None, Err(error)) if !begun => Ended::NotBegun(error),
-        (None, Err(error)) => Ended::NotCommitted(error),
+        Err(error) => Ended::NotCommitted(error.into()),
     }
+}
+
+/// Runs `writes` in the open transaction, then inserts what they left to it; the error is
+/// how the transaction ended, to be rolled back.
+fn run_writes<'a>(
+    conn: &mut DbConnection,
+    writes: impl Iterator<Item = &'a mut Box<dyn Write>>,
+    left: &mut LeftToBatch,
+) -> Result<(), Ended> {
+    for (at, write) in writes.enumerate() {
+        match write.run(conn, left) {
+            Ran::Succeeded => {}
+            Ran::Failed => {
+                return Err(Ended::Failed {
+                    at,
+                    panicked: false,
+                });
+            }
+            Ran::Panicked => return Err(Ended::Failed { at, panicked: true }),
+        }
+    }
+    left.deferred.flush(conn).map_err(Ended::DeferredFailed)?;
+    outbox::append(conn, &left.raised).map_err(Ended::NotCommitted)
 }
 
 fn lost(url: &DatabaseUrl) -> DbError {
