@@ -259,6 +259,71 @@ async fn concurrent_deliveries_of_one_event_apply_its_effect_once_on_postgres() 
     concurrent_deliveries_apply_once(Backend::Postgres).await;
 }
 
+/// The inbox records of events applied together go in with their batch: on PostgreSQL
+/// in one statement for the batch, not one each (SQLite inserts each through the one-row
+/// statement it keeps prepared: it has no round trips to save). Six events are applied
+/// while the writer is held by another write, so that they form one batch.
+async fn records_of_events_applied_together_go_in_together(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    let inbox = Inbox::new(db.clone(), "counter");
+    let holder = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.write(|conn| {
+                std::thread::sleep(Duration::from_millis(300));
+                insert_item(conn, "holder").map_err(TestError::from)
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = db.work_counts();
+    let events: Vec<Envelope> = (0..6).map(|n| event("k", n)).collect();
+    let applied = futures::future::join_all(events.iter().map(|event| {
+        inbox.apply(event, |conn, _| {
+            insert_item(conn, &uuid::Uuid::new_v4().to_string())?;
+            Ok::<_, TestError>(())
+        })
+    }))
+    .await;
+    holder.await.expect("joins").expect("the holder commits");
+    assert!(
+        applied.iter().all(|a| matches!(a, Ok(Applied::Handled))),
+        "{applied:?}"
+    );
+    let after = db.work_counts();
+    assert_eq!(after.transactions - before.transactions, 1, "one batch");
+    // The holder's insert and commit (its `BEGIN` was counted before); then the six
+    // effects' inserts, the records, and the batch's `BEGIN` — on PostgreSQL sent with the
+    // holder's commit — and `COMMIT`.
+    let (records, begin) = match backend {
+        Backend::Postgres => (1, 0),
+        Backend::Sqlite => (6, 1),
+    };
+    assert_eq!(
+        after.statements - before.statements,
+        2 + 6 + records + begin + 1
+    );
+    assert_eq!(
+        count_items(&db).await,
+        7,
+        "the holder's item and six effects"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_events_applied_together_go_in_together_on_sqlite() {
+    records_of_events_applied_together_go_in_together(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_events_applied_together_go_in_together_on_postgres() {
+    records_of_events_applied_together_go_in_together(Backend::Postgres).await;
+}
+
 async fn retries_then_dead_letters(backend: Backend) {
     let Some(test_db) = TestDatabase::new(backend) else {
         return;

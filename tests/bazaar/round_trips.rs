@@ -167,8 +167,9 @@ async fn an_order_costs_each_postgres_database_a_pinned_number_of_round_trips_an
     // - orders 18: BEGIN, INSERT order (its lines in its row), COMMIT; BEGIN, UPDATE
     //   order … RETURNING, INSERT outbox, COMMIT; the relay's 11.
     // - notifications 9: the webhooks, read for each of the two events; BEGIN, INSERT
-    //   inbox, INSERT delivery, COMMIT (each insert doing nothing for a key already there);
-    //   BEGIN, the delivery's UPDATE once sent, COMMIT. (The e-mail worker does not look
+    //   delivery (doing nothing for a key already there), INSERT inbox (left to the end of
+    //   the transaction; a key already there rolls it back), COMMIT; BEGIN, the delivery's
+    //   UPDATE once sent, COMMIT. (The e-mail worker does not look
     //   for due deliveries after each e-mail: none were left for it.)
     assert_costs(
         &costs,

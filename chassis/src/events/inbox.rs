@@ -30,7 +30,8 @@ impl Inbox {
     }
 
     /// Applies `effect` and records the event as handled in one transaction, so that a
-    /// redelivered event has no second effect. Events the effect pushes go to the
+    /// redelivered event has no second effect (none that is kept: see
+    /// [`Inbox::apply_returning`]). Events the effect pushes go to the
     /// consumer's own outbox in that same transaction.
     pub async fn apply<E, F>(&self, event: &Envelope, effect: F) -> Result<Applied, E>
     where
@@ -44,7 +45,15 @@ impl Inbox {
     }
 
     /// [`Inbox::apply`], answering what the effect answered, or `None` for an event handled
-    /// before (the effect did not run).
+    /// before (whatever the effect did is rolled back).
+    ///
+    /// The record is left to the batch (`Events::insert_at_commit`): the writes of one
+    /// batch record their events in one statement on PostgreSQL, not one each. So the
+    /// effect runs before the record is known to be new; an event handled before breaks
+    /// the inbox's key when the batch inserts its record, which rolls the effect back and
+    /// fails the write (a delivery racing another waits for that one's commit first). A
+    /// failed write whose event is found recorded is therefore answered `None`: the effect
+    /// had been applied once, by the delivery that recorded it.
     pub async fn apply_returning<T, E, F>(
         &self,
         event: &Envelope,
@@ -55,27 +64,51 @@ impl Inbox {
         T: Send + 'static,
         E: From<DbError> + From<diesel::result::Error> + Send + 'static,
     {
-        let consumer = self.consumer.clone();
-        let event_id = event.id.to_string();
-        self.db
+        let record = InboxRecord {
+            consumer: self.consumer.clone(),
+            event_id: event.id.to_string(),
+            handled_at: utc_now(),
+        };
+        let lookup = (record.consumer.clone(), record.event_id.clone());
+        let applied = self
+            .db
             .write_with_events(move |conn, events| {
-                // Recorded first, in one statement: a row already there (an event handled
-                // before, or being handled by a concurrent delivery, whose commit this
-                // insert waits for) inserts nothing, and the effect does not run.
-                let recorded = crate::per_backend!(conn, |conn| diesel::insert_into(inbox::table)
-                    .values((
-                        inbox::consumer.eq(&consumer),
-                        inbox::event_id.eq(&event_id),
-                        inbox::handled_at.eq(utc_now()),
-                    ))
-                    .on_conflict_do_nothing()
-                    .execute(conn))?;
-                if recorded == 0 {
-                    return Ok(None);
-                }
                 let answer = effect(conn, events)?;
-                Ok(Some(answer))
+                events.insert_at_commit(record.clone());
+                Ok(answer)
+            })
+            .await;
+        match applied {
+            Ok(answer) => Ok(Some(answer)),
+            Err(error) => match self.recorded(lookup).await {
+                Ok(true) => Ok(None),
+                // Not handled before (or not known): the effect's own failure.
+                Ok(false) | Err(_) => Err(error),
+            },
+        }
+    }
+
+    /// Whether the event `(consumer, event_id)` is recorded as handled.
+    async fn recorded(&self, (consumer, event_id): (String, String)) -> Result<bool, DbError> {
+        self.db
+            .read(move |conn| {
+                crate::per_backend!(conn, |conn| diesel::select(diesel::dsl::exists(
+                    inbox::table.find((&consumer, &event_id))
+                ))
+                .get_result(conn))
+                .map_err(DbError::from)
             })
             .await
     }
 }
+
+/// An event's record in a consumer's inbox.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = inbox)]
+struct InboxRecord {
+    consumer: String,
+    event_id: String,
+    handled_at: chrono::NaiveDateTime,
+}
+
+crate::deferred_row!(InboxRecord => inbox::table);
