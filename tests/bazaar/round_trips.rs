@@ -130,13 +130,13 @@ fn assert_costs(costs: &[Work], expected: &[(&str, u64, u64)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_costs_each_sqlite_database_a_pinned_number_of_statements_and_transactions() {
     let costs = cost_of_orders(&[], 4).await;
-    // SQLite: the same statements as PostgreSQL's below, but for the advisory lock. Each
-    // write here is alone, so a transaction of its own; under load the writes waiting for
-    // a database's writer share one `BEGIN` and `COMMIT`.
+    // SQLite: the same statements as PostgreSQL's below. Each write here is alone, so a
+    // transaction of its own; under load the writes waiting for a database's writer share
+    // one `BEGIN` and `COMMIT`.
     assert_costs(
         &costs,
         &[
-            ("billing", 20, 5),
+            ("billing", 21, 5),
             ("catalog", 9, 2),
             ("notifications", 9, 2),
             ("orders", 18, 5),
@@ -158,8 +158,8 @@ async fn an_order_costs_each_postgres_database_a_pinned_number_of_round_trips_an
     //   INSERT reservation (its lines in its row; left to the end of the transaction),
     //   COMMIT; commit: BEGIN, UPDATE reservation … RETURNING its lines, UPDATE product,
     //   COMMIT.
-    // - billing 21: the pending payment: BEGIN, advisory lock, INSERT payment … SELECT …
-    //   WHERE NOT EXISTS (a void), COMMIT; the capture: BEGIN, UPDATE payment … RETURNING,
+    // - billing 21: the pending payment: BEGIN, INSERT payment, INSERT the charge's
+    //   decision (which a void meets; left to the end of the transaction), COMMIT; the capture: BEGIN, UPDATE payment … RETURNING,
     //   UPDATE counter … RETURNING, INSERT invoice, INSERT outbox, COMMIT; the relay:
     //   BEGIN, SELECT rows, SELECT counts by key, UPDATE lease, COMMIT; BEGIN, UPDATE
     //   published, COMMIT; and a look for rows that waited behind the batch (BEGIN,

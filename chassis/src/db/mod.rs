@@ -11,7 +11,7 @@
 //! to the batch, which inserts each kind together before it commits
 //! ([`DeferredRow`], `Events::insert_at_commit`). Several instances of a module on one PostgreSQL
 //! database write concurrently, each through its own writer; correctness between them
-//! comes from the statements themselves (conditional updates, unique keys, [`lock_key`]).
+//! comes from the statements themselves (conditional updates, unique keys).
 //!
 //! Reads take a pooled connection: on PostgreSQL on tokio's blocking threads (a network
 //! round trip must not hold an executor thread); on SQLite on the calling thread itself,
@@ -728,24 +728,6 @@ impl r2d2::ManageConnection for Manager {
 
     fn has_broken(&self, conn: &mut DbConnection) -> bool {
         conn.is_broken()
-    }
-}
-
-/// Makes the transactions that name the same `key` run one after the other from here to
-/// their end. For a decision made on a row's absence — "no payment yet, so void the order"
-/// against "no void yet, so charge" — where no row exists for a conditional write to hold:
-/// on PostgreSQL, whose writers run at once, a transaction-scoped advisory lock on the
-/// key's hash; on SQLite nothing, since its one writer runs writes one after the other.
-/// Call it inside a [`Database::write`], before the reads the decision rests on.
-pub fn lock_key(conn: &mut DbConnection, key: &str) -> QueryResult<()> {
-    match conn {
-        DbConnection::Sqlite(_) => Ok(()),
-        DbConnection::Postgres(conn) => {
-            diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-                .bind::<diesel::sql_types::Text, _>(key)
-                .execute(conn)
-                .map(|_| ())
-        }
     }
 }
 

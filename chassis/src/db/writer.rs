@@ -10,8 +10,8 @@
 //! PostgreSQL every statement is a network round trip, and a transaction of its own per
 //! write cost two more (`BEGIN`, `COMMIT`) and a WAL flush each: most of an order's cost
 //! (BENCHMARKS.md, "Orders on PostgreSQL"). Several *instances* of a module on one
-//! PostgreSQL database still write concurrently, each with its writer; conditional writes,
-//! unique keys and advisory locks keep them correct, as before.
+//! PostgreSQL database still write concurrently, each with its writer; conditional writes
+//! and unique keys keep them correct, as before.
 //!
 //! **No savepoints.** A savepoint per write would isolate a failed write for free on SQLite
 //! but costs, on PostgreSQL, the very round trips `BEGIN` and `COMMIT` did. Instead, a write

@@ -12,7 +12,7 @@ use diesel::prelude::*;
 use uuid::Uuid;
 
 use crate::domain::Invoice;
-use crate::schema::{invoice_counters, invoices, payments, refunds, voided_charges};
+use crate::schema::{charge_decisions, invoice_counters, invoices, payments, refunds};
 
 pub(crate) use chassis::db::utc_now as now;
 
@@ -118,53 +118,64 @@ pub(crate) fn find_payment(
     })
 }
 
-/// Records a charge about to be sent to the gateway, its attempt starting `at`, unless the
-/// order was voided; answers whether it did. The check and the insert are one statement
-/// (`INSERT … SELECT … WHERE NOT EXISTS`): one round trip on PostgreSQL, not two. The
-/// caller holds the order's charge lock, so no void commits in between. A unique
-/// violation means a concurrent call for the same order inserted first.
-pub(crate) fn insert_pending_unless_voided(
+/// Records a charge about to be sent to the gateway, its attempt starting `at`. A unique
+/// violation means a payment of the order is there already (a repeated charge, or a
+/// concurrent first one that committed first). The first charge also records its decision
+/// ([`ChargeDecision`]), which a void of the order meets.
+pub(crate) fn insert_pending(
     conn: &mut DbConnection,
     id: Uuid,
     order_id: Uuid,
     amount: &Money,
     customer_email: &str,
     at: NaiveDateTime,
-) -> QueryResult<bool> {
-    use diesel::dsl::{exists, not};
-    use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
+) -> QueryResult<()> {
     per_backend!(conn, |conn| {
-        let order_key = order_id.to_string();
-        let values = diesel::select((
-            id.to_string().into_sql::<Text>(),
-            order_key.clone().into_sql::<Text>(),
-            amount.amount.into_sql::<BigInt>(),
-            amount.currency.clone().into_sql::<Text>(),
-            customer_email.to_owned().into_sql::<Text>(),
-            PENDING.into_sql::<Text>(),
-            0_i64.into_sql::<BigInt>(),
-            Some(at).into_sql::<Nullable<Timestamp>>(),
-            at.into_sql::<Timestamp>(),
-            at.into_sql::<Timestamp>(),
-        ))
-        .filter(not(exists(voided_charges::table.find(order_key))));
         diesel::insert_into(payments::table)
-            .values(values)
-            .into_columns((
-                payments::id,
-                payments::order_id,
-                payments::amount,
-                payments::currency,
-                payments::customer_email,
-                payments::status,
-                payments::refunded_amount,
-                payments::attempt_started_at,
-                payments::created_at,
-                payments::updated_at,
+            .values((
+                payments::id.eq(id.to_string()),
+                payments::order_id.eq(order_id.to_string()),
+                payments::amount.eq(amount.amount),
+                payments::currency.eq(&amount.currency),
+                payments::customer_email.eq(customer_email),
+                payments::status.eq(PENDING),
+                payments::refunded_amount.eq(0_i64),
+                payments::attempt_started_at.eq(Some(at)),
+                payments::created_at.eq(at),
+                payments::updated_at.eq(at),
             ))
             .execute(conn)
-            .map(|inserted| inserted == 1)
+            .map(|_| ())
     })
+}
+
+/// Which came first for an order, its first charge or its void: both insert the order's
+/// row, and its key makes the later one fail, once the earlier one committed. A first
+/// charge leaves its row to the batch (it is read by nobody before the batch commits, and
+/// a void's row already there breaks its key at the batch's end); a void inserts its own
+/// at once ([`insert_void`]).
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = charge_decisions)]
+pub(crate) struct ChargeDecision {
+    order_id: String,
+    decision: &'static str,
+    decided_at: NaiveDateTime,
+}
+
+chassis::deferred_row!(ChargeDecision => charge_decisions::table);
+
+const CHARGE: &str = "charge";
+const VOID: &str = "void";
+
+impl ChargeDecision {
+    /// The decision a first charge of `order_id` records.
+    pub(crate) fn charge(order_id: Uuid, at: NaiveDateTime) -> Self {
+        Self {
+            order_id: order_id.to_string(),
+            decision: CHARGE,
+            decided_at: at,
+        }
+    }
 }
 
 /// Takes over a pending charge for a new attempt starting `at`, if no attempt is in
@@ -434,24 +445,32 @@ pub(crate) fn find_invoice_of_order(
 /// Whether `order_id` was voided: refunded before any charge of it was seen.
 pub(crate) fn is_voided(conn: &mut DbConnection, order_id: Uuid) -> QueryResult<bool> {
     per_backend!(conn, |conn| {
-        voided_charges::table
-            .find(order_id.to_string())
-            .select(voided_charges::order_id)
-            .get_result::<String>(conn)
-            .optional()
-            .map(|found| found.is_some())
+        diesel::select(diesel::dsl::exists(
+            charge_decisions::table
+                .find(order_id.to_string())
+                .filter(charge_decisions::decision.eq(VOID)),
+        ))
+        .get_result(conn)
     })
 }
 
-/// Voids `order_id`: no charge of it will be taken from now on.
-pub(crate) fn insert_voided(conn: &mut DbConnection, order_id: Uuid) -> QueryResult<()> {
+/// Voids `order_id` unless a first charge of it (or a void) was recorded first; answers
+/// whether it did. A first charge in flight elsewhere, its decision inserted, is waited
+/// for.
+pub(crate) fn insert_void(
+    conn: &mut DbConnection,
+    order_id: Uuid,
+    at: NaiveDateTime,
+) -> QueryResult<bool> {
     per_backend!(conn, |conn| {
-        diesel::insert_into(voided_charges::table)
+        diesel::insert_into(charge_decisions::table)
             .values((
-                voided_charges::order_id.eq(order_id.to_string()),
-                voided_charges::created_at.eq(now()),
+                charge_decisions::order_id.eq(order_id.to_string()),
+                charge_decisions::decision.eq(VOID),
+                charge_decisions::decided_at.eq(at),
             ))
+            .on_conflict_do_nothing()
             .execute(conn)
-            .map(|_| ())
+            .map(|inserted| inserted == 1)
     })
 }

@@ -54,8 +54,9 @@ diesel::joinable!(invoices -> payments (payment_id));
 diesel::allow_tables_to_appear_in_same_query!(payments, refunds, invoices, invoice_counters);
 
 diesel::table! {
-    voided_charges (order_id) {
+    charge_decisions (order_id) {
         order_id -> Text,
-        created_at -> Timestamp,
+        decision -> Text,
+        decided_at -> Timestamp,
     }
 }

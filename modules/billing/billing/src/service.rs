@@ -173,7 +173,7 @@ impl BillingService {
         let customer_email = request.customer_email.clone();
         let stale_after = TimeDelta::from_std(self.gateway_timeout).unwrap_or(TimeDelta::MAX);
         self.db
-            .write(move |conn| {
+            .write_with_events(move |conn, at_commit| {
                 let at = repo::now();
                 let found = if look_first {
                     repo::find_payment(conn, order_id)?
@@ -181,10 +181,12 @@ impl BillingService {
                     None
                 };
                 let Some(stored) = found else {
-                    // A first charge races a refund that would void the order (`void`):
-                    // the two decide on each other's rows being absent, so they take turns.
-                    chassis::db::lock_key(conn, &voiding_key(order_id))?;
-                    let recorded = repo::insert_pending_unless_voided(
+                    // A first try does not look: a void there breaks the decision's key at
+                    // the batch's end, and the next try, looking, finds it.
+                    if look_first && repo::is_voided(conn, order_id)? {
+                        return Err(BillingError::ChargeVoided { order_id }.into());
+                    }
+                    repo::insert_pending(
                         conn,
                         Uuid::now_v7(),
                         order_id,
@@ -192,11 +194,8 @@ impl BillingService {
                         &customer_email,
                         at,
                     )?;
-                    return if recorded {
-                        Ok(Begun::Attempt(at))
-                    } else {
-                        Err(BillingError::ChargeVoided { order_id }.into())
-                    };
+                    at_commit.insert_at_commit(repo::ChargeDecision::charge(order_id, at));
+                    return Ok(Begun::Attempt(at));
                 };
                 if stored.amount != amount {
                     return Err(BillingError::ChargeConflict { order_id }.into());
@@ -350,15 +349,16 @@ impl BillingService {
     async fn void(&self, order_id: Uuid) -> Result<Option<StoredPayment>, BillingError> {
         self.db
             .write(move |conn| {
-                chassis::db::lock_key(conn, &voiding_key(order_id))?;
                 if let Some(stored) = repo::find_payment(conn, order_id)? {
                     return Ok(Some(stored));
                 }
-                if !repo::is_voided(conn, order_id)? {
-                    repo::insert_voided(conn, order_id)?;
+                if repo::insert_void(conn, order_id, repo::now())? {
                     tracing::info!(%order_id, "order voided: refunded before any charge");
+                    return Ok(None);
                 }
-                Ok::<_, Error>(None)
+                // Decided before: by a first charge that committed meanwhile (its payment
+                // is there now), or by an earlier void.
+                Ok::<_, Error>(repo::find_payment(conn, order_id)?)
             })
             .await
             .map_err(BillingError::from)
@@ -393,11 +393,6 @@ impl BillingService {
             .await
             .map_err(BillingError::from)
     }
-}
-
-/// The key a first charge and a void of one order take turns on.
-fn voiding_key(order_id: Uuid) -> String {
-    format!("billing.charge.{order_id}")
 }
 
 /// The gateway's definite answer to a charge.
@@ -438,11 +433,17 @@ impl Billing for BillingService {
         // The first try inserts the payment without looking for one: a first charge is the
         // common call, and the look is a round trip on PostgreSQL. A payment already there
         // (a repeated charge, or a concurrent first one that committed first) fails the
-        // insert on its key, and the second try looks.
-        let begun = match self.begin(&request, false).await {
-            Err(error) if lost_race(&error) => self.begin(&request, true).await,
-            other => other,
-        }?;
+        // insert on its key, and a void already there fails the batch's insert of the
+        // charge's decision: the next try looks.
+        let mut begun = self.begin(&request, false).await;
+        // Looking, then, at most twice: a first charge can lose to a concurrent one, then
+        // again to a void that committed while it looked.
+        for _ in 0..2 {
+            if matches!(&begun, Err(error) if lost_race(error)) {
+                begun = self.begin(&request, true).await;
+            }
+        }
+        let begun = begun?;
         let started_at = match begun {
             Begun::Settled(payment) => return Ok(payment),
             Begun::Attempt(started_at) => started_at,

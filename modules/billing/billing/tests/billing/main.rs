@@ -5,3 +5,4 @@ mod conformance;
 mod events;
 mod http_api;
 mod support;
+mod upgrade;
