@@ -52,7 +52,10 @@ pub(crate) async fn payments_by_order(
             .json()
             .await
             .expect("json");
-        for payment in page["items"].as_array().expect("items") {
+        let items = page["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("a page of payments: {page}"));
+        for payment in items {
             by_order
                 .entry(payment["order_id"].as_str().unwrap_or_default().to_owned())
                 .or_default()

@@ -431,10 +431,11 @@ impl Database {
 
     /// Runs `work` with a pooled connection: on the calling thread on SQLite, on a
     /// blocking thread on PostgreSQL (see the module docs). `work` is a few statements, not
-    /// a long computation.
+    /// a long computation, and it may run twice: once more on a fresh connection when the
+    /// first one turned out dead (`Inner::with_connection`).
     pub async fn read<T, E, F>(&self, work: F) -> Result<T, E>
     where
-        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        F: FnMut(&mut DbConnection) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
@@ -564,34 +565,63 @@ impl Inner {
     /// Runs `work` on a pooled connection. A connection whose server went away (the
     /// server restarted, or an operator terminated its backend) fails every statement
     /// from then on, and nothing else tells the pool: so after a failure the connection
-    /// is pinged, and one that does not answer is dropped instead of going back, and the
-    /// pool opens a fresh one, and the error is the database being unavailable (503, try
-    /// again), not the statement's. A healthy connection costs nothing extra.
+    /// is pinged, and one that does not answer is dropped instead of going back. Such a
+    /// server left every idle connection of the pool dead, not only this one, so `work`
+    /// then runs again, once, on a connection that answers (the dead ones met on the way
+    /// dropped, a fresh one opened if need be); if that fails for a lost connection too,
+    /// the error is the database being unavailable (503, try again), not the statement's.
+    /// A healthy connection costs nothing extra.
     fn with_connection<T, E>(
         &self,
-        work: impl FnOnce(&mut DbConnection) -> Result<T, E>,
+        mut work: impl FnMut(&mut DbConnection) -> Result<T, E>,
     ) -> Result<T, E>
     where
         E: From<DbError>,
     {
-        let mut pooled = self
-            .pool
-            .get()
-            .map_err(|error| DbError::Unavailable(format!("{}: {error}", self.url)))?;
-        let result = work(&mut pooled.conn);
-        if result.is_err()
-            && matches!(pooled.conn, DbConnection::Postgres(_))
-            && pooled.conn.ping().is_err()
-        {
-            // Whatever the statement's error said, the cause is the lost connection: the
-            // caller should try again later (and a write did not commit).
+        let mut pooled = self.pooled()?;
+        for last_try in [false, true] {
+            let result = work(&mut pooled.conn);
+            if result.is_ok()
+                || !matches!(pooled.conn, DbConnection::Postgres(_))
+                || pooled.conn.ping().is_ok()
+            {
+                return result;
+            }
+            // Whatever the statement's error said, the cause is the lost connection.
             pooled.lost = true;
-            return Err(E::from(DbError::Unavailable(format!(
-                "{}: the connection to the server was lost",
-                self.url
-            ))));
+            if last_try {
+                break;
+            }
+            drop(pooled);
+            pooled = self.answering()?;
         }
-        result
+        Err(E::from(DbError::Unavailable(format!(
+            "{}: the connection to the server was lost",
+            self.url
+        ))))
+    }
+
+    fn pooled(&self) -> Result<r2d2::PooledConnection<PoolManager>, DbError> {
+        self.pool
+            .get()
+            .map_err(|error| DbError::Unavailable(format!("{}: {error}", self.url)))
+    }
+
+    /// A pooled connection that answers a ping: the dead ones met on the way are dropped
+    /// (at most as many as the pool holds), and the pool opens a fresh one, waiting at most
+    /// its connection timeout. `Unavailable` when none can be had.
+    fn answering(&self) -> Result<r2d2::PooledConnection<PoolManager>, DbError> {
+        for _ in 0..=self.pool.max_size() {
+            let mut pooled = self.pooled()?;
+            if pooled.conn.ping().is_ok() {
+                return Ok(pooled);
+            }
+            pooled.lost = true;
+        }
+        Err(DbError::Unavailable(format!(
+            "{}: the connection to the server was lost",
+            self.url
+        )))
     }
 }
 
