@@ -9,7 +9,10 @@ use chassis::config::DatabaseUrl;
 use chassis::db::{Backend, Database, DbConnection, DbError, PoolOptions};
 use chassis::events::Events;
 use chassis::testing::{TestDatabase, racing_instances};
-use common::{MIGRATIONS, TestError, count_items, insert_item, items, open_instances};
+use common::{
+    MIGRATIONS, TestError, count_items, hold_the_writer, insert_item, open_instances,
+    try_count_items,
+};
 use diesel::prelude::*;
 
 /// The events in the outbox, not yet published (no relay runs in these tests).
@@ -279,14 +282,7 @@ async fn terminated_connections_are_replaced_without_failing_a_read_or_a_write_o
         "the pool and the writer had connections"
     );
     for _ in 0..4 {
-        let read = db
-            .read(|conn| {
-                items::table
-                    .count()
-                    .get_result::<i64>(conn)
-                    .map_err(TestError::from)
-            })
-            .await;
+        let read = try_count_items(&db).await;
         assert!(matches!(read, Ok(1)), "a read after the cut: {read:?}");
     }
     db.write(|conn| insert_item(conn, "after").map_err(TestError::from))
@@ -403,17 +399,7 @@ where
 {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let holder = {
-        let db = db.clone();
-        tokio::spawn(async move {
-            db.write(|conn| {
-                std::thread::sleep(std::time::Duration::from_millis(300));
-                insert_item(conn, "holder").map_err(TestError::from)
-            })
-            .await
-        })
-    };
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let holder = hold_the_writer(db).await;
     let runs: Arc<Vec<AtomicUsize>> = Arc::new((0..6).map(|_| AtomicUsize::new(0)).collect());
     // `join_all` polls them in order: they reach the writer's queue in this order.
     let writes = (0..6).map(|n| {
@@ -728,34 +714,28 @@ async fn a_write_while_postgres_refuses_connections_is_unavailable_within_the_ti
         .expect("writes");
     test_db.refuse_connections();
     let started = std::time::Instant::now();
-    let outcome = db
+    let written = db
         .write(|conn| insert_item(conn, "during").map_err(TestError::from))
         .await;
+    unavailable_within_the_timeout("a write", written, started);
+    let started = std::time::Instant::now();
+    unavailable_within_the_timeout("a read", try_count_items(&db).await, started);
+}
+
+/// `outcome` is `Unavailable`, answered within the connection timeout of the call started
+/// at `started` (plus slack), not left waiting.
+fn unavailable_within_the_timeout<T: std::fmt::Debug>(
+    what: &str,
+    outcome: Result<T, TestError>,
+    started: std::time::Instant,
+) {
     assert!(
         matches!(outcome, Err(TestError::Db(DbError::Unavailable(_)))),
-        "{outcome:?}"
+        "{what}: {outcome:?}"
     );
     assert!(
         started.elapsed() < std::time::Duration::from_secs(3),
-        "answered within the timeout, not left waiting: {:?}",
-        started.elapsed()
-    );
-    let started = std::time::Instant::now();
-    let read = db
-        .read(|conn| {
-            items::table
-                .count()
-                .get_result::<i64>(conn)
-                .map_err(TestError::from)
-        })
-        .await;
-    assert!(
-        matches!(read, Err(TestError::Db(DbError::Unavailable(_)))),
-        "{read:?}"
-    );
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(3),
-        "a read answered within the timeout: {:?}",
+        "{what} answered within the timeout, not left waiting: {:?}",
         started.elapsed()
     );
 }

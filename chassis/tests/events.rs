@@ -18,8 +18,8 @@ use chassis::events::{
 };
 use chassis::testing::{TestDatabase, racing_instances};
 use common::{
-    EVENT, MIGRATIONS, Recorder, TestError, count_items, event, eventually, insert_item, items,
-    open_instances,
+    EVENT, MIGRATIONS, Recorder, TestError, count_items, event, eventually, hold_the_writer,
+    insert_item, items, open_instances,
 };
 use diesel::prelude::*;
 
@@ -269,17 +269,7 @@ async fn records_of_events_applied_together_go_in_together(backend: Backend) {
     };
     let db = test_db.open(MIGRATIONS).await;
     let inbox = Inbox::new(db.clone(), "counter");
-    let holder = {
-        let db = db.clone();
-        tokio::spawn(async move {
-            db.write(|conn| {
-                std::thread::sleep(Duration::from_millis(300));
-                insert_item(conn, "holder").map_err(TestError::from)
-            })
-            .await
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let holder = hold_the_writer(&db).await;
     let before = db.work_counts();
     let events: Vec<Envelope> = (0..6).map(|n| event("k", n)).collect();
     let applied = futures::future::join_all(events.iter().map(|event| {

@@ -1,6 +1,6 @@
 //! What the chassis's integration tests share: a tiny module schema (`items`) on both
-//! backends, an error type for write closures, and for the event tests an event maker and
-//! a recording handler.
+//! backends, an error type for write closures, a writer held so that the writes behind it
+//! form one batch, and for the event tests an event maker and a recording handler.
 #![allow(dead_code, unreachable_pub)] // each test binary uses a part
 
 use std::collections::HashMap;
@@ -49,6 +49,11 @@ pub fn insert_item(conn: &mut DbConnection, id: &str) -> QueryResult<usize> {
 
 /// How many items are stored.
 pub async fn count_items(db: &Database) -> i64 {
+    try_count_items(db).await.expect("counts")
+}
+
+/// How many items are stored, or why the read failed.
+pub async fn try_count_items(db: &Database) -> Result<i64, TestError> {
     db.read(|conn| {
         items::table
             .count()
@@ -56,7 +61,24 @@ pub async fn count_items(db: &Database) -> i64 {
             .map_err(TestError::from)
     })
     .await
-    .expect("counts")
+}
+
+/// Holds `db`'s writer with a write of its own (inserting the item "holder") for 300 ms,
+/// from before this returns: writes submitted meanwhile queue behind it and form the next
+/// batch. The handle answers the holder's outcome.
+pub async fn hold_the_writer(db: &Database) -> tokio::task::JoinHandle<Result<usize, TestError>> {
+    let holder = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.write(|conn| {
+                std::thread::sleep(Duration::from_millis(300));
+                insert_item(conn, "holder").map_err(TestError::from)
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    holder
 }
 
 #[derive(Debug, thiserror::Error)]
