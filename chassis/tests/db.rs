@@ -291,6 +291,49 @@ async fn terminated_connections_are_replaced_without_failing_a_read_or_a_write_o
     assert_eq!(count_items(&db).await, 2);
 }
 
+/// PostgreSQL only: the connection dies under a transaction begun with the last commit
+/// (the holder's, with six writes waiting) before its first write's statement: that
+/// batch runs again on a fresh connection, as a batch whose `BEGIN` met a dead connection
+/// would, and every write commits once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_begun_with_a_commit_on_a_connection_that_then_died_runs_on_a_fresh_one() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static FIRST_RUN: AtomicBool = AtomicBool::new(true);
+    let Some(test_db) = TestDatabase::postgres() else {
+        return;
+    };
+    let test_db = std::sync::Arc::new(test_db);
+    let db = test_db.open(MIGRATIONS).await;
+    let cutter = {
+        let test_db = std::sync::Arc::clone(&test_db);
+        tokio::spawn(async move {
+            // The holder commits at ~300 ms; the first of the six then sleeps until ~900 ms.
+            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+            tokio::task::spawn_blocking(move || test_db.terminate_connections()).await
+        })
+    };
+    let (answers, runs) = six_writes_in_one_batch_of(&db, |n, conn, _| {
+        if n == 0 && FIRST_RUN.swap(false, Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(600));
+        }
+        insert_item(conn, &format!("item-{n}")).map_err(TestError::from)
+    })
+    .await;
+    let ended = cutter.await.expect("joins").expect("cuts");
+    assert!(ended >= 1, "the writer's connection was ended");
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert_eq!(
+        runs,
+        [2, 1, 1, 1, 1, 1],
+        "the first ran again, the others once"
+    );
+    assert_eq!(
+        count_items(&db).await,
+        7,
+        "the holder's item and the six, once"
+    );
+}
+
 /// Instances started at once on a fresh database all migrate it, in turns: none fails on
 /// tables another one is creating.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -439,8 +439,9 @@ fn commit_batch(
     // After the rows some writes deferred broke a key, every write runs alone, so that
     // the error reaches the one that broke it (`deferred`'s module docs).
     let mut one_at_a_time = false;
-    // A connection found dead before anything ran on it (the server restarted while it
-    // was idle) is replaced, and the batch tried on the new one, once.
+    // A connection found dead before anything of the batch could commit on it (the server
+    // restarted while it was idle: at `BEGIN`, or at the first statements of a transaction
+    // begun with the last commit) is replaced, and the batch tried on the new one, once.
     let mut may_reconnect = true;
     while !waiting.is_empty() {
         let session = match connection.session() {
@@ -452,6 +453,9 @@ fn commit_batch(
                 return;
             }
         };
+        // A transaction begun with the last commit, on a connection that died since, meets
+        // that at its first statement, not at its `BEGIN`: it is replaced as at `BEGIN`.
+        let begun_with_last_commit = *session.begun;
         // Another transaction follows this one at once if writes of this batch are left
         // for it, or the next batch's first write is waiting.
         let more_of_this_batch = waiting.len() > together;
@@ -466,6 +470,14 @@ fn commit_batch(
                 }
             }
             Ended::NotBegun(_) if may_reconnect && !connection.survived() => {
+                may_reconnect = false;
+                continue;
+            }
+            Ended::Failed {
+                panicked: false, ..
+            } if begun_with_last_commit && may_reconnect && !connection.survived() => {
+                // Nothing of it committed (its transaction died with the connection): the
+                // same writes run again, on a fresh connection, once.
                 may_reconnect = false;
                 continue;
             }
