@@ -595,16 +595,11 @@ impl Inner {
             drop(pooled);
             pooled = self.answering()?;
         }
-        Err(E::from(DbError::Unavailable(format!(
-            "{}: the connection to the server was lost",
-            self.url
-        ))))
+        Err(E::from(lost(&self.url)))
     }
 
     fn pooled(&self) -> Result<r2d2::PooledConnection<PoolManager>, DbError> {
-        self.pool
-            .get()
-            .map_err(|error| DbError::Unavailable(format!("{}: {error}", self.url)))
+        check_out(&self.pool, &self.url)
     }
 
     /// A pooled connection that answers a ping: the dead ones met on the way are dropped
@@ -618,11 +613,24 @@ impl Inner {
             }
             pooled.lost = true;
         }
-        Err(DbError::Unavailable(format!(
-            "{}: the connection to the server was lost",
-            self.url
-        )))
+        Err(lost(&self.url))
     }
+}
+
+/// A connection of `pool` (of the database at `url`), or `Unavailable` once the pool's
+/// connection timeout passed without one.
+fn check_out(
+    pool: &r2d2::Pool<PoolManager>,
+    url: &DatabaseUrl,
+) -> Result<r2d2::PooledConnection<PoolManager>, DbError> {
+    pool.get()
+        .map_err(|error| DbError::Unavailable(format!("{url}: {error}")))
+}
+
+/// What a statement on a connection the server ended answers: the database is
+/// unavailable (503, try again), whatever the statement's own error said.
+fn lost(url: &DatabaseUrl) -> DbError {
+    DbError::Unavailable(format!("{url}: the connection to the server was lost"))
 }
 
 async fn spawn_blocking<T, E, F>(work: F) -> Result<T, E>

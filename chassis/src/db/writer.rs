@@ -47,7 +47,10 @@ use diesel::Connection;
 use diesel::connection::{SimpleConnection, TransactionManager as _};
 use diesel::r2d2::R2D2Connection;
 
-use super::{Backend, Counters, DbConnection, DbError, DeferredInserts, Manager, PoolManager};
+use super::{
+    Backend, Counters, DbConnection, DbError, DeferredInserts, Manager, PoolManager, check_out,
+    lost,
+};
 use crate::config::DatabaseUrl;
 use crate::events::Events;
 use crate::events::outbox::{self, OutboxRow};
@@ -310,9 +313,7 @@ impl WriterConnection {
             Some(pooled) => pooled,
             None => {
                 self.begun = false;
-                self.pool
-                    .get()
-                    .map_err(|error| DbError::Unavailable(format!("{}: {error}", self.url)))?
+                check_out(&self.pool, &self.url)?
             }
         };
         Ok(Session {
@@ -630,10 +631,6 @@ fn run_writes<'a>(
     }
     left.deferred.flush(conn).map_err(Ended::DeferredFailed)?;
     outbox::append(conn, &left.raised).map_err(Ended::NotCommitted)
-}
-
-fn lost(url: &DatabaseUrl) -> DbError {
-    DbError::Unavailable(format!("{url}: the connection to the server was lost"))
 }
 
 /// The error a batch's failure gives each write in it.

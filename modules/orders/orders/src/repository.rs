@@ -120,10 +120,10 @@ chassis::deferred_row!(OrderRow => orders::table);
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = idempotency_keys)]
 pub(crate) struct IdempotencyKeyRow {
-    pub(crate) idempotency_key: String,
-    pub(crate) request_hash: String,
-    pub(crate) order_id: String,
-    pub(crate) created_at: NaiveDateTime,
+    idempotency_key: String,
+    request_hash: String,
+    order_id: String,
+    created_at: NaiveDateTime,
 }
 
 impl IdempotencyKeyRow {
