@@ -736,6 +736,170 @@ async fn a_row_left_to_a_batch_that_breaks_a_key_fails_only_its_write_on_postgre
     a_row_left_to_a_batch_that_breaks_a_key_fails_only_its_write(Backend::Postgres).await;
 }
 
+/// An increment of an item's `n` a write leaves to its batch: the increments of one item
+/// add up, and on PostgreSQL a batch's go in as one `UPDATE … FROM (VALUES …)`.
+#[derive(Clone, Copy)]
+struct AddToItem {
+    id: &'static str,
+    by: i64,
+}
+
+impl chassis::db::DeferredUpdate for AddToItem {
+    fn update_all(conn: &mut DbConnection, adds: &[Self]) -> QueryResult<()> {
+        use common::items;
+        use diesel::sql_types::{BigInt, Text};
+        let mut by_item = std::collections::BTreeMap::new();
+        for add in adds {
+            *by_item.entry(add.id).or_insert(0_i64) += add.by;
+        }
+        let changed = match conn {
+            DbConnection::Postgres(conn) => {
+                let sql = format!(
+                    "UPDATE items SET n = items.n + adds.by FROM (VALUES {}) AS adds (id, by) \
+                     WHERE items.id = adds.id",
+                    chassis::db::values_placeholders(by_item.len(), 2, 1)
+                );
+                let mut statement = diesel::sql_query(sql).into_boxed::<diesel::pg::Pg>();
+                for (id, by) in &by_item {
+                    statement = statement.bind::<Text, _>(*id).bind::<BigInt, _>(*by);
+                }
+                statement.execute(conn)?
+            }
+            DbConnection::Sqlite(conn) => {
+                let mut changed = 0;
+                for (id, by) in &by_item {
+                    changed += diesel::update(items::table.find(*id))
+                        .set(items::n.eq(items::n + *by))
+                        .execute(conn)?;
+                }
+                changed
+            }
+        };
+        if changed == by_item.len() {
+            Ok(())
+        } else {
+            Err(diesel::result::Error::NotFound)
+        }
+    }
+}
+
+/// Six writes in one batch, the `n`-th adding `n + 1` to the item `ids[n]`, left to the
+/// batch: what each answered (`false`: its item was not there, the write's answer) and
+/// how many times each ran.
+async fn six_updating_writes_in_one_batch(
+    db: &Database,
+    ids: [&'static str; 6],
+) -> (Vec<Result<bool, TestError>>, Vec<usize>) {
+    let (answers, runs) = six_writes_in_one_batch_of(db, move |n, _conn, at_commit| {
+        at_commit.update_at_commit(AddToItem {
+            id: ids[n],
+            by: n as i64 + 1,
+        });
+        Ok(())
+    })
+    .await;
+    let answers = answers
+        .into_iter()
+        .map(|answer| match answer {
+            Ok(()) => Ok(true),
+            Err(TestError::Db(DbError::Query(diesel::result::Error::NotFound))) => Ok(false),
+            Err(error) => Err(error),
+        })
+        .collect();
+    (answers, runs)
+}
+
+async fn item_n(db: &Database, id: &'static str) -> i64 {
+    db.read(move |conn| {
+        common::items::table
+            .find(id)
+            .select(common::items::n)
+            .get_result::<i64>(conn)
+            .map_err(TestError::from)
+    })
+    .await
+    .expect("reads")
+}
+
+/// Updates the writes of a batch leave to it are applied in the batch's transaction,
+/// before its commit, one change per row however many writes changed it: on PostgreSQL in
+/// one statement.
+async fn updates_left_to_a_batch_are_applied_before_its_commit(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    for id in ["x", "y"] {
+        db.write(move |conn| insert_item(conn, id).map_err(TestError::from))
+            .await
+            .expect("writes");
+    }
+    let before = db.work_counts();
+    let (answers, runs) =
+        six_updating_writes_in_one_batch(&db, ["x", "y", "x", "x", "y", "x"]).await;
+    assert!(
+        answers.iter().all(|answer| matches!(answer, Ok(true))),
+        "{answers:?}"
+    );
+    assert_eq!(runs, [1; 6], "each write ran once");
+    let after = db.work_counts();
+    assert_eq!(after.transactions - before.transactions, 2);
+    // The holder's insert, `BEGIN` and `COMMIT` of each transaction, and the updates: one
+    // statement for both items on PostgreSQL, one prepared statement an item on SQLite.
+    let item_updates = match backend {
+        Backend::Postgres => 1,
+        Backend::Sqlite => 2,
+    };
+    assert_eq!(
+        after.statements - before.statements,
+        1 + holder_and_batch_begin_and_commit(backend) + item_updates
+    );
+    assert_eq!(item_n(&db, "x").await, 1 + 1 + 3 + 4 + 6);
+    assert_eq!(item_n(&db, "y").await, 1 + 2 + 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_left_to_a_batch_are_applied_before_its_commit_on_sqlite() {
+    updates_left_to_a_batch_are_applied_before_its_commit(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_left_to_a_batch_are_applied_before_its_commit_on_postgres() {
+    updates_left_to_a_batch_are_applied_before_its_commit(Backend::Postgres).await;
+}
+
+/// A write of a batch leaves an update of a row that is not there: the batch's updates
+/// fail, and every write runs again alone, so that that write is answered `NotFound` and
+/// the others' updates commit once.
+async fn an_update_left_to_a_batch_whose_row_is_gone_fails_only_its_write(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    db.write(|conn| insert_item(conn, "x").map_err(TestError::from))
+        .await
+        .expect("writes");
+    let (answers, runs) =
+        six_updating_writes_in_one_batch(&db, ["x", "x", "gone", "x", "x", "x"]).await;
+    let answers: Vec<bool> = answers
+        .into_iter()
+        .map(|answer| answer.expect("every write answers"))
+        .collect();
+    assert_eq!(answers, [true, true, false, true, true, true]);
+    assert_eq!(runs, [2; 6], "the batch, then each write alone");
+    assert_eq!(item_n(&db, "x").await, 1 + 1 + 2 + 4 + 5 + 6, "once each");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_left_to_a_batch_whose_row_is_gone_fails_only_its_write_on_sqlite() {
+    an_update_left_to_a_batch_whose_row_is_gone_fails_only_its_write(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_left_to_a_batch_whose_row_is_gone_fails_only_its_write_on_postgres() {
+    an_update_left_to_a_batch_whose_row_is_gone_fails_only_its_write(Backend::Postgres).await;
+}
+
 /// A server that refuses connections (gone, or a database taken offline): a write, and a
 /// read, are answered unavailable (a 503) within the connection timeout, never left
 /// waiting on a connection.

@@ -1,32 +1,39 @@
-//! Inserts a write leaves to its batch: rows of one kind, from every write of a batch,
-//! inserted together just before the batch commits — on PostgreSQL in one multi-row
-//! statement ([`Events::insert_at_commit`](crate::events::Events::insert_at_commit)) — in
-//! every transaction the writer runs, a write's alone too.
+//! Writes a write leaves to its batch: rows of one kind inserted, or rows of one kind
+//! updated, from every write of a batch, together just before the batch commits — on
+//! PostgreSQL in one statement a kind ([`Events::insert_at_commit`](crate::events::Events::insert_at_commit),
+//! [`Events::update_at_commit`](crate::events::Events::update_at_commit)) — in every
+//! transaction the writer runs, a write's alone too.
 //!
 //! Why: on PostgreSQL each statement is a round trip, and most of what an order costs
 //! there (BENCHMARKS.md, "Orders on PostgreSQL"). A row nothing in the batch reads — a new
 //! order, a reservation, an invoice — can wait for the end of the batch and go with the
-//! others of its kind, as the batch's events go to the outbox.
+//! others of its kind, as the batch's events go to the outbox; so can a change whose
+//! outcome the write needs not see — stock sold, a saga ended by its holder.
 //!
-//! What keeps it correct: the rows are inserted in the batch's own transaction, so they
+//! What keeps it correct: the rows are written in the batch's own transaction, so they
 //! commit with the writes that made them or not at all. A row that breaks a key at the
-//! flush (a repeated call, or two concurrent ones, in one batch) fails the whole batch;
-//! the writer then runs each of its writes again alone, and the key's error is the answer
-//! of the write whose row broke it — what its own insert would have answered, so its
-//! caller handles it as before (a repeated reserve looks, a repeated idempotency key
-//! replays). Hence the rules for callers: a deferred row must not be read in its batch —
-//! no write may decide anything on its presence or absence, other than through a key that
-//! fails the flush — and a write cannot catch its deferred insert's error, only its caller
-//! can. The rows go in last in every transaction, alone too, so the locks of their keys
-//! are always taken after the rows the writes updated, in every instance alike.
+//! flush (a repeated call, or two concurrent ones, in one batch), or an update whose row
+//! is not there or no longer matches its condition, fails the whole batch; the writer
+//! then runs each of its writes again alone, and the error is the answer of the write that
+//! left the row — what its own statement would have answered (a key's violation; for an
+//! update, [`diesel::result::Error::NotFound`]), so its caller handles it as before (a
+//! repeated reserve looks, a repeated idempotency key replays, a saga taken over stops).
+//! Hence the rules for callers: a deferred row must not be read in its batch — no write
+//! may decide anything on its presence or absence, nor on what a deferred update changes,
+//! unless the decision holds with the update serialised after it (stock sold leaves what
+//! is available as it was) — and a write cannot catch its deferred statement's error, only
+//! its caller can. The updates go in first and the new rows last, in every transaction,
+//! alone too (a kind's updates in the order of their rows' keys), so the locks are taken
+//! in the same order in every instance: after the rows the writes updated themselves,
+//! the deferred updates, then the new rows' keys.
 
 use std::any::{Any, TypeId};
 
 use super::{DbConnection, DbError};
 
-/// Most rows one deferred `INSERT` carries: far below either backend's limit on a
+/// Most rows one deferred statement carries: far below either backend's limit on a
 /// statement's bound values at the widths of the rows deferred (≤ 30 columns).
-const ROWS_PER_INSERT: usize = 100;
+const ROWS_PER_STATEMENT: usize = 100;
 
 /// A row a write may leave to its batch (module docs): how to insert several at once.
 /// Implemented by [`deferred_row!`](crate::deferred_row), one line per kind of row.
@@ -71,24 +78,57 @@ macro_rules! deferred_row {
     };
 }
 
+/// A change of a row a write may leave to its batch (module docs): how to apply several at
+/// once. Typically a delta or a conditional move keyed by the row's id; the kind merges
+/// its updates of one row itself (several writes of a batch may change the same row).
+pub trait DeferredUpdate: Send + Sized + 'static {
+    /// Applies `updates` (at most a hundred, in the order the writes left them). An update
+    /// whose row is not there, or no longer matches its condition, fails with
+    /// [`diesel::result::Error::NotFound`]: the batch is rolled back and its writes run
+    /// alone, so that the write that left it gets that error.
+    fn update_all(conn: &mut DbConnection, updates: &[Self]) -> diesel::QueryResult<()>;
+}
+
+/// `($first, $first+1, …), (…), …`: the placeholders of a PostgreSQL `VALUES` list of
+/// `rows` rows of `columns` values, numbered from `$first`, for a deferred kind's one
+/// statement (`UPDATE … FROM (VALUES …)`).
+pub fn values_placeholders(rows: usize, columns: usize, first: usize) -> String {
+    let mut sql = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(first + row * columns + column).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 /// The rows deferred in one batch (or one run of a write), grouped by kind in the order
 /// each kind was first deferred: a kind whose rows refer to another's (a foreign key) is
 /// deferred after it, by the write that defers both.
 #[derive(Default)]
-pub(crate) struct DeferredInserts {
+pub(crate) struct DeferredWrites {
     groups: Vec<Box<dyn Group>>,
 }
 
-impl std::fmt::Debug for DeferredInserts {
+impl std::fmt::Debug for DeferredWrites {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeferredInserts")
+        f.debug_struct("DeferredWrites")
             .field("rows", &self.len())
             .finish()
     }
 }
 
-impl DeferredInserts {
-    pub(crate) fn push<R: DeferredRow>(&mut self, row: R) {
+impl DeferredWrites {
+    pub(crate) fn insert<R: DeferredRow>(&mut self, row: R) {
         let mine = self
             .groups
             .iter_mut()
@@ -96,6 +136,17 @@ impl DeferredInserts {
         match mine {
             Some(rows) => rows.0.push(row),
             None => self.groups.push(Box::new(Rows(vec![row]))),
+        }
+    }
+
+    pub(crate) fn update<U: DeferredUpdate>(&mut self, update: U) {
+        let mine = self
+            .groups
+            .iter_mut()
+            .find_map(|group| group.as_any_mut().downcast_mut::<Updates<U>>());
+        match mine {
+            Some(updates) => updates.0.push(update),
+            None => self.groups.push(Box::new(Updates(vec![update]))),
         }
     }
 
@@ -117,9 +168,11 @@ impl DeferredInserts {
         self.groups.iter().map(|group| group.len()).sum()
     }
 
-    /// Inserts every row, kind by kind.
+    /// Applies every update, then inserts every row, kind by kind (module docs).
     pub(crate) fn flush(&self, conn: &mut DbConnection) -> Result<(), DbError> {
-        for group in &self.groups {
+        let (updates, inserts): (Vec<_>, Vec<_>) =
+            self.groups.iter().partition(|group| group.is_update());
+        for group in updates.into_iter().chain(inserts) {
             group.flush(conn)?;
         }
         Ok(())
@@ -133,6 +186,7 @@ trait Group: Send {
     /// Takes `other`'s rows, of the same kind, after its own.
     fn absorb(&mut self, other: Box<dyn Group>);
     fn len(&self) -> usize;
+    fn is_update(&self) -> bool;
     fn flush(&self, conn: &mut DbConnection) -> Result<(), DbError>;
 }
 
@@ -157,9 +211,46 @@ impl<R: DeferredRow> Group for Rows<R> {
         self.0.len()
     }
 
+    fn is_update(&self) -> bool {
+        false
+    }
+
     fn flush(&self, conn: &mut DbConnection) -> Result<(), DbError> {
-        for chunk in self.0.chunks(ROWS_PER_INSERT) {
+        for chunk in self.0.chunks(ROWS_PER_STATEMENT) {
             R::insert_all(conn, chunk)?;
+        }
+        Ok(())
+    }
+}
+
+struct Updates<U>(Vec<U>);
+
+impl<U: DeferredUpdate> Group for Updates<U> {
+    fn kind(&self) -> TypeId {
+        TypeId::of::<U>()
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn absorb(&mut self, mut other: Box<dyn Group>) {
+        if let Some(updates) = other.as_any_mut().downcast_mut::<Self>() {
+            self.0.append(&mut updates.0);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_update(&self) -> bool {
+        true
+    }
+
+    fn flush(&self, conn: &mut DbConnection) -> Result<(), DbError> {
+        for chunk in self.0.chunks(ROWS_PER_STATEMENT) {
+            U::update_all(conn, chunk)?;
         }
         Ok(())
     }

@@ -7,9 +7,10 @@
 //! PostgreSQL because each statement is a round trip and a transaction per write cost
 //! `BEGIN`, `COMMIT` and a WAL flush each. A write may therefore run more than once (a
 //! batch one of its writes fails is run again without it): its closure is `FnMut`, and
-//! acts only through its connection. A write may leave new rows nothing in its batch reads
-//! to the batch, which inserts each kind together before it commits
-//! ([`DeferredRow`], `Events::insert_at_commit`). Several instances of a module on one PostgreSQL
+//! acts only through its connection. A write may leave new rows nothing in its batch reads,
+//! and changes whose outcome it need not see, to the batch, which writes each kind together
+//! before it commits ([`DeferredRow`], `Events::insert_at_commit`; [`DeferredUpdate`],
+//! `Events::update_at_commit`). Several instances of a module on one PostgreSQL
 //! database write concurrently, each through its own writer; correctness between them
 //! comes from the statements themselves (conditional updates, unique keys).
 //!
@@ -46,8 +47,8 @@ mod deferred;
 mod update;
 mod writer;
 
-pub(crate) use deferred::DeferredInserts;
-pub use deferred::DeferredRow;
+pub(crate) use deferred::DeferredWrites;
+pub use deferred::{DeferredRow, DeferredUpdate, values_placeholders};
 pub use update::{Update, UpdateReturning, update};
 
 use writer::Writer;

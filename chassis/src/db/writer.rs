@@ -23,10 +23,11 @@
 //! path (a duplicate key, an order out of stock), and cost one batch's re-run.
 //!
 //! **Rows left to the batch.** A write may leave rows nothing in the batch reads to be
-//! inserted just before the commit, each kind together with the other writes' (on
-//! PostgreSQL in one multi-row statement: `deferred`). If that insert breaks a key, the
-//! batch is rolled back and every write runs again alone: the key's error is then the
-//! answer of the write that left the row.
+//! inserted, and changes whose outcome it need not see to be applied, just before the
+//! commit, each kind together with the other writes' (on PostgreSQL in one statement:
+//! `deferred`). If that breaks a key, or finds an updated row gone, the batch is rolled
+//! back and every write runs again alone: the error is then the answer of the write that
+//! left the row.
 //!
 //! **The next transaction begun with the commit.** On PostgreSQL, when a write is already
 //! waiting as a transaction commits, the writer sends `COMMIT; BEGIN` as one message: the
@@ -48,8 +49,7 @@ use diesel::connection::{SimpleConnection, TransactionManager as _};
 use diesel::r2d2::R2D2Connection;
 
 use super::{
-    Backend, Counters, DbConnection, DbError, DeferredInserts, Manager, PoolManager, check_out,
-    lost,
+    Backend, Counters, DbConnection, DbError, DeferredWrites, Manager, PoolManager, check_out, lost,
 };
 use crate::config::DatabaseUrl;
 use crate::events::Events;
@@ -417,8 +417,8 @@ enum Ended {
     Committed { raised: usize },
     /// The write at this position failed: the transaction was rolled back.
     Failed { at: usize, panicked: bool },
-    /// Every write ran, and inserting the rows they left to the batch failed (a key broken
-    /// by one of them): the transaction was rolled back.
+    /// Every write ran, and writing what they left to the batch failed (a key broken by
+    /// one of their rows, an updated row gone): the transaction was rolled back.
     DeferredFailed(DbError),
     /// The transaction could not begin: no write ran.
     NotBegun(DbError),
@@ -437,8 +437,9 @@ fn commit_batch(
     let mut waiting: VecDeque<Box<dyn Write>> = batch.into();
     // The first `together` writes waiting run in one transaction.
     let mut together = waiting.len();
-    // After the rows some writes deferred broke a key, every write runs alone, so that
-    // the error reaches the one that broke it (`deferred`'s module docs).
+    // After what some writes deferred failed (a key broken, an updated row gone), every
+    // write runs alone, so that the error reaches the one that left it (`deferred`'s
+    // module docs).
     let mut one_at_a_time = false;
     // A connection found dead before anything of the batch could commit on it (the server
     // restarted while it was idle: at `BEGIN`, or at the first statements of a transaction
@@ -531,7 +532,7 @@ fn commit_batch(
                 }
             }
             Ended::DeferredFailed(error) if together == 1 => {
-                // Alone: the key its rows broke is its answer.
+                // Alone: what its deferred rows met is its answer.
                 if let Some(write) = waiting.pop_front() {
                     write.answer(Err(error));
                 }
@@ -551,8 +552,8 @@ fn commit_batch(
 struct LeftToBatch {
     /// The events raised, for the outbox.
     raised: Vec<OutboxRow>,
-    /// The rows left to the batch (`deferred`).
-    deferred: DeferredInserts,
+    /// The rows and updates left to the batch (`deferred`).
+    deferred: DeferredWrites,
 }
 
 /// Runs `writes` in one transaction, then inserts the rows they left to it and the events

@@ -21,7 +21,8 @@ use tokio::sync::Semaphore;
 use super::schema::{inbox, outbox};
 use super::{Envelope, EventBus};
 use crate::db::{
-    Backend, Database, DbConnection, DbError, DeferredInserts, DeferredRow, update, utc_now,
+    Backend, Database, DbConnection, DbError, DeferredRow, DeferredUpdate, DeferredWrites, update,
+    utc_now,
 };
 
 /// What a write leaves to its batch, written before the batch commits: the events it
@@ -30,7 +31,7 @@ use crate::db::{
 #[derive(Debug, Default)]
 pub struct Events {
     events: Vec<Envelope>,
-    deferred: DeferredInserts,
+    deferred: DeferredWrites,
 }
 
 impl Events {
@@ -40,11 +41,21 @@ impl Events {
     /// there; the writer then runs each of the batch's writes alone, and the key's error is
     /// the answer of the write that left the row, as if its own insert had failed.
     pub fn insert_at_commit<R: DeferredRow>(&mut self, row: R) {
-        self.deferred.push(row);
+        self.deferred.insert(row);
+    }
+
+    /// Leaves `update` to the batch: applied with the batch's other updates of its kind
+    /// just before the batch commits, before its deferred rows go in (on PostgreSQL in one
+    /// statement). For changes whose outcome no write of the batch needs to see (see
+    /// `chassis::db::deferred`). An update whose row is not there or no longer matches
+    /// fails the batch there; the writer then runs each of the batch's writes alone, and
+    /// [`diesel::result::Error::NotFound`] is the answer of the write that left it.
+    pub fn update_at_commit<U: DeferredUpdate>(&mut self, update: U) {
+        self.deferred.update(update);
     }
 
     /// The events raised, for the outbox, and the rows left to the batch.
-    pub(crate) fn into_parts(self) -> (Vec<Envelope>, DeferredInserts) {
+    pub(crate) fn into_parts(self) -> (Vec<Envelope>, DeferredWrites) {
         (self.events, self.deferred)
     }
 

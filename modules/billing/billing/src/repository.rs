@@ -5,10 +5,11 @@
 //! one does; the other reads what the winner wrote.
 
 use billing_contract::{Money, Payment, PaymentStatus};
-use chassis::db::{DbConnection, update};
+use chassis::db::{DbConnection, DeferredUpdate, update, values_placeholders};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
+use diesel::sql_types::{Nullable, Text, Timestamp};
 use uuid::Uuid;
 
 use crate::domain::Invoice;
@@ -118,35 +119,65 @@ pub(crate) fn find_payment(
     })
 }
 
-/// Records a charge about to be sent to the gateway, its attempt starting `at`. A unique
-/// violation means a payment of the order is there already (a repeated charge, or a
-/// concurrent first one that committed first). The first charge also records its decision
-/// ([`ChargeDecision`]), which a void of the order meets.
-pub(crate) fn insert_pending(
-    conn: &mut DbConnection,
-    id: Uuid,
-    order_id: Uuid,
-    amount: &Money,
-    customer_email: &str,
-    at: NaiveDateTime,
-) -> QueryResult<()> {
-    per_backend!(conn, |conn| {
-        diesel::insert_into(payments::table)
-            .values((
-                payments::id.eq(id.to_string()),
-                payments::order_id.eq(order_id.to_string()),
-                payments::amount.eq(amount.amount),
-                payments::currency.eq(&amount.currency),
-                payments::customer_email.eq(customer_email),
-                payments::status.eq(PENDING),
-                payments::refunded_amount.eq(0_i64),
-                payments::attempt_started_at.eq(Some(at)),
-                payments::created_at.eq(at),
-                payments::updated_at.eq(at),
-            ))
-            .execute(conn)
-            .map(|_| ())
-    })
+/// A charge about to be sent to the gateway, its attempt starting at `created_at`. Nothing
+/// reads it before its batch commits (the next step, the settlement, is a later write), so
+/// it is left to the batch with the charge's [`ChargeDecision`]: a batch of first charges
+/// inserts them in one statement on PostgreSQL. A payment of the order there already (a
+/// repeated charge, or a concurrent first one that committed first) breaks the order's key
+/// at the batch's end, and the charge's next try looks.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = payments)]
+pub(crate) struct PendingPayment {
+    id: String,
+    order_id: String,
+    amount: i64,
+    currency: String,
+    customer_email: String,
+    status: &'static str,
+    refunded_amount: i64,
+    attempt_started_at: Option<NaiveDateTime>,
+    created_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+}
+
+chassis::deferred_row!(PendingPayment => payments::table);
+
+impl PendingPayment {
+    pub(crate) fn new(
+        id: Uuid,
+        order_id: Uuid,
+        amount: &Money,
+        customer_email: &str,
+        at: NaiveDateTime,
+    ) -> Self {
+        Self {
+            id: id.to_string(),
+            order_id: order_id.to_string(),
+            amount: amount.amount,
+            currency: amount.currency.clone(),
+            customer_email: customer_email.to_owned(),
+            status: PENDING,
+            refunded_amount: 0,
+            attempt_started_at: Some(at),
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
+    /// The payment as this row stores it.
+    pub(crate) fn stored(&self) -> StoredPayment {
+        StoredPayment {
+            stage: Stage::Pending,
+            id: Uuid::parse_str(&self.id).unwrap_or_default(),
+            order_id: Uuid::parse_str(&self.order_id).unwrap_or_default(),
+            amount: Money::new(self.amount, self.currency.clone()),
+            provider_ref: None,
+            customer_email: self.customer_email.clone(),
+            invoice_id: None,
+            refunded_amount: self.refunded_amount,
+            created_at: self.created_at,
+        }
+    }
 }
 
 /// Which came first for an order, its first charge or its void: both insert the order's
@@ -232,13 +263,6 @@ pub(crate) fn release_attempt(
     })
 }
 
-/// The gateway's answer to a charge.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Settlement<'a> {
-    Captured { provider_ref: &'a str },
-    Declined { reason: &'a str },
-}
-
 /// When the pending payment of `order_id` had its current charge attempt start: `None`
 /// when no attempt is running (the last one failed and was released).
 pub(crate) fn attempt_started_at(
@@ -256,42 +280,124 @@ pub(crate) fn attempt_started_at(
     })
 }
 
-/// Settles a pending payment (taking its row lock), recording the invoice a capture is
-/// issued (`invoice_id`, inserted in the same transaction); answers the payment as settled,
-/// or `None` if it was no longer pending.
-pub(crate) fn settle(
-    conn: &mut DbConnection,
-    order_id: Uuid,
-    settlement: Settlement<'_>,
-    invoice_id: Option<Uuid>,
+/// The gateway's answer to a charge, settling the order's pending payment: left to the
+/// batch (`Events::update_at_commit`), so that the payments settled together are one
+/// statement on PostgreSQL. The settling write knows the payment (its charge's first step
+/// read or wrote it) and answers it as settled without reading it back. A payment no
+/// longer pending (a concurrent attempt settled it first) is not changed, and the write
+/// that left the settlement gets [`diesel::result::Error::NotFound`].
+#[derive(Debug, Clone)]
+pub(crate) struct Settlement {
+    order_id: String,
+    status: PaymentStatus,
+    provider_ref: Option<String>,
+    reason: Option<String>,
+    /// The invoice a capture is issued (inserted in the same transaction).
+    invoice_id: Option<String>,
     at: NaiveDateTime,
-) -> QueryResult<Option<StoredPayment>> {
-    per_backend!(conn, |conn| {
-        let (status, provider_ref, reason) = match settlement {
-            Settlement::Captured { provider_ref } => {
-                (PaymentStatus::Captured, Some(provider_ref), None)
+}
+
+impl Settlement {
+    pub(crate) fn captured(
+        order_id: Uuid,
+        provider_ref: &str,
+        invoice_id: Uuid,
+        at: NaiveDateTime,
+    ) -> Self {
+        Self {
+            order_id: order_id.to_string(),
+            status: PaymentStatus::Captured,
+            provider_ref: Some(provider_ref.to_owned()),
+            reason: None,
+            invoice_id: Some(invoice_id.to_string()),
+            at,
+        }
+    }
+
+    pub(crate) fn declined(order_id: Uuid, reason: &str, at: NaiveDateTime) -> Self {
+        Self {
+            order_id: order_id.to_string(),
+            status: PaymentStatus::Declined,
+            provider_ref: None,
+            reason: Some(reason.to_owned()),
+            invoice_id: None,
+            at,
+        }
+    }
+
+    /// `pending` as this settlement leaves it.
+    pub(crate) fn settled(&self, pending: StoredPayment) -> StoredPayment {
+        StoredPayment {
+            stage: Stage::Settled(self.status),
+            provider_ref: self.provider_ref.clone(),
+            invoice_id: self
+                .invoice_id
+                .as_deref()
+                .and_then(|id| Uuid::parse_str(id).ok()),
+            ..pending
+        }
+    }
+}
+
+impl DeferredUpdate for Settlement {
+    fn update_all(conn: &mut DbConnection, settlements: &[Self]) -> QueryResult<()> {
+        match conn {
+            DbConnection::Postgres(conn) if settlements.len() > 1 => {
+                let sql = format!(
+                    "UPDATE payments SET status = settled.status, \
+                     provider_ref = settled.provider_ref, decline_reason = settled.reason, \
+                     attempt_started_at = NULL, invoice_id = settled.invoice_id, \
+                     updated_at = settled.at \
+                     FROM (VALUES {}) AS settled \
+                     (order_id, status, provider_ref, reason, invoice_id, at) \
+                     WHERE payments.order_id = settled.order_id \
+                     AND payments.status = '{PENDING}'",
+                    values_placeholders(settlements.len(), 6, 1)
+                );
+                let mut statement = diesel::sql_query(sql).into_boxed::<diesel::pg::Pg>();
+                for settlement in settlements {
+                    statement = statement
+                        .bind::<Text, _>(&settlement.order_id)
+                        .bind::<Text, _>(settlement.status.as_str())
+                        .bind::<Nullable<Text>, _>(&settlement.provider_ref)
+                        .bind::<Nullable<Text>, _>(&settlement.reason)
+                        .bind::<Nullable<Text>, _>(&settlement.invoice_id)
+                        .bind::<Timestamp, _>(settlement.at);
+                }
+                if statement.execute(conn)? != settlements.len() {
+                    return Err(diesel::result::Error::NotFound);
+                }
             }
-            Settlement::Declined { reason } => (PaymentStatus::Declined, None, Some(reason)),
-        };
+            conn => {
+                for settlement in settlements {
+                    if settle(conn, settlement)? != 1 {
+                        return Err(diesel::result::Error::NotFound);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One settlement; answers the rows changed.
+fn settle(conn: &mut DbConnection, settlement: &Settlement) -> QueryResult<usize> {
+    per_backend!(conn, |conn| {
         update(
             payments::table,
             payments::order_id
-                .eq(order_id.to_string())
+                .eq(&settlement.order_id)
                 .and(payments::status.eq(PENDING)),
             (
-                payments::status.eq(status.as_str()),
-                payments::provider_ref.eq(provider_ref),
-                payments::decline_reason.eq(reason),
+                payments::status.eq(settlement.status.as_str()),
+                payments::provider_ref.eq(&settlement.provider_ref),
+                payments::decline_reason.eq(&settlement.reason),
                 payments::attempt_started_at.eq(None::<NaiveDateTime>),
-                payments::invoice_id.eq(invoice_id.map(|id| id.to_string())),
-                payments::updated_at.eq(at),
+                payments::invoice_id.eq(&settlement.invoice_id),
+                payments::updated_at.eq(settlement.at),
             ),
         )
-        .returning(PaymentRow::as_select())
-        .get_result(conn)
-        .optional()?
-        .map(StoredPayment::try_from)
-        .transpose()
+        .execute(conn)
     })
 }
 

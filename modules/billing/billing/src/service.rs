@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::gateway::{
     self, ChargeOutcome, GatewayCharge, GatewayRefund, PaymentGateway, SimulatedGateway,
 };
-use crate::repository::{self as repo, InvoiceRow, Settlement, Stage, StoredPayment};
+use crate::repository::{self as repo, InvoiceRow, Stage, StoredPayment};
 
 /// Billing's behaviour: the [`Billing`] port other modules call (charge, refund), and the
 /// admin reads behind its public routes.
@@ -62,8 +62,9 @@ fn raise(
 enum Begun {
     /// The payment is settled: the answer.
     Settled(Payment),
-    /// This call goes to the gateway; its attempt started at this time.
-    Attempt(NaiveDateTime),
+    /// This call goes to the gateway for the pending payment, its attempt started at this
+    /// time.
+    Attempt(StoredPayment, NaiveDateTime),
 }
 
 fn in_progress() -> Error {
@@ -181,21 +182,23 @@ impl BillingService {
                     None
                 };
                 let Some(stored) = found else {
-                    // A first try does not look: a void there breaks the decision's key at
-                    // the batch's end, and the next try, looking, finds it.
+                    // A first try does not look: a payment or a void there breaks the
+                    // payment's or the decision's key at the batch's end, where both rows
+                    // go in, and the next try, looking, finds it.
                     if look_first && repo::is_voided(conn, order_id)? {
                         return Err(BillingError::ChargeVoided { order_id }.into());
                     }
-                    repo::insert_pending(
-                        conn,
+                    let pending = repo::PendingPayment::new(
                         Uuid::now_v7(),
                         order_id,
                         &amount,
                         &customer_email,
                         at,
-                    )?;
+                    );
+                    let stored = pending.stored();
+                    at_commit.insert_at_commit(pending);
                     at_commit.insert_at_commit(repo::ChargeDecision::charge(order_id, at));
-                    return Ok(Begun::Attempt(at));
+                    return Ok(Begun::Attempt(stored, at));
                 };
                 if stored.amount != amount {
                     return Err(BillingError::ChargeConflict { order_id }.into());
@@ -207,7 +210,7 @@ impl BillingService {
                     .checked_sub_signed(stale_after)
                     .unwrap_or(NaiveDateTime::MIN);
                 if repo::claim_attempt(conn, order_id, at, stale_before)? {
-                    Ok(Begun::Attempt(at))
+                    Ok(Begun::Attempt(stored, at))
                 } else {
                     Err(in_progress())
                 }
@@ -219,6 +222,7 @@ impl BillingService {
     async fn attempt(
         &self,
         request: ChargeRequest,
+        pending: StoredPayment,
         started_at: NaiveDateTime,
     ) -> Result<Payment, BillingError> {
         let order_id = request.order_id;
@@ -230,10 +234,12 @@ impl BillingService {
         let outcome = gateway::within(self.gateway_timeout, self.gateway.charge(&charge)).await;
         let settled = match outcome {
             Ok(ChargeOutcome::Captured { provider_ref }) => {
-                self.settle(order_id, Answer::Captured(provider_ref)).await
+                self.settle(Some(pending), order_id, Answer::Captured(provider_ref))
+                    .await
             }
             Ok(ChargeOutcome::Declined { reason }) => {
-                self.settle(order_id, Answer::Declined(reason)).await
+                self.settle(Some(pending), order_id, Answer::Declined(reason))
+                    .await
             }
             Err(error) => {
                 tracing::warn!(%order_id, %error, "the payment gateway gave no answer");
@@ -258,29 +264,59 @@ impl BillingService {
         }
     }
 
-    /// Step 3. On PostgreSQL two concurrent captures that both issue the year's first
-    /// invoice meet a unique violation on its counter; the loser retries once, when the
-    /// counter exists.
-    async fn settle(&self, order_id: Uuid, answer: Answer) -> Result<Payment, Error> {
-        match self.try_settle(order_id, answer.clone()).await {
-            Err(error) if lost_race(&error) => self.try_settle(order_id, answer).await,
+    /// Step 3: settles the pending payment of `order_id` — `pending`, when the caller holds
+    /// it. On PostgreSQL two concurrent captures that both issue the year's first invoice
+    /// meet a unique violation on its counter; the loser retries once, when the counter
+    /// exists.
+    async fn settle(
+        &self,
+        pending: Option<StoredPayment>,
+        order_id: Uuid,
+        answer: Answer,
+    ) -> Result<Payment, Error> {
+        let settled = match self
+            .try_settle(pending.clone(), order_id, answer.clone())
+            .await
+        {
+            Err(error) if lost_race(&error) => self.try_settle(pending, order_id, answer).await,
+            other => other,
+        };
+        match settled {
+            // No longer pending: a concurrent attempt settled it first.
+            Err(Error::Database(DbError::Query(diesel::result::Error::NotFound))) => {
+                self.db.read(move |conn| current(conn, order_id)).await
+            }
             other => other,
         }
     }
 
-    async fn try_settle(&self, order_id: Uuid, answer: Answer) -> Result<Payment, Error> {
+    async fn try_settle(
+        &self,
+        pending: Option<StoredPayment>,
+        order_id: Uuid,
+        answer: Answer,
+    ) -> Result<Payment, Error> {
         self.db
             .write_with_events(move |conn, events| {
+                let pending = match &pending {
+                    Some(pending) => pending.clone(),
+                    None => {
+                        let stored = stored(conn, order_id)?;
+                        if stored.stage != Stage::Pending {
+                            return current(conn, order_id);
+                        }
+                        stored
+                    }
+                };
                 let at = repo::now();
                 let settlement = match &answer {
-                    Answer::Captured(provider_ref) => Settlement::Captured { provider_ref },
-                    Answer::Declined(reason) => Settlement::Declined { reason },
+                    Answer::Captured(provider_ref) => {
+                        repo::Settlement::captured(order_id, provider_ref, Uuid::now_v7(), at)
+                    }
+                    Answer::Declined(reason) => repo::Settlement::declined(order_id, reason, at),
                 };
-                let invoice_id = matches!(answer, Answer::Captured(_)).then(Uuid::now_v7);
-                let Some(stored) = repo::settle(conn, order_id, settlement, invoice_id, at)? else {
-                    // A concurrent attempt settled it first.
-                    return current(conn, order_id);
-                };
+                let stored = settlement.settled(pending);
+                events.update_at_commit(settlement);
                 let customer_email = stored.customer_email.clone();
                 let payment = stored.settled().ok_or_else(in_progress)?;
                 match &answer {
@@ -290,8 +326,9 @@ impl BillingService {
                                 "the capture of order {order_id} recorded no invoice"
                             ))
                         })?;
-                        // Last but the event: the year's counter row, which every capture
-                        // locks until it commits, is held for as few round trips as can be.
+                        // The year's counter row, which every capture locks until it
+                        // commits, is held for as few round trips as can be: the payment's
+                        // settlement and the invoice's row go in at the batch's end.
                         let invoice = issue_invoice(conn, events, invoice_id, &payment, at)?;
                         let captured = PaymentCaptured {
                             payment_id: payment.id,
@@ -335,7 +372,9 @@ impl BillingService {
         }
         let reason =
             "abandoned: the order was compensated before any charge went through".to_owned();
-        let payment = self.settle(order_id, Answer::Declined(reason)).await?;
+        let payment = self
+            .settle(None, order_id, Answer::Declined(reason))
+            .await?;
         match payment.status {
             // A concurrent attempt captured it first: it is refunded like any capture.
             PaymentStatus::Captured => Billing::refund(self, order_id).await,
@@ -443,16 +482,17 @@ impl Billing for BillingService {
                 begun = self.begin(&request, true).await;
             }
         }
-        let begun = begun?;
-        let started_at = match begun {
+        let (pending, started_at) = match begun? {
             Begun::Settled(payment) => return Ok(payment),
-            Begun::Attempt(started_at) => started_at,
+            Begun::Attempt(pending, started_at) => (pending, started_at),
         };
         let service = self.clone();
         // In the caller's span: the payment's events belong to the order's trace.
-        tokio::spawn(async move { service.attempt(request, started_at).await }.in_current_span())
-            .await
-            .map_err(task_failed)?
+        tokio::spawn(
+            async move { service.attempt(request, pending, started_at).await }.in_current_span(),
+        )
+        .await
+        .map_err(task_failed)?
     }
 
     async fn refund(&self, order_id: Uuid) -> Result<Payment, BillingError> {

@@ -1,13 +1,19 @@
 //! The catalog's queries, written once for both backends against `DbConnection`.
 //!
-//! Stock moves are single conditional `UPDATE`s (`… WHERE on_hand - reserved >= qty`), so
-//! that no interleaving of concurrent reservations can oversell, on SQLite or PostgreSQL.
+//! A hold is a single conditional `UPDATE` (`… WHERE on_hand - reserved >= qty`), so that
+//! no interleaving of concurrent reservations can oversell, on SQLite or PostgreSQL. The
+//! stock a reservation's later move sells, releases or puts back moves once that move, a
+//! conditional `UPDATE` of its status, has gone through; it is left to the batch
+//! ([`StockMove`]).
 
 use catalog_contract::{Money, Product, ReservationStatus, StockLevels, StockLine};
-use chassis::db::{DbConnection, DeferredRow, update};
+use std::collections::BTreeMap;
+
+use chassis::db::{DbConnection, DeferredRow, DeferredUpdate, update, values_placeholders};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text, Timestamp};
 use uuid::Uuid;
 
 use crate::schema::{products, reservations};
@@ -205,56 +211,113 @@ pub(crate) fn hold(
     })
 }
 
-/// Gives held units back.
-pub(crate) fn unhold(conn: &mut DbConnection, product_id: Uuid, quantity: i64) -> QueryResult<()> {
-    per_backend!(conn, |conn| {
-        update(
-            products::table,
-            products::id.eq(product_id.to_string()),
-            (
-                products::reserved.eq(products::reserved - quantity),
-                products::updated_at.eq(now()),
-            ),
-        )
-        .execute(conn)
-        .map(|_| ())
-    })
+/// A change of a product's stock that a reservation's move makes, left to the batch
+/// (`Events::update_at_commit`): units sold (out of `reserved` and `on_hand`), released
+/// (out of `reserved`) or put back (onto `on_hand`). The reservation's conditional move
+/// decides, in the write, that the stock moves; what the stock then is, nobody in the
+/// write needs. A hold later in the batch decides on what is available: a sale leaves it
+/// as it was, and a release or a put-back, applied after, counts as having come after the
+/// hold. On PostgreSQL a batch's moves are one statement, one row per product.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StockMove {
+    product_id: Uuid,
+    on_hand: i64,
+    reserved: i64,
 }
 
-/// Sells held units: they leave `reserved` and `on_hand`.
-pub(crate) fn sell(conn: &mut DbConnection, product_id: Uuid, quantity: i64) -> QueryResult<()> {
-    per_backend!(conn, |conn| {
-        update(
-            products::table,
-            products::id.eq(product_id.to_string()),
-            (
-                products::reserved.eq(products::reserved - quantity),
-                products::on_hand.eq(products::on_hand - quantity),
-                products::updated_at.eq(now()),
-            ),
-        )
-        .execute(conn)
-        .map(|_| ())
-    })
+impl StockMove {
+    /// Held units sold: they leave `reserved` and `on_hand`.
+    pub(crate) fn sell(product_id: Uuid, quantity: i64) -> Self {
+        Self {
+            product_id,
+            on_hand: -quantity,
+            reserved: -quantity,
+        }
+    }
+
+    /// Held units given back.
+    pub(crate) fn release(product_id: Uuid, quantity: i64) -> Self {
+        Self {
+            product_id,
+            on_hand: 0,
+            reserved: -quantity,
+        }
+    }
+
+    /// Sold units put back on hand.
+    pub(crate) fn put_back(product_id: Uuid, quantity: i64) -> Self {
+        Self {
+            product_id,
+            on_hand: quantity,
+            reserved: 0,
+        }
+    }
 }
 
-/// Puts sold units back on hand.
-pub(crate) fn put_back(
+impl DeferredUpdate for StockMove {
+    fn update_all(conn: &mut DbConnection, moves: &[Self]) -> QueryResult<()> {
+        // One change a product, whatever the number of orders that moved its stock.
+        let mut by_product: BTreeMap<Uuid, (i64, i64)> = BTreeMap::new();
+        for stock_move in moves {
+            let (on_hand, reserved) = by_product.entry(stock_move.product_id).or_default();
+            *on_hand += stock_move.on_hand;
+            *reserved += stock_move.reserved;
+        }
+        let at = now();
+        match conn {
+            DbConnection::Postgres(conn) if by_product.len() > 1 => {
+                let sql = format!(
+                    "UPDATE products SET on_hand = products.on_hand + moves.on_hand, \
+                     reserved = products.reserved + moves.reserved, updated_at = $1 \
+                     FROM (VALUES {}) AS moves (id, on_hand, reserved) \
+                     WHERE products.id = moves.id",
+                    values_placeholders(by_product.len(), 3, 2)
+                );
+                let mut statement = diesel::sql_query(sql)
+                    .into_boxed::<diesel::pg::Pg>()
+                    .bind::<Timestamp, _>(at);
+                for (id, (on_hand, reserved)) in &by_product {
+                    statement = statement
+                        .bind::<Text, _>(id.to_string())
+                        .bind::<BigInt, _>(*on_hand)
+                        .bind::<BigInt, _>(*reserved);
+                }
+                if statement.execute(conn)? != by_product.len() {
+                    return Err(diesel::result::Error::NotFound);
+                }
+            }
+            conn => {
+                for (id, (on_hand, reserved)) in by_product {
+                    if move_stock(conn, id, on_hand, reserved, at)? != 1 {
+                        return Err(diesel::result::Error::NotFound);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Adds `on_hand` and `reserved` (either may be negative) to a product's stock; answers
+/// the rows changed.
+fn move_stock(
     conn: &mut DbConnection,
     product_id: Uuid,
-    quantity: i64,
-) -> QueryResult<()> {
+    on_hand: i64,
+    reserved: i64,
+    at: NaiveDateTime,
+) -> QueryResult<usize> {
     per_backend!(conn, |conn| {
         update(
             products::table,
             products::id.eq(product_id.to_string()),
             (
-                products::on_hand.eq(products::on_hand + quantity),
-                products::updated_at.eq(now()),
+                products::on_hand.eq(products::on_hand + on_hand),
+                products::reserved.eq(products::reserved + reserved),
+                products::updated_at.eq(at),
             ),
         )
         .execute(conn)
-        .map(|_| ())
     })
 }
 

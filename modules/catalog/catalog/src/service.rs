@@ -3,7 +3,7 @@ use catalog_contract::{
     Catalog, CatalogError, CatalogSettings, MAX_LOOKUP_IDS, PriceChanged, Product, ProductCreated,
     Reservation, ReservationStatus, StockLine, StockLow, event_types,
 };
-use chassis::db::{Database, DbConnection, DbError, is_unique_violation};
+use chassis::db::{Database, DbError, is_unique_violation};
 use chassis::events::{Envelope, Events};
 use chassis::page::{Page, PageRequest};
 use uuid::Uuid;
@@ -170,18 +170,19 @@ impl CatalogService {
             .await
     }
 
-    /// Moves an existing reservation from `from` to `to`, applying `apply` to each line;
-    /// answers as is when it is already in `to`. The status moves first, by a conditional
-    /// write, so that of concurrent calls only the one that moved it moves the stock.
+    /// Moves an existing reservation from `from` to `to`, moving each line's stock by
+    /// `stock_move` (left to the batch: `repo::StockMove`); answers as is when it is
+    /// already in `to`. The status moves first, by a conditional write, so that of
+    /// concurrent calls only the one that moved it moves the stock.
     async fn transition(
         &self,
         order_id: Uuid,
         from: ReservationStatus,
         to: ReservationStatus,
-        apply: fn(&mut DbConnection, Uuid, i64) -> diesel::QueryResult<()>,
+        stock_move: fn(Uuid, i64) -> repo::StockMove,
     ) -> Result<Reservation, CatalogError> {
         self.db
-            .write(move |conn| {
+            .write_with_events(move |conn, at_commit| {
                 // The move first, without a look: the common call finds the reservation in
                 // `from`, and the look is a round trip on PostgreSQL.
                 let Some(lines) = repo::move_reservation(conn, order_id, from, to)? else {
@@ -196,7 +197,8 @@ impl CatalogService {
                     };
                 };
                 for line in &lines {
-                    apply(conn, line.product_id, i64::from(line.quantity))?;
+                    at_commit
+                        .update_at_commit(stock_move(line.product_id, i64::from(line.quantity)));
                 }
                 Ok(reservation(
                     order_id,
@@ -383,7 +385,7 @@ impl Catalog for CatalogService {
                     order_id,
                     ReservationStatus::Reserved,
                     ReservationStatus::Released,
-                    repo::unhold,
+                    repo::StockMove::release,
                 )
                 .await
             }
@@ -395,7 +397,7 @@ impl Catalog for CatalogService {
             order_id,
             ReservationStatus::Reserved,
             ReservationStatus::Committed,
-            repo::sell,
+            repo::StockMove::sell,
         )
         .await
     }
@@ -405,7 +407,7 @@ impl Catalog for CatalogService {
             order_id,
             ReservationStatus::Committed,
             ReservationStatus::Restocked,
-            repo::put_back,
+            repo::StockMove::put_back,
         )
         .await
     }

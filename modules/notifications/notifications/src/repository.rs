@@ -3,13 +3,14 @@
 //! A delivery is claimed by the worker with one conditional `UPDATE … WHERE claimed_until
 //! IS NULL OR claimed_until < now`, so that of two workers (two processes on one
 //! PostgreSQL database) exactly one sends it. An attempt records its outcome only while the
-//! delivery still holds its own claim (`settle_attempt`), so an attempt that outlived its
+//! delivery still holds its own claim (`AttemptOutcome`), so an attempt that outlived its
 //! lease, and whose delivery another attempt claimed since, changes nothing.
 
-use chassis::db::{DbConnection, update};
+use chassis::db::{DbConnection, DeferredUpdate, update, values_placeholders};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
 use notifications_contract::{Channel, Delivery, DeliveryStatus, Webhook};
 use uuid::Uuid;
 
@@ -160,6 +161,10 @@ impl NewDelivery {
         }
     }
 }
+
+// A delivery may be left to its batch: one already there with its `dedup_key` then breaks
+// the key at the batch's end, and its event is recorded again with `insert_delivery`.
+chassis::deferred_row!(NewDelivery => deliveries::table);
 
 /// Records a delivery unless one with its `dedup_key` exists; answers whether it did.
 pub(crate) fn insert_delivery(conn: &mut DbConnection, new: &NewDelivery) -> QueryResult<bool> {
@@ -326,40 +331,93 @@ pub(crate) fn claim(
     })
 }
 
-/// Records the outcome of the attempt that claimed the delivery until `claimed_until`, and
-/// releases the claim; answers whether the attempt still held it.
+/// The outcome of the attempt that claimed a delivery until `claimed_until`, recorded
+/// and its claim released only while the attempt still holds it; left to the batch
+/// (`Events::update_at_commit`), so that the outcomes of the attempts settled together
+/// are one statement on PostgreSQL. An attempt that no longer holds its delivery's claim
+/// gets [`diesel::result::Error::NotFound`] (`chassis::db::deferred`).
 ///
 /// A claim's `claimed_until` is the claim's own: a new claim is taken only once the old one
 /// has run out (`claimed_until < at`), and is `at` plus a lease, so each claim of a delivery
 /// ends later than every earlier one. An attempt whose lease lapsed and whose delivery was
 /// claimed again no longer matches, and its outcome — possibly a failure after the newer
 /// attempt succeeded — is not recorded over the newer attempt's.
-pub(crate) fn settle_attempt(
+#[derive(Debug, Clone)]
+pub(crate) struct AttemptOutcome {
+    pub(crate) id: String,
+    pub(crate) claimed_until: NaiveDateTime,
+    pub(crate) status: DeliveryStatus,
+    pub(crate) attempts: i64,
+    pub(crate) last_error: Option<String>,
+    pub(crate) next_attempt_at: NaiveDateTime,
+}
+
+impl DeferredUpdate for AttemptOutcome {
+    fn update_all(conn: &mut DbConnection, outcomes: &[Self]) -> QueryResult<()> {
+        let at = now();
+        match conn {
+            DbConnection::Postgres(conn) if outcomes.len() > 1 => {
+                let sql = format!(
+                    "UPDATE deliveries SET status = outcomes.status, \
+                     attempts = outcomes.attempts, last_error = outcomes.last_error, \
+                     next_attempt_at = outcomes.next_attempt_at, claimed_until = NULL, \
+                     updated_at = $1 \
+                     FROM (VALUES {}) AS outcomes \
+                     (id, claimed_until, status, attempts, last_error, next_attempt_at) \
+                     WHERE deliveries.id = outcomes.id AND deliveries.status = '{OPEN}' \
+                     AND deliveries.claimed_until = outcomes.claimed_until",
+                    values_placeholders(outcomes.len(), 6, 2)
+                );
+                let mut statement = diesel::sql_query(sql)
+                    .into_boxed::<diesel::pg::Pg>()
+                    .bind::<Timestamp, _>(at);
+                for outcome in outcomes {
+                    statement = statement
+                        .bind::<Text, _>(&outcome.id)
+                        .bind::<Timestamp, _>(outcome.claimed_until)
+                        .bind::<Text, _>(outcome.status.as_str())
+                        .bind::<BigInt, _>(outcome.attempts)
+                        .bind::<Nullable<Text>, _>(&outcome.last_error)
+                        .bind::<Timestamp, _>(outcome.next_attempt_at);
+                }
+                if statement.execute(conn)? != outcomes.len() {
+                    return Err(diesel::result::Error::NotFound);
+                }
+            }
+            conn => {
+                for outcome in outcomes {
+                    if settle_attempt(conn, outcome, at)? != 1 {
+                        return Err(diesel::result::Error::NotFound);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One attempt's outcome; answers the rows changed.
+fn settle_attempt(
     conn: &mut DbConnection,
-    id: &str,
-    claimed_until: NaiveDateTime,
-    status: DeliveryStatus,
-    attempts: i64,
-    last_error: Option<String>,
-    next_attempt_at: NaiveDateTime,
-) -> QueryResult<bool> {
+    outcome: &AttemptOutcome,
+    at: NaiveDateTime,
+) -> QueryResult<usize> {
     per_backend!(conn, |conn| {
         update(
             deliveries::table,
             deliveries::id
-                .eq(id.to_owned())
+                .eq(&outcome.id)
                 .and(deliveries::status.eq(OPEN))
-                .and(deliveries::claimed_until.eq(claimed_until)),
+                .and(deliveries::claimed_until.eq(outcome.claimed_until)),
             (
-                deliveries::status.eq(status.as_str()),
-                deliveries::attempts.eq(attempts),
-                deliveries::last_error.eq(last_error),
-                deliveries::next_attempt_at.eq(next_attempt_at),
+                deliveries::status.eq(outcome.status.as_str()),
+                deliveries::attempts.eq(outcome.attempts),
+                deliveries::last_error.eq(&outcome.last_error),
+                deliveries::next_attempt_at.eq(outcome.next_attempt_at),
                 deliveries::claimed_until.eq(None::<NaiveDateTime>),
-                deliveries::updated_at.eq(now()),
+                deliveries::updated_at.eq(at),
             ),
         )
         .execute(conn)
-        .map(|settled| settled == 1)
     })
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use billing_contract::PaymentRefunded;
 use catalog_contract::StockLow;
-use chassis::db::{Database, DbConnection, DbError};
-use chassis::events::{Applied, Envelope, Inbox};
+use chassis::db::{Database, DbConnection, DbError, is_unique_violation};
+use chassis::events::{Applied, Envelope, Events, Inbox};
 use chassis::page::{Page, PageRequest};
 use chrono::TimeDelta;
 use notifications_contract::{
@@ -219,6 +219,7 @@ fn order_of(event: &Envelope) -> Option<Uuid> {
 /// slots it holds for them: they are recorded already claimed for `lease`, which spares the
 /// worker a claim (a write) per e-mail, and the worker takes them over only if that claim
 /// lapses (the process stopped before sending).
+#[derive(Debug, Clone, Copy)]
 struct SendNow {
     count: usize,
     lease: TimeDelta,
@@ -235,14 +236,35 @@ struct Recorded {
     webhooks_for_worker: bool,
 }
 
+/// How [`record`] inserts a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Insert {
+    /// Left to the batch (`Events::insert_at_commit`): the deliveries of the events handled
+    /// together go in as one statement on PostgreSQL. One whose `dedup_key` is taken (the
+    /// same e-mail recorded for another event) fails the write with the key's violation,
+    /// and the event is recorded again, [`Insert::Now`].
+    AtCommit,
+    /// At once, doing nothing for a `dedup_key` that is taken.
+    Now,
+}
+
 /// Records the deliveries of `plan` (in the inbox's transaction).
 fn record(
     conn: &mut DbConnection,
+    at_commit: &mut Events,
     event: &Envelope,
     plan: Plan,
     mail_channel: Channel,
     send_now: &SendNow,
+    insert: Insert,
 ) -> Result<Recorded, Error> {
+    let mut insert_delivery = |conn: &mut DbConnection, delivery: &NewDelivery| match insert {
+        Insert::AtCommit => {
+            at_commit.insert_at_commit(delivery.clone());
+            Ok::<_, Error>(true)
+        }
+        Insert::Now => Ok(repo::insert_delivery(conn, delivery)?),
+    };
     let at = repo::now();
     let claimed_until = at.checked_add_signed(send_now.lease).unwrap_or(at);
     let mut recorded = Recorded::default();
@@ -285,7 +307,7 @@ fn record(
         if send {
             delivery.claimed_until = Some(claimed_until);
         }
-        if repo::insert_delivery(conn, &delivery)? {
+        if insert_delivery(conn, &delivery)? {
             if send {
                 recorded.claimed.push(delivery.into_row());
             } else {
@@ -305,7 +327,7 @@ fn record(
             let mut delivery = new(dedup_key, Channel::Webhook, hook.url, &event.event_type);
             delivery.webhook_id = Some(hook.id);
             delivery.payload = Some(body.clone());
-            recorded.webhooks_for_worker |= repo::insert_delivery(conn, &delivery)?;
+            recorded.webhooks_for_worker |= insert_delivery(conn, &delivery)?;
         }
     }
     Ok(recorded)
@@ -450,12 +472,33 @@ impl NotificationsService {
             count: slots.len(),
             lease: self.lease(),
         };
-        let recorded = self
+        let record_with = |insert: Insert| {
+            let (event, plan) = (owned.clone(), plan.clone());
+            move |conn: &mut DbConnection, at_commit: &mut Events| {
+                record(
+                    conn,
+                    at_commit,
+                    &event,
+                    plan.clone(),
+                    channel,
+                    &send_now,
+                    insert,
+                )
+            }
+        };
+        let recorded = match self
             .inbox
-            .apply_returning(event, move |conn, _events| {
-                record(conn, &owned, plan.clone(), channel, &send_now)
-            })
-            .await?;
+            .apply_returning(event, record_with(Insert::AtCommit))
+            .await
+        {
+            // A delivery's `dedup_key` was taken: recorded at once, that one is skipped.
+            Err(Error::Database(DbError::Query(error))) if is_unique_violation(&error) => {
+                self.inbox
+                    .apply_returning(event, record_with(Insert::Now))
+                    .await?
+            }
+            recorded => recorded?,
+        };
         let Some(recorded) = recorded else {
             return Ok(Applied::Duplicate);
         };
@@ -682,15 +725,26 @@ impl NotificationsService {
                 }
             }
         };
-        let id = row.id.clone();
-        let error = last_error.clone();
+        let outcome = repo::AttemptOutcome {
+            id: row.id.clone(),
+            claimed_until: claim,
+            status,
+            attempts,
+            last_error: last_error.clone(),
+            next_attempt_at: next,
+        };
         let settled = self
             .db
-            .write(move |conn| {
-                repo::settle_attempt(conn, &id, claim, status, attempts, error.clone(), next)
-                    .map_err(DbError::from)
+            .write_with_events(move |_conn, at_commit| {
+                at_commit.update_at_commit(outcome.clone());
+                Ok::<_, DbError>(true)
             })
-            .await;
+            .await
+            .or_else(|error| match error {
+                // The delivery's claim is no longer this attempt's.
+                DbError::Query(diesel::result::Error::NotFound) => Ok(false),
+                error => Err(error),
+            });
         let error = last_error.as_deref().unwrap_or_default();
         match settled {
             Ok(true) => match status {

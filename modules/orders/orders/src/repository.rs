@@ -1,9 +1,10 @@
 //! The orders module's queries, written once for both backends against `DbConnection`.
 
-use chassis::db::{DbConnection, update, utc_now};
+use chassis::db::{DbConnection, DeferredUpdate, update, utc_now, values_placeholders};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
+use diesel::sql_types::{Nullable, Text, Timestamp};
 use orders_contract::{Money, Order, OrderLine, OrderStatus, RejectionReason};
 use uuid::Uuid;
 
@@ -289,36 +290,116 @@ pub(crate) fn postpone(
     })
 }
 
-/// Ends the saga with the order's new status (and, when it is decided here, the rejection
-/// reason); answers the order's row as it ended, or `None` if `owner` no longer holds it.
-pub(crate) fn finish(
-    conn: &mut DbConnection,
-    id: Uuid,
-    owner: &str,
-    status: OrderStatus,
-    reason: Option<RejectionReason>,
-) -> QueryResult<Option<OrderRow>> {
+/// A saga's end, left to the batch (`Events::update_at_commit`): the order's new status
+/// and, when it is decided here, the rejection reason, written only while `owner` still
+/// holds the saga. The run that holds it knows the row (nobody else writes it meanwhile),
+/// so it builds the order's event from what it holds, and the end needs no answer; should
+/// another run have taken the saga over, the end finds no row to change, and the write
+/// that left it is answered [`diesel::result::Error::NotFound`]. On PostgreSQL a batch's
+/// ends are one statement.
+#[derive(Debug, Clone)]
+pub(crate) struct SagaEnd {
+    id: String,
+    owner: String,
+    status: &'static str,
+    reason: Option<&'static str>,
+    at: NaiveDateTime,
+}
+
+impl SagaEnd {
+    pub(crate) fn new(
+        id: Uuid,
+        owner: &str,
+        status: OrderStatus,
+        reason: Option<RejectionReason>,
+        at: NaiveDateTime,
+    ) -> Self {
+        Self {
+            id: id.to_string(),
+            owner: owner.to_owned(),
+            status: status.as_str(),
+            reason: reason.map(RejectionReason::as_str),
+            at,
+        }
+    }
+
+    /// The order's row as this end leaves it, from the row as its saga's run holds it.
+    pub(crate) fn ended(&self, mut row: OrderRow) -> OrderRow {
+        row.status = self.status.to_owned();
+        row.saga_step = None;
+        row.saga_next_at = None;
+        row.saga_owner = None;
+        row.saga_lease_until = None;
+        row.saga_error = None;
+        row.payment_token = None;
+        row.updated_at = self.at;
+        if let Some(reason) = self.reason {
+            row.rejection_reason = Some(reason.to_owned());
+        }
+        row
+    }
+}
+
+impl DeferredUpdate for SagaEnd {
+    fn update_all(conn: &mut DbConnection, ends: &[Self]) -> QueryResult<()> {
+        match conn {
+            DbConnection::Postgres(conn) if ends.len() > 1 => {
+                // An earlier reason stands where this end decides none (`COALESCE`).
+                let sql = format!(
+                    "UPDATE orders SET status = ends.status, saga_step = NULL, \
+                     saga_next_at = NULL, saga_owner = NULL, saga_lease_until = NULL, \
+                     saga_error = NULL, payment_token = NULL, updated_at = ends.at, \
+                     rejection_reason = COALESCE(ends.reason, orders.rejection_reason) \
+                     FROM (VALUES {}) AS ends (id, owner, status, reason, at) \
+                     WHERE orders.id = ends.id AND orders.saga_owner = ends.owner",
+                    values_placeholders(ends.len(), 5, 1)
+                );
+                let mut statement = diesel::sql_query(sql).into_boxed::<diesel::pg::Pg>();
+                for end in ends {
+                    statement = statement
+                        .bind::<Text, _>(&end.id)
+                        .bind::<Text, _>(&end.owner)
+                        .bind::<Text, _>(end.status)
+                        .bind::<Nullable<Text>, _>(end.reason)
+                        .bind::<Timestamp, _>(end.at);
+                }
+                if statement.execute(conn)? != ends.len() {
+                    return Err(diesel::result::Error::NotFound);
+                }
+            }
+            conn => {
+                for end in ends {
+                    if end_saga(conn, end)? != 1 {
+                        return Err(diesel::result::Error::NotFound);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One saga's end; answers the rows changed.
+fn end_saga(conn: &mut DbConnection, end: &SagaEnd) -> QueryResult<usize> {
     per_backend!(conn, |c| update(
         orders::table,
         orders::id
-            .eq(id.to_string())
-            .and(orders::saga_owner.eq(owner)),
+            .eq(&end.id)
+            .and(orders::saga_owner.eq(&end.owner)),
         (
-            orders::status.eq(status.as_str()),
+            orders::status.eq(end.status),
             orders::saga_step.eq(None::<String>),
             orders::saga_next_at.eq(None::<NaiveDateTime>),
             orders::saga_owner.eq(None::<String>),
             orders::saga_lease_until.eq(None::<NaiveDateTime>),
             orders::saga_error.eq(None::<String>),
             orders::payment_token.eq(None::<String>),
-            orders::updated_at.eq(utc_now()),
+            orders::updated_at.eq(end.at),
             // Left out of the statement when `None`: an earlier reason stands.
-            reason.map(|reason| orders::rejection_reason.eq(reason.as_str())),
+            end.reason.map(|reason| orders::rejection_reason.eq(reason)),
         ),
     )
-    .returning(OrderRow::as_select())
-    .get_result(c)
-    .optional())
+    .execute(c))
 }
 
 /// Starts the cancellation of a confirmed order that has no saga work left.

@@ -194,7 +194,7 @@ impl Saga {
                 Ok(None)
             }
             Outcome::Finish(status, reason) => self
-                .finish(id, run, status, reason, lines.to_vec())
+                .finish(row, run, status, reason, lines.to_vec())
                 .await
                 .map(Some),
             Outcome::RetryLater(error) => {
@@ -343,26 +343,26 @@ impl Saga {
     }
 
     /// Ends the saga and raises the order's event, in one transaction; answers the order
-    /// as it ended, unless another process held the saga after all.
+    /// as it ended, unless another process held the saga after all. `row` is the order's
+    /// row as this run holds it.
     async fn finish(
         &self,
-        id: Uuid,
+        row: &OrderRow,
         run: &str,
         status: OrderStatus,
         reason: Option<RejectionReason>,
         lines: Vec<LineRow>,
     ) -> Result<Option<Order>, Error> {
-        let owner = run.to_owned();
+        let id = row.order_id();
+        let end = repo::SagaEnd::new(id, run, status, reason, utc_now());
+        // An order's lines never change, and nobody writes its row while this run holds
+        // the saga: the order as it ends is the row held, as the end leaves it.
+        let ended = end.ended(row.clone()).into_order(lines);
         let finished = self
             .db
-            .write_with_events(move |conn, events| {
-                // The row comes back from the update itself, and an order's lines never
-                // change: the ones this run holds are the stored ones.
-                let Some(row) = repo::finish(conn, id, &owner, status, reason)? else {
-                    return Ok(None);
-                };
-                let order = row.into_order(lines.clone());
-                let ended = order.clone();
+            .write_with_events(move |_conn, events| {
+                events.update_at_commit(end.clone());
+                let order = ended.clone();
                 let event = match status {
                     OrderStatus::Confirmed => Envelope::new(
                         orders_contract::MODULE,
@@ -382,26 +382,32 @@ impl Saga {
                         id,
                         &OrderCancelled { order },
                     ),
-                    OrderStatus::Pending => return Ok(Some(ended)),
+                    OrderStatus::Pending => return Ok(ended.clone()),
                 }
                 .map_err(|error| {
                     Error::Database(chassis::db::DbError::Encoding(error.to_string()))
                 })?;
                 events.push(event);
-                Ok::<_, Error>(Some(ended))
+                Ok::<_, Error>(ended.clone())
             })
-            .await?;
-        if finished.is_some() {
-            let reason = reason.map_or("none", RejectionReason::as_str);
-            metrics::counter!(
-                "bazaar_saga_outcomes_total",
-                "outcome" => status.as_str(),
-                "reason" => reason,
-            )
-            .increment(1);
-            tracing::debug!(order_id = %id, outcome = status.as_str(), reason, "saga ended");
-        }
-        Ok(finished)
+            .await;
+        let finished = match finished {
+            Ok(ended) => ended,
+            // The end found the saga held by another run: that run ends it.
+            Err(Error::Database(chassis::db::DbError::Query(diesel::result::Error::NotFound))) => {
+                return Ok(None);
+            }
+            Err(error) => return Err(error),
+        };
+        let reason = reason.map_or("none", RejectionReason::as_str);
+        metrics::counter!(
+            "bazaar_saga_outcomes_total",
+            "outcome" => status.as_str(),
+            "reason" => reason,
+        )
+        .increment(1);
+        tracing::debug!(order_id = %id, outcome = status.as_str(), reason, "saga ended");
+        Ok(Some(finished))
     }
 }
 
