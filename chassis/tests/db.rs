@@ -900,6 +900,65 @@ async fn an_update_left_to_a_batch_whose_row_is_gone_fails_only_its_write_on_pos
     an_update_left_to_a_batch_whose_row_is_gone_fails_only_its_write(Backend::Postgres).await;
 }
 
+/// How many writes of the transaction counted themselves.
+#[derive(Default)]
+struct Counted(usize);
+
+/// The writes of one transaction share its memo, and a transaction rolled back takes its
+/// memo with it: six writes of one batch count themselves in it; then, in a batch whose
+/// fourth write fails, the three before it run again in a transaction of their own and
+/// count from one again, and the two after it count in theirs.
+async fn the_writes_of_a_transaction_share_its_memo(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    let (answers, runs) = six_writes_in_one_batch_of(&db, |_, _conn, events| {
+        let counted = events.transaction_memo::<Counted>();
+        counted.0 += 1;
+        Ok(counted.0)
+    })
+    .await;
+    let answers: Vec<usize> = answers
+        .into_iter()
+        .map(|answer| answer.expect("counted"))
+        .collect();
+    assert_eq!(answers, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(runs, [1; 6]);
+
+    // A database of its own: the writer's holder inserts its item again.
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    let (answers, runs) = six_writes_in_one_batch_of(&db, |n, _conn, events| {
+        let counted = events.transaction_memo::<Counted>();
+        counted.0 += 1;
+        if n == 3 {
+            return Err(TestError::Refused);
+        }
+        Ok(counted.0)
+    })
+    .await;
+    let answers: Vec<Option<usize>> = answers.into_iter().map(Result::ok).collect();
+    assert_eq!(
+        answers,
+        [Some(1), Some(2), Some(3), None, Some(1), Some(2)],
+        "each transaction counts from one"
+    );
+    assert_eq!(runs, [2, 2, 2, 2, 1, 1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writes_of_a_transaction_share_its_memo_on_sqlite() {
+    the_writes_of_a_transaction_share_its_memo(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writes_of_a_transaction_share_its_memo_on_postgres() {
+    the_writes_of_a_transaction_share_its_memo(Backend::Postgres).await;
+}
+
 /// A server that refuses connections (gone, or a database taken offline): a write, and a
 /// read, are answered unavailable (a 503) within the connection timeout, never left
 /// waiting on a connection.

@@ -255,3 +255,41 @@ impl<U: DeferredUpdate> Group for Updates<U> {
         Ok(())
     }
 }
+
+/// What the writes of one transaction share (`Events::transaction_memo`): one value of
+/// each type, made on first use, gone when the transaction ends — committed, or rolled
+/// back to run again, when every write starts from nothing again.
+#[derive(Default)]
+pub(crate) struct TransactionMemo {
+    values: Vec<(TypeId, Box<dyn Any + Send>)>,
+}
+
+impl std::fmt::Debug for TransactionMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransactionMemo")
+            .field("values", &self.values.len())
+            .finish()
+    }
+}
+
+impl TransactionMemo {
+    pub(crate) fn get_or_default<T: Default + Send + 'static>(&mut self) -> &mut T {
+        let at = match self
+            .values
+            .iter()
+            .position(|(kind, _)| *kind == TypeId::of::<T>())
+        {
+            Some(at) => at,
+            None => {
+                self.values
+                    .push((TypeId::of::<T>(), Box::new(T::default())));
+                self.values.len() - 1
+            }
+        };
+        // The value at `at` was stored under `T`'s type id: it is a `T`.
+        self.values[at]
+            .1
+            .downcast_mut::<T>()
+            .expect("a memo value is stored under its own type")
+    }
+}

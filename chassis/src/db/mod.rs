@@ -47,8 +47,8 @@ mod deferred;
 mod update;
 mod writer;
 
-pub(crate) use deferred::DeferredWrites;
 pub use deferred::{DeferredRow, DeferredUpdate, values_placeholders};
+pub(crate) use deferred::{DeferredWrites, TransactionMemo};
 pub use update::{Update, UpdateReturning, update};
 
 use writer::Writer;

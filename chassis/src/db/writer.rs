@@ -49,7 +49,8 @@ use diesel::connection::{SimpleConnection, TransactionManager as _};
 use diesel::r2d2::R2D2Connection;
 
 use super::{
-    Backend, Counters, DbConnection, DbError, DeferredWrites, Manager, PoolManager, check_out, lost,
+    Backend, Counters, DbConnection, DbError, DeferredWrites, Manager, PoolManager,
+    TransactionMemo, check_out, lost,
 };
 use crate::config::DatabaseUrl;
 use crate::events::Events;
@@ -98,16 +99,24 @@ where
     E: From<DbError> + Send,
 {
     fn run(&mut self, conn: &mut DbConnection, left: &mut LeftToBatch) -> Ran {
+        // A failed write's transaction is rolled back, and its memo with it.
+        let memo = std::mem::take(&mut left.memo);
         let run = || {
-            let mut events = Events::default();
+            let mut events = Events::sharing(memo);
             let value = (self.work)(conn, &mut events)?;
-            let (raised, deferred) = events.into_parts();
-            Ok((value, outbox::encode(raised).map_err(E::from)?, deferred))
+            let (raised, deferred, memo) = events.into_parts();
+            Ok((
+                value,
+                outbox::encode(raised).map_err(E::from)?,
+                deferred,
+                memo,
+            ))
         };
         match catch_unwind(AssertUnwindSafe(run)) {
-            Ok(Ok((value, rows, deferred))) => {
+            Ok(Ok((value, rows, deferred, memo))) => {
                 left.raised.extend(rows);
                 left.deferred.extend(deferred);
+                left.memo = memo;
                 self.outcome = Some(Ok(value));
                 Ran::Succeeded
             }
@@ -554,6 +563,8 @@ struct LeftToBatch {
     raised: Vec<OutboxRow>,
     /// The rows and updates left to the batch (`deferred`).
     deferred: DeferredWrites,
+    /// What the transaction's writes share (`Events::transaction_memo`).
+    memo: TransactionMemo,
 }
 
 /// Runs `writes` in one transaction, then inserts the rows they left to it and the events

@@ -21,8 +21,8 @@ use tokio::sync::Semaphore;
 use super::schema::{inbox, outbox};
 use super::{Envelope, EventBus};
 use crate::db::{
-    Backend, Database, DbConnection, DbError, DeferredRow, DeferredUpdate, DeferredWrites, update,
-    utc_now,
+    Backend, Database, DbConnection, DbError, DeferredRow, DeferredUpdate, DeferredWrites,
+    TransactionMemo, update, utc_now,
 };
 
 /// What a write leaves to its batch, written before the batch commits: the events it
@@ -32,6 +32,7 @@ use crate::db::{
 pub struct Events {
     events: Vec<Envelope>,
     deferred: DeferredWrites,
+    memo: TransactionMemo,
 }
 
 impl Events {
@@ -54,9 +55,32 @@ impl Events {
         self.deferred.update(update);
     }
 
-    /// The events raised, for the outbox, and the rows left to the batch.
-    pub(crate) fn into_parts(self) -> (Vec<Envelope>, DeferredWrites) {
-        (self.events, self.deferred)
+    /// What the writes of this transaction share: a value of type `T`, made with
+    /// `T::default()` by the first write that asks for it, seen by the writes after it in
+    /// the same transaction, and gone when the transaction ends (its writes, run again
+    /// after a rollback, start from a new one).
+    ///
+    /// For what a write would otherwise read or lock again and again in one transaction:
+    /// a row the transaction holds locked, so that nobody else can change it before it
+    /// ends (a counter), or a read whose result may be as old as the transaction's first
+    /// write (every write of a batch was waiting before the batch began). A write that
+    /// changes what a memo holds must reset it.
+    pub fn transaction_memo<T: Default + Send + 'static>(&mut self) -> &mut T {
+        self.memo.get_or_default()
+    }
+
+    /// An empty `Events` that shares `memo` with the writes before it in its transaction.
+    pub(crate) fn sharing(memo: TransactionMemo) -> Self {
+        Self {
+            memo,
+            ..Self::default()
+        }
+    }
+
+    /// The events raised, for the outbox, the rows left to the batch, and the memo for the
+    /// transaction's next write.
+    pub(crate) fn into_parts(self) -> (Vec<Envelope>, DeferredWrites, TransactionMemo) {
+        (self.events, self.deferred, self.memo)
     }
 
     pub fn push(&mut self, event: Envelope) {

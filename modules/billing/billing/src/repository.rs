@@ -472,6 +472,67 @@ pub(crate) fn list_payments(
     })
 }
 
+/// The invoice numbers a transaction has taken (`Events::transaction_memo`): after its
+/// first capture of a year took a number from the counter, locking the counter's row until
+/// the transaction ends, the transaction's next captures of that year number on from it
+/// without a round trip each, and leave the counter's advance to the batch
+/// ([`InvoiceCounterAdvance`]).
+#[derive(Debug, Default)]
+pub(crate) struct InvoiceNumbersTaken {
+    last_by_year: Vec<(i32, i64)>,
+}
+
+impl InvoiceNumbersTaken {
+    /// The number after the last one this transaction took in `year`, taken; `None` if it
+    /// took none yet (the caller takes it from the counter: [`next_invoice_number`]).
+    pub(crate) fn take_next(&mut self, year: i32) -> Option<i64> {
+        let (_, last) = self
+            .last_by_year
+            .iter_mut()
+            .find(|(taken_in, _)| *taken_in == year)?;
+        *last += 1;
+        Some(*last)
+    }
+
+    /// `number`, taken from the counter of `year` by this transaction.
+    pub(crate) fn took(&mut self, year: i32, number: i64) {
+        self.last_by_year.push((year, number));
+    }
+}
+
+/// Numbers taken without the counter ([`InvoiceNumbersTaken`]), added to the counter of
+/// `year` at the batch's end: one statement a year however many captures took them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InvoiceCounterAdvance {
+    pub(crate) year: i32,
+}
+
+impl DeferredUpdate for InvoiceCounterAdvance {
+    fn update_all(conn: &mut DbConnection, advances: &[Self]) -> QueryResult<()> {
+        let mut by_year: Vec<(i32, i64)> = Vec::new();
+        for advance in advances {
+            match by_year.iter_mut().find(|(year, _)| *year == advance.year) {
+                Some((_, by)) => *by += 1,
+                None => by_year.push((advance.year, 1)),
+            }
+        }
+        for (year, by) in by_year {
+            let advanced = per_backend!(conn, |conn| {
+                update(
+                    invoice_counters::table,
+                    invoice_counters::year.eq(year),
+                    invoice_counters::last_number.eq(invoice_counters::last_number + by),
+                )
+                .execute(conn)
+            })?;
+            if advanced != 1 {
+                return Err(diesel::result::Error::NotFound);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The next invoice number of `year`, gap-free: the counter's `UPDATE` takes its row lock
 /// on PostgreSQL, so concurrent captures number one after the other, and a rolled-back
 /// capture gives its number back. The year's first invoice inserts the counter; two

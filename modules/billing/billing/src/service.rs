@@ -441,8 +441,10 @@ enum Answer {
     Declined(String),
 }
 
-/// Issues the invoice of a payment captured in this transaction. Its number is taken now;
-/// its row, which nothing reads before the batch commits, goes in with the batch's others.
+/// Issues the invoice of a payment captured in this transaction. Its number is taken now:
+/// from the year's counter by the transaction's first capture, from those before it in
+/// the same transaction by the next (`repo::InvoiceNumbersTaken`). Its row, which nothing
+/// reads before the batch commits, goes in with the batch's others.
 fn issue_invoice(
     conn: &mut DbConnection,
     at_commit: &mut Events,
@@ -451,7 +453,22 @@ fn issue_invoice(
     at: NaiveDateTime,
 ) -> Result<Invoice, Error> {
     let year = at.year();
-    let number = repo::next_invoice_number(conn, year)?;
+    let taken = at_commit
+        .transaction_memo::<repo::InvoiceNumbersTaken>()
+        .take_next(year);
+    let number = match taken {
+        Some(number) => {
+            at_commit.update_at_commit(repo::InvoiceCounterAdvance { year });
+            number
+        }
+        None => {
+            let number = repo::next_invoice_number(conn, year)?;
+            at_commit
+                .transaction_memo::<repo::InvoiceNumbersTaken>()
+                .took(year, number);
+            number
+        }
+    };
     let row = InvoiceRow {
         id: id.to_string(),
         number: invoice_number(year, number),

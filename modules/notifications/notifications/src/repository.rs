@@ -85,6 +85,28 @@ pub(crate) fn list_webhooks(
     })
 }
 
+/// The webhook subscriptions as a transaction read them (`Events::transaction_memo`):
+/// the events a batch records read them once, not once each. Every write of a batch was
+/// waiting before the batch began, so a subscription another process adds meanwhile came
+/// after all of them; one this process adds or deletes in the batch resets the memo
+/// ([`WebhooksRead::forget`]), and the writes after it read again.
+#[derive(Debug, Default)]
+pub(crate) struct WebhooksRead(Option<Vec<WebhookRow>>);
+
+impl WebhooksRead {
+    /// Every subscription, read once a transaction.
+    pub(crate) fn all(&mut self, conn: &mut DbConnection) -> QueryResult<&[WebhookRow]> {
+        match &mut self.0 {
+            Some(read) => Ok(read),
+            unread => Ok(unread.insert(all_webhooks(conn)?)),
+        }
+    }
+
+    pub(crate) fn forget(&mut self) {
+        self.0 = None;
+    }
+}
+
 pub(crate) fn all_webhooks(conn: &mut DbConnection) -> QueryResult<Vec<WebhookRow>> {
     per_backend!(conn, |conn| {
         webhooks::table

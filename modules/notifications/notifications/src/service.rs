@@ -258,13 +258,14 @@ fn record(
     send_now: &SendNow,
     insert: Insert,
 ) -> Result<Recorded, Error> {
-    let mut insert_delivery = |conn: &mut DbConnection, delivery: &NewDelivery| match insert {
-        Insert::AtCommit => {
-            at_commit.insert_at_commit(delivery.clone());
-            Ok::<_, Error>(true)
-        }
-        Insert::Now => Ok(repo::insert_delivery(conn, delivery)?),
-    };
+    let insert_delivery =
+        |conn: &mut DbConnection, at_commit: &mut Events, delivery: &NewDelivery| match insert {
+            Insert::AtCommit => {
+                at_commit.insert_at_commit(delivery.clone());
+                Ok::<_, Error>(true)
+            }
+            Insert::Now => Ok(repo::insert_delivery(conn, delivery)?),
+        };
     let at = repo::now();
     let claimed_until = at.checked_add_signed(send_now.lease).unwrap_or(at);
     let mut recorded = Recorded::default();
@@ -307,7 +308,7 @@ fn record(
         if send {
             delivery.claimed_until = Some(claimed_until);
         }
-        if insert_delivery(conn, &delivery)? {
+        if insert_delivery(conn, at_commit, &delivery)? {
             if send {
                 recorded.claimed.push(delivery.into_row());
             } else {
@@ -315,9 +316,12 @@ fn record(
             }
         }
     }
-    let hooks: Vec<WebhookRow> = repo::all_webhooks(conn)?
-        .into_iter()
+    let hooks: Vec<WebhookRow> = at_commit
+        .transaction_memo::<repo::WebhooksRead>()
+        .all(conn)?
+        .iter()
         .filter(|hook| hook.event_types().contains(&event.event_type))
+        .cloned()
         .collect();
     if !hooks.is_empty() {
         let body = serde_json::to_string(event)
@@ -327,7 +331,7 @@ fn record(
             let mut delivery = new(dedup_key, Channel::Webhook, hook.url, &event.event_type);
             delivery.webhook_id = Some(hook.id);
             delivery.payload = Some(body.clone());
-            recorded.webhooks_for_worker |= insert_delivery(conn, &delivery)?;
+            recorded.webhooks_for_worker |= insert_delivery(conn, at_commit, &delivery)?;
         }
     }
     Ok(recorded)
@@ -588,8 +592,9 @@ impl NotificationsService {
             created_at: repo::now(),
         };
         self.db
-            .write(move |conn| {
+            .write_with_events(move |conn, at_commit| {
                 repo::insert_webhook(conn, &row)?;
+                at_commit.transaction_memo::<repo::WebhooksRead>().forget();
                 row.clone().into_webhook().map_err(Error::from)
             })
             .await
@@ -619,7 +624,10 @@ impl NotificationsService {
     pub async fn delete_webhook(&self, id: Uuid) -> Result<(), Error> {
         let deleted = self
             .db
-            .write(move |conn| repo::delete_webhook(conn, id).map_err(Error::from))
+            .write_with_events(move |conn, at_commit| {
+                at_commit.transaction_memo::<repo::WebhooksRead>().forget();
+                repo::delete_webhook(conn, id).map_err(Error::from)
+            })
             .await?;
         if deleted {
             Ok(())

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use billing_contract::{BillingError, Payment, PaymentStatus, event_types};
 use chassis::db::Backend;
+use chassis::module::LocalModule as _;
 use chassis::page::PageRequest;
 use chrono::Datelike;
 use futures::future::join_all;
@@ -236,6 +237,125 @@ async fn a_crashed_charge_is_taken_over(backend: Backend) {
         conflict,
         Err(BillingError::ChargeConflict { order_id: order })
     );
+}
+
+/// The invoice number of `order`'s capture, as a number.
+async fn invoice_number_of(billing: &LocalBilling, order: Uuid) -> u32 {
+    let invoice = billing
+        .module
+        .service()
+        .invoice_of_order(order)
+        .await
+        .expect("reads")
+        .expect("issued");
+    let year = chrono::Utc::now().year();
+    invoice
+        .number
+        .strip_prefix(&format!("INV-{year}-"))
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or_else(|| panic!("{} is a number of {year}", invoice.number))
+}
+
+/// Captures settled in one transaction take the year's counter once: the first takes its
+/// number from the counter (locking its row until the commit), the next number on from it,
+/// and the counter's advance by their count goes in at the batch's end. The numbers stay
+/// gap-free, and the capture after them numbers on from the last.
+async fn captures_settled_together_take_the_invoice_counter_once(backend: Backend) {
+    // `tok_slow` answers after 600 ms: time for the charges to begin, and for the writer
+    // to be held when they settle.
+    let timing = Timing {
+        slow_delay: Duration::from_millis(600),
+        gateway_timeout: Duration::from_secs(5),
+    };
+    let Some(billing) = support::local_with(backend, timing).await else {
+        return;
+    };
+    let port = billing.module.port();
+    let first = Uuid::new_v4();
+    port.charge(charge(first, 1500, "tok_visa"))
+        .await
+        .expect("captured: the year's counter is there");
+    let orders: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+    let charges = orders.iter().map(|&order| {
+        let port = port.clone();
+        tokio::spawn(async move { port.charge(charge(order, 1500, "tok_slow")).await })
+    });
+    let charges: Vec<_> = charges.collect();
+    // The six have begun (their payments are pending) and wait for the gateway: the
+    // writer is held from now until after they answer, so their settlements queue behind
+    // the holder and commit together.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let db = billing.module.database().clone();
+    let before = db.work_counts();
+    let holder = tokio::spawn({
+        let db = db.clone();
+        async move {
+            db.write(|_conn| {
+                std::thread::sleep(Duration::from_millis(600));
+                Ok::<_, chassis::db::DbError>(())
+            })
+            .await
+        }
+    });
+    for joined in join_all(charges).await {
+        let payment = joined.expect("task ran").expect("captured");
+        assert_eq!(payment.status, PaymentStatus::Captured);
+    }
+    holder.await.expect("task ran").expect("the holder commits");
+    let after = db.work_counts();
+    assert_eq!(
+        after.writes - before.writes,
+        7,
+        "the holder and six settlements"
+    );
+    assert_eq!(
+        after.transactions - before.transactions,
+        2,
+        "the holder's transaction, and one for the six settlements"
+    );
+    // The holder writes nothing. The six: one `UPDATE` of the counter (the first's), and
+    // at the batch's end the counter's advance by five; the settlements of the payments
+    // and the invoices' rows (on PostgreSQL one statement each, on SQLite one a row); the
+    // six events to the outbox; `BEGIN` and `COMMIT` of both transactions (on PostgreSQL
+    // the holder's commit begins the next in one round trip).
+    let (rows_statements, begin_and_commit) = match backend {
+        Backend::Postgres => (2, 3),
+        Backend::Sqlite => (12, 4),
+    };
+    assert_eq!(
+        after.statements - before.statements,
+        1 + 1 + rows_statements + 1 + begin_and_commit,
+        "statements of the holder and the six settlements"
+    );
+    let mut numbers = Vec::new();
+    for &order in &orders {
+        numbers.push(invoice_number_of(&billing, order).await);
+    }
+    numbers.sort_unstable();
+    assert_eq!(
+        numbers,
+        (2..=7).collect::<Vec<u32>>(),
+        "gap-free after the first"
+    );
+    let next = Uuid::new_v4();
+    port.charge(charge(next, 1500, "tok_visa"))
+        .await
+        .expect("captured");
+    assert_eq!(
+        invoice_number_of(&billing, next).await,
+        8,
+        "the counter stands at the last number given"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn captures_settled_together_take_the_invoice_counter_once_on_sqlite() {
+    captures_settled_together_take_the_invoice_counter_once(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn captures_settled_together_take_the_invoice_counter_once_on_postgres() {
+    captures_settled_together_take_the_invoice_counter_once(Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -163,6 +163,72 @@ async fn a_webhook_gets_the_signed_envelope_once_postgres() {
     a_webhook_gets_the_signed_envelope_once(Backend::Postgres).await;
 }
 
+/// The events recorded in one batch read the subscriptions once, and a subscription
+/// deleted in the batch is gone for the events after it: of two confirmed orders recorded
+/// in one batch with the webhook's delete between them, the first's event is queued for
+/// the webhook and the second's is not.
+async fn a_webhook_deleted_in_a_batch_is_gone_for_the_events_after_it(backend: Backend) {
+    let Some(local) = support::local(backend, quick_settings()).await else {
+        return;
+    };
+    let (url, _state) = receiver(&[], Duration::ZERO).await;
+    let service = local.module.service();
+    let webhook = service
+        .create_webhook(subscription(&url, "s3cret"))
+        .await
+        .expect("created");
+    // The writer is held while the three queue behind it, in this order (`join!` polls
+    // them in turn, and each reaches the writer at its first poll): one batch.
+    let db = local.module.database().clone();
+    let holder = tokio::spawn(async move {
+        db.write(|_conn| {
+            std::thread::sleep(Duration::from_millis(300));
+            Ok::<_, DbError>(())
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = order(OrderStatus::Confirmed, "ada@example.com");
+    let after = order(OrderStatus::Confirmed, "bob@example.com");
+    let (event_before, event_after) = (order_event(&before), order_event(&after));
+    let (recorded_before, deleted, recorded_after) = tokio::join!(
+        service.handle(&event_before),
+        service.delete_webhook(webhook.id),
+        service.handle(&event_after),
+    );
+    holder.await.expect("task ran").expect("the holder commits");
+    recorded_before.expect("handled");
+    deleted.expect("deleted");
+    recorded_after.expect("handled");
+    let channels = |deliveries: Vec<Delivery>| {
+        let mut channels: Vec<Channel> = deliveries.iter().map(|d| d.channel).collect();
+        channels.sort_by_key(|channel| channel.as_str());
+        channels
+    };
+    let before_deliveries = local.wait_for(before.id, |d| d.len() == 2).await;
+    assert_eq!(
+        channels(before_deliveries),
+        [Channel::File, Channel::Webhook],
+        "the webhook was there for the first"
+    );
+    let after_deliveries = local.wait_for(after.id, |d| !d.is_empty()).await;
+    assert_eq!(
+        channels(after_deliveries),
+        [Channel::File],
+        "the webhook was gone for the second"
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_deleted_in_a_batch_is_gone_for_the_events_after_it_sqlite() {
+    a_webhook_deleted_in_a_batch_is_gone_for_the_events_after_it(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_webhook_deleted_in_a_batch_is_gone_for_the_events_after_it_postgres() {
+    a_webhook_deleted_in_a_batch_is_gone_for_the_events_after_it(Backend::Postgres).await;
+}
+
 async fn a_500_is_retried_until_it_succeeds(backend: Backend) {
     let Some(local) = support::local(backend, quick_settings()).await else {
         return;
