@@ -959,6 +959,83 @@ async fn the_writes_of_a_transaction_share_its_memo_on_postgres() {
     the_writes_of_a_transaction_share_its_memo(Backend::Postgres).await;
 }
 
+/// What a write left in its transaction's memo.
+#[derive(Default, Clone, Debug, PartialEq)]
+struct Left(Option<&'static str>);
+
+/// The items there, and what the memo holds, read with [`Database::read_in_batch`].
+async fn read_the_memo(db: &Database) -> Result<(i64, Left), TestError> {
+    db.read_in_batch(|conn, memo| {
+        let items: i64 = common::items::table
+            .count()
+            .get_result(conn)
+            .map_err(TestError::from)?;
+        Ok::<_, TestError>((items, memo.get_or_default::<Left>().clone()))
+    })
+    .await
+}
+
+/// A read that may go with the writer's batch: with the writer idle, it is a read of its
+/// own (no transaction begun for it); on PostgreSQL, with writes waiting, it runs in their
+/// batch and sees the memo the write before it left; on SQLite it never does (a read
+/// there costs no round trip to save).
+async fn a_read_in_batch_joins_a_busy_writers_batch_on_postgres_only(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    let before = db.work_counts();
+    let (items, left) = read_the_memo(&db).await.expect("reads");
+    assert_eq!((items, left), (0, Left(None)));
+    let after = db.work_counts();
+    assert_eq!(
+        (
+            after.writes - before.writes,
+            after.transactions - before.transactions
+        ),
+        (0, 0),
+        "an idle writer's: a read of its own"
+    );
+
+    let holder = hold_the_writer(&db).await;
+    let write = db.write_with_events(|conn, events| {
+        insert_item(conn, "written")?;
+        events.transaction_memo::<Left>().0 = Some("by the write");
+        Ok::<_, TestError>(())
+    });
+    let (written, read) = futures::join!(write, read_the_memo(&db));
+    written.expect("writes");
+    holder.await.expect("task ran").expect("the holder commits");
+    let (items, left) = read.expect("reads");
+    match backend {
+        Backend::Postgres => {
+            assert_eq!(
+                left,
+                Left(Some("by the write")),
+                "in the write's transaction"
+            );
+            assert_eq!(
+                items, 2,
+                "the holder's item and the write's, in its transaction"
+            );
+        }
+        Backend::Sqlite => {
+            assert_eq!(left, Left(None), "a read of its own");
+            assert_eq!(items, 0, "read at once, while the holder had not committed");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_in_batch_joins_a_busy_writers_batch_on_postgres_only_on_sqlite() {
+    a_read_in_batch_joins_a_busy_writers_batch_on_postgres_only(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_in_batch_joins_a_busy_writers_batch_on_postgres_only_on_postgres() {
+    a_read_in_batch_joins_a_busy_writers_batch_on_postgres_only(Backend::Postgres).await;
+}
+
 /// A server that refuses connections (gone, or a database taken offline): a write, and a
 /// read, are answered unavailable (a 503) within the connection timeout, never left
 /// waiting on a connection.

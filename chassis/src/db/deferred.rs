@@ -256,11 +256,12 @@ impl<U: DeferredUpdate> Group for Updates<U> {
     }
 }
 
-/// What the writes of one transaction share (`Events::transaction_memo`): one value of
-/// each type, made on first use, gone when the transaction ends — committed, or rolled
-/// back to run again, when every write starts from nothing again.
+/// What the writes of one transaction share (`Events::transaction_memo`,
+/// `Database::read_in_batch`): one value of each type, made on first use, gone when the
+/// transaction ends — committed, or rolled back to run again, when every write starts
+/// from nothing again.
 #[derive(Default)]
-pub(crate) struct TransactionMemo {
+pub struct TransactionMemo {
     values: Vec<(TypeId, Box<dyn Any + Send>)>,
 }
 
@@ -273,7 +274,8 @@ impl std::fmt::Debug for TransactionMemo {
 }
 
 impl TransactionMemo {
-    pub(crate) fn get_or_default<T: Default + Send + 'static>(&mut self) -> &mut T {
+    /// The transaction's `T`, made with `T::default()` on first use.
+    pub fn get_or_default<T: Default + Send + 'static>(&mut self) -> &mut T {
         let at = match self
             .values
             .iter()

@@ -35,7 +35,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -47,8 +47,8 @@ mod deferred;
 mod update;
 mod writer;
 
-pub use deferred::{DeferredRow, DeferredUpdate, values_placeholders};
-pub(crate) use deferred::{DeferredWrites, TransactionMemo};
+pub(crate) use deferred::DeferredWrites;
+pub use deferred::{DeferredRow, DeferredUpdate, TransactionMemo, values_placeholders};
 pub use update::{Update, UpdateReturning, update};
 
 use writer::Writer;
@@ -288,6 +288,9 @@ struct Inner {
     url: DatabaseUrl,
     /// The one thread that writes, with group commit.
     writer: Writer,
+    /// Writes submitted and not yet answered: whether the writer has work
+    /// (`Database::read_in_batch`).
+    writes_in_flight: AtomicUsize,
     /// Rung after a transaction that wrote outbox rows commits: wakes the relay.
     outbox_signal: Arc<tokio::sync::Notify>,
     /// SQLite only, once [`Database::serve_exclusively`] took it: the lock that keeps a
@@ -373,6 +376,7 @@ impl Database {
                 url: url.clone(),
                 counters,
                 writer,
+                writes_in_flight: AtomicUsize::new(0),
                 outbox_signal,
                 serving_lock: std::sync::Mutex::new(None),
             }),
@@ -447,6 +451,30 @@ impl Database {
         spawn_blocking(move || inner.with_connection(work)).await
     }
 
+    /// Runs `work`, which reads only, where the writes' transactions can share what it
+    /// reads: on PostgreSQL, while the writer has writes to do, in its next batch, in that
+    /// batch's transaction, with its [`TransactionMemo`] (what a write of the batch read,
+    /// `work` need not read again, nor the writes after it: round trips saved under
+    /// load); otherwise — an idle writer on PostgreSQL, where a batch of its own would cost
+    /// a `BEGIN` and a `COMMIT` more, or SQLite, where a read costs no round trip — as
+    /// [`Database::read`] does, with a memo of its own. Either way `work` sees what was
+    /// committed before it was called, and may run more than once.
+    pub async fn read_in_batch<T, E, F>(&self, mut work: F) -> Result<T, E>
+    where
+        F: FnMut(&mut DbConnection, &mut TransactionMemo) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + From<diesel::result::Error> + Send + 'static,
+    {
+        let writer_busy = self.inner.writes_in_flight.load(Ordering::Relaxed) > 0;
+        if self.inner.backend == Backend::Postgres && writer_busy {
+            return self
+                .write_with_events(move |conn, events| work(conn, events.memo()))
+                .await;
+        }
+        self.read(move |conn| work(conn, &mut TransactionMemo::default()))
+            .await
+    }
+
     /// Runs `work` as one transaction, committed if it returns `Ok`, rolled back if it
     /// returns `Err`, on the database's writer thread, which commits it together with the
     /// writes waiting beside it (module docs). `work` may run more than once: each run
@@ -474,6 +502,7 @@ impl Database {
         // The caller's span, taken here: the work itself runs on another thread.
         let caller = tracing::Span::current();
         self.inner.counters.writes.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight::enter(&self.inner.writes_in_flight);
         self.inner
             .writer
             .write(move |conn, events| {
@@ -559,6 +588,23 @@ impl Database {
     pub async fn ping(&self) -> Result<(), DbError> {
         self.read(|conn| conn.batch_execute("SELECT 1").map_err(DbError::from))
             .await
+    }
+}
+
+/// One write in flight, counted from its submission until its caller has its answer (or
+/// gave up waiting).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

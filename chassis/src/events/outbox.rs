@@ -69,6 +69,11 @@ impl Events {
         self.memo.get_or_default()
     }
 
+    /// The transaction's memo itself (`Database::read_in_batch`).
+    pub(crate) fn memo(&mut self) -> &mut TransactionMemo {
+        &mut self.memo
+    }
+
     /// An empty `Events` that shares `memo` with the writes before it in its transaction.
     pub(crate) fn sharing(memo: TransactionMemo) -> Self {
         Self {

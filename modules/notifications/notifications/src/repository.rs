@@ -107,7 +107,7 @@ impl WebhooksRead {
     }
 }
 
-pub(crate) fn all_webhooks(conn: &mut DbConnection) -> QueryResult<Vec<WebhookRow>> {
+fn all_webhooks(conn: &mut DbConnection) -> QueryResult<Vec<WebhookRow>> {
     per_backend!(conn, |conn| {
         webhooks::table
             .select(WebhookRow::as_select())

@@ -447,13 +447,16 @@ impl NotificationsService {
         if plan.mails.is_empty() {
             // Most events (every payment captured, say) ask for nothing unless a webhook
             // wants them: such an event is settled by a read, not a write — a redelivery
-            // finds nothing to do either, so there is nothing for the inbox to guard.
+            // finds nothing to do either, so there is nothing for the inbox to guard. On
+            // PostgreSQL the read goes with the writer's batch, whose recorded events read
+            // the subscriptions once for all (`repo::WebhooksRead`).
             let event_type = event.event_type.clone();
             let wanted = self
                 .db
-                .read(move |conn| {
+                .read_in_batch(move |conn, memo| {
                     Ok::<_, Error>(
-                        repo::all_webhooks(conn)?
+                        memo.get_or_default::<repo::WebhooksRead>()
+                            .all(conn)?
                             .iter()
                             .any(|hook| hook.event_types().contains(&event_type)),
                     )
