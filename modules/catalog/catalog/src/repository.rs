@@ -8,6 +8,7 @@
 
 use catalog_contract::{Money, Product, ReservationStatus, StockLevels, StockLine};
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
 use chassis::db::{DbConnection, DeferredRow, DeferredUpdate, update, values_placeholders};
 use chassis::per_backend;
@@ -417,6 +418,119 @@ impl NewReservation {
 
 // A new reservation may be inserted at its batch's commit, with the batch's others.
 chassis::deferred_row!(NewReservation => reservations::table);
+
+/// A reservation's move from one status to another, with the stock its lines move, left
+/// to the batch (`Events::update_at_commit`): on PostgreSQL the moves of a batch are one
+/// conditional `UPDATE … FROM (VALUES …) … RETURNING` and their stock one more statement,
+/// where each move alone is two. The move happens only from `from` (the conditional write
+/// that makes it happen once, as [`move_reservation`]); a reservation not in `from` fails
+/// the batch, and the write that left the move gets
+/// [`diesel::result::Error::NotFound`] — its caller then moves it at once, and looks.
+/// The lines moved come back through [`ReservationMove::moved`], for the write's caller
+/// once the write has committed.
+#[derive(Debug, Clone)]
+pub(crate) struct ReservationMove {
+    order_id: Uuid,
+    from: ReservationStatus,
+    to: ReservationStatus,
+    stock_move: fn(Uuid, i64) -> StockMove,
+    moved: Arc<OnceLock<Vec<StockLine>>>,
+}
+
+impl ReservationMove {
+    pub(crate) fn new(
+        order_id: Uuid,
+        from: ReservationStatus,
+        to: ReservationStatus,
+        stock_move: fn(Uuid, i64) -> StockMove,
+    ) -> Self {
+        Self {
+            order_id,
+            from,
+            to,
+            stock_move,
+            moved: Arc::default(),
+        }
+    }
+
+    /// Where the lines moved are put when the batch applies the move.
+    pub(crate) fn moved(&self) -> Arc<OnceLock<Vec<StockLine>>> {
+        Arc::clone(&self.moved)
+    }
+}
+
+#[derive(QueryableByName)]
+struct MovedReservation {
+    #[diesel(sql_type = Text)]
+    order_id: String,
+    #[diesel(sql_type = Text)]
+    lines: String,
+}
+
+impl DeferredUpdate for ReservationMove {
+    fn update_all(conn: &mut DbConnection, moves: &[Self]) -> QueryResult<()> {
+        let mut moved_lines: Vec<(usize, Vec<StockLine>)> = Vec::with_capacity(moves.len());
+        match &mut *conn {
+            DbConnection::Postgres(pg) if moves.len() > 1 => {
+                let sql = format!(
+                    "UPDATE reservations SET status = moves.to_status, updated_at = $1 \
+                     FROM (VALUES {}) AS moves (order_id, from_status, to_status) \
+                     WHERE reservations.order_id = moves.order_id \
+                     AND reservations.status = moves.from_status \
+                     RETURNING reservations.order_id, reservations.lines",
+                    values_placeholders(moves.len(), 3, 2)
+                );
+                let mut statement = diesel::sql_query(sql)
+                    .into_boxed::<diesel::pg::Pg>()
+                    .bind::<Timestamp, _>(now());
+                for reservation_move in moves {
+                    statement = statement
+                        .bind::<Text, _>(reservation_move.order_id.to_string())
+                        .bind::<Text, _>(reservation_move.from.as_str())
+                        .bind::<Text, _>(reservation_move.to.as_str());
+                }
+                let rows: Vec<MovedReservation> = statement.load(pg)?;
+                for row in rows {
+                    let at = moves
+                        .iter()
+                        .position(|m| m.order_id.to_string() == row.order_id)
+                        .ok_or(diesel::result::Error::NotFound)?;
+                    moved_lines.push((at, decode_lines(&row.lines)?));
+                }
+            }
+            _ => {
+                for (at, reservation_move) in moves.iter().enumerate() {
+                    let lines = move_reservation(
+                        conn,
+                        reservation_move.order_id,
+                        reservation_move.from,
+                        reservation_move.to,
+                    )?
+                    .ok_or(diesel::result::Error::NotFound)?;
+                    moved_lines.push((at, lines));
+                }
+            }
+        }
+        // An order twice in the batch (two calls racing) moved once: the other fails.
+        if moved_lines.len() != moves.len() {
+            return Err(diesel::result::Error::NotFound);
+        }
+        let mut stock_moves = Vec::new();
+        for (at, lines) in moved_lines {
+            let reservation_move = &moves[at];
+            stock_moves.extend(lines.iter().map(|line| {
+                (reservation_move.stock_move)(line.product_id, i64::from(line.quantity))
+            }));
+            // A slot already set is that of an earlier run of the batch, rolled back: the
+            // write runs again with a new one, so this one is read by nobody.
+            let _ = reservation_move.moved.set(lines);
+        }
+        for chunk in stock_moves.chunks(100) {
+            StockMove::update_all(conn, chunk)?;
+        }
+        Ok(())
+    }
+}
 
 /// Moves an order's reservation from `from` to `to`; answers its lines if it did, `None`
 /// if it was not in `from`. The status in the `WHERE` clause makes the move happen once:

@@ -171,10 +171,50 @@ impl CatalogService {
     }
 
     /// Moves an existing reservation from `from` to `to`, moving each line's stock by
-    /// `stock_move` (left to the batch: `repo::StockMove`); answers as is when it is
-    /// already in `to`. The status moves first, by a conditional write, so that of
-    /// concurrent calls only the one that moved it moves the stock.
+    /// `stock_move`; answers as is when it is already in `to`. The status moves first, by
+    /// a conditional write, so that of concurrent calls only the one that moved it moves
+    /// the stock. The common call finds the reservation in `from`: its move is left to the
+    /// batch (`repo::ReservationMove`), and only one that finds it elsewhere moves at once
+    /// and looks ([`CatalogService::transition_now`]).
     async fn transition(
+        &self,
+        order_id: Uuid,
+        from: ReservationStatus,
+        to: ReservationStatus,
+        stock_move: fn(Uuid, i64) -> repo::StockMove,
+    ) -> Result<Reservation, CatalogError> {
+        let moved = self
+            .db
+            .write_with_events(move |_conn, at_commit| {
+                let reservation_move = repo::ReservationMove::new(order_id, from, to, stock_move);
+                let moved = reservation_move.moved();
+                at_commit.update_at_commit(reservation_move);
+                Ok::<_, Error>(moved)
+            })
+            .await;
+        match moved {
+            Ok(moved) => {
+                let lines = moved.get().cloned().ok_or_else(|| {
+                    CatalogError::Internal(format!(
+                        "the move of order {order_id}'s reservation committed without its lines"
+                    ))
+                })?;
+                Ok(reservation(
+                    order_id,
+                    StoredReservation { status: to, lines },
+                ))
+            }
+            // Not in `from`: moved already, in another state, or unknown.
+            Err(Error::Database(DbError::Query(diesel::result::Error::NotFound))) => {
+                self.transition_now(order_id, from, to, stock_move).await
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// [`CatalogService::transition`], the move made at once, and the reservation looked
+    /// at when it is not in `from`.
+    async fn transition_now(
         &self,
         order_id: Uuid,
         from: ReservationStatus,

@@ -7,6 +7,7 @@
 
 use catalog_contract::{CatalogError, Reservation, ReservationStatus, StockLine};
 use chassis::db::Backend;
+use chassis::module::LocalModule as _;
 use futures::future::join_all;
 use uuid::Uuid;
 
@@ -220,6 +221,85 @@ async fn commit_racing_release_moves_stock_for_the_winner_only(backend: Backend)
         (100 - 2 * committed, 0),
         "{committed} committed, {released} released"
     );
+}
+
+/// Commits that wait for the writer together move their reservations and the stock in
+/// one transaction: on PostgreSQL with one statement for the reservations and one for the
+/// stock of both products (each commit alone costs two), on SQLite with the prepared
+/// one-row statements (no round trip to save there). Each answers its own lines.
+async fn commits_of_one_batch_move_reservations_and_stock_together(backend: Backend) {
+    let Some(catalog) = support::local(backend).await else {
+        return;
+    };
+    let module = &catalog.module;
+    let (a, b) = (
+        product(module, "Batch A", 10).await,
+        product(module, "Batch B", 10).await,
+    );
+    let line = |item: &catalog_contract::Product, quantity| StockLine {
+        product_id: item.id,
+        quantity,
+    };
+    let mut two_lines = vec![line(&a, 2), line(&b, 1)];
+    two_lines.sort_by_key(|line| line.product_id);
+    let orders = [
+        (Uuid::new_v4(), vec![line(&a, 1)]),
+        (Uuid::new_v4(), two_lines),
+        (Uuid::new_v4(), vec![line(&b, 3)]),
+    ];
+    let port = module.port();
+    for (order, lines) in &orders {
+        port.reserve(*order, lines).await.expect("reserves");
+    }
+    let db = module.database().clone();
+    let holder = tokio::spawn({
+        let db = db.clone();
+        async move {
+            db.write(|_conn| {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                Ok::<_, chassis::db::DbError>(())
+            })
+            .await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let before = db.work_counts();
+    let commits = join_all(orders.iter().map(|(order, _)| port.commit(*order))).await;
+    holder.await.expect("task ran").expect("the holder commits");
+    let after = db.work_counts();
+    for ((order, lines), committed) in orders.iter().zip(commits) {
+        let committed = committed.expect("commits");
+        assert_eq!(committed.status, ReservationStatus::Committed);
+        assert_eq!(&committed.lines, lines, "order {order}'s own lines");
+    }
+    let (a_stock, b_stock) = (stock_of(module, &a).await, stock_of(module, &b).await);
+    assert_eq!((a_stock.on_hand, a_stock.reserved), (7, 0));
+    assert_eq!((b_stock.on_hand, b_stock.reserved), (6, 0));
+    assert_eq!(
+        after.transactions - before.transactions,
+        1,
+        "the commits' (the holder's had begun)"
+    );
+    // The holder's `COMMIT`, the commits' `BEGIN` and `COMMIT` (on PostgreSQL the holder's
+    // commit begins the next transaction in the same round trip), and the moves.
+    let (commit_begin_commit, moves) = match backend {
+        Backend::Postgres => (2, 2),
+        Backend::Sqlite => (3, 3 + 2),
+    };
+    assert_eq!(
+        after.statements - before.statements,
+        commit_begin_commit + moves
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commits_of_one_batch_move_reservations_and_stock_together_on_sqlite() {
+    commits_of_one_batch_move_reservations_and_stock_together(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commits_of_one_batch_move_reservations_and_stock_together_on_postgres() {
+    commits_of_one_batch_move_reservations_and_stock_together(Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
