@@ -737,7 +737,7 @@ async fn a_row_left_to_a_batch_that_breaks_a_key_fails_only_its_write_on_postgre
 }
 
 /// An increment of an item's `n` a write leaves to its batch: the increments of one item
-/// add up, and on PostgreSQL a batch's go in as one `UPDATE … FROM (VALUES …)`.
+/// add up, and on PostgreSQL a batch's go in as one `UPDATE … FROM unnest(…)`.
 #[derive(Clone, Copy)]
 struct AddToItem {
     id: &'static str,
@@ -747,23 +747,23 @@ struct AddToItem {
 impl chassis::db::DeferredUpdate for AddToItem {
     fn update_all(conn: &mut DbConnection, adds: &[Self]) -> QueryResult<()> {
         use common::items;
-        use diesel::sql_types::{BigInt, Text};
+        use diesel::sql_types::{Array, BigInt, Text};
         let mut by_item = std::collections::BTreeMap::new();
         for add in adds {
             *by_item.entry(add.id).or_insert(0_i64) += add.by;
         }
         let changed = match conn {
             DbConnection::Postgres(conn) => {
-                let sql = format!(
-                    "UPDATE items SET n = items.n + adds.by FROM (VALUES {}) AS adds (id, by) \
+                let ids: Vec<&str> = by_item.keys().copied().collect();
+                let by: Vec<i64> = by_item.values().copied().collect();
+                diesel::sql_query(
+                    "UPDATE items SET n = items.n + adds.by \
+                     FROM unnest($1::text[], $2::int8[]) AS adds (id, by) \
                      WHERE items.id = adds.id",
-                    chassis::db::values_placeholders(by_item.len(), 2, 1)
-                );
-                let mut statement = diesel::sql_query(sql).into_boxed::<diesel::pg::Pg>();
-                for (id, by) in &by_item {
-                    statement = statement.bind::<Text, _>(*id).bind::<BigInt, _>(*by);
-                }
-                statement.execute(conn)?
+                )
+                .bind::<Array<Text>, _>(ids)
+                .bind::<Array<BigInt>, _>(by)
+                .execute(conn)?
             }
             DbConnection::Sqlite(conn) => {
                 let mut changed = 0;

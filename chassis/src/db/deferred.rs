@@ -80,35 +80,17 @@ macro_rules! deferred_row {
 
 /// A change of a row a write may leave to its batch (module docs): how to apply several at
 /// once. Typically a delta or a conditional move keyed by the row's id; the kind merges
-/// its updates of one row itself (several writes of a batch may change the same row).
+/// its updates of one row itself (several writes of a batch may change the same row). On
+/// PostgreSQL the kinds apply several as one `UPDATE … FROM unnest($1::text[], …)`, their
+/// columns bound as arrays: one SQL text for any number of rows, which the connection
+/// keeps prepared (a `VALUES` list of as many rows as there are was parsed and planned
+/// anew each time, at more cost to the server than running it).
 pub trait DeferredUpdate: Send + Sized + 'static {
     /// Applies `updates` (at most a hundred, in the order the writes left them). An update
     /// whose row is not there, or no longer matches its condition, fails with
     /// [`diesel::result::Error::NotFound`]: the batch is rolled back and its writes run
     /// alone, so that the write that left it gets that error.
     fn update_all(conn: &mut DbConnection, updates: &[Self]) -> diesel::QueryResult<()>;
-}
-
-/// `($first, $first+1, …), (…), …`: the placeholders of a PostgreSQL `VALUES` list of
-/// `rows` rows of `columns` values, numbered from `$first`, for a deferred kind's one
-/// statement (`UPDATE … FROM (VALUES …)`).
-pub fn values_placeholders(rows: usize, columns: usize, first: usize) -> String {
-    let mut sql = String::with_capacity(rows * columns * 5);
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for column in 0..columns {
-            if column > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('$');
-            sql.push_str(&(first + row * columns + column).to_string());
-        }
-        sql.push(')');
-    }
-    sql
 }
 
 /// The rows deferred in one batch (or one run of a write), grouped by kind in the order

@@ -5,11 +5,11 @@
 //! one does; the other reads what the winner wrote.
 
 use billing_contract::{Money, Payment, PaymentStatus};
-use chassis::db::{DbConnection, DeferredUpdate, update, values_placeholders};
+use chassis::db::{DbConnection, DeferredUpdate, update};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use diesel::sql_types::{Nullable, Text, Timestamp};
+use diesel::sql_types::{Array, Nullable, Text, Timestamp};
 use uuid::Uuid;
 
 use crate::domain::Invoice;
@@ -343,28 +343,32 @@ impl DeferredUpdate for Settlement {
     fn update_all(conn: &mut DbConnection, settlements: &[Self]) -> QueryResult<()> {
         match conn {
             DbConnection::Postgres(conn) if settlements.len() > 1 => {
-                let sql = format!(
+                let text = |value: fn(&Self) -> Option<&str>| {
+                    settlements.iter().map(value).collect::<Vec<_>>()
+                };
+                let order_ids: Vec<&str> =
+                    settlements.iter().map(|s| s.order_id.as_str()).collect();
+                let statuses: Vec<&str> = settlements.iter().map(|s| s.status.as_str()).collect();
+                let ats: Vec<NaiveDateTime> = settlements.iter().map(|s| s.at).collect();
+                let changed = diesel::sql_query(
                     "UPDATE payments SET status = settled.status, \
                      provider_ref = settled.provider_ref, decline_reason = settled.reason, \
                      attempt_started_at = NULL, invoice_id = settled.invoice_id, \
                      updated_at = settled.at \
-                     FROM (VALUES {}) AS settled \
+                     FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                     $7::timestamp[]) AS settled \
                      (order_id, status, provider_ref, reason, invoice_id, at) \
-                     WHERE payments.order_id = settled.order_id \
-                     AND payments.status = '{PENDING}'",
-                    values_placeholders(settlements.len(), 6, 1)
-                );
-                let mut statement = diesel::sql_query(sql).into_boxed::<diesel::pg::Pg>();
-                for settlement in settlements {
-                    statement = statement
-                        .bind::<Text, _>(&settlement.order_id)
-                        .bind::<Text, _>(settlement.status.as_str())
-                        .bind::<Nullable<Text>, _>(&settlement.provider_ref)
-                        .bind::<Nullable<Text>, _>(&settlement.reason)
-                        .bind::<Nullable<Text>, _>(&settlement.invoice_id)
-                        .bind::<Timestamp, _>(settlement.at);
-                }
-                if statement.execute(conn)? != settlements.len() {
+                     WHERE payments.order_id = settled.order_id AND payments.status = $1",
+                )
+                .bind::<Text, _>(PENDING)
+                .bind::<Array<Text>, _>(order_ids)
+                .bind::<Array<Text>, _>(statuses)
+                .bind::<Array<Nullable<Text>>, _>(text(|s| s.provider_ref.as_deref()))
+                .bind::<Array<Nullable<Text>>, _>(text(|s| s.reason.as_deref()))
+                .bind::<Array<Nullable<Text>>, _>(text(|s| s.invoice_id.as_deref()))
+                .bind::<Array<Timestamp>, _>(ats)
+                .execute(conn)?;
+                if changed != settlements.len() {
                     return Err(diesel::result::Error::NotFound);
                 }
             }

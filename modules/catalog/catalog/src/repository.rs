@@ -10,11 +10,11 @@ use catalog_contract::{Money, Product, ReservationStatus, StockLevels, StockLine
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
-use chassis::db::{DbConnection, DeferredRow, DeferredUpdate, update, values_placeholders};
+use chassis::db::{DbConnection, DeferredRow, DeferredUpdate, update};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text, Timestamp};
+use diesel::sql_types::{Array, BigInt, Text, Timestamp};
 use uuid::Uuid;
 
 use crate::schema::{products, reservations};
@@ -267,23 +267,22 @@ impl DeferredUpdate for StockMove {
         let at = now();
         match conn {
             DbConnection::Postgres(conn) if by_product.len() > 1 => {
-                let sql = format!(
+                let ids: Vec<String> = by_product.keys().map(Uuid::to_string).collect();
+                let (on_hand, reserved): (Vec<i64>, Vec<i64>) =
+                    by_product.values().copied().unzip();
+                let changed = diesel::sql_query(
                     "UPDATE products SET on_hand = products.on_hand + moves.on_hand, \
                      reserved = products.reserved + moves.reserved, updated_at = $1 \
-                     FROM (VALUES {}) AS moves (id, on_hand, reserved) \
+                     FROM unnest($2::text[], $3::int8[], $4::int8[]) \
+                     AS moves (id, on_hand, reserved) \
                      WHERE products.id = moves.id",
-                    values_placeholders(by_product.len(), 3, 2)
-                );
-                let mut statement = diesel::sql_query(sql)
-                    .into_boxed::<diesel::pg::Pg>()
-                    .bind::<Timestamp, _>(at);
-                for (id, (on_hand, reserved)) in &by_product {
-                    statement = statement
-                        .bind::<Text, _>(id.to_string())
-                        .bind::<BigInt, _>(*on_hand)
-                        .bind::<BigInt, _>(*reserved);
-                }
-                if statement.execute(conn)? != by_product.len() {
+                )
+                .bind::<Timestamp, _>(at)
+                .bind::<Array<Text>, _>(ids)
+                .bind::<Array<BigInt>, _>(on_hand)
+                .bind::<Array<BigInt>, _>(reserved)
+                .execute(conn)?;
+                if changed != by_product.len() {
                     return Err(diesel::result::Error::NotFound);
                 }
             }
@@ -421,7 +420,7 @@ chassis::deferred_row!(NewReservation => reservations::table);
 
 /// A reservation's move from one status to another, with the stock its lines move, left
 /// to the batch (`Events::update_at_commit`): on PostgreSQL the moves of a batch are one
-/// conditional `UPDATE … FROM (VALUES …) … RETURNING` and their stock one more statement,
+/// conditional `UPDATE … FROM unnest(…) … RETURNING` and their stock one more statement,
 /// where each move alone is two. The move happens only from `from` (the conditional write
 /// that makes it happen once, as [`move_reservation`]); a reservation not in `from` fails
 /// the batch, and the write that left the move gets
@@ -472,24 +471,22 @@ impl DeferredUpdate for ReservationMove {
         let mut moved_lines: Vec<(usize, Vec<StockLine>)> = Vec::with_capacity(moves.len());
         match &mut *conn {
             DbConnection::Postgres(pg) if moves.len() > 1 => {
-                let sql = format!(
+                let order_ids: Vec<String> = moves.iter().map(|m| m.order_id.to_string()).collect();
+                let from: Vec<&str> = moves.iter().map(|m| m.from.as_str()).collect();
+                let to: Vec<&str> = moves.iter().map(|m| m.to.as_str()).collect();
+                let rows: Vec<MovedReservation> = diesel::sql_query(
                     "UPDATE reservations SET status = moves.to_status, updated_at = $1 \
-                     FROM (VALUES {}) AS moves (order_id, from_status, to_status) \
+                     FROM unnest($2::text[], $3::text[], $4::text[]) \
+                     AS moves (order_id, from_status, to_status) \
                      WHERE reservations.order_id = moves.order_id \
                      AND reservations.status = moves.from_status \
                      RETURNING reservations.order_id, reservations.lines",
-                    values_placeholders(moves.len(), 3, 2)
-                );
-                let mut statement = diesel::sql_query(sql)
-                    .into_boxed::<diesel::pg::Pg>()
-                    .bind::<Timestamp, _>(now());
-                for reservation_move in moves {
-                    statement = statement
-                        .bind::<Text, _>(reservation_move.order_id.to_string())
-                        .bind::<Text, _>(reservation_move.from.as_str())
-                        .bind::<Text, _>(reservation_move.to.as_str());
-                }
-                let rows: Vec<MovedReservation> = statement.load(pg)?;
+                )
+                .bind::<Timestamp, _>(now())
+                .bind::<Array<Text>, _>(order_ids)
+                .bind::<Array<Text>, _>(from)
+                .bind::<Array<Text>, _>(to)
+                .load(pg)?;
                 for row in rows {
                     let at = moves
                         .iter()

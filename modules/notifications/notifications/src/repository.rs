@@ -6,11 +6,11 @@
 //! delivery still holds its own claim (`AttemptOutcome`), so an attempt that outlived its
 //! lease, and whose delivery another attempt claimed since, changes nothing.
 
-use chassis::db::{DbConnection, DeferredUpdate, update, values_placeholders};
+use chassis::db::{DbConnection, DeferredUpdate, update};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
+use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamp};
 use notifications_contract::{Channel, Delivery, DeliveryStatus, Webhook};
 use uuid::Uuid;
 
@@ -379,30 +379,34 @@ impl DeferredUpdate for AttemptOutcome {
         let at = now();
         match conn {
             DbConnection::Postgres(conn) if outcomes.len() > 1 => {
-                let sql = format!(
+                let ids: Vec<&str> = outcomes.iter().map(|o| o.id.as_str()).collect();
+                let claims: Vec<NaiveDateTime> = outcomes.iter().map(|o| o.claimed_until).collect();
+                let statuses: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
+                let attempts: Vec<i64> = outcomes.iter().map(|o| o.attempts).collect();
+                let errors: Vec<Option<&str>> =
+                    outcomes.iter().map(|o| o.last_error.as_deref()).collect();
+                let next: Vec<NaiveDateTime> = outcomes.iter().map(|o| o.next_attempt_at).collect();
+                let changed = diesel::sql_query(
                     "UPDATE deliveries SET status = outcomes.status, \
                      attempts = outcomes.attempts, last_error = outcomes.last_error, \
                      next_attempt_at = outcomes.next_attempt_at, claimed_until = NULL, \
                      updated_at = $1 \
-                     FROM (VALUES {}) AS outcomes \
+                     FROM unnest($3::text[], $4::timestamp[], $5::text[], $6::int8[], \
+                     $7::text[], $8::timestamp[]) AS outcomes \
                      (id, claimed_until, status, attempts, last_error, next_attempt_at) \
-                     WHERE deliveries.id = outcomes.id AND deliveries.status = '{OPEN}' \
+                     WHERE deliveries.id = outcomes.id AND deliveries.status = $2 \
                      AND deliveries.claimed_until = outcomes.claimed_until",
-                    values_placeholders(outcomes.len(), 6, 2)
-                );
-                let mut statement = diesel::sql_query(sql)
-                    .into_boxed::<diesel::pg::Pg>()
-                    .bind::<Timestamp, _>(at);
-                for outcome in outcomes {
-                    statement = statement
-                        .bind::<Text, _>(&outcome.id)
-                        .bind::<Timestamp, _>(outcome.claimed_until)
-                        .bind::<Text, _>(outcome.status.as_str())
-                        .bind::<BigInt, _>(outcome.attempts)
-                        .bind::<Nullable<Text>, _>(&outcome.last_error)
-                        .bind::<Timestamp, _>(outcome.next_attempt_at);
-                }
-                if statement.execute(conn)? != outcomes.len() {
+                )
+                .bind::<Timestamp, _>(at)
+                .bind::<Text, _>(OPEN)
+                .bind::<Array<Text>, _>(ids)
+                .bind::<Array<Timestamp>, _>(claims)
+                .bind::<Array<Text>, _>(statuses)
+                .bind::<Array<BigInt>, _>(attempts)
+                .bind::<Array<Nullable<Text>>, _>(errors)
+                .bind::<Array<Timestamp>, _>(next)
+                .execute(conn)?;
+                if changed != outcomes.len() {
                     return Err(diesel::result::Error::NotFound);
                 }
             }

@@ -1,10 +1,10 @@
 //! The orders module's queries, written once for both backends against `DbConnection`.
 
-use chassis::db::{DbConnection, DeferredUpdate, update, utc_now, values_placeholders};
+use chassis::db::{DbConnection, DeferredUpdate, update, utc_now};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use diesel::sql_types::{Nullable, Text, Timestamp};
+use diesel::sql_types::{Array, Nullable, Text, Timestamp};
 use orders_contract::{Money, Order, OrderLine, OrderStatus, RejectionReason};
 use uuid::Uuid;
 
@@ -345,25 +345,27 @@ impl DeferredUpdate for SagaEnd {
         match conn {
             DbConnection::Postgres(conn) if ends.len() > 1 => {
                 // An earlier reason stands where this end decides none (`COALESCE`).
-                let sql = format!(
+                let ids: Vec<&str> = ends.iter().map(|end| end.id.as_str()).collect();
+                let owners: Vec<&str> = ends.iter().map(|end| end.owner.as_str()).collect();
+                let statuses: Vec<&str> = ends.iter().map(|end| end.status).collect();
+                let reasons: Vec<Option<&str>> = ends.iter().map(|end| end.reason).collect();
+                let ats: Vec<NaiveDateTime> = ends.iter().map(|end| end.at).collect();
+                let changed = diesel::sql_query(
                     "UPDATE orders SET status = ends.status, saga_step = NULL, \
                      saga_next_at = NULL, saga_owner = NULL, saga_lease_until = NULL, \
                      saga_error = NULL, payment_token = NULL, updated_at = ends.at, \
                      rejection_reason = COALESCE(ends.reason, orders.rejection_reason) \
-                     FROM (VALUES {}) AS ends (id, owner, status, reason, at) \
+                     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
+                     $5::timestamp[]) AS ends (id, owner, status, reason, at) \
                      WHERE orders.id = ends.id AND orders.saga_owner = ends.owner",
-                    values_placeholders(ends.len(), 5, 1)
-                );
-                let mut statement = diesel::sql_query(sql).into_boxed::<diesel::pg::Pg>();
-                for end in ends {
-                    statement = statement
-                        .bind::<Text, _>(&end.id)
-                        .bind::<Text, _>(&end.owner)
-                        .bind::<Text, _>(end.status)
-                        .bind::<Nullable<Text>, _>(end.reason)
-                        .bind::<Timestamp, _>(end.at);
-                }
-                if statement.execute(conn)? != ends.len() {
+                )
+                .bind::<Array<Text>, _>(ids)
+                .bind::<Array<Text>, _>(owners)
+                .bind::<Array<Text>, _>(statuses)
+                .bind::<Array<Nullable<Text>>, _>(reasons)
+                .bind::<Array<Timestamp>, _>(ats)
+                .execute(conn)?;
+                if changed != ends.len() {
                     return Err(diesel::result::Error::NotFound);
                 }
             }
