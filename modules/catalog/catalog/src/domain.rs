@@ -170,6 +170,13 @@ fn validate_count(field: &str, value: i64) -> Result<(), Error> {
     }
 }
 
+/// Whether a change takes a product's available stock from at or above the low-stock
+/// threshold to below it, which raises `catalog.stock_low`: once per crossing, not on
+/// every later sale.
+pub(crate) fn falls_low(threshold: i64, available_before: i64, available_after: i64) -> bool {
+    available_before >= threshold && available_after < threshold
+}
+
 /// Checks the lines of a reservation and answers them sorted by product id: a fixed
 /// order makes equal requests compare equal and makes concurrent reservations touch
 /// products in the same order (no deadlocks on PostgreSQL).

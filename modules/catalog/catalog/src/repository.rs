@@ -17,6 +17,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Text, Timestamp};
 use uuid::Uuid;
 
+use crate::domain::falls_low;
 use crate::schema::{products, reservations};
 
 diesel::define_sql_function!(fn lower(text: diesel::sql_types::Text) -> diesel::sql_types::Text);
@@ -210,6 +211,97 @@ pub(crate) fn hold(
         .get_result(conn)
         .optional()
     })
+}
+
+/// Units held for a reservation, left to the batch (`Events::update_at_commit`) with the
+/// reservation's row: on PostgreSQL the holds of a batch are one conditional statement,
+/// summed by product. A product short of the units its holds in the batch add up to, an
+/// unknown one, or one whose available stock the holds take below the low-stock
+/// threshold (an event to raise, which only a hold made at once raises) fails the batch:
+/// the write that left the hold gets [`diesel::result::Error::NotFound`], and `reserve`
+/// then holds at once, one by one, as [`hold`] does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hold {
+    product_id: Uuid,
+    quantity: i64,
+    low_stock_threshold: i64,
+}
+
+impl Hold {
+    pub(crate) fn new(product_id: Uuid, quantity: i64, low_stock_threshold: i64) -> Self {
+        Self {
+            product_id,
+            quantity,
+            low_stock_threshold,
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+struct HeldStock {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = BigInt)]
+    on_hand: i64,
+    #[diesel(sql_type = BigInt)]
+    reserved: i64,
+}
+
+impl DeferredUpdate for Hold {
+    fn update_all(conn: &mut DbConnection, holds: &[Self]) -> QueryResult<()> {
+        let mut by_product: BTreeMap<Uuid, i64> = BTreeMap::new();
+        for hold in holds {
+            *by_product.entry(hold.product_id).or_default() += hold.quantity;
+        }
+        let threshold = holds.iter().map(|hold| hold.low_stock_threshold).max();
+        let held: Vec<(Uuid, i64)> = match &mut *conn {
+            DbConnection::Postgres(pg) if by_product.len() > 1 => {
+                let ids: Vec<String> = by_product.keys().map(Uuid::to_string).collect();
+                let quantities: Vec<i64> = by_product.values().copied().collect();
+                let rows: Vec<HeldStock> = diesel::sql_query(
+                    "UPDATE products SET reserved = products.reserved + holds.quantity, \
+                     updated_at = $1 \
+                     FROM unnest($2::text[], $3::int8[]) AS holds (id, quantity) \
+                     WHERE products.id = holds.id \
+                     AND products.on_hand - products.reserved >= holds.quantity \
+                     RETURNING products.id, products.on_hand, products.reserved",
+                )
+                .bind::<Timestamp, _>(now())
+                .bind::<Array<Text>, _>(ids)
+                .bind::<Array<BigInt>, _>(quantities)
+                .load(pg)?;
+                rows.into_iter()
+                    .map(|row| {
+                        Uuid::parse_str(&row.id)
+                            .map(|id| (id, row.on_hand - row.reserved))
+                            .map_err(|error| {
+                                diesel::result::Error::DeserializationError(error.into())
+                            })
+                    })
+                    .collect::<QueryResult<_>>()?
+            }
+            _ => {
+                let mut held = Vec::with_capacity(by_product.len());
+                for (&id, &quantity) in &by_product {
+                    let row = hold(conn, id, quantity)?.ok_or(diesel::result::Error::NotFound)?;
+                    held.push((id, row.on_hand - row.reserved));
+                }
+                held
+            }
+        };
+        if held.len() != by_product.len() {
+            return Err(diesel::result::Error::NotFound);
+        }
+        for (id, available_after) in held {
+            let quantity = by_product.get(&id).copied().unwrap_or_default();
+            if threshold.is_some_and(|threshold| {
+                falls_low(threshold, available_after + quantity, available_after)
+            }) {
+                return Err(diesel::result::Error::NotFound);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A change of a product's stock that a reservation's move makes, left to the batch

@@ -8,7 +8,7 @@ use chassis::events::{Envelope, Events};
 use chassis::page::{Page, PageRequest};
 use uuid::Uuid;
 
-use crate::domain::{NewProduct, ProductPatch, StockUpdate, normalize_lines};
+use crate::domain::{NewProduct, ProductPatch, StockUpdate, falls_low, normalize_lines};
 use crate::error::Error;
 use crate::repository::{self as repo, ProductChanges, ProductRow, StoredReservation};
 
@@ -253,12 +253,36 @@ impl CatalogService {
         &self,
         order_id: Uuid,
         lines: Vec<StockLine>,
-        look_first: bool,
+        attempt: Attempt,
     ) -> Result<Reservation, Error> {
         let threshold = self.low_stock_threshold;
         self.db
             .write_with_events(move |conn, events| {
-                if look_first && let Some(stored) = repo::find_reservation(conn, order_id)? {
+                if attempt == Attempt::HoldAtCommit {
+                    for line in &lines {
+                        let quantity = i64::from(line.quantity);
+                        events.update_at_commit(repo::Hold::new(
+                            line.product_id,
+                            quantity,
+                            threshold,
+                        ));
+                    }
+                    events.insert_at_commit(repo::NewReservation::new(
+                        order_id,
+                        ReservationStatus::Reserved,
+                        &lines,
+                    ));
+                    return Ok(reservation(
+                        order_id,
+                        StoredReservation {
+                            status: ReservationStatus::Reserved,
+                            lines: lines.clone(),
+                        },
+                    ));
+                }
+                if attempt == Attempt::LookFirst
+                    && let Some(stored) = repo::find_reservation(conn, order_id)?
+                {
                     return if stored.status != ReservationStatus::Released && stored.lines == lines
                     {
                         Ok(reservation(order_id, stored))
@@ -307,15 +331,26 @@ impl CatalogService {
     }
 }
 
-/// Raises `catalog.stock_low` when a change takes a product's available stock from at or
-/// above the threshold to below it: once per crossing, not on every later sale.
+/// How a try of `reserve` goes about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// The holds left to the batch (`repo::Hold`), without a look.
+    HoldAtCommit,
+    /// Each hold at once, without a look.
+    HoldNow,
+    /// A look for the order's reservation first, then each hold at once.
+    LookFirst,
+}
+
+/// Raises `catalog.stock_low` when a change takes a product's available stock below the
+/// threshold (`domain::falls_low`).
 fn raise_if_low(
     events: &mut Events,
     threshold: i64,
     available_before: i64,
     after: &Product,
 ) -> Result<(), Error> {
-    if available_before >= threshold && after.stock.available < threshold {
+    if falls_low(threshold, available_before, after.stock.available) {
         let low = StockLow {
             product_id: after.id,
             sku: after.sku.clone(),
@@ -384,13 +419,26 @@ impl Catalog for CatalogService {
         lines: &[StockLine],
     ) -> Result<Reservation, CatalogError> {
         let lines = normalize_lines(lines)?;
-        // The first try inserts the reservation without looking for one: a first reserve
-        // is the common call, and the look is a round trip on PostgreSQL. A reservation
-        // that exists (a repeated call, or a concurrent one that committed first) fails the
-        // insert on its key, and a second try looks and answers it (or the conflict).
-        match self.try_reserve(order_id, lines.clone(), false).await {
+        // The first try inserts the reservation without looking for one, and leaves its
+        // holds to the batch: a first reserve of stock that is there is the common call,
+        // and a look, or a hold of its own, is a round trip on PostgreSQL. Holds that do
+        // not all go through (stock short, a product unknown, or the stock falling low,
+        // which raises an event) are tried again at once, one by one. A reservation that
+        // exists (a repeated call, or a concurrent one that committed first) fails the
+        // insert on its key, and a last try looks and answers it (or the conflict).
+        let first = match self
+            .try_reserve(order_id, lines.clone(), Attempt::HoldAtCommit)
+            .await
+        {
+            Err(Error::Database(DbError::Query(diesel::result::Error::NotFound))) => {
+                self.try_reserve(order_id, lines.clone(), Attempt::HoldNow)
+                    .await
+            }
+            first => first,
+        };
+        match first {
             Err(error) if lost_race(&error) || matches!(error, Error::ReservationExists(_)) => self
-                .try_reserve(order_id, lines, true)
+                .try_reserve(order_id, lines, Attempt::LookFirst)
                 .await
                 .map_err(CatalogError::from),
             other => other.map_err(CatalogError::from),

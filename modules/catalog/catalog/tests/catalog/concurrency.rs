@@ -251,6 +251,48 @@ async fn commits_of_one_batch_move_reservations_and_stock_together(backend: Back
     for (order, lines) in &orders {
         port.reserve(*order, lines).await.expect("reserves");
     }
+    let calls = orders
+        .iter()
+        .map(|(order, _)| port.commit(*order))
+        .collect();
+    let (commits, statements, transactions) = in_one_batch(module, calls).await;
+    for ((order, lines), committed) in orders.iter().zip(commits) {
+        let committed = committed.expect("commits");
+        assert_eq!(committed.status, ReservationStatus::Committed);
+        assert_eq!(&committed.lines, lines, "order {order}'s own lines");
+    }
+    let (a_stock, b_stock) = (stock_of(module, &a).await, stock_of(module, &b).await);
+    assert_eq!((a_stock.on_hand, a_stock.reserved), (7, 0));
+    assert_eq!((b_stock.on_hand, b_stock.reserved), (6, 0));
+    assert_eq!(transactions, 1, "the commits' (the holder's had begun)");
+    // The holder's `COMMIT`, the commits' `BEGIN` and `COMMIT` (on PostgreSQL the holder's
+    // commit begins the next transaction in the same round trip), and the moves.
+    let (commit_begin_commit, moves) = match backend {
+        Backend::Postgres => (2, 2),
+        Backend::Sqlite => (3, 3 + 2),
+    };
+    assert_eq!(statements, commit_begin_commit + moves);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commits_of_one_batch_move_reservations_and_stock_together_on_sqlite() {
+    commits_of_one_batch_move_reservations_and_stock_together(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commits_of_one_batch_move_reservations_and_stock_together_on_postgres() {
+    commits_of_one_batch_move_reservations_and_stock_together(Backend::Postgres).await;
+}
+
+/// The writer held while `calls` queue behind it, so that they run as one batch: their
+/// outcomes, and the statements and transactions the batch took.
+async fn in_one_batch<T, Fut>(
+    module: &catalog::CatalogModule,
+    calls: Vec<Fut>,
+) -> (Vec<T>, u64, u64)
+where
+    Fut: std::future::Future<Output = T>,
+{
     let db = module.database().clone();
     let holder = tokio::spawn({
         let db = db.clone();
@@ -264,42 +306,97 @@ async fn commits_of_one_batch_move_reservations_and_stock_together(backend: Back
     });
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     let before = db.work_counts();
-    let commits = join_all(orders.iter().map(|(order, _)| port.commit(*order))).await;
+    let outcomes = join_all(calls).await;
     holder.await.expect("task ran").expect("the holder commits");
     let after = db.work_counts();
-    for ((order, lines), committed) in orders.iter().zip(commits) {
-        let committed = committed.expect("commits");
-        assert_eq!(committed.status, ReservationStatus::Committed);
-        assert_eq!(&committed.lines, lines, "order {order}'s own lines");
-    }
-    let (a_stock, b_stock) = (stock_of(module, &a).await, stock_of(module, &b).await);
-    assert_eq!((a_stock.on_hand, a_stock.reserved), (7, 0));
-    assert_eq!((b_stock.on_hand, b_stock.reserved), (6, 0));
-    assert_eq!(
-        after.transactions - before.transactions,
-        1,
-        "the commits' (the holder's had begun)"
-    );
-    // The holder's `COMMIT`, the commits' `BEGIN` and `COMMIT` (on PostgreSQL the holder's
-    // commit begins the next transaction in the same round trip), and the moves.
-    let (commit_begin_commit, moves) = match backend {
-        Backend::Postgres => (2, 2),
-        Backend::Sqlite => (3, 3 + 2),
-    };
-    assert_eq!(
+    (
+        outcomes,
         after.statements - before.statements,
-        commit_begin_commit + moves
+        after.transactions - before.transactions,
+    )
+}
+
+/// Reserves that wait for the writer together hold their stock in one statement on
+/// PostgreSQL (their holds summed by product) and insert their reservations in one more;
+/// one of them short of stock fails the batch's holds, and then each holds at once: it
+/// answers `out_of_stock`, the others reserve.
+async fn reserves_of_one_batch_hold_stock_together(backend: Backend) {
+    let Some(catalog) = support::local(backend).await else {
+        return;
+    };
+    let module = &catalog.module;
+    let (a, b) = (
+        product(module, "Holds A", 10).await,
+        product(module, "Holds B", 10).await,
     );
+    let line = |item: &catalog_contract::Product, quantity| StockLine {
+        product_id: item.id,
+        quantity,
+    };
+    let port = module.port();
+    let orders = [vec![line(&a, 1)], vec![line(&a, 2)], vec![line(&b, 3)]];
+    let calls = orders
+        .iter()
+        .map(|lines| {
+            let port = port.clone();
+            let lines = lines.clone();
+            async move { port.reserve(Uuid::new_v4(), &lines).await }
+        })
+        .collect();
+    let (outcomes, statements, transactions) = in_one_batch(module, calls).await;
+    for outcome in outcomes {
+        assert_eq!(
+            outcome.expect("reserves").status,
+            ReservationStatus::Reserved
+        );
+    }
+    assert_eq!(transactions, 1, "the reserves' (the holder's had begun)");
+    // The holder's `COMMIT` and the reserves' `BEGIN` and `COMMIT` (one round trip fewer
+    // on PostgreSQL, whose `COMMIT; BEGIN` is one), then the holds and the reservations:
+    // one statement each on PostgreSQL, one a product and one a reservation on SQLite.
+    let expected = match backend {
+        Backend::Postgres => 2 + 1 + 1,
+        Backend::Sqlite => 3 + 2 + 3,
+    };
+    assert_eq!(statements, expected);
+    let (a_stock, b_stock) = (stock_of(module, &a).await, stock_of(module, &b).await);
+    assert_eq!((a_stock.on_hand, a_stock.reserved), (10, 3));
+    assert_eq!((b_stock.on_hand, b_stock.reserved), (10, 3));
+
+    // 7 of A and 7 of B are left: the second asks for more of A than there is.
+    let orders = [vec![line(&a, 4)], vec![line(&a, 5)], vec![line(&b, 7)]];
+    let calls = orders
+        .iter()
+        .map(|lines| {
+            let port = port.clone();
+            let lines = lines.clone();
+            async move { port.reserve(Uuid::new_v4(), &lines).await }
+        })
+        .collect();
+    let (outcomes, _, _) = in_one_batch(module, calls).await;
+    let statuses: Vec<Result<ReservationStatus, CatalogError>> = outcomes
+        .into_iter()
+        .map(|outcome| outcome.map(|reservation| reservation.status))
+        .collect();
+    assert_eq!(statuses[0], Ok(ReservationStatus::Reserved));
+    assert_eq!(
+        statuses[1],
+        Err(CatalogError::OutOfStock { product_id: a.id })
+    );
+    assert_eq!(statuses[2], Ok(ReservationStatus::Reserved));
+    let (a_stock, b_stock) = (stock_of(module, &a).await, stock_of(module, &b).await);
+    assert_eq!((a_stock.on_hand, a_stock.reserved), (10, 7));
+    assert_eq!((b_stock.on_hand, b_stock.reserved), (10, 10));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn commits_of_one_batch_move_reservations_and_stock_together_on_sqlite() {
-    commits_of_one_batch_move_reservations_and_stock_together(Backend::Sqlite).await;
+async fn reserves_of_one_batch_hold_stock_together_on_sqlite() {
+    reserves_of_one_batch_hold_stock_together(Backend::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn commits_of_one_batch_move_reservations_and_stock_together_on_postgres() {
-    commits_of_one_batch_move_reservations_and_stock_together(Backend::Postgres).await;
+async fn reserves_of_one_batch_hold_stock_together_on_postgres() {
+    reserves_of_one_batch_hold_stock_together(Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
