@@ -756,15 +756,13 @@ impl chassis::db::DeferredUpdate for AddToItem {
             DbConnection::Postgres(conn) => {
                 let ids: Vec<&str> = by_item.keys().copied().collect();
                 let by: Vec<i64> = by_item.values().copied().collect();
-                chassis::db::prepared(
+                diesel::sql_query(
                     "UPDATE items SET n = items.n + adds.by \
-                     FROM unnest(?::text[], ?::int8[]) AS adds (id, by) \
+                     FROM unnest($1::text[], $2::int8[]) AS adds (id, by) \
                      WHERE items.id = adds.id",
-                    (
-                        ids.into_sql::<Array<Text>>(),
-                        by.into_sql::<Array<BigInt>>(),
-                    ),
                 )
+                .bind::<Array<Text>, _>(ids)
+                .bind::<Array<BigInt>, _>(by)
                 .execute(conn)?
             }
             DbConnection::Sqlite(conn) => {
@@ -1036,60 +1034,6 @@ async fn a_read_in_batch_joins_a_busy_writers_batch_on_postgres_only_on_sqlite()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_in_batch_joins_a_busy_writers_batch_on_postgres_only_on_postgres() {
     a_read_in_batch_joins_a_busy_writers_batch_on_postgres_only(Backend::Postgres).await;
-}
-
-#[derive(QueryableByName)]
-struct Number {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
-}
-
-/// PostgreSQL only: a statement built with `db::prepared` is kept prepared by the
-/// connection, where diesel's `sql_query` of the same text is sent to be parsed and
-/// planned on every run; both bind their values in the order given.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_prepared_statement_is_kept_by_the_connection_on_postgres() {
-    use diesel::sql_types::BigInt;
-    let Some(test_db) = TestDatabase::postgres() else {
-        return;
-    };
-    let db = test_db.open(MIGRATIONS).await;
-    let (sums, kept_prepared, kept_literal) = db
-        .write(|conn| {
-            let DbConnection::Postgres(pg) = conn else {
-                unreachable!("a PostgreSQL database")
-            };
-            let mut sums = Vec::new();
-            for n in [1_i64, 2] {
-                let row: Number = chassis::db::prepared(
-                    "SELECT ?::int8 * 10 + ?::int8 AS n",
-                    (n.into_sql::<BigInt>(), 7_i64.into_sql::<BigInt>()),
-                )
-                .get_result(pg)?;
-                sums.push(row.n);
-                let _: Number = diesel::sql_query("SELECT $1::int8 * 100 AS n")
-                    .bind::<BigInt, _>(n)
-                    .get_result(pg)?;
-            }
-            let mut kept = |text: &str| {
-                diesel::sql_query(
-                    "SELECT count(*) AS n FROM pg_prepared_statements WHERE statement = $1",
-                )
-                .bind::<diesel::sql_types::Text, _>(text.to_owned())
-                .get_result::<Number>(&mut *pg)
-                .map(|kept| kept.n)
-            };
-            Ok::<_, TestError>((
-                sums,
-                kept("SELECT $1::int8 * 10 + $2::int8 AS n")?,
-                kept("SELECT $1::int8 * 100 AS n")?,
-            ))
-        })
-        .await
-        .expect("runs");
-    assert_eq!(sums, [17, 27]);
-    assert_eq!(kept_prepared, 1, "kept, once");
-    assert_eq!(kept_literal, 0, "diesel's sql_query is not kept");
 }
 
 /// A server that refuses connections (gone, or a database taken offline): a write, and a

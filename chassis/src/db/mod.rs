@@ -44,13 +44,11 @@ use diesel::r2d2::R2D2Connection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 
 mod deferred;
-mod prepared;
 mod update;
 mod writer;
 
 pub(crate) use deferred::DeferredWrites;
 pub use deferred::{DeferredRow, DeferredUpdate, TransactionMemo};
-pub use prepared::{Binds, Prepared, prepared};
 pub use update::{Update, UpdateReturning, update};
 
 use writer::Writer;

@@ -5,7 +5,7 @@
 //! one does; the other reads what the winner wrote.
 
 use billing_contract::{Money, Payment, PaymentStatus};
-use chassis::db::{DbConnection, DeferredUpdate, prepared, update};
+use chassis::db::{DbConnection, DeferredUpdate, update};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -350,25 +350,23 @@ impl DeferredUpdate for Settlement {
                     settlements.iter().map(|s| s.order_id.as_str()).collect();
                 let statuses: Vec<&str> = settlements.iter().map(|s| s.status.as_str()).collect();
                 let ats: Vec<NaiveDateTime> = settlements.iter().map(|s| s.at).collect();
-                let changed = prepared(
+                let changed = diesel::sql_query(
                     "UPDATE payments SET status = settled.status, \
                      provider_ref = settled.provider_ref, decline_reason = settled.reason, \
                      attempt_started_at = NULL, invoice_id = settled.invoice_id, \
                      updated_at = settled.at \
-                     FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], \
-                     ?::timestamp[]) AS settled \
+                     FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                     $7::timestamp[]) AS settled \
                      (order_id, status, provider_ref, reason, invoice_id, at) \
-                     WHERE payments.order_id = settled.order_id AND payments.status = ?",
-                    (
-                        order_ids.into_sql::<Array<Text>>(),
-                        statuses.into_sql::<Array<Text>>(),
-                        text(|s| s.provider_ref.as_deref()).into_sql::<Array<Nullable<Text>>>(),
-                        text(|s| s.reason.as_deref()).into_sql::<Array<Nullable<Text>>>(),
-                        text(|s| s.invoice_id.as_deref()).into_sql::<Array<Nullable<Text>>>(),
-                        ats.into_sql::<Array<Timestamp>>(),
-                        PENDING.into_sql::<Text>(),
-                    ),
+                     WHERE payments.order_id = settled.order_id AND payments.status = $1",
                 )
+                .bind::<Text, _>(PENDING)
+                .bind::<Array<Text>, _>(order_ids)
+                .bind::<Array<Text>, _>(statuses)
+                .bind::<Array<Nullable<Text>>, _>(text(|s| s.provider_ref.as_deref()))
+                .bind::<Array<Nullable<Text>>, _>(text(|s| s.reason.as_deref()))
+                .bind::<Array<Nullable<Text>>, _>(text(|s| s.invoice_id.as_deref()))
+                .bind::<Array<Timestamp>, _>(ats)
                 .execute(conn)?;
                 if changed != settlements.len() {
                     return Err(diesel::result::Error::NotFound);

@@ -10,7 +10,7 @@ use catalog_contract::{Money, Product, ReservationStatus, StockLevels, StockLine
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
-use chassis::db::{DbConnection, DeferredRow, DeferredUpdate, prepared, update};
+use chassis::db::{DbConnection, DeferredRow, DeferredUpdate, update};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -258,19 +258,17 @@ impl DeferredUpdate for Hold {
             DbConnection::Postgres(pg) if by_product.len() > 1 => {
                 let ids: Vec<String> = by_product.keys().map(Uuid::to_string).collect();
                 let quantities: Vec<i64> = by_product.values().copied().collect();
-                let rows: Vec<HeldStock> = prepared(
+                let rows: Vec<HeldStock> = diesel::sql_query(
                     "UPDATE products SET reserved = products.reserved + holds.quantity, \
-                     updated_at = ? \
-                     FROM unnest(?::text[], ?::int8[]) AS holds (id, quantity) \
+                     updated_at = $1 \
+                     FROM unnest($2::text[], $3::int8[]) AS holds (id, quantity) \
                      WHERE products.id = holds.id \
                      AND products.on_hand - products.reserved >= holds.quantity \
                      RETURNING products.id, products.on_hand, products.reserved",
-                    (
-                        now().into_sql::<Timestamp>(),
-                        ids.into_sql::<Array<Text>>(),
-                        quantities.into_sql::<Array<BigInt>>(),
-                    ),
                 )
+                .bind::<Timestamp, _>(now())
+                .bind::<Array<Text>, _>(ids)
+                .bind::<Array<BigInt>, _>(quantities)
                 .load(pg)?;
                 rows.into_iter()
                     .map(|row| {
@@ -364,19 +362,17 @@ impl DeferredUpdate for StockMove {
                 let ids: Vec<String> = by_product.keys().map(Uuid::to_string).collect();
                 let (on_hand, reserved): (Vec<i64>, Vec<i64>) =
                     by_product.values().copied().unzip();
-                let changed = prepared(
+                let changed = diesel::sql_query(
                     "UPDATE products SET on_hand = products.on_hand + moves.on_hand, \
-                     reserved = products.reserved + moves.reserved, updated_at = ? \
-                     FROM unnest(?::text[], ?::int8[], ?::int8[]) \
+                     reserved = products.reserved + moves.reserved, updated_at = $1 \
+                     FROM unnest($2::text[], $3::int8[], $4::int8[]) \
                      AS moves (id, on_hand, reserved) \
                      WHERE products.id = moves.id",
-                    (
-                        at.into_sql::<Timestamp>(),
-                        ids.into_sql::<Array<Text>>(),
-                        on_hand.into_sql::<Array<BigInt>>(),
-                        reserved.into_sql::<Array<BigInt>>(),
-                    ),
                 )
+                .bind::<Timestamp, _>(at)
+                .bind::<Array<Text>, _>(ids)
+                .bind::<Array<BigInt>, _>(on_hand)
+                .bind::<Array<BigInt>, _>(reserved)
                 .execute(conn)?;
                 if changed != by_product.len() {
                     return Err(diesel::result::Error::NotFound);
@@ -570,20 +566,18 @@ impl DeferredUpdate for ReservationMove {
                 let order_ids: Vec<String> = moves.iter().map(|m| m.order_id.to_string()).collect();
                 let from: Vec<&str> = moves.iter().map(|m| m.from.as_str()).collect();
                 let to: Vec<&str> = moves.iter().map(|m| m.to.as_str()).collect();
-                let rows: Vec<MovedReservation> = prepared(
-                    "UPDATE reservations SET status = moves.to_status, updated_at = ? \
-                     FROM unnest(?::text[], ?::text[], ?::text[]) \
+                let rows: Vec<MovedReservation> = diesel::sql_query(
+                    "UPDATE reservations SET status = moves.to_status, updated_at = $1 \
+                     FROM unnest($2::text[], $3::text[], $4::text[]) \
                      AS moves (order_id, from_status, to_status) \
                      WHERE reservations.order_id = moves.order_id \
                      AND reservations.status = moves.from_status \
                      RETURNING reservations.order_id, reservations.lines",
-                    (
-                        now().into_sql::<Timestamp>(),
-                        order_ids.into_sql::<Array<Text>>(),
-                        from.into_sql::<Array<Text>>(),
-                        to.into_sql::<Array<Text>>(),
-                    ),
                 )
+                .bind::<Timestamp, _>(now())
+                .bind::<Array<Text>, _>(order_ids)
+                .bind::<Array<Text>, _>(from)
+                .bind::<Array<Text>, _>(to)
                 .load(pg)?;
                 for row in rows {
                     let at = moves

@@ -6,7 +6,7 @@
 //! delivery still holds its own claim (`AttemptOutcome`), so an attempt that outlived its
 //! lease, and whose delivery another attempt claimed since, changes nothing.
 
-use chassis::db::{DbConnection, DeferredUpdate, prepared, update};
+use chassis::db::{DbConnection, DeferredUpdate, update};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -386,27 +386,25 @@ impl DeferredUpdate for AttemptOutcome {
                 let errors: Vec<Option<&str>> =
                     outcomes.iter().map(|o| o.last_error.as_deref()).collect();
                 let next: Vec<NaiveDateTime> = outcomes.iter().map(|o| o.next_attempt_at).collect();
-                let changed = prepared(
+                let changed = diesel::sql_query(
                     "UPDATE deliveries SET status = outcomes.status, \
                      attempts = outcomes.attempts, last_error = outcomes.last_error, \
                      next_attempt_at = outcomes.next_attempt_at, claimed_until = NULL, \
-                     updated_at = ? \
-                     FROM unnest(?::text[], ?::timestamp[], ?::text[], ?::int8[], \
-                     ?::text[], ?::timestamp[]) AS outcomes \
+                     updated_at = $1 \
+                     FROM unnest($3::text[], $4::timestamp[], $5::text[], $6::int8[], \
+                     $7::text[], $8::timestamp[]) AS outcomes \
                      (id, claimed_until, status, attempts, last_error, next_attempt_at) \
-                     WHERE deliveries.id = outcomes.id AND deliveries.status = ? \
+                     WHERE deliveries.id = outcomes.id AND deliveries.status = $2 \
                      AND deliveries.claimed_until = outcomes.claimed_until",
-                    (
-                        at.into_sql::<Timestamp>(),
-                        ids.into_sql::<Array<Text>>(),
-                        claims.into_sql::<Array<Timestamp>>(),
-                        statuses.into_sql::<Array<Text>>(),
-                        attempts.into_sql::<Array<BigInt>>(),
-                        errors.into_sql::<Array<Nullable<Text>>>(),
-                        next.into_sql::<Array<Timestamp>>(),
-                        OPEN.into_sql::<Text>(),
-                    ),
                 )
+                .bind::<Timestamp, _>(at)
+                .bind::<Text, _>(OPEN)
+                .bind::<Array<Text>, _>(ids)
+                .bind::<Array<Timestamp>, _>(claims)
+                .bind::<Array<Text>, _>(statuses)
+                .bind::<Array<BigInt>, _>(attempts)
+                .bind::<Array<Nullable<Text>>, _>(errors)
+                .bind::<Array<Timestamp>, _>(next)
                 .execute(conn)?;
                 if changed != outcomes.len() {
                     return Err(diesel::result::Error::NotFound);

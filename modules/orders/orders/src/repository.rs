@@ -1,6 +1,6 @@
 //! The orders module's queries, written once for both backends against `DbConnection`.
 
-use chassis::db::{DbConnection, DeferredUpdate, prepared, update, utc_now};
+use chassis::db::{DbConnection, DeferredUpdate, update, utc_now};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -350,22 +350,20 @@ impl DeferredUpdate for SagaEnd {
                 let statuses: Vec<&str> = ends.iter().map(|end| end.status).collect();
                 let reasons: Vec<Option<&str>> = ends.iter().map(|end| end.reason).collect();
                 let ats: Vec<NaiveDateTime> = ends.iter().map(|end| end.at).collect();
-                let changed = prepared(
+                let changed = diesel::sql_query(
                     "UPDATE orders SET status = ends.status, saga_step = NULL, \
                      saga_next_at = NULL, saga_owner = NULL, saga_lease_until = NULL, \
                      saga_error = NULL, payment_token = NULL, updated_at = ends.at, \
                      rejection_reason = COALESCE(ends.reason, orders.rejection_reason) \
-                     FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], \
-                     ?::timestamp[]) AS ends (id, owner, status, reason, at) \
+                     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
+                     $5::timestamp[]) AS ends (id, owner, status, reason, at) \
                      WHERE orders.id = ends.id AND orders.saga_owner = ends.owner",
-                    (
-                        ids.into_sql::<Array<Text>>(),
-                        owners.into_sql::<Array<Text>>(),
-                        statuses.into_sql::<Array<Text>>(),
-                        reasons.into_sql::<Array<Nullable<Text>>>(),
-                        ats.into_sql::<Array<Timestamp>>(),
-                    ),
                 )
+                .bind::<Array<Text>, _>(ids)
+                .bind::<Array<Text>, _>(owners)
+                .bind::<Array<Text>, _>(statuses)
+                .bind::<Array<Nullable<Text>>, _>(reasons)
+                .bind::<Array<Timestamp>, _>(ats)
                 .execute(conn)?;
                 if changed != ends.len() {
                     return Err(diesel::result::Error::NotFound);
