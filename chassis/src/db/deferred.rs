@@ -82,9 +82,9 @@ macro_rules! deferred_row {
 /// once. Typically a delta or a conditional move keyed by the row's id; the kind merges
 /// its updates of one row itself (several writes of a batch may change the same row). On
 /// PostgreSQL the kinds apply several as one `UPDATE … FROM unnest($1::text[], …)`, their
-/// columns bound as arrays: one SQL text for any number of rows, which the connection
-/// keeps prepared (a `VALUES` list of as many rows as there are was parsed and planned
-/// anew each time, at more cost to the server than running it).
+/// columns bound as arrays: one SQL text for any number of rows. (It is planned on every
+/// run: a plan kept for the connection, made while the tables were small, scanned them
+/// whole once they had grown — BENCHMARKS.md, twelfth session.)
 pub trait DeferredUpdate: Send + Sized + 'static {
     /// Applies `updates` (at most a hundred, in the order the writes left them). An update
     /// whose row is not there, or no longer matches its condition, fails with
