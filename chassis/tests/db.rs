@@ -775,11 +775,7 @@ impl chassis::db::DeferredUpdate for AddToItem {
                 changed
             }
         };
-        if changed == by_item.len() {
-            Ok(())
-        } else {
-            Err(diesel::result::Error::NotFound)
-        }
+        chassis::db::all_changed(changed, by_item.len())
     }
 }
 

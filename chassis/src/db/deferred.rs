@@ -93,6 +93,31 @@ pub trait DeferredUpdate: Send + Sized + 'static {
     fn update_all(conn: &mut DbConnection, updates: &[Self]) -> diesel::QueryResult<()>;
 }
 
+/// `Ok` when a deferred kind's statement changed all the `expected` rows;
+/// [`diesel::result::Error::NotFound`] otherwise: one of its rows was gone or no longer
+/// matched, which fails the batch ([`DeferredUpdate::update_all`]).
+pub fn all_changed(changed: usize, expected: usize) -> diesel::QueryResult<()> {
+    if changed == expected {
+        Ok(())
+    } else {
+        Err(diesel::result::Error::NotFound)
+    }
+}
+
+/// A deferred kind's updates one at a time, each by `update_one`, which answers the rows
+/// it changed: on SQLite, where a statement costs no round trip, or for a batch with one.
+/// [`diesel::result::Error::NotFound`] at the first that changed no row.
+pub fn update_each<U>(
+    conn: &mut DbConnection,
+    updates: impl IntoIterator<Item = U>,
+    mut update_one: impl FnMut(&mut DbConnection, U) -> diesel::QueryResult<usize>,
+) -> diesel::QueryResult<()> {
+    for update in updates {
+        all_changed(update_one(conn, update)?, 1)?;
+    }
+    Ok(())
+}
+
 /// The rows deferred in one batch (or one run of a write), grouped by kind in the order
 /// each kind was first deferred: a kind whose rows refer to another's (a foreign key) is
 /// deferred after it, by the write that defers both.

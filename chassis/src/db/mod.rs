@@ -48,7 +48,7 @@ mod update;
 mod writer;
 
 pub(crate) use deferred::DeferredWrites;
-pub use deferred::{DeferredRow, DeferredUpdate, TransactionMemo};
+pub use deferred::{DeferredRow, DeferredUpdate, TransactionMemo, all_changed, update_each};
 pub use update::{Update, UpdateReturning, update};
 
 use writer::Writer;

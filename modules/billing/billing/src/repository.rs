@@ -5,7 +5,7 @@
 //! one does; the other reads what the winner wrote.
 
 use billing_contract::{Money, Payment, PaymentStatus};
-use chassis::db::{DbConnection, DeferredUpdate, update};
+use chassis::db::{DbConnection, DeferredUpdate, all_changed, update, update_each};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -368,19 +368,10 @@ impl DeferredUpdate for Settlement {
                 .bind::<Array<Nullable<Text>>, _>(text(|s| s.invoice_id.as_deref()))
                 .bind::<Array<Timestamp>, _>(ats)
                 .execute(conn)?;
-                if changed != settlements.len() {
-                    return Err(diesel::result::Error::NotFound);
-                }
+                all_changed(changed, settlements.len())
             }
-            conn => {
-                for settlement in settlements {
-                    if settle(conn, settlement)? != 1 {
-                        return Err(diesel::result::Error::NotFound);
-                    }
-                }
-            }
+            conn => update_each(conn, settlements, settle),
         }
-        Ok(())
     }
 }
 
@@ -520,20 +511,16 @@ impl DeferredUpdate for InvoiceCounterAdvance {
                 None => by_year.push((advance.year, 1)),
             }
         }
-        for (year, by) in by_year {
-            let advanced = per_backend!(conn, |conn| {
+        update_each(conn, by_year, |conn, (year, by)| {
+            per_backend!(conn, |conn| {
                 update(
                     invoice_counters::table,
                     invoice_counters::year.eq(year),
                     invoice_counters::last_number.eq(invoice_counters::last_number + by),
                 )
                 .execute(conn)
-            })?;
-            if advanced != 1 {
-                return Err(diesel::result::Error::NotFound);
-            }
-        }
-        Ok(())
+            })
+        })
     }
 }
 

@@ -10,7 +10,7 @@ use catalog_contract::{Money, Product, ReservationStatus, StockLevels, StockLine
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
-use chassis::db::{DbConnection, DeferredRow, DeferredUpdate, update};
+use chassis::db::{DbConnection, DeferredRow, DeferredUpdate, all_changed, update, update_each};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -289,9 +289,7 @@ impl DeferredUpdate for Hold {
                 held
             }
         };
-        if held.len() != by_product.len() {
-            return Err(diesel::result::Error::NotFound);
-        }
+        all_changed(held.len(), by_product.len())?;
         for (id, available_after) in held {
             let quantity = by_product.get(&id).copied().unwrap_or_default();
             if threshold.is_some_and(|threshold| {
@@ -374,19 +372,12 @@ impl DeferredUpdate for StockMove {
                 .bind::<Array<BigInt>, _>(on_hand)
                 .bind::<Array<BigInt>, _>(reserved)
                 .execute(conn)?;
-                if changed != by_product.len() {
-                    return Err(diesel::result::Error::NotFound);
-                }
+                all_changed(changed, by_product.len())
             }
-            conn => {
-                for (id, (on_hand, reserved)) in by_product {
-                    if move_stock(conn, id, on_hand, reserved, at)? != 1 {
-                        return Err(diesel::result::Error::NotFound);
-                    }
-                }
-            }
+            conn => update_each(conn, by_product, |conn, (id, (on_hand, reserved))| {
+                move_stock(conn, id, on_hand, reserved, at)
+            }),
         }
-        Ok(())
     }
 }
 
@@ -601,9 +592,7 @@ impl DeferredUpdate for ReservationMove {
             }
         }
         // An order twice in the batch (two calls racing) moved once: the other fails.
-        if moved_lines.len() != moves.len() {
-            return Err(diesel::result::Error::NotFound);
-        }
+        all_changed(moved_lines.len(), moves.len())?;
         let mut stock_moves = Vec::new();
         for (at, lines) in moved_lines {
             let reservation_move = &moves[at];

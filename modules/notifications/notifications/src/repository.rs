@@ -6,7 +6,7 @@
 //! delivery still holds its own claim (`AttemptOutcome`), so an attempt that outlived its
 //! lease, and whose delivery another attempt claimed since, changes nothing.
 
-use chassis::db::{DbConnection, DeferredUpdate, update};
+use chassis::db::{DbConnection, DeferredUpdate, all_changed, update, update_each};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -406,19 +406,12 @@ impl DeferredUpdate for AttemptOutcome {
                 .bind::<Array<Nullable<Text>>, _>(errors)
                 .bind::<Array<Timestamp>, _>(next)
                 .execute(conn)?;
-                if changed != outcomes.len() {
-                    return Err(diesel::result::Error::NotFound);
-                }
+                all_changed(changed, outcomes.len())
             }
-            conn => {
-                for outcome in outcomes {
-                    if settle_attempt(conn, outcome, at)? != 1 {
-                        return Err(diesel::result::Error::NotFound);
-                    }
-                }
-            }
+            conn => update_each(conn, outcomes, |conn, outcome| {
+                settle_attempt(conn, outcome, at)
+            }),
         }
-        Ok(())
     }
 }
 

@@ -1,6 +1,6 @@
 //! The orders module's queries, written once for both backends against `DbConnection`.
 
-use chassis::db::{DbConnection, DeferredUpdate, update, utc_now};
+use chassis::db::{DbConnection, DeferredUpdate, all_changed, update, update_each, utc_now};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -365,19 +365,10 @@ impl DeferredUpdate for SagaEnd {
                 .bind::<Array<Nullable<Text>>, _>(reasons)
                 .bind::<Array<Timestamp>, _>(ats)
                 .execute(conn)?;
-                if changed != ends.len() {
-                    return Err(diesel::result::Error::NotFound);
-                }
+                all_changed(changed, ends.len())
             }
-            conn => {
-                for end in ends {
-                    if end_saga(conn, end)? != 1 {
-                        return Err(diesel::result::Error::NotFound);
-                    }
-                }
-            }
+            conn => update_each(conn, ends, end_saga),
         }
-        Ok(())
     }
 }
 

@@ -236,10 +236,6 @@ async fn commits_of_one_batch_move_reservations_and_stock_together(backend: Back
         product(module, "Batch A", 10).await,
         product(module, "Batch B", 10).await,
     );
-    let line = |item: &catalog_contract::Product, quantity| StockLine {
-        product_id: item.id,
-        quantity,
-    };
     let mut two_lines = vec![line(&a, 2), line(&b, 1)];
     two_lines.sort_by_key(|line| line.product_id);
     let orders = [
@@ -282,6 +278,28 @@ async fn commits_of_one_batch_move_reservations_and_stock_together_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn commits_of_one_batch_move_reservations_and_stock_together_on_postgres() {
     commits_of_one_batch_move_reservations_and_stock_together(Backend::Postgres).await;
+}
+
+/// A line of `quantity` units of `item`.
+fn line(item: &catalog_contract::Product, quantity: u32) -> StockLine {
+    StockLine {
+        product_id: item.id,
+        quantity,
+    }
+}
+
+/// A reserve of each of `orders`' lines, for a new order each.
+fn reserves(
+    port: &std::sync::Arc<dyn catalog_contract::Catalog>,
+    orders: &[Vec<StockLine>],
+) -> Vec<impl std::future::Future<Output = Result<Reservation, CatalogError>> + use<>> {
+    orders
+        .iter()
+        .map(|lines| {
+            let (port, lines) = (port.clone(), lines.clone());
+            async move { port.reserve(Uuid::new_v4(), &lines).await }
+        })
+        .collect()
 }
 
 /// The writer held while `calls` queue behind it, so that they run as one batch: their
@@ -329,21 +347,9 @@ async fn reserves_of_one_batch_hold_stock_together(backend: Backend) {
         product(module, "Holds A", 10).await,
         product(module, "Holds B", 10).await,
     );
-    let line = |item: &catalog_contract::Product, quantity| StockLine {
-        product_id: item.id,
-        quantity,
-    };
     let port = module.port();
     let orders = [vec![line(&a, 1)], vec![line(&a, 2)], vec![line(&b, 3)]];
-    let calls = orders
-        .iter()
-        .map(|lines| {
-            let port = port.clone();
-            let lines = lines.clone();
-            async move { port.reserve(Uuid::new_v4(), &lines).await }
-        })
-        .collect();
-    let (outcomes, statements, transactions) = in_one_batch(module, calls).await;
+    let (outcomes, statements, transactions) = in_one_batch(module, reserves(&port, &orders)).await;
     for outcome in outcomes {
         assert_eq!(
             outcome.expect("reserves").status,
@@ -365,15 +371,7 @@ async fn reserves_of_one_batch_hold_stock_together(backend: Backend) {
 
     // 7 of A and 7 of B are left: the second asks for more of A than there is.
     let orders = [vec![line(&a, 4)], vec![line(&a, 5)], vec![line(&b, 7)]];
-    let calls = orders
-        .iter()
-        .map(|lines| {
-            let port = port.clone();
-            let lines = lines.clone();
-            async move { port.reserve(Uuid::new_v4(), &lines).await }
-        })
-        .collect();
-    let (outcomes, _, _) = in_one_batch(module, calls).await;
+    let (outcomes, _, _) = in_one_batch(module, reserves(&port, &orders)).await;
     let statuses: Vec<Result<ReservationStatus, CatalogError>> = outcomes
         .into_iter()
         .map(|outcome| outcome.map(|reservation| reservation.status))
