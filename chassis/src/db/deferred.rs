@@ -23,9 +23,9 @@
 //! unless the decision holds with the update serialised after it (stock sold leaves what
 //! is available as it was) — and a write cannot catch its deferred statement's error, only
 //! its caller can. The updates go in first and the new rows last, in every transaction,
-//! alone too (a kind's updates in the order of their rows' keys), so the locks are taken
-//! in the same order in every instance: after the rows the writes updated themselves,
-//! the deferred updates, then the new rows' keys.
+//! alone too, so that in every instance the locks come in the same order of kinds: the
+//! rows the writes updated themselves, then the deferred updates' rows, then the new
+//! rows' keys.
 
 use std::any::{Any, TypeId};
 
