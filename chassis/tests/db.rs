@@ -798,7 +798,7 @@ async fn six_updating_writes_in_one_batch(
         .into_iter()
         .map(|answer| match answer {
             Ok(()) => Ok(true),
-            Err(TestError::Db(DbError::Query(diesel::result::Error::NotFound))) => Ok(false),
+            Err(TestError::Db(DbError::NotApplied)) => Ok(false),
             Err(error) => Err(error),
         })
         .collect();

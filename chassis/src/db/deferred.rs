@@ -16,7 +16,7 @@
 //! is not there or no longer matches its condition, fails the whole batch; the writer
 //! then runs each of its writes again alone, and the error is the answer of the write that
 //! left the row — what its own statement would have answered (a key's violation; for an
-//! update, [`diesel::result::Error::NotFound`]), so its caller handles it as before (a
+//! update, [`DbError::NotApplied`]), so its caller handles it as before (a
 //! repeated reserve looks, a repeated idempotency key replays, a saga taken over stops).
 //! Hence the rules for callers: a deferred row must not be read in its batch — no write
 //! may decide anything on its presence or absence, nor on what a deferred update changes,
@@ -89,7 +89,8 @@ pub trait DeferredUpdate: Send + Sized + 'static {
     /// Applies `updates` (at most a hundred, in the order the writes left them). An update
     /// whose row is not there, or no longer matches its condition, fails with
     /// [`diesel::result::Error::NotFound`]: the batch is rolled back and its writes run
-    /// alone, so that the write that left it gets that error.
+    /// alone, so that the write that left it is answered [`DbError::NotApplied`] (only
+    /// that: a `NotFound` from anything else a write runs stays a query error).
     fn update_all(conn: &mut DbConnection, updates: &[Self]) -> diesel::QueryResult<()>;
 }
 
@@ -257,7 +258,10 @@ impl<U: DeferredUpdate> Group for Updates<U> {
 
     fn flush(&self, conn: &mut DbConnection) -> Result<(), DbError> {
         for chunk in self.0.chunks(ROWS_PER_STATEMENT) {
-            U::update_all(conn, chunk)?;
+            U::update_all(conn, chunk).map_err(|error| match error {
+                diesel::result::Error::NotFound => DbError::NotApplied,
+                error => DbError::from(error),
+            })?;
         }
         Ok(())
     }

@@ -107,6 +107,11 @@ pub enum DbError {
     Unavailable(String),
     #[error("database error: {0}")]
     Query(diesel::result::Error),
+    /// An update left to the batch (`DeferredUpdate`) found its row gone, or changed so
+    /// that its condition no longer held: the answer of the write that left it, which its
+    /// caller turns into what the update's own "no row" would have meant.
+    #[error("a change left to the batch found its row gone or changed")]
+    NotApplied,
     #[error("migrations failed: {0}")]
     Migration(String),
     #[error("database task failed: {0}")]
@@ -148,6 +153,7 @@ impl ProblemCode for DbError {
         match self {
             DbError::Unavailable(_) => 503,
             DbError::Query(_)
+            | DbError::NotApplied
             | DbError::Migration(_)
             | DbError::Task(_)
             | DbError::Encoding(_)
@@ -159,6 +165,7 @@ impl ProblemCode for DbError {
         match self {
             DbError::Unavailable(_) => crate::problem::codes::DEPENDENCY_UNAVAILABLE,
             DbError::Query(_)
+            | DbError::NotApplied
             | DbError::Migration(_)
             | DbError::Task(_)
             | DbError::Encoding(_)

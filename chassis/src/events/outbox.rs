@@ -50,7 +50,7 @@ impl Events {
     /// statement). For changes whose outcome no write of the batch needs to see (see
     /// `chassis::db::deferred`). An update whose row is not there or no longer matches
     /// fails the batch there; the writer then runs each of the batch's writes alone, and
-    /// [`diesel::result::Error::NotFound`] is the answer of the write that left it.
+    /// [`DbError::NotApplied`] is the answer of the write that left it.
     pub fn update_at_commit<U: DeferredUpdate>(&mut self, update: U) {
         self.deferred.update(update);
     }

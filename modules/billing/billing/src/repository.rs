@@ -285,7 +285,7 @@ pub(crate) fn attempt_started_at(
 /// statement on PostgreSQL. The settling write knows the payment (its charge's first step
 /// read or wrote it) and answers it as settled without reading it back. A payment no
 /// longer pending (a concurrent attempt settled it first) is not changed, and the write
-/// that left the settlement gets [`diesel::result::Error::NotFound`].
+/// that left the settlement gets [`DbError::NotApplied`](chassis::db::DbError::NotApplied).
 #[derive(Debug, Clone)]
 pub(crate) struct Settlement {
     order_id: String,

@@ -283,7 +283,7 @@ impl BillingService {
         };
         match settled {
             // No longer pending: a concurrent attempt settled it first.
-            Err(Error::Database(DbError::Query(diesel::result::Error::NotFound))) => {
+            Err(Error::Database(DbError::NotApplied)) => {
                 self.db.read(move |conn| current(conn, order_id)).await
             }
             other => other,

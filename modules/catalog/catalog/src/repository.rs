@@ -218,7 +218,7 @@ pub(crate) fn hold(
 /// summed by product. A product short of the units its holds in the batch add up to, an
 /// unknown one, or one whose available stock the holds take below the low-stock
 /// threshold (an event to raise, which only a hold made at once raises) fails the batch:
-/// the write that left the hold gets [`diesel::result::Error::NotFound`], and `reserve`
+/// the write that left the hold gets [`DbError::NotApplied`](chassis::db::DbError::NotApplied), and `reserve`
 /// then holds at once, one by one, as [`hold`] does.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Hold {
@@ -507,7 +507,7 @@ chassis::deferred_row!(NewReservation => reservations::table);
 /// where each move alone is two. The move happens only from `from` (the conditional write
 /// that makes it happen once, as [`move_reservation`]); a reservation not in `from` fails
 /// the batch, and the write that left the move gets
-/// [`diesel::result::Error::NotFound`] — its caller then moves it at once, and looks.
+/// [`DbError::NotApplied`](chassis::db::DbError::NotApplied) — its caller then moves it at once, and looks.
 /// The lines moved come back through [`ReservationMove::moved`], for the write's caller
 /// once the write has committed.
 #[derive(Debug, Clone)]
@@ -571,9 +571,12 @@ impl DeferredUpdate for ReservationMove {
                 .bind::<Array<Text>, _>(to)
                 .load(pg)?;
                 for row in rows {
+                    let order_id = Uuid::parse_str(&row.order_id).map_err(|error| {
+                        diesel::result::Error::DeserializationError(error.into())
+                    })?;
                     let at = moves
                         .iter()
-                        .position(|m| m.order_id.to_string() == row.order_id)
+                        .position(|m| m.order_id == order_id)
                         .ok_or(diesel::result::Error::NotFound)?;
                     moved_lines.push((at, decode_lines(&row.lines)?));
                 }

@@ -205,7 +205,7 @@ impl CatalogService {
                 ))
             }
             // Not in `from`: moved already, in another state, or unknown.
-            Err(Error::Database(DbError::Query(diesel::result::Error::NotFound))) => {
+            Err(Error::Database(DbError::NotApplied)) => {
                 self.transition_now(order_id, from, to, stock_move).await
             }
             Err(error) => Err(error.into()),
@@ -430,7 +430,7 @@ impl Catalog for CatalogService {
             .try_reserve(order_id, lines.clone(), Attempt::HoldAtCommit)
             .await
         {
-            Err(Error::Database(DbError::Query(diesel::result::Error::NotFound))) => {
+            Err(Error::Database(DbError::NotApplied)) => {
                 self.try_reserve(order_id, lines.clone(), Attempt::HoldNow)
                     .await
             }

@@ -357,7 +357,7 @@ pub(crate) fn claim(
 /// and its claim released only while the attempt still holds it; left to the batch
 /// (`Events::update_at_commit`), so that the outcomes of the attempts settled together
 /// are one statement on PostgreSQL. An attempt that no longer holds its delivery's claim
-/// gets [`diesel::result::Error::NotFound`] (`chassis::db::deferred`).
+/// gets [`DbError::NotApplied`](chassis::db::DbError::NotApplied) (`chassis::db::deferred`).
 ///
 /// A claim's `claimed_until` is the claim's own: a new claim is taken only once the old one
 /// has run out (`claimed_until < at`), and is `at` plus a lease, so each claim of a delivery

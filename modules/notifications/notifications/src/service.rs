@@ -753,7 +753,7 @@ impl NotificationsService {
             .await
             .or_else(|error| match error {
                 // The delivery's claim is no longer this attempt's.
-                DbError::Query(diesel::result::Error::NotFound) => Ok(false),
+                DbError::NotApplied => Ok(false),
                 error => Err(error),
             });
         let error = last_error.as_deref().unwrap_or_default();

@@ -295,7 +295,7 @@ pub(crate) fn postpone(
 /// holds the saga. The run that holds it knows the row (nobody else writes it meanwhile),
 /// so it builds the order's event from what it holds, and the end needs no answer; should
 /// another run have taken the saga over, the end finds no row to change, and the write
-/// that left it is answered [`diesel::result::Error::NotFound`]. On PostgreSQL a batch's
+/// that left it is answered [`DbError::NotApplied`](chassis::db::DbError::NotApplied). On PostgreSQL a batch's
 /// ends are one statement.
 #[derive(Debug, Clone)]
 pub(crate) struct SagaEnd {

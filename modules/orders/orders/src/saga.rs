@@ -394,7 +394,7 @@ impl Saga {
         let finished = match finished {
             Ok(ended) => ended,
             // The end found the saga held by another run: that run ends it.
-            Err(Error::Database(chassis::db::DbError::Query(diesel::result::Error::NotFound))) => {
+            Err(Error::Database(chassis::db::DbError::NotApplied)) => {
                 return Ok(None);
             }
             Err(error) => return Err(error),
