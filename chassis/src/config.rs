@@ -375,9 +375,6 @@ impl BusSettings {
 pub struct EventsSettings {
     /// Outbox rows claimed and published at once.
     pub batch_size: u32,
-    /// How long a relay's claim is exclusive (other instances take over after it).
-    #[serde(with = "humantime_serde")]
-    pub lease: std::time::Duration,
     /// Safety-net poll of the outbox (the relay is woken on commit anyway).
     #[serde(with = "humantime_serde")]
     pub poll_interval: std::time::Duration,
@@ -400,7 +397,6 @@ impl Default for EventsSettings {
         let retry = crate::events::RetryPolicy::default();
         Self {
             batch_size: relay.batch_size,
-            lease: relay.lease,
             poll_interval: relay.poll_interval,
             retention: relay.retention,
             max_attempts: retry.max_attempts,
@@ -421,19 +417,12 @@ impl EventsSettings {
                 "must be at least 1",
             ));
         }
-        if self.lease <= self.poll_interval {
-            return Err(ConfigError::key(
-                "events.lease",
-                "must be longer than events.poll_interval",
-            ));
-        }
         Ok(())
     }
 
     pub fn relay(&self) -> crate::events::RelaySettings {
         crate::events::RelaySettings {
             batch_size: self.batch_size,
-            lease: self.lease,
             poll_interval: self.poll_interval,
             retention: self.retention,
             ..crate::events::RelaySettings::default()

@@ -112,7 +112,6 @@ impl Harness {
     async fn relay(&self) -> tokio::task::JoinHandle<()> {
         let relay = RelaySettings {
             poll_interval: Duration::from_millis(100),
-            lease: Duration::from_secs(1),
             ..RelaySettings::default()
         };
         OutboxRelay::new("test", self.db.clone(), self.bus().await, relay).spawn()

@@ -56,7 +56,6 @@ fn quick_retry() -> RetryPolicy {
 fn quick_relay() -> RelaySettings {
     RelaySettings {
         poll_interval: Duration::from_millis(100),
-        lease: Duration::from_secs(1),
         ..RelaySettings::default()
     }
 }
@@ -772,104 +771,47 @@ async fn two_relays_on_one_postgres_publish_every_row_once_in_order() {
     per_key_order(Backend::Postgres, 2).await;
 }
 
+/// One relay publishes a PostgreSQL outbox at a time: the one whose writer's session
+/// holds the outbox's advisory lock. Another instance's relay publishes nothing while it is
+/// held — not even rows the holder claimed and never published — and takes the outbox
+/// over, rows in flight included, in order, as soon as the holder's session ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_live_relay_takes_over_a_dead_relays_rows_after_the_lease() {
+async fn a_relay_takes_the_outbox_over_as_soon_as_the_holders_session_ends() {
     let Some(test_db) = TestDatabase::postgres() else {
         return;
     };
+    let holder_db = test_db.open(MIGRATIONS).await;
     let db = test_db.open(MIGRATIONS).await;
-    for n in 0..5 {
-        commit_event(&db, event("k", n)).await;
-    }
-    let bus = Arc::new(InProcessBus::new());
-    let recorder = Arc::new(Recorder::default());
-    subscribe(&bus, &db, "survivor", recorder.clone()).await;
-    let lease = Duration::from_secs(2);
-    let settings = RelaySettings {
-        lease,
-        ..quick_relay()
-    };
-    // The dead instance claimed every row, then died without publishing. The lease runs
-    // from the claim, so time is measured from just before it.
-    let claimed_at = std::time::Instant::now();
-    let dead = OutboxRelay::new("test", db.clone(), bus.clone(), settings);
-    assert_eq!(dead.claim().await.expect("claims").len(), 5);
-    drop(dead);
-    let live = OutboxRelay::new("test", db.clone(), bus.clone(), settings).spawn();
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        recorder.handled.load(Ordering::SeqCst),
-        0,
-        "the lease still holds"
-    );
-    eventually("the live relay took the rows over", || {
-        recorder.handled.load(Ordering::SeqCst) == 5
-    })
-    .await;
-    assert!(
-        claimed_at.elapsed() >= lease,
-        "not before the lease ran out"
-    );
-    // The handler sees an event before the relay marks it published.
-    all_published(&db).await;
-    live.abort();
-}
-
-/// A relay's claims after a wake-up look from a floor a little below the rows it found last
-/// (so that the dead entries a PostgreSQL index keeps of published rows are not walked on
-/// every claim). A dead relay's rows, far below that floor by the time its lease runs out,
-/// are still taken over: by the claim from the start that the safety-net poll makes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_dead_relays_rows_far_below_the_claims_floor_are_taken_over_after_the_lease() {
-    let Some(test_db) = TestDatabase::postgres() else {
-        return;
-    };
-    let db = test_db.open(MIGRATIONS).await;
-    let dead_key: Vec<Envelope> = (0..5).map(|n| event("dead", n)).collect();
-    for event in dead_key.clone() {
+    let events: Vec<Envelope> = (0..5).map(|n| event("k", n)).collect();
+    for event in events.clone() {
         commit_event(&db, event).await;
     }
     let bus = Arc::new(InProcessBus::new());
     let recorder = Arc::new(Recorder::default());
     subscribe(&bus, &db, "survivor", recorder.clone()).await;
-    let settings = RelaySettings {
-        lease: Duration::from_secs(2),
-        ..quick_relay()
-    };
-    let dead = OutboxRelay::new("test", db.clone(), bus.clone(), settings);
-    assert_eq!(dead.claim().await.expect("claims").len(), 5);
-    drop(dead);
-    let live = OutboxRelay::new("test", db.clone(), bus.clone(), settings).spawn();
-    // Far more rows after them than the floor's slack (1,000), committed while the lease
-    // holds, one key each: the live relay's floor moves well past the dead relay's rows.
-    let later = 1_500;
-    for chunk in 0..15 {
-        db.write_with_events(move |_conn, events| {
-            for n in 0..100 {
-                events.push(event(&format!("later-{chunk}-{n}"), n));
-            }
-            Ok::<_, TestError>(())
-        })
-        .await
-        .expect("commits");
-    }
-    eventually("the later rows went out", || {
-        recorder.handled.load(Ordering::SeqCst) >= later
-    })
-    .await;
-    eventually("the dead relay's rows were taken over", || {
-        recorder.handled.load(Ordering::SeqCst) == later + dead_key.len()
-    })
-    .await;
-    let taken_over: Vec<_> = recorder
-        .ids()
-        .into_iter()
-        .filter(|id| dead_key.iter().any(|event| event.id == *id))
-        .collect();
+    // The holder claims every row, and would publish them; it stops before it does.
+    let holder = OutboxRelay::new("test", holder_db.clone(), bus.clone(), quick_relay());
+    assert_eq!(holder.claim().await.expect("claims").len(), 5);
+    let live = OutboxRelay::new("test", db.clone(), bus.clone(), quick_relay()).spawn();
+    // Several of the live relay's polls (every 100 ms).
+    tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
-        taken_over,
-        dead_key.iter().map(|event| event.id).collect::<Vec<_>>(),
-        "all of them, in order"
+        recorder.handled.load(Ordering::SeqCst),
+        0,
+        "the holder's session keeps the outbox"
+    );
+    assert_eq!(pending(&db).await, 5);
+    // The holder's process ends: its connections close with its last handle.
+    drop(holder);
+    drop(holder_db);
+    eventually("the live relay took the outbox over", || {
+        recorder.handled.load(Ordering::SeqCst) == 5
+    })
+    .await;
+    assert_eq!(
+        recorder.ids(),
+        events.iter().map(|event| event.id).collect::<Vec<_>>(),
+        "every row, in order"
     );
     all_published(&db).await;
     live.abort();

@@ -135,7 +135,9 @@ fn migrate_creates_every_local_modules_tables_and_demo_fills_the_catalog_once() 
     );
     let applied = String::from_utf8_lossy(&migrate.stdout).into_owned();
     assert!(
-        applied.contains("catalog: applied chassis0001, chassis0002, catalog0001, catalog0002"),
+        applied.contains(
+            "catalog: applied chassis0001, chassis0002, chassis0003, catalog0001, catalog0002"
+        ),
         "{applied}"
     );
     let again = bazaar(dir.path()).arg("migrate").output().expect("runs");

@@ -391,9 +391,9 @@ impl Database {
     }
 
     /// Claims a SQLite database for this process's server, or refuses: a SQLite file
-    /// belongs to one serving process (its writer thread, the leases it clears at start),
-    /// and a second `bazaar serve` on the same data directory would write beside the
-    /// first. The claim is an exclusive `flock` on `<file>.lock`, which the kernel
+    /// belongs to one serving process (its writer thread; its relay, which publishes the
+    /// outbox), and a second `bazaar serve` on the same data directory would write beside
+    /// the first. The claim is an exclusive `flock` on `<file>.lock`, which the kernel
     /// releases when the process ends, however it ends; it is held as long as this
     /// database is open. PostgreSQL serves any number of processes: nothing to claim.
     pub fn serve_exclusively(&self) -> Result<(), DbError> {

@@ -3,13 +3,15 @@
 //! [`OutboxRelay`] publishes committed rows, in order per key, and marks them sent.
 //!
 //! The relay wakes on commit (no polling latency on the hot path) and polls slowly as a
-//! safety net. Rows are claimed in batches under a lease, so that several instances of a
-//! module on one PostgreSQL database never publish a row at the same time, and a dead
-//! instance's rows are taken over when its lease runs out. On PostgreSQL candidates are
-//! locked with `FOR UPDATE SKIP LOCKED`; a key is claimed only together with every earlier
-//! pending row of that key, so order per key holds across instances.
+//! safety net. One relay publishes a database's outbox at a time: on PostgreSQL the one
+//! whose writer's session holds the outbox's advisory lock (several instances of a module
+//! on one database then never publish a row at the same time, and the lock passes to
+//! another the moment its holder's session ends, however it ends); a SQLite file belongs
+//! to one serving process. The rows a relay is publishing are known to it alone, in
+//! memory: claiming a row writes nothing. A key is claimed only together with every
+//! earlier pending row of that key, so order per key holds across batches in flight.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
@@ -21,8 +23,8 @@ use tokio::sync::Semaphore;
 use super::schema::{inbox, outbox};
 use super::{Envelope, EventBus};
 use crate::db::{
-    Backend, Database, DbConnection, DbError, DeferredRow, DeferredUpdate, DeferredWrites,
-    TransactionMemo, update, utc_now,
+    Database, DbConnection, DbError, DeferredRow, DeferredUpdate, DeferredWrites, TransactionMemo,
+    utc_now,
 };
 
 /// What a write leaves to its batch, written before the batch commits: the events it
@@ -193,8 +195,6 @@ const PURGE_CHUNK: i64 = 1000;
 pub struct RelaySettings {
     /// Rows claimed and published at once.
     pub batch_size: u32,
-    /// How long a claim is exclusive; after that another instance may take the rows over.
-    pub lease: Duration,
     /// The safety-net poll, for commits whose wake-up was missed (another process).
     pub poll_interval: Duration,
     /// Batches being published at once.
@@ -210,7 +210,6 @@ impl Default for RelaySettings {
     fn default() -> Self {
         Self {
             batch_size: 256,
-            lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
             max_in_flight: 4,
             retention: Duration::from_secs(24 * 3600),
@@ -257,7 +256,6 @@ const SCAN_SLACK: i64 = 1000;
 /// Publishes one module's outbox.
 pub struct OutboxRelay {
     module: String,
-    owner: String,
     db: Database,
     bus: Arc<dyn EventBus>,
     settings: RelaySettings,
@@ -266,14 +264,57 @@ pub struct OutboxRelay {
     /// hold — on PostgreSQL, until a vacuum, a trail of dead entries in the index of
     /// pending rows that a claim from the start would walk every time (BENCHMARKS.md,
     /// "Orders on PostgreSQL"). The safety-net poll claims from the start, so a row below
-    /// it (a dead relay's, once its lease ran out) waits at most `poll_interval`.
+    /// it (one that committed late, or one another relay left unpublished when its session
+    /// ended) waits at most `poll_interval`.
     floor: AtomicI64,
+    /// The rows of the batches being published: pending still, never claimed again.
+    in_flight: std::sync::Mutex<InFlight>,
+}
+
+/// The rows a relay is publishing, and their keys: a key with a row in flight is not
+/// claimed again until that row is settled (order per key).
+#[derive(Debug, Default)]
+struct InFlight {
+    rows: BTreeMap<i64, String>,
+    keys: HashMap<String, usize>,
+}
+
+impl InFlight {
+    fn add(&mut self, seq: i64, key: String) {
+        *self.keys.entry(key.clone()).or_default() += 1;
+        self.rows.insert(seq, key);
+    }
+
+    fn remove(&mut self, seq: i64) {
+        let Some(key) = self.rows.remove(&seq) else {
+            return;
+        };
+        if let Some(count) = self.keys.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                self.keys.remove(&key);
+            }
+        }
+    }
+
+    /// The rows in flight as runs of consecutive `seq`s, first and last (a claim takes
+    /// the rows it finds in order, so a batch is mostly one run).
+    fn runs(&self) -> Vec<(i64, i64)> {
+        let mut runs: Vec<(i64, i64)> = Vec::new();
+        for &seq in self.rows.keys() {
+            match runs.last_mut() {
+                Some((_, last)) if *last + 1 == seq => *last = seq,
+                _ => runs.push((seq, seq)),
+            }
+        }
+        runs
+    }
 }
 
 impl std::fmt::Debug for OutboxRelay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OutboxRelay")
-            .field("owner", &self.owner)
+            .field("module", &self.module)
             .finish_non_exhaustive()
     }
 }
@@ -287,11 +328,11 @@ impl OutboxRelay {
     ) -> Self {
         Self {
             module: module.to_owned(),
-            owner: format!("{module}-{}", uuid::Uuid::new_v4()),
             db,
             bus,
             settings,
             floor: AtomicI64::new(0),
+            in_flight: std::sync::Mutex::new(InFlight::default()),
         }
     }
 
@@ -301,12 +342,6 @@ impl OutboxRelay {
     }
 
     async fn run(self: Arc<Self>) {
-        if self.db.backend() == Backend::Sqlite {
-            // A SQLite database has one process; leases left by a crashed run are stale.
-            if let Err(error) = self.release_all_leases().await {
-                tracing::error!(module = %self.module, %error, "cannot reset outbox leases");
-            }
-        }
         let signal = self.db.outbox_signal();
         let permits = Arc::new(Semaphore::new(self.settings.max_in_flight.max(1)));
         let mut reported = Instant::now();
@@ -360,7 +395,8 @@ impl OutboxRelay {
     }
 
     /// Claims up to a batch of pending rows for this relay, in order, looking from the
-    /// first row of the outbox.
+    /// first row of the outbox; none unless this relay publishes the outbox (module docs).
+    /// The rows are this relay's until [`OutboxRelay::publish`] is done with them.
     pub async fn claim(&self) -> Result<Vec<Claimed>, DbError> {
         self.claim_from(0).await
     }
@@ -368,14 +404,25 @@ impl OutboxRelay {
     /// Claims up to a batch of pending rows from `seq` `from` on, and moves the floor to
     /// [`SCAN_SLACK`] below the first claimable row found.
     async fn claim_from(&self, from: i64) -> Result<Vec<Claimed>, DbError> {
-        let owner = self.owner.clone();
         let batch = i64::from(self.settings.batch_size);
-        let lease = chrono::Duration::from_std(self.settings.lease)
-            .unwrap_or(chrono::Duration::seconds(30));
+        let (runs, keys_in_flight) = {
+            let in_flight = self.in_flight();
+            let keys: HashSet<String> = in_flight.keys.keys().cloned().collect();
+            (in_flight.runs(), keys)
+        };
         let (claimed, first) = self
             .db
-            .write(move |conn| claim(conn, &owner, batch, lease, from))
+            .write(move |conn| claim(conn, batch, from, &runs, &keys_in_flight))
             .await?;
+        let mut in_flight = self.in_flight();
+        let claimed = claimed
+            .into_iter()
+            .map(|(row, key)| {
+                in_flight.add(row.seq, key);
+                row
+            })
+            .collect();
+        drop(in_flight);
         if let Some(first) = first {
             self.floor.store(
                 first.saturating_sub(SCAN_SLACK).max(0),
@@ -383,6 +430,21 @@ impl OutboxRelay {
             );
         }
         Ok(claimed)
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, InFlight> {
+        // The set is consistent after any panic: each change is one call on it.
+        self.in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Gives the rows of a batch back: they may be claimed again.
+    fn settled(&self, seqs: &[i64]) {
+        let mut in_flight = self.in_flight();
+        for &seq in seqs {
+            in_flight.remove(seq);
+        }
     }
 
     /// Publishes claimed rows and marks them sent; on a bus error, gives the rows back.
@@ -400,19 +462,12 @@ impl OutboxRelay {
             }
         }
         let count = events.len();
-        if let Err(error) = self.publish_holding_lease(events, &seqs).await {
+        if let Err(error) = self.bus.publish(events).await {
             tracing::warn!(module = %self.module, %error, "cannot publish; the rows stay in the outbox");
-            let owner = self.owner.clone();
             let lowest = seqs.iter().copied().min().unwrap_or(0);
-            let released = self
-                .db
-                .write(move |conn| release(conn, &owner, &seqs))
-                .await;
             // The next claim looks at them again, however far the floor moved meanwhile.
             self.floor.fetch_min(lowest, AtomicOrdering::Relaxed);
-            if let Err(error) = released {
-                tracing::warn!(module = %self.module, %error, "cannot release outbox rows; their lease will run out");
-            }
+            self.settled(&seqs);
             tokio::time::sleep(self.settings.poll_interval).await;
             return;
         }
@@ -424,7 +479,10 @@ impl OutboxRelay {
                 .write(move |conn| mark_published(conn, &marked))
                 .await
             {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.settled(&seqs);
+                    break;
+                }
                 Err(error) => {
                     tracing::warn!(module = %self.module, %error, "cannot mark outbox rows sent; retrying");
                     tokio::time::sleep(delay).await;
@@ -438,58 +496,6 @@ impl OutboxRelay {
         // made while it was in flight (this process's or another's), which cannot know
         // when it ends. So look again, even if that finds nothing.
         self.db.outbox_signal().notify_one();
-    }
-
-    /// Publishes while renewing the lease on the batch, so that a batch whose consumers
-    /// take long (retries before a dead letter) is never taken over by another relay.
-    async fn publish_holding_lease(
-        &self,
-        events: Vec<Envelope>,
-        seqs: &[i64],
-    ) -> Result<(), super::BusError> {
-        let publishing = self.bus.publish(events);
-        tokio::pin!(publishing);
-        let mut renew = tokio::time::interval(self.settings.lease / 3);
-        renew.tick().await;
-        loop {
-            tokio::select! {
-                outcome = &mut publishing => return outcome,
-                _ = renew.tick() => {
-                    let owner = self.owner.clone();
-                    let seqs = seqs.to_vec();
-                    let lease = chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::seconds(30));
-                    let renewed = self
-                        .db
-                        .write(move |conn| {
-                            diesel::update(outbox::table.filter(outbox::seq.eq_any(&seqs)).filter(outbox::lease_owner.eq(&owner)))
-                                .set(outbox::lease_until.eq(utc_now() + lease))
-                                .execute(conn)
-                                .map_err(DbError::from)
-                        })
-                        .await;
-                    if let Err(error) = renewed {
-                        tracing::warn!(module = %self.module, %error, "cannot renew an outbox lease");
-                    }
-                }
-            }
-        }
-    }
-
-    async fn release_all_leases(&self) -> Result<usize, DbError> {
-        self.db
-            .write(|conn| {
-                update(
-                    outbox::table,
-                    outbox::published_at.is_null(),
-                    (
-                        outbox::lease_owner.eq(None::<String>),
-                        outbox::lease_until.eq(None::<NaiveDateTime>),
-                    ),
-                )
-                .execute(conn)
-                .map_err(DbError::from)
-            })
-            .await
     }
 
     async fn report_backlog(&self) {
@@ -546,7 +552,7 @@ impl OutboxRelay {
                         outbox::published_at,
                         outbox::published_at.assume_not_null()
                     );
-                    // Redeliveries come within a lease or two; a day-old handled id is not
+                    // Redeliveries come within minutes; a day-old handled id is not
                     // needed to recognise one.
                     let handled = purge_chunk!(inbox, inbox::handled_at, inbox::handled_at);
                     Ok::<_, DbError>(sent.max(handled))
@@ -564,99 +570,95 @@ impl OutboxRelay {
     }
 }
 
-/// Claims up to `batch` pending rows from `seq` `from` on; answers them, and the first
-/// claimable row found (claimed or not: its key may be held elsewhere).
+/// A row claimed, and its key.
+type KeyedClaim = (Claimed, String);
+
+/// Claims up to `batch` pending rows from `seq` `from` on, leaving out the `runs` of rows
+/// in flight; answers them with their keys, and the first claimable row found (claimed
+/// or not: its key may be held). A key is claimed only together with every earlier
+/// pending row of it, so not while one of its rows is in flight (`keys_in_flight`), nor
+/// while one lies below `from`. Nothing, unless this relay's session publishes the
+/// outbox ([`lead`]).
 fn claim(
     conn: &mut DbConnection,
-    owner: &str,
     batch: i64,
-    lease: chrono::Duration,
     from: i64,
-) -> Result<(Vec<Claimed>, Option<i64>), DbError> {
-    let now = utc_now();
-    macro_rules! candidates {
-        () => {
-            outbox::table
-                .filter(outbox::published_at.is_null())
-                .filter(outbox::seq.ge(from))
-                .filter(
-                    outbox::lease_until
-                        .is_null()
-                        .or(outbox::lease_until.lt(now)),
-                )
-                .order(outbox::seq.asc())
-                .limit(batch)
-                .select((outbox::seq, outbox::event_key, outbox::envelope))
-        };
-    }
-    let candidates: Vec<(i64, String, String)> = match conn {
-        DbConnection::Postgres(pg) => candidates!().for_update().skip_locked().load(pg)?,
-        DbConnection::Sqlite(sqlite) => candidates!().load(sqlite)?,
-    };
-    let Some(max_seq) = candidates.last().map(|(seq, _, _)| *seq) else {
+    runs: &[(i64, i64)],
+    keys_in_flight: &HashSet<String>,
+) -> Result<(Vec<KeyedClaim>, Option<i64>), DbError> {
+    if !lead(conn)? {
         return Ok((Vec::new(), None));
-    };
-    let first = candidates.first().map(|(seq, _, _)| *seq);
-    let mut held: HashMap<&str, i64> = HashMap::new();
-    for (_, key, _) in &candidates {
-        *held.entry(key.as_str()).or_default() += 1;
     }
-    let keys: Vec<&str> = held.keys().copied().collect();
-    // Every pending row of a key up to `max_seq`, whoever holds it: a key is ours only if
-    // we hold all of them, i.e. no earlier row of it is leased, locked or in flight.
-    let pending: Vec<(String, i64)> = outbox::table
-        .filter(outbox::published_at.is_null())
-        .filter(outbox::event_key.eq_any(&keys))
-        .filter(outbox::seq.le(max_seq))
-        .group_by(outbox::event_key)
-        .select((outbox::event_key, diesel::dsl::count_star()))
-        .load(conn)?;
-    let ours: std::collections::HashSet<String> = pending
+    let candidates: Vec<(i64, String, String)> = crate::per_backend!(conn, |conn| {
+        let mut candidates = outbox::table
+            .filter(outbox::published_at.is_null())
+            .filter(outbox::seq.ge(from))
+            .into_boxed();
+        for &(first, last) in runs {
+            candidates = candidates.filter(diesel::dsl::not(outbox::seq.between(first, last)));
+        }
+        candidates
+            .order(outbox::seq.asc())
+            .limit(batch)
+            .select((outbox::seq, outbox::event_key, outbox::envelope))
+            .load(conn)
+    })?;
+    let first = candidates.first().map(|(seq, _, _)| *seq);
+    // Every pending row of `from` and above up to the last candidate is a candidate or in
+    // flight; below `from` (a claim from the floor), a key's earlier rows are looked up.
+    let mut held: HashSet<String> = keys_in_flight.clone();
+    let keys: Vec<&str> = candidates
+        .iter()
+        .map(|(_, key, _)| key.as_str())
+        .filter(|key| !held.contains(*key))
+        .collect::<HashSet<_>>()
         .into_iter()
-        .filter(|(key, count)| held.get(key.as_str()) == Some(count))
-        .map(|(key, _)| key)
         .collect();
-    let claimed: Vec<Claimed> = candidates
+    if from > 0 && !keys.is_empty() {
+        let below: Vec<String> = outbox::table
+            .filter(outbox::published_at.is_null())
+            .filter(outbox::event_key.eq_any(&keys))
+            .filter(outbox::seq.lt(from))
+            .select(outbox::event_key)
+            .distinct()
+            .load(conn)?;
+        held.extend(below);
+    }
+    let claimed = candidates
         .into_iter()
-        .filter(|(_, key, _)| ours.contains(key))
-        .map(|(seq, _, envelope)| Claimed { seq, envelope })
+        .filter(|(_, key, _)| !held.contains(key))
+        .map(|(seq, key, envelope)| (Claimed { seq, envelope }, key))
         .collect();
-    let seqs: Vec<i64> = claimed.iter().map(|row| row.seq).collect();
-    diesel::update(outbox::table.filter(outbox::seq.eq_any(&seqs)))
-        .set((
-            outbox::lease_owner.eq(owner),
-            outbox::lease_until.eq(now + lease),
-        ))
-        .execute(conn)?;
     Ok((claimed, first))
+}
+
+/// Whether this session publishes the outbox. On PostgreSQL, whether it holds the
+/// outbox's advisory lock — a session-level lock keyed by the `outbox` table's oid, so
+/// one per module's database or schema — taken here if nobody holds it: it is held until
+/// the session ends, and passes to another instance's relay at its next claim. Taking it
+/// again while held only counts it once more. A SQLite file has one serving process
+/// (`Database::serve_exclusively`): it always does.
+fn lead(conn: &mut DbConnection) -> Result<bool, DbError> {
+    #[derive(QueryableByName)]
+    struct Lock {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        held: bool,
+    }
+    match conn {
+        DbConnection::Postgres(pg) => Ok(diesel::sql_query(
+            "SELECT pg_try_advisory_lock('outbox'::regclass::oid::bigint) AS held",
+        )
+        .get_result::<Lock>(pg)?
+        .held),
+        DbConnection::Sqlite(_) => Ok(true),
+    }
 }
 
 fn mark_published(conn: &mut DbConnection, seqs: &[i64]) -> Result<(), DbError> {
     crate::per_backend!(conn, |conn| diesel::update(
         outbox::table.filter(outbox::seq.eq_any(seqs))
     )
-    .set((
-        outbox::published_at.eq(utc_now()),
-        outbox::lease_owner.eq(None::<String>),
-        outbox::lease_until.eq(None::<NaiveDateTime>),
-    ))
+    .set(outbox::published_at.eq(utc_now()))
     .execute(conn))?;
     Ok(())
-}
-
-fn release(conn: &mut DbConnection, owner: &str, seqs: &[i64]) -> Result<(), DbError> {
-    crate::per_backend!(conn, |conn| {
-        diesel::update(
-            outbox::table
-                .filter(outbox::seq.eq_any(seqs))
-                .filter(outbox::lease_owner.eq(owner))
-                .filter(outbox::published_at.is_null()),
-        )
-        .set((
-            outbox::lease_owner.eq(None::<String>),
-            outbox::lease_until.eq(None::<NaiveDateTime>),
-        ))
-        .execute(conn)?;
-        Ok(())
-    })
 }

@@ -9,8 +9,6 @@ diesel::table! {
         event_key -> Text,
         occurred_at -> Timestamp,
         envelope -> Text,
-        lease_owner -> Nullable<Text>,
-        lease_until -> Nullable<Timestamp>,
         published_at -> Nullable<Timestamp>,
     }
 }

@@ -1,0 +1,2 @@
+ALTER TABLE outbox ADD COLUMN lease_owner TEXT;
+ALTER TABLE outbox ADD COLUMN lease_until TIMESTAMP;
