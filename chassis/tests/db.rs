@@ -737,7 +737,7 @@ async fn a_row_left_to_a_batch_that_breaks_a_key_fails_only_its_write_on_postgre
 }
 
 /// An increment of an item's `n` a write leaves to its batch: the increments of one item
-/// add up, and on PostgreSQL a batch's go in as one `UPDATE … FROM unnest(…)`.
+/// add up, and on PostgreSQL a batch's go in as one statement (`chassis::db::Together`).
 #[derive(Clone, Copy)]
 struct AddToItem {
     id: &'static str,
@@ -747,35 +747,19 @@ struct AddToItem {
 impl chassis::db::DeferredUpdate for AddToItem {
     fn update_all(conn: &mut DbConnection, adds: &[Self]) -> QueryResult<()> {
         use common::items;
-        use diesel::sql_types::{Array, BigInt, Text};
         let mut by_item = std::collections::BTreeMap::new();
         for add in adds {
             *by_item.entry(add.id).or_insert(0_i64) += add.by;
         }
-        let changed = match conn {
-            DbConnection::Postgres(conn) => {
-                let ids: Vec<&str> = by_item.keys().copied().collect();
-                let by: Vec<i64> = by_item.values().copied().collect();
-                diesel::sql_query(
-                    "UPDATE items SET n = items.n + adds.by \
-                     FROM unnest($1::text[], $2::int8[]) AS adds (id, by) \
-                     WHERE items.id = adds.id",
-                )
-                .bind::<Array<Text>, _>(ids)
-                .bind::<Array<BigInt>, _>(by)
-                .execute(conn)?
-            }
-            DbConnection::Sqlite(conn) => {
-                let mut changed = 0;
-                for (id, by) in &by_item {
-                    changed += diesel::update(items::table.find(*id))
-                        .set(items::n.eq(items::n + *by))
-                        .execute(conn)?;
-                }
-                changed
-            }
-        };
-        chassis::db::all_changed(changed, by_item.len())
+        let statements = by_item
+            .iter()
+            .map(|(id, by)| {
+                chassis::db::update(items::table, items::id.eq(*id), items::n.eq(items::n + *by))
+                    .returning(items::id)
+            })
+            .collect();
+        let changed: Vec<String> = chassis::db::update_all(conn, statements)?;
+        chassis::db::all_changed(changed.len(), by_item.len())
     }
 }
 
@@ -862,6 +846,86 @@ async fn updates_left_to_a_batch_are_applied_before_its_commit_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_left_to_a_batch_are_applied_before_its_commit_on_postgres() {
     updates_left_to_a_batch_are_applied_before_its_commit(Backend::Postgres).await;
+}
+
+#[derive(diesel::QueryableByName, Debug, PartialEq)]
+struct Kept {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    parts: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    runs: i64,
+}
+
+/// On PostgreSQL a batch's updates of a kind are one statement the connection keeps
+/// prepared (one a number of parts): run again, it is neither parsed nor planned anew;
+/// one of more parts than `KEPT_TOGETHER` is not kept (the cache stays bounded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batchs_updates_of_a_kind_are_one_statement_kept_prepared_on_postgres() {
+    let Some(test_db) = TestDatabase::postgres() else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    const IDS: [&str; 40] = [
+        "i00", "i01", "i02", "i03", "i04", "i05", "i06", "i07", "i08", "i09", "i10", "i11", "i12",
+        "i13", "i14", "i15", "i16", "i17", "i18", "i19", "i20", "i21", "i22", "i23", "i24", "i25",
+        "i26", "i27", "i28", "i29", "i30", "i31", "i32", "i33", "i34", "i35", "i36", "i37", "i38",
+        "i39",
+    ];
+    db.write(|conn| {
+        for id in IDS {
+            insert_item(conn, id)?;
+        }
+        Ok::<_, TestError>(())
+    })
+    .await
+    .expect("inserts");
+    let too_many = chassis::db::KEPT_TOGETHER + 1;
+    for items in [2, 2, 3, too_many] {
+        db.write_with_events(move |_conn, at_commit| {
+            for id in &IDS[..items] {
+                at_commit.update_at_commit(AddToItem { id, by: 1 });
+            }
+            Ok::<_, TestError>(())
+        })
+        .await
+        .expect("commits");
+    }
+    // The writer's session: the one that ran the updates.
+    let kept: Vec<Kept> = db
+        .write(|conn| {
+            let query = "SELECT ((length(statement) - length(replace(statement, ' AS (', ''))) / 5)::bigint \
+                         AS parts, generic_plans + custom_plans AS runs \
+                         FROM pg_prepared_statements WHERE statement LIKE 'WITH part0 AS (%' \
+                         ORDER BY parts";
+            chassis::per_backend!(conn, |conn| diesel::sql_query(query).load(conn))
+                .map_err(DbError::from)
+        })
+        .await
+        .expect("reads");
+    assert_eq!(
+        kept,
+        [Kept { parts: 2, runs: 2 }, Kept { parts: 3, runs: 1 }],
+        "one statement a number of parts, the second batch of two running the first's"
+    );
+    let n: Vec<i64> = db
+        .read(|conn| {
+            common::items::table
+                .order(common::items::id)
+                .select(common::items::n)
+                .load(conn)
+                .map_err(TestError::from)
+        })
+        .await
+        .expect("reads");
+    let expected: Vec<i64> = (0..IDS.len())
+        .map(|at| {
+            1 + [2, 2, 3, too_many]
+                .iter()
+                .filter(|items| at < **items)
+                .count() as i64
+        })
+        .collect();
+    assert_eq!(n, expected, "every update applied once");
 }
 
 /// A write of a batch leaves an update of a row that is not there: the batch's updates

@@ -80,11 +80,10 @@ macro_rules! deferred_row {
 
 /// A change of a row a write may leave to its batch (module docs): how to apply several at
 /// once. Typically a delta or a conditional move keyed by the row's id; the kind merges
-/// its updates of one row itself (several writes of a batch may change the same row). On
-/// PostgreSQL the kinds apply several as one `UPDATE … FROM unnest($1::text[], …)`, their
-/// columns bound as arrays: one SQL text for any number of rows. (It is planned on every
-/// run: a plan kept for the connection, made while the tables were small, scanned them
-/// whole once they had grown — BENCHMARKS.md, twelfth session.)
+/// its updates of one row itself (several writes of a batch may change the same row). The
+/// kinds build each change as its one-row `UPDATE … RETURNING` and run them with
+/// [`update_all`](super::update_all): on PostgreSQL several as one statement the connection
+/// keeps prepared ([`Together`](super::Together)), on SQLite one by one.
 pub trait DeferredUpdate: Send + Sized + 'static {
     /// Applies `updates` (at most a hundred, in the order the writes left them). An update
     /// whose row is not there, or no longer matches its condition, fails with
@@ -103,20 +102,6 @@ pub fn all_changed(changed: usize, expected: usize) -> diesel::QueryResult<()> {
     } else {
         Err(diesel::result::Error::NotFound)
     }
-}
-
-/// A deferred kind's updates one at a time, each by `update_one`, which answers the rows
-/// it changed: on SQLite, where a statement costs no round trip, or for a batch with one.
-/// [`diesel::result::Error::NotFound`] at the first that changed no row.
-pub fn update_each<U>(
-    conn: &mut DbConnection,
-    updates: impl IntoIterator<Item = U>,
-    mut update_one: impl FnMut(&mut DbConnection, U) -> diesel::QueryResult<usize>,
-) -> diesel::QueryResult<()> {
-    for update in updates {
-        all_changed(update_one(conn, update)?, 1)?;
-    }
-    Ok(())
 }
 
 /// The rows deferred in one batch (or one run of a write), grouped by kind in the order

@@ -48,8 +48,8 @@ mod update;
 mod writer;
 
 pub(crate) use deferred::DeferredWrites;
-pub use deferred::{DeferredRow, DeferredUpdate, TransactionMemo, all_changed, update_each};
-pub use update::{Update, UpdateReturning, update};
+pub use deferred::{DeferredRow, DeferredUpdate, TransactionMemo, all_changed};
+pub use update::{KEPT_TOGETHER, Together, Update, UpdateReturning, update, update_all};
 
 use writer::Writer;
 

@@ -117,6 +117,122 @@ where
 
 impl<T, W, V, S, Conn> RunQueryDsl<Conn> for UpdateReturning<T, W, V, S> {}
 
+/// Most one-row statements a [`Together`] the connection keeps prepared joins: one kept
+/// statement a kind and a number of rows (and shape) up to it — as many as a batch of a
+/// few dozen concurrent requests changes. A larger one is planned each time it runs,
+/// which its rows amortise.
+pub const KEPT_TOGETHER: usize = 32;
+
+/// One-row `UPDATE … RETURNING`s of one kind run as one PostgreSQL statement — `WITH part0
+/// AS (UPDATE …), part1 AS (UPDATE …) SELECT * FROM part0 UNION ALL SELECT * FROM part1 …`:
+/// one round trip for them all, answering the rows each returned (in no given order).
+///
+/// Why this shape: each part is the one-row statement, found by its key, so the plan the
+/// server keeps for the whole is that of a row found through its key, right however the
+/// tables grow; the connection keeps it prepared (one a number of parts, up to
+/// [`KEPT_TOGETHER`]), so it is neither parsed nor planned again. A join with the rows'
+/// values (`UPDATE … FROM unnest(…)`) could only be planned on every run: a kept plan,
+/// made while the tables were small, scanned them whole once they had grown
+/// (BENCHMARKS.md, twelfth and thirteenth sessions). The parts go in the order of their
+/// SQL, so that parts of several shapes (a changeset that leaves a column out) make one
+/// text a mix of shapes, not one an order. Each part sees the tables as the statement
+/// began: a row two parts would change is changed by one of them only, and the other
+/// returns nothing — a kind merges its changes of one row itself (`DeferredUpdate`).
+#[derive(Debug, Clone)]
+pub struct Together<Q> {
+    parts: Vec<Q>,
+}
+
+impl<Q: QueryFragment<diesel::pg::Pg>> Together<Q> {
+    pub fn new(parts: Vec<Q>) -> QueryResult<Self> {
+        let mut shaped = parts
+            .into_iter()
+            .map(|part| {
+                let mut sql = <diesel::pg::Pg as Backend>::QueryBuilder::default();
+                part.to_sql(&mut sql, &diesel::pg::Pg)?;
+                Ok((diesel::query_builder::QueryBuilder::finish(sql), part))
+            })
+            .collect::<QueryResult<Vec<_>>>()?;
+        shaped.sort_by(|(one, _), (other, _)| one.cmp(other));
+        Ok(Self {
+            parts: shaped.into_iter().map(|(_, part)| part).collect(),
+        })
+    }
+}
+
+impl<Q> QueryId for Together<Q> {
+    type QueryId = ();
+    // Keyed by the rendered SQL, never by type: see the module documentation.
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q: QueryFragment<diesel::pg::Pg>> QueryFragment<diesel::pg::Pg> for Together<Q> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, diesel::pg::Pg>) -> QueryResult<()> {
+        if self.parts.len() > KEPT_TOGETHER {
+            out.unsafe_to_cache_prepared();
+        }
+        out.push_sql("WITH ");
+        for (at, part) in self.parts.iter().enumerate() {
+            if at > 0 {
+                out.push_sql(", ");
+            }
+            out.push_sql(&format!("part{at} AS ("));
+            part.walk_ast(out.reborrow())?;
+            out.push_sql(")");
+        }
+        for at in 0..self.parts.len() {
+            out.push_sql(if at == 0 {
+                " SELECT * FROM "
+            } else {
+                " UNION ALL SELECT * FROM "
+            });
+            out.push_sql(&format!("part{at}"));
+        }
+        Ok(())
+    }
+}
+
+impl<Q: diesel::query_builder::Query> diesel::query_builder::Query for Together<Q> {
+    type SqlType = Q::SqlType;
+}
+
+impl<Q, Conn> RunQueryDsl<Conn> for Together<Q> {}
+
+/// Runs `statements`, one-row `UPDATE … RETURNING`s of one kind (each built with
+/// [`update`]), and answers the rows they returned, in no given order: on PostgreSQL
+/// several as one statement ([`Together`]), on SQLite one after the other, each the
+/// one-row statement the connection keeps prepared (no round trip to save there).
+pub fn update_all<'q, Q, U>(
+    conn: &mut super::DbConnection,
+    statements: Vec<Q>,
+) -> QueryResult<Vec<U>>
+where
+    Q: QueryFragment<diesel::pg::Pg> + diesel::query_builder::Query,
+    Q: diesel::query_dsl::LoadQuery<'q, diesel::PgConnection, U>,
+    Q: diesel::query_dsl::LoadQuery<'q, diesel::SqliteConnection, U>,
+    Together<Q>: diesel::query_dsl::LoadQuery<'q, diesel::PgConnection, U>,
+{
+    match conn {
+        super::DbConnection::Postgres(pg) if statements.len() > 1 => {
+            Together::new(statements)?.load(pg)
+        }
+        super::DbConnection::Postgres(pg) => {
+            let mut rows = Vec::with_capacity(statements.len());
+            for statement in statements {
+                rows.extend(statement.load(pg)?);
+            }
+            Ok(rows)
+        }
+        super::DbConnection::Sqlite(sqlite) => {
+            let mut rows = Vec::with_capacity(statements.len());
+            for statement in statements {
+                rows.extend(statement.load(sqlite)?);
+            }
+            Ok(rows)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use diesel::connection::SimpleConnection;

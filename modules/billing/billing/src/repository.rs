@@ -5,11 +5,11 @@
 //! one does; the other reads what the winner wrote.
 
 use billing_contract::{Money, Payment, PaymentStatus};
-use chassis::db::{DbConnection, DeferredUpdate, all_changed, update, update_each};
+use chassis::db::{DbConnection, DeferredUpdate, all_changed, update, update_all};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Nullable, Text, Timestamp};
+
 use uuid::Uuid;
 
 use crate::domain::Invoice;
@@ -341,59 +341,29 @@ impl Settlement {
 
 impl DeferredUpdate for Settlement {
     fn update_all(conn: &mut DbConnection, settlements: &[Self]) -> QueryResult<()> {
-        match conn {
-            DbConnection::Postgres(conn) if settlements.len() > 1 => {
-                let text = |value: fn(&Self) -> Option<&str>| {
-                    settlements.iter().map(value).collect::<Vec<_>>()
-                };
-                let order_ids: Vec<&str> =
-                    settlements.iter().map(|s| s.order_id.as_str()).collect();
-                let statuses: Vec<&str> = settlements.iter().map(|s| s.status.as_str()).collect();
-                let ats: Vec<NaiveDateTime> = settlements.iter().map(|s| s.at).collect();
-                let changed = diesel::sql_query(
-                    "UPDATE payments SET status = settled.status, \
-                     provider_ref = settled.provider_ref, decline_reason = settled.reason, \
-                     attempt_started_at = NULL, invoice_id = settled.invoice_id, \
-                     updated_at = settled.at \
-                     FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                     $7::timestamp[]) AS settled \
-                     (order_id, status, provider_ref, reason, invoice_id, at) \
-                     WHERE payments.order_id = settled.order_id AND payments.status = $1",
+        let statements = settlements
+            .iter()
+            .map(|settlement| {
+                update(
+                    payments::table,
+                    payments::order_id
+                        .eq(&settlement.order_id)
+                        .and(payments::status.eq(PENDING)),
+                    (
+                        payments::status.eq(settlement.status.as_str()),
+                        payments::provider_ref.eq(&settlement.provider_ref),
+                        payments::decline_reason.eq(&settlement.reason),
+                        payments::attempt_started_at.eq(None::<NaiveDateTime>),
+                        payments::invoice_id.eq(&settlement.invoice_id),
+                        payments::updated_at.eq(settlement.at),
+                    ),
                 )
-                .bind::<Text, _>(PENDING)
-                .bind::<Array<Text>, _>(order_ids)
-                .bind::<Array<Text>, _>(statuses)
-                .bind::<Array<Nullable<Text>>, _>(text(|s| s.provider_ref.as_deref()))
-                .bind::<Array<Nullable<Text>>, _>(text(|s| s.reason.as_deref()))
-                .bind::<Array<Nullable<Text>>, _>(text(|s| s.invoice_id.as_deref()))
-                .bind::<Array<Timestamp>, _>(ats)
-                .execute(conn)?;
-                all_changed(changed, settlements.len())
-            }
-            conn => update_each(conn, settlements, settle),
-        }
+                .returning(payments::order_id)
+            })
+            .collect();
+        let settled: Vec<String> = update_all(conn, statements)?;
+        all_changed(settled.len(), settlements.len())
     }
-}
-
-/// One settlement; answers the rows changed.
-fn settle(conn: &mut DbConnection, settlement: &Settlement) -> QueryResult<usize> {
-    per_backend!(conn, |conn| {
-        update(
-            payments::table,
-            payments::order_id
-                .eq(&settlement.order_id)
-                .and(payments::status.eq(PENDING)),
-            (
-                payments::status.eq(settlement.status.as_str()),
-                payments::provider_ref.eq(&settlement.provider_ref),
-                payments::decline_reason.eq(&settlement.reason),
-                payments::attempt_started_at.eq(None::<NaiveDateTime>),
-                payments::invoice_id.eq(&settlement.invoice_id),
-                payments::updated_at.eq(settlement.at),
-            ),
-        )
-        .execute(conn)
-    })
 }
 
 /// Marks a captured payment refunded in full (taking its row lock); answers whether it
@@ -511,16 +481,20 @@ impl DeferredUpdate for InvoiceCounterAdvance {
                 None => by_year.push((advance.year, 1)),
             }
         }
-        update_each(conn, by_year, |conn, (year, by)| {
-            per_backend!(conn, |conn| {
+        let years = by_year.len();
+        let statements = by_year
+            .into_iter()
+            .map(|(year, by)| {
                 update(
                     invoice_counters::table,
                     invoice_counters::year.eq(year),
                     invoice_counters::last_number.eq(invoice_counters::last_number + by),
                 )
-                .execute(conn)
+                .returning(invoice_counters::year)
             })
-        })
+            .collect();
+        let advanced: Vec<i32> = update_all(conn, statements)?;
+        all_changed(advanced.len(), years)
     }
 }
 

@@ -10,11 +10,11 @@ use catalog_contract::{Money, Product, ReservationStatus, StockLevels, StockLine
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
-use chassis::db::{DbConnection, DeferredRow, DeferredUpdate, all_changed, update, update_each};
+use chassis::db::{DbConnection, DeferredRow, DeferredUpdate, all_changed, update, update_all};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Text, Timestamp};
+
 use uuid::Uuid;
 
 use crate::domain::falls_low;
@@ -23,6 +23,23 @@ use crate::schema::{products, reservations};
 diesel::define_sql_function!(fn lower(text: diesel::sql_types::Text) -> diesel::sql_types::Text);
 
 pub(crate) use chassis::db::utc_now as now;
+
+/// The conditional `UPDATE` of an order's reservation from `$from` to `$to`: for
+/// [`move_reservation`] and [`ReservationMove`] alike.
+macro_rules! move_reservation_statement {
+    ($order_id:expr, $from:expr, $to:expr) => {
+        update(
+            reservations::table,
+            reservations::order_id
+                .eq($order_id.to_string())
+                .and(reservations::status.eq($from.as_str())),
+            (
+                reservations::status.eq($to.as_str()),
+                reservations::updated_at.eq(now()),
+            ),
+        )
+    };
+}
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = products)]
@@ -189,6 +206,23 @@ pub(crate) fn set_on_hand(conn: &mut DbConnection, id: Uuid, on_hand: i64) -> Qu
     })
 }
 
+/// The conditional `UPDATE` of a hold of `$quantity` units of `$product_id`: for [`hold`]
+/// and [`Hold`] alike.
+macro_rules! hold_statement {
+    ($product_id:expr, $quantity:expr) => {
+        update(
+            products::table,
+            products::id
+                .eq($product_id.to_string())
+                .and((products::on_hand - products::reserved).ge($quantity)),
+            (
+                products::reserved.eq(products::reserved + $quantity),
+                products::updated_at.eq(now()),
+            ),
+        )
+    };
+}
+
 /// Holds `quantity` units if that many are available; answers the product as it is after,
 /// or `None` when it did not (not enough, or no such product).
 pub(crate) fn hold(
@@ -196,21 +230,10 @@ pub(crate) fn hold(
     product_id: Uuid,
     quantity: i64,
 ) -> QueryResult<Option<ProductRow>> {
-    per_backend!(conn, |conn| {
-        update(
-            products::table,
-            products::id
-                .eq(product_id.to_string())
-                .and((products::on_hand - products::reserved).ge(quantity)),
-            (
-                products::reserved.eq(products::reserved + quantity),
-                products::updated_at.eq(now()),
-            ),
-        )
+    per_backend!(conn, |conn| hold_statement!(product_id, quantity)
         .returning(ProductRow::as_select())
         .get_result(conn)
-        .optional()
-    })
+        .optional())
 }
 
 /// Units held for a reservation, left to the batch (`Events::update_at_commit`) with the
@@ -237,16 +260,6 @@ impl Hold {
     }
 }
 
-#[derive(QueryableByName)]
-struct HeldStock {
-    #[diesel(sql_type = Text)]
-    id: String,
-    #[diesel(sql_type = BigInt)]
-    on_hand: i64,
-    #[diesel(sql_type = BigInt)]
-    reserved: i64,
-}
-
 impl DeferredUpdate for Hold {
     fn update_all(conn: &mut DbConnection, holds: &[Self]) -> QueryResult<()> {
         let mut by_product: BTreeMap<Uuid, i64> = BTreeMap::new();
@@ -254,44 +267,23 @@ impl DeferredUpdate for Hold {
             *by_product.entry(hold.product_id).or_default() += hold.quantity;
         }
         let threshold = holds.iter().map(|hold| hold.low_stock_threshold).max();
-        let held: Vec<(Uuid, i64)> = match &mut *conn {
-            DbConnection::Postgres(pg) if by_product.len() > 1 => {
-                let ids: Vec<String> = by_product.keys().map(Uuid::to_string).collect();
-                let quantities: Vec<i64> = by_product.values().copied().collect();
-                let rows: Vec<HeldStock> = diesel::sql_query(
-                    "UPDATE products SET reserved = products.reserved + holds.quantity, \
-                     updated_at = $1 \
-                     FROM unnest($2::text[], $3::int8[]) AS holds (id, quantity) \
-                     WHERE products.id = holds.id \
-                     AND products.on_hand - products.reserved >= holds.quantity \
-                     RETURNING products.id, products.on_hand, products.reserved",
-                )
-                .bind::<Timestamp, _>(now())
-                .bind::<Array<Text>, _>(ids)
-                .bind::<Array<BigInt>, _>(quantities)
-                .load(pg)?;
-                rows.into_iter()
-                    .map(|row| {
-                        Uuid::parse_str(&row.id)
-                            .map(|id| (id, row.on_hand - row.reserved))
-                            .map_err(|error| {
-                                diesel::result::Error::DeserializationError(error.into())
-                            })
-                    })
-                    .collect::<QueryResult<_>>()?
-            }
-            _ => {
-                let mut held = Vec::with_capacity(by_product.len());
-                for (&id, &quantity) in &by_product {
-                    let row = hold(conn, id, quantity)?.ok_or(diesel::result::Error::NotFound)?;
-                    held.push((id, row.on_hand - row.reserved));
-                }
-                held
-            }
-        };
+        let statements = by_product
+            .iter()
+            .map(|(&id, &quantity)| {
+                hold_statement!(id, quantity).returning((
+                    products::id,
+                    products::on_hand,
+                    products::reserved,
+                ))
+            })
+            .collect();
+        let held: Vec<(String, i64, i64)> = update_all(conn, statements)?;
         all_changed(held.len(), by_product.len())?;
-        for (id, available_after) in held {
+        for (id, on_hand, reserved) in held {
+            let id = Uuid::parse_str(&id)
+                .map_err(|error| diesel::result::Error::DeserializationError(error.into()))?;
             let quantity = by_product.get(&id).copied().unwrap_or_default();
+            let available_after = on_hand - reserved;
             if threshold.is_some_and(|threshold| {
                 falls_low(threshold, available_after + quantity, available_after)
             }) {
@@ -355,53 +347,24 @@ impl DeferredUpdate for StockMove {
             *reserved += stock_move.reserved;
         }
         let at = now();
-        match conn {
-            DbConnection::Postgres(conn) if by_product.len() > 1 => {
-                let ids: Vec<String> = by_product.keys().map(Uuid::to_string).collect();
-                let (on_hand, reserved): (Vec<i64>, Vec<i64>) =
-                    by_product.values().copied().unzip();
-                let changed = diesel::sql_query(
-                    "UPDATE products SET on_hand = products.on_hand + moves.on_hand, \
-                     reserved = products.reserved + moves.reserved, updated_at = $1 \
-                     FROM unnest($2::text[], $3::int8[], $4::int8[]) \
-                     AS moves (id, on_hand, reserved) \
-                     WHERE products.id = moves.id",
+        let statements = by_product
+            .iter()
+            .map(|(id, (on_hand, reserved))| {
+                update(
+                    products::table,
+                    products::id.eq(id.to_string()),
+                    (
+                        products::on_hand.eq(products::on_hand + *on_hand),
+                        products::reserved.eq(products::reserved + *reserved),
+                        products::updated_at.eq(at),
+                    ),
                 )
-                .bind::<Timestamp, _>(at)
-                .bind::<Array<Text>, _>(ids)
-                .bind::<Array<BigInt>, _>(on_hand)
-                .bind::<Array<BigInt>, _>(reserved)
-                .execute(conn)?;
-                all_changed(changed, by_product.len())
-            }
-            conn => update_each(conn, by_product, |conn, (id, (on_hand, reserved))| {
-                move_stock(conn, id, on_hand, reserved, at)
-            }),
-        }
+                .returning(products::id)
+            })
+            .collect();
+        let moved: Vec<String> = update_all(conn, statements)?;
+        all_changed(moved.len(), by_product.len())
     }
-}
-
-/// Adds `on_hand` and `reserved` (either may be negative) to a product's stock; answers
-/// the rows changed.
-fn move_stock(
-    conn: &mut DbConnection,
-    product_id: Uuid,
-    on_hand: i64,
-    reserved: i64,
-    at: NaiveDateTime,
-) -> QueryResult<usize> {
-    per_backend!(conn, |conn| {
-        update(
-            products::table,
-            products::id.eq(product_id.to_string()),
-            (
-                products::on_hand.eq(products::on_hand + on_hand),
-                products::reserved.eq(products::reserved + reserved),
-                products::updated_at.eq(at),
-            ),
-        )
-        .execute(conn)
-    })
 }
 
 /// An order's reservation as stored.
@@ -503,8 +466,8 @@ chassis::deferred_row!(NewReservation => reservations::table);
 
 /// A reservation's move from one status to another, with the stock its lines move, left
 /// to the batch (`Events::update_at_commit`): on PostgreSQL the moves of a batch are one
-/// conditional `UPDATE … FROM unnest(…) … RETURNING` and their stock one more statement,
-/// where each move alone is two. The move happens only from `from` (the conditional write
+/// statement of conditional `UPDATE … RETURNING`s (`chassis::db::Together`) and their
+/// stock one more, where each move alone is two. The move happens only from `from` (the conditional write
 /// that makes it happen once, as [`move_reservation`]); a reservation not in `from` fails
 /// the batch, and the write that left the move gets
 /// [`DbError::NotApplied`](chassis::db::DbError::NotApplied) — its caller then moves it at once, and looks.
@@ -541,58 +504,25 @@ impl ReservationMove {
     }
 }
 
-#[derive(QueryableByName)]
-struct MovedReservation {
-    #[diesel(sql_type = Text)]
-    order_id: String,
-    #[diesel(sql_type = Text)]
-    lines: String,
-}
-
 impl DeferredUpdate for ReservationMove {
     fn update_all(conn: &mut DbConnection, moves: &[Self]) -> QueryResult<()> {
-        let mut moved_lines: Vec<(usize, Vec<StockLine>)> = Vec::with_capacity(moves.len());
-        match &mut *conn {
-            DbConnection::Postgres(pg) if moves.len() > 1 => {
-                let order_ids: Vec<String> = moves.iter().map(|m| m.order_id.to_string()).collect();
-                let from: Vec<&str> = moves.iter().map(|m| m.from.as_str()).collect();
-                let to: Vec<&str> = moves.iter().map(|m| m.to.as_str()).collect();
-                let rows: Vec<MovedReservation> = diesel::sql_query(
-                    "UPDATE reservations SET status = moves.to_status, updated_at = $1 \
-                     FROM unnest($2::text[], $3::text[], $4::text[]) \
-                     AS moves (order_id, from_status, to_status) \
-                     WHERE reservations.order_id = moves.order_id \
-                     AND reservations.status = moves.from_status \
-                     RETURNING reservations.order_id, reservations.lines",
-                )
-                .bind::<Timestamp, _>(now())
-                .bind::<Array<Text>, _>(order_ids)
-                .bind::<Array<Text>, _>(from)
-                .bind::<Array<Text>, _>(to)
-                .load(pg)?;
-                for row in rows {
-                    let order_id = Uuid::parse_str(&row.order_id).map_err(|error| {
-                        diesel::result::Error::DeserializationError(error.into())
-                    })?;
-                    let at = moves
-                        .iter()
-                        .position(|m| m.order_id == order_id)
-                        .ok_or(diesel::result::Error::NotFound)?;
-                    moved_lines.push((at, decode_lines(&row.lines)?));
-                }
-            }
-            _ => {
-                for (at, reservation_move) in moves.iter().enumerate() {
-                    let lines = move_reservation(
-                        conn,
-                        reservation_move.order_id,
-                        reservation_move.from,
-                        reservation_move.to,
-                    )?
-                    .ok_or(diesel::result::Error::NotFound)?;
-                    moved_lines.push((at, lines));
-                }
-            }
+        let statements = moves
+            .iter()
+            .map(|m| {
+                move_reservation_statement!(m.order_id, m.from, m.to)
+                    .returning((reservations::order_id, reservations::lines))
+            })
+            .collect();
+        let moved: Vec<(String, String)> = update_all(conn, statements)?;
+        let mut moved_lines: Vec<(usize, Vec<StockLine>)> = Vec::with_capacity(moved.len());
+        for (order_id, lines) in moved {
+            let order_id = Uuid::parse_str(&order_id)
+                .map_err(|error| diesel::result::Error::DeserializationError(error.into()))?;
+            let at = moves
+                .iter()
+                .position(|m| m.order_id == order_id)
+                .ok_or(diesel::result::Error::NotFound)?;
+            moved_lines.push((at, decode_lines(&lines)?));
         }
         // An order twice in the batch (two calls racing) moved once: the other fails.
         all_changed(moved_lines.len(), moves.len())?;
@@ -626,19 +556,10 @@ pub(crate) fn move_reservation(
     to: ReservationStatus,
 ) -> QueryResult<Option<Vec<StockLine>>> {
     let moved: Option<String> = per_backend!(conn, |conn| {
-        update(
-            reservations::table,
-            reservations::order_id
-                .eq(order_id.to_string())
-                .and(reservations::status.eq(from.as_str())),
-            (
-                reservations::status.eq(to.as_str()),
-                reservations::updated_at.eq(now()),
-            ),
-        )
-        .returning(reservations::lines)
-        .get_result(conn)
-        .optional()
+        move_reservation_statement!(order_id, from, to)
+            .returning(reservations::lines)
+            .get_result(conn)
+            .optional()
     })?;
     moved.as_deref().map(decode_lines).transpose()
 }

@@ -6,11 +6,11 @@
 //! delivery still holds its own claim (`AttemptOutcome`), so an attempt that outlived its
 //! lease, and whose delivery another attempt claimed since, changes nothing.
 
-use chassis::db::{DbConnection, DeferredUpdate, all_changed, update, update_each};
+use chassis::db::{DbConnection, DeferredUpdate, all_changed, update, update_all};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamp};
+
 use notifications_contract::{Channel, Delivery, DeliveryStatus, Webhook};
 use uuid::Uuid;
 
@@ -377,66 +377,28 @@ pub(crate) struct AttemptOutcome {
 impl DeferredUpdate for AttemptOutcome {
     fn update_all(conn: &mut DbConnection, outcomes: &[Self]) -> QueryResult<()> {
         let at = now();
-        match conn {
-            DbConnection::Postgres(conn) if outcomes.len() > 1 => {
-                let ids: Vec<&str> = outcomes.iter().map(|o| o.id.as_str()).collect();
-                let claims: Vec<NaiveDateTime> = outcomes.iter().map(|o| o.claimed_until).collect();
-                let statuses: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
-                let attempts: Vec<i64> = outcomes.iter().map(|o| o.attempts).collect();
-                let errors: Vec<Option<&str>> =
-                    outcomes.iter().map(|o| o.last_error.as_deref()).collect();
-                let next: Vec<NaiveDateTime> = outcomes.iter().map(|o| o.next_attempt_at).collect();
-                let changed = diesel::sql_query(
-                    "UPDATE deliveries SET status = outcomes.status, \
-                     attempts = outcomes.attempts, last_error = outcomes.last_error, \
-                     next_attempt_at = outcomes.next_attempt_at, claimed_until = NULL, \
-                     updated_at = $1 \
-                     FROM unnest($3::text[], $4::timestamp[], $5::text[], $6::int8[], \
-                     $7::text[], $8::timestamp[]) AS outcomes \
-                     (id, claimed_until, status, attempts, last_error, next_attempt_at) \
-                     WHERE deliveries.id = outcomes.id AND deliveries.status = $2 \
-                     AND deliveries.claimed_until = outcomes.claimed_until",
+        let statements = outcomes
+            .iter()
+            .map(|outcome| {
+                update(
+                    deliveries::table,
+                    deliveries::id
+                        .eq(&outcome.id)
+                        .and(deliveries::status.eq(OPEN))
+                        .and(deliveries::claimed_until.eq(outcome.claimed_until)),
+                    (
+                        deliveries::status.eq(outcome.status.as_str()),
+                        deliveries::attempts.eq(outcome.attempts),
+                        deliveries::last_error.eq(&outcome.last_error),
+                        deliveries::next_attempt_at.eq(outcome.next_attempt_at),
+                        deliveries::claimed_until.eq(None::<NaiveDateTime>),
+                        deliveries::updated_at.eq(at),
+                    ),
                 )
-                .bind::<Timestamp, _>(at)
-                .bind::<Text, _>(OPEN)
-                .bind::<Array<Text>, _>(ids)
-                .bind::<Array<Timestamp>, _>(claims)
-                .bind::<Array<Text>, _>(statuses)
-                .bind::<Array<BigInt>, _>(attempts)
-                .bind::<Array<Nullable<Text>>, _>(errors)
-                .bind::<Array<Timestamp>, _>(next)
-                .execute(conn)?;
-                all_changed(changed, outcomes.len())
-            }
-            conn => update_each(conn, outcomes, |conn, outcome| {
-                settle_attempt(conn, outcome, at)
-            }),
-        }
+                .returning(deliveries::id)
+            })
+            .collect();
+        let settled: Vec<String> = update_all(conn, statements)?;
+        all_changed(settled.len(), outcomes.len())
     }
-}
-
-/// One attempt's outcome; answers the rows changed.
-fn settle_attempt(
-    conn: &mut DbConnection,
-    outcome: &AttemptOutcome,
-    at: NaiveDateTime,
-) -> QueryResult<usize> {
-    per_backend!(conn, |conn| {
-        update(
-            deliveries::table,
-            deliveries::id
-                .eq(&outcome.id)
-                .and(deliveries::status.eq(OPEN))
-                .and(deliveries::claimed_until.eq(outcome.claimed_until)),
-            (
-                deliveries::status.eq(outcome.status.as_str()),
-                deliveries::attempts.eq(outcome.attempts),
-                deliveries::last_error.eq(&outcome.last_error),
-                deliveries::next_attempt_at.eq(outcome.next_attempt_at),
-                deliveries::claimed_until.eq(None::<NaiveDateTime>),
-                deliveries::updated_at.eq(at),
-            ),
-        )
-        .execute(conn)
-    })
 }

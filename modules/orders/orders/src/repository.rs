@@ -1,10 +1,10 @@
 //! The orders module's queries, written once for both backends against `DbConnection`.
 
-use chassis::db::{DbConnection, DeferredUpdate, all_changed, update, update_each, utc_now};
+use chassis::db::{DbConnection, DeferredUpdate, all_changed, update, update_all, utc_now};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Nullable, Text, Timestamp};
+
 use orders_contract::{Money, Order, OrderLine, OrderStatus, RejectionReason};
 use uuid::Uuid;
 
@@ -342,57 +342,33 @@ impl SagaEnd {
 
 impl DeferredUpdate for SagaEnd {
     fn update_all(conn: &mut DbConnection, ends: &[Self]) -> QueryResult<()> {
-        match conn {
-            DbConnection::Postgres(conn) if ends.len() > 1 => {
-                // An earlier reason stands where this end decides none (`COALESCE`).
-                let ids: Vec<&str> = ends.iter().map(|end| end.id.as_str()).collect();
-                let owners: Vec<&str> = ends.iter().map(|end| end.owner.as_str()).collect();
-                let statuses: Vec<&str> = ends.iter().map(|end| end.status).collect();
-                let reasons: Vec<Option<&str>> = ends.iter().map(|end| end.reason).collect();
-                let ats: Vec<NaiveDateTime> = ends.iter().map(|end| end.at).collect();
-                let changed = diesel::sql_query(
-                    "UPDATE orders SET status = ends.status, saga_step = NULL, \
-                     saga_next_at = NULL, saga_owner = NULL, saga_lease_until = NULL, \
-                     saga_error = NULL, payment_token = NULL, updated_at = ends.at, \
-                     rejection_reason = COALESCE(ends.reason, orders.rejection_reason) \
-                     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
-                     $5::timestamp[]) AS ends (id, owner, status, reason, at) \
-                     WHERE orders.id = ends.id AND orders.saga_owner = ends.owner",
+        let statements = ends
+            .iter()
+            .map(|end| {
+                update(
+                    orders::table,
+                    orders::id
+                        .eq(&end.id)
+                        .and(orders::saga_owner.eq(&end.owner)),
+                    (
+                        orders::status.eq(end.status),
+                        orders::saga_step.eq(None::<String>),
+                        orders::saga_next_at.eq(None::<NaiveDateTime>),
+                        orders::saga_owner.eq(None::<String>),
+                        orders::saga_lease_until.eq(None::<NaiveDateTime>),
+                        orders::saga_error.eq(None::<String>),
+                        orders::payment_token.eq(None::<String>),
+                        orders::updated_at.eq(end.at),
+                        // Left out of the statement when `None`: an earlier reason stands.
+                        end.reason.map(|reason| orders::rejection_reason.eq(reason)),
+                    ),
                 )
-                .bind::<Array<Text>, _>(ids)
-                .bind::<Array<Text>, _>(owners)
-                .bind::<Array<Text>, _>(statuses)
-                .bind::<Array<Nullable<Text>>, _>(reasons)
-                .bind::<Array<Timestamp>, _>(ats)
-                .execute(conn)?;
-                all_changed(changed, ends.len())
-            }
-            conn => update_each(conn, ends, end_saga),
-        }
+                .returning(orders::id)
+            })
+            .collect();
+        let ended: Vec<String> = update_all(conn, statements)?;
+        all_changed(ended.len(), ends.len())
     }
-}
-
-/// One saga's end; answers the rows changed.
-fn end_saga(conn: &mut DbConnection, end: &SagaEnd) -> QueryResult<usize> {
-    per_backend!(conn, |c| update(
-        orders::table,
-        orders::id
-            .eq(&end.id)
-            .and(orders::saga_owner.eq(&end.owner)),
-        (
-            orders::status.eq(end.status),
-            orders::saga_step.eq(None::<String>),
-            orders::saga_next_at.eq(None::<NaiveDateTime>),
-            orders::saga_owner.eq(None::<String>),
-            orders::saga_lease_until.eq(None::<NaiveDateTime>),
-            orders::saga_error.eq(None::<String>),
-            orders::payment_token.eq(None::<String>),
-            orders::updated_at.eq(end.at),
-            // Left out of the statement when `None`: an earlier reason stands.
-            end.reason.map(|reason| orders::rejection_reason.eq(reason)),
-        ),
-    )
-    .execute(c))
 }
 
 /// Starts the cancellation of a confirmed order that has no saga work left.
