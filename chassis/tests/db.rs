@@ -703,6 +703,68 @@ async fn rows_left_to_a_batch_go_in_before_its_commit_on_postgres() {
     rows_left_to_a_batch_go_in_before_its_commit(Backend::Postgres).await;
 }
 
+#[derive(diesel::QueryableByName)]
+struct Rows {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    rows: i64,
+}
+
+/// A transaction's new rows of every kind and its events' outbox rows go in together: on
+/// PostgreSQL as one statement; on SQLite kind by kind, each row through its prepared
+/// one-row `INSERT`, the events in one.
+async fn new_rows_of_every_kind_and_events_go_in_together(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    let before = db.work_counts();
+    db.write_with_events(|_conn, at_commit| {
+        for id in ["a", "b"] {
+            at_commit.insert_at_commit(DeferredItem {
+                id: id.to_owned(),
+                n: 1,
+            });
+        }
+        at_commit.push(common::event("k", 1));
+        at_commit.push(common::event("k", 2));
+        Ok::<_, TestError>(())
+    })
+    .await
+    .expect("commits");
+    let after = db.work_counts();
+    let (rows, begin_and_commit) = match backend {
+        Backend::Postgres => (1, 2),
+        Backend::Sqlite => (2 + 1, 2),
+    };
+    assert_eq!(
+        after.statements - before.statements,
+        rows + begin_and_commit
+    );
+    assert_eq!(count_items(&db).await, 2);
+    let events: i64 = db
+        .read(|conn| {
+            chassis::per_backend!(conn, |conn| diesel::sql_query(
+                "SELECT count(*) AS rows FROM outbox"
+            )
+            .get_result::<Rows>(conn))
+            .map(|count| count.rows)
+            .map_err(TestError::from)
+        })
+        .await
+        .expect("reads");
+    assert_eq!(events, 2, "both events in the outbox");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_rows_of_every_kind_and_events_go_in_together_on_sqlite() {
+    new_rows_of_every_kind_and_events_go_in_together(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_rows_of_every_kind_and_events_go_in_together_on_postgres() {
+    new_rows_of_every_kind_and_events_go_in_together(Backend::Postgres).await;
+}
+
 /// Two writes of a batch leave rows with one key: the batch's insert fails, and every
 /// write runs again alone, so that the second is answered that the key is taken — as it
 /// would have been without the deferral — and the others commit once.

@@ -131,7 +131,9 @@ async fn an_order_costs_each_sqlite_database_a_pinned_number_of_statements_and_t
     let costs = cost_of_orders(&[], 4).await;
     // SQLite: the same statements as PostgreSQL's below, but for the relay's look at the
     // outbox's lock before each of its two claims (a SQLite file has one serving process,
-    // whose relay publishes its outbox). Each write here is alone, so a transaction of its
+    // whose relay publishes its outbox), and for a transaction's new rows, which SQLite
+    // inserts kind by kind (billing's payment and decision, invoice and outbox row;
+    // notifications' delivery and inbox record) where PostgreSQL sends one statement. Each write here is alone, so a transaction of its
     // own; under load the writes waiting for a database's writer share one `BEGIN` and
     // `COMMIT`.
     assert_costs(
@@ -159,27 +161,28 @@ async fn an_order_costs_each_postgres_database_a_pinned_number_of_round_trips_an
     //   INSERT reservation (its lines in its row; left to the end of the transaction),
     //   COMMIT; commit: BEGIN, UPDATE reservation … RETURNING its lines, UPDATE product,
     //   COMMIT.
-    // - billing 21: the pending payment: BEGIN, INSERT payment, INSERT the charge's
-    //   decision (which a void meets; left to the end of the transaction), COMMIT; the capture: BEGIN, UPDATE payment … RETURNING,
-    //   UPDATE counter … RETURNING, INSERT invoice, INSERT outbox, COMMIT; the relay:
-    //   BEGIN, SELECT the outbox's advisory lock (held already: the relay publishes the
+    // - billing 19: the pending payment: BEGIN, INSERT payment and the charge's decision
+    //   (which a void meets; left to the end of the transaction: one statement for the
+    //   new rows of every kind), COMMIT; the capture: BEGIN, UPDATE payment …
+    //   RETURNING, UPDATE counter … RETURNING, INSERT invoice and outbox (one statement),
+    //   COMMIT; the relay: BEGIN, SELECT the outbox's advisory lock (held already: the relay publishes the
     //   outbox), SELECT rows, COMMIT; BEGIN, UPDATE published, COMMIT; and a look for
     //   rows that waited behind the batch (BEGIN, SELECT the lock, SELECT rows, COMMIT).
     //   (A claim from the floor, once the outbox has a thousand rows, also looks for
     //   pending rows of its keys below it: not here.)
     // - orders 18: BEGIN, INSERT order (its lines in its row), COMMIT; BEGIN, UPDATE
     //   order … RETURNING, INSERT outbox, COMMIT; the relay's 11.
-    // - notifications 9: the webhooks, read for each of the two events; BEGIN, INSERT
-    //   delivery (doing nothing for a key already there), INSERT inbox (left to the end of
-    //   the transaction; a key already there rolls it back), COMMIT; BEGIN, the delivery's
+    // - notifications 8: the webhooks, read for each of the two events; BEGIN, INSERT
+    //   delivery and inbox record (left to the end of the transaction, one statement; a
+    //   key already there rolls it back), COMMIT; BEGIN, the delivery's
     //   UPDATE once sent, COMMIT. (The e-mail worker does not look
     //   for due deliveries after each e-mail: none were left for it.)
     assert_costs(
         &costs,
         &[
-            ("billing", 21, 5),
+            ("billing", 19, 5),
             ("catalog", 9, 2),
-            ("notifications", 9, 2),
+            ("notifications", 8, 2),
             ("orders", 18, 5),
         ],
     );

@@ -35,12 +35,67 @@ use super::{DbConnection, DbError};
 /// statement's bound values at the widths of the rows deferred (≤ 30 columns).
 const ROWS_PER_STATEMENT: usize = 100;
 
+/// Most parts one [`NewRows`] statement carries: each binds at most 5,000 values (a
+/// hundred rows of ≤ 30 columns, or a thousand outbox rows of 5), and PostgreSQL takes at
+/// most 65,535 in a statement.
+const PARTS_PER_STATEMENT: usize = 12;
+
 /// A row a write may leave to its batch (module docs): how to insert several at once.
 /// Implemented by [`deferred_row!`](crate::deferred_row), one line per kind of row.
 pub trait DeferredRow: Send + Sized + 'static {
-    /// Inserts `rows` (at most a hundred).
+    /// Inserts `rows` (at most a hundred): on SQLite, each through the one-row `INSERT`
+    /// the connection keeps prepared.
     fn insert_all(conn: &mut DbConnection, rows: &[Self]) -> diesel::QueryResult<()>;
+
+    /// The PostgreSQL `INSERT` of `rows` (at most a hundred), one part of the statement
+    /// that inserts the batch's new rows of every kind ([`NewRows`]).
+    fn insert_statement(rows: &[Self]) -> Box<dyn NewRowsPart + '_>;
 }
+
+/// An `INSERT` of one kind's rows, a part of [`NewRows`].
+pub trait NewRowsPart: diesel::query_builder::QueryFragment<diesel::pg::Pg> {}
+
+impl<T: diesel::query_builder::QueryFragment<diesel::pg::Pg>> NewRowsPart for T {}
+
+/// The batch's new rows of every kind, and its events' outbox rows, as one PostgreSQL
+/// statement: `WITH part0 AS (INSERT …), part1 AS (INSERT …) SELECT 1` — one round trip
+/// where a statement a kind cost one each (BENCHMARKS.md, thirteenth session); a single
+/// part is sent as it is. A key one part breaks fails the statement, and so the batch, as
+/// its own statement did. The server makes every part's rows at once: foreign keys are
+/// checked at the statement's end, so a kind's rows may refer to another kind's.
+pub(crate) struct NewRows<'a> {
+    parts: Vec<Box<dyn NewRowsPart + 'a>>,
+}
+
+impl diesel::query_builder::QueryId for NewRows<'_> {
+    type QueryId = ();
+    // Keyed by the rendered SQL, never by type.
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for NewRows<'_> {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()> {
+        if let [part] = self.parts.as_slice() {
+            return part.walk_ast(out);
+        }
+        out.push_sql("WITH ");
+        for (at, part) in self.parts.iter().enumerate() {
+            if at > 0 {
+                out.push_sql(", ");
+            }
+            out.push_sql(&format!("part{at} AS ("));
+            part.walk_ast(out.reborrow())?;
+            out.push_sql(")");
+        }
+        out.push_sql(" SELECT 1");
+        Ok(())
+    }
+}
+
+impl<Conn> diesel::RunQueryDsl<Conn> for NewRows<'_> {}
 
 /// Makes a row type a [`DeferredRow`] of a table: `deferred_row!(OrderRow => orders::table)`.
 ///
@@ -73,6 +128,13 @@ macro_rules! deferred_row {
                     }
                 }
                 Ok(())
+            }
+
+            fn insert_statement(rows: &[Self]) -> Box<dyn $crate::db::NewRowsPart + '_> {
+                match rows {
+                    [row] => Box::new(::diesel::insert_into($table).values(row)),
+                    rows => Box::new(::diesel::insert_into($table).values(rows)),
+                }
             }
         }
     };
@@ -161,12 +223,38 @@ impl DeferredWrites {
         self.groups.iter().map(|group| group.len()).sum()
     }
 
-    /// Applies every update, then inserts every row, kind by kind (module docs).
-    pub(crate) fn flush(&self, conn: &mut DbConnection) -> Result<(), DbError> {
+    /// Applies every update, kind by kind, then inserts every row and then `outbox`'s
+    /// (module docs): on PostgreSQL the rows of every kind in one statement ([`NewRows`]),
+    /// on SQLite kind by kind.
+    pub(crate) fn flush(
+        &self,
+        conn: &mut DbConnection,
+        outbox: &[crate::events::outbox::OutboxRow],
+    ) -> Result<(), DbError> {
         let (updates, inserts): (Vec<_>, Vec<_>) =
             self.groups.iter().partition(|group| group.is_update());
-        for group in updates.into_iter().chain(inserts) {
+        for group in updates {
             group.flush(conn)?;
+        }
+        match conn {
+            DbConnection::Postgres(pg) => {
+                let mut parts: Vec<Box<dyn NewRowsPart + '_>> = inserts
+                    .iter()
+                    .flat_map(|group| group.insert_statements())
+                    .collect();
+                parts.extend(crate::events::outbox::insert_statements(outbox));
+                while !parts.is_empty() {
+                    let rest = parts.split_off(parts.len().min(PARTS_PER_STATEMENT));
+                    diesel::RunQueryDsl::execute(NewRows { parts }, pg)?;
+                    parts = rest;
+                }
+            }
+            DbConnection::Sqlite(_) => {
+                for group in inserts {
+                    group.flush(conn)?;
+                }
+                crate::events::outbox::append(conn, outbox)?;
+            }
         }
         Ok(())
     }
@@ -181,6 +269,8 @@ trait Group: Send {
     fn len(&self) -> usize;
     fn is_update(&self) -> bool;
     fn flush(&self, conn: &mut DbConnection) -> Result<(), DbError>;
+    /// A kind of rows' parts of [`NewRows`]; none for updates.
+    fn insert_statements(&self) -> Vec<Box<dyn NewRowsPart + '_>>;
 }
 
 struct Rows<R>(Vec<R>);
@@ -213,6 +303,13 @@ impl<R: DeferredRow> Group for Rows<R> {
             R::insert_all(conn, chunk)?;
         }
         Ok(())
+    }
+
+    fn insert_statements(&self) -> Vec<Box<dyn NewRowsPart + '_>> {
+        self.0
+            .chunks(ROWS_PER_STATEMENT)
+            .map(R::insert_statement)
+            .collect()
     }
 }
 
@@ -249,6 +346,10 @@ impl<U: DeferredUpdate> Group for Updates<U> {
             })?;
         }
         Ok(())
+    }
+
+    fn insert_statements(&self) -> Vec<Box<dyn NewRowsPart + '_>> {
+        Vec::new()
     }
 }
 

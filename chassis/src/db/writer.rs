@@ -641,8 +641,9 @@ fn run_writes<'a>(
             Ran::Panicked => return Err(Ended::Failed { at, panicked: true }),
         }
     }
-    left.deferred.flush(conn).map_err(Ended::DeferredFailed)?;
-    outbox::append(conn, &left.raised).map_err(Ended::NotCommitted)
+    left.deferred
+        .flush(conn, &left.raised)
+        .map_err(Ended::DeferredFailed)
 }
 
 /// The error a batch's failure gives each write in it.

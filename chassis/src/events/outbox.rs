@@ -130,7 +130,8 @@ impl Events {
 }
 
 /// An event encoded for the outbox, waiting for its batch's insert.
-#[derive(Debug)]
+#[derive(Debug, Insertable)]
+#[diesel(table_name = outbox)]
 pub(crate) struct OutboxRow {
     event_id: String,
     event_type: String,
@@ -182,6 +183,16 @@ pub(crate) fn append(conn: &mut DbConnection, rows: &[OutboxRow]) -> Result<(), 
             .execute(conn))?;
     }
     Ok(())
+}
+
+/// The PostgreSQL `INSERT`s of the rows the writes of one batch raised, in their order:
+/// parts of the statement that inserts the batch's new rows (`chassis::db::deferred`).
+pub(crate) fn insert_statements(rows: &[OutboxRow]) -> Vec<Box<dyn crate::db::NewRowsPart + '_>> {
+    rows.chunks(ROWS_PER_INSERT)
+        .map(|chunk| -> Box<dyn crate::db::NewRowsPart + '_> {
+            Box::new(diesel::insert_into(outbox::table).values(chunk))
+        })
+        .collect()
 }
 
 /// How often a relay deletes what the retention no longer keeps.
