@@ -1,6 +1,7 @@
 //! Writes a write leaves to its batch: rows of one kind inserted, or rows of one kind
 //! updated, from every write of a batch, together just before the batch commits — on
-//! PostgreSQL in one statement a kind ([`Events::insert_at_commit`](crate::events::Events::insert_at_commit),
+//! PostgreSQL the updates in one statement a kind, the new rows of every kind and the
+//! outbox's in one ([`Events::insert_at_commit`](crate::events::Events::insert_at_commit),
 //! [`Events::update_at_commit`](crate::events::Events::update_at_commit)) — in every
 //! transaction the writer runs, a write's alone too.
 //!
@@ -99,9 +100,9 @@ impl<Conn> diesel::RunQueryDsl<Conn> for NewRows<'_> {}
 
 /// Makes a row type a [`DeferredRow`] of a table: `deferred_row!(OrderRow => orders::table)`.
 ///
-/// On PostgreSQL the rows go in one multi-row `INSERT` — one round trip for the batch's
-/// rows of the kind (diesel prepares a statement of a varying number of rows anew each
-/// time; one round trip still). On SQLite, where there is no round trip to save, each row
+/// On PostgreSQL the rows go in one multi-row `INSERT`, a part of the one statement that
+/// inserts the batch's new rows of every kind ([`NewRows`]): one round trip for them all
+/// (diesel prepares a statement of a varying number of rows anew each time). On SQLite, where there is no round trip to save, each row
 /// goes in through the one-row `INSERT` the connection keeps prepared, cheaper there than
 /// parsing a multi-row statement every batch. A single row is the prepared one-row
 /// `INSERT` on both.

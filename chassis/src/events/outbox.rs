@@ -163,7 +163,8 @@ pub(crate) fn encode(events: Vec<Envelope>) -> Result<Vec<OutboxRow>, DbError> {
 const ROWS_PER_INSERT: usize = 1000;
 
 /// Writes the rows the writes of one batch raised, in their order, on `conn`, inside the
-/// batch's transaction: one multi-row `INSERT` for the batch, not one per write.
+/// batch's transaction: one multi-row `INSERT` for the batch, not one per write. (On
+/// PostgreSQL they go with the batch's new rows instead: [`insert_statements`].)
 pub(crate) fn append(conn: &mut DbConnection, rows: &[OutboxRow]) -> Result<(), DbError> {
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let values: Vec<_> = chunk
