@@ -82,15 +82,7 @@ impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for NewRows<'_> {
         if let [part] = self.parts.as_slice() {
             return part.walk_ast(out);
         }
-        out.push_sql("WITH ");
-        for (at, part) in self.parts.iter().enumerate() {
-            if at > 0 {
-                out.push_sql(", ");
-            }
-            out.push_sql(&format!("part{at} AS ("));
-            part.walk_ast(out.reborrow())?;
-            out.push_sql(")");
-        }
+        super::update::push_parts(out.reborrow(), self.parts.iter().map(|part| &**part))?;
         out.push_sql(" SELECT 1");
         Ok(())
     }
@@ -102,10 +94,10 @@ impl<Conn> diesel::RunQueryDsl<Conn> for NewRows<'_> {}
 ///
 /// On PostgreSQL the rows go in one multi-row `INSERT`, a part of the one statement that
 /// inserts the batch's new rows of every kind ([`NewRows`]): one round trip for them all
-/// (diesel prepares a statement of a varying number of rows anew each time). On SQLite, where there is no round trip to save, each row
-/// goes in through the one-row `INSERT` the connection keeps prepared, cheaper there than
-/// parsing a multi-row statement every batch. A single row is the prepared one-row
-/// `INSERT` on both.
+/// (diesel prepares a statement of a varying number of rows anew each time). On SQLite,
+/// where there is no round trip to save, each row goes in through the one-row `INSERT`
+/// the connection keeps prepared, cheaper there than parsing a multi-row statement every
+/// batch.
 #[macro_export]
 macro_rules! deferred_row {
     ($row:ty => $table:path) => {

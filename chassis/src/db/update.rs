@@ -171,15 +171,7 @@ impl<Q: QueryFragment<diesel::pg::Pg>> QueryFragment<diesel::pg::Pg> for Togethe
         if self.parts.len() > KEPT_TOGETHER {
             out.unsafe_to_cache_prepared();
         }
-        out.push_sql("WITH ");
-        for (at, part) in self.parts.iter().enumerate() {
-            if at > 0 {
-                out.push_sql(", ");
-            }
-            out.push_sql(&format!("part{at} AS ("));
-            part.walk_ast(out.reborrow())?;
-            out.push_sql(")");
-        }
+        push_parts(out.reborrow(), self.parts.iter())?;
         for at in 0..self.parts.len() {
             out.push_sql(if at == 0 {
                 " SELECT * FROM "
@@ -190,6 +182,27 @@ impl<Q: QueryFragment<diesel::pg::Pg>> QueryFragment<diesel::pg::Pg> for Togethe
         }
         Ok(())
     }
+}
+
+/// `WITH part0 AS (…), part1 AS (…), …`: the statements `parts` named for the rest of
+/// one statement ([`Together`], and the batch's new rows, `NewRows`).
+pub(crate) fn push_parts<'b, P>(
+    mut out: AstPass<'_, 'b, diesel::pg::Pg>,
+    parts: impl Iterator<Item = &'b P>,
+) -> QueryResult<()>
+where
+    P: QueryFragment<diesel::pg::Pg> + ?Sized + 'b,
+{
+    out.push_sql("WITH ");
+    for (at, part) in parts.enumerate() {
+        if at > 0 {
+            out.push_sql(", ");
+        }
+        out.push_sql(&format!("part{at} AS ("));
+        part.walk_ast(out.reborrow())?;
+        out.push_sql(")");
+    }
+    Ok(())
 }
 
 impl<Q: diesel::query_builder::Query> diesel::query_builder::Query for Together<Q> {
