@@ -9,7 +9,6 @@ use chassis::db::{DbConnection, DeferredUpdate, all_changed, update, update_all}
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-
 use uuid::Uuid;
 
 use crate::domain::Invoice;

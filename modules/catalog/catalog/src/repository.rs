@@ -14,7 +14,6 @@ use chassis::db::{DbConnection, DeferredRow, DeferredUpdate, all_changed, update
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-
 use uuid::Uuid;
 
 use crate::domain::falls_low;

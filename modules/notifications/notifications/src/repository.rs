@@ -10,7 +10,6 @@ use chassis::db::{DbConnection, DeferredUpdate, all_changed, update, update_all}
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-
 use notifications_contract::{Channel, Delivery, DeliveryStatus, Webhook};
 use uuid::Uuid;
 

@@ -4,7 +4,6 @@ use chassis::db::{DbConnection, DeferredUpdate, all_changed, update, update_all,
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-
 use orders_contract::{Money, Order, OrderLine, OrderStatus, RejectionReason};
 use uuid::Uuid;
 
