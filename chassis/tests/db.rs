@@ -590,10 +590,11 @@ async fn writes_waiting_together_commit_in_one_transaction_on_postgres() {
     writes_waiting_together_commit_in_one_transaction(Backend::Postgres).await;
 }
 
+/// What a `SELECT count(*) AS count …` answers.
 #[derive(QueryableByName)]
-struct Open {
+struct Count {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
-    open: i64,
+    count: i64,
 }
 
 /// PostgreSQL only: a transaction is begun ahead with a commit only for a write already
@@ -610,15 +611,15 @@ async fn a_writer_with_nothing_waiting_leaves_no_transaction_open_on_postgres() 
     assert!(answers.iter().all(Result::is_ok), "{answers:?}");
     let open = db
         .read(|conn| {
-            let query = "SELECT count(*) AS open FROM pg_stat_activity \
+            let query = "SELECT count(*) AS count FROM pg_stat_activity \
                          WHERE datname = current_database() AND state LIKE 'idle in transaction%'";
             chassis::per_backend!(conn, |conn| diesel::sql_query(query)
-                .get_result::<Open>(conn))
+                .get_result::<Count>(conn))
             .map_err(DbError::from)
         })
         .await
         .expect("reads");
-    assert_eq!(open.open, 0, "connections idle in a transaction");
+    assert_eq!(open.count, 0, "connections idle in a transaction");
     assert_eq!(count_items(&db).await, 7, "the holder's item and the six");
 }
 
@@ -703,12 +704,6 @@ async fn rows_left_to_a_batch_go_in_before_its_commit_on_postgres() {
     rows_left_to_a_batch_go_in_before_its_commit(Backend::Postgres).await;
 }
 
-#[derive(diesel::QueryableByName)]
-struct Rows {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    rows: i64,
-}
-
 /// A transaction's new rows of every kind and its events' outbox rows go in together: on
 /// PostgreSQL as one statement; on SQLite kind by kind, each row through its prepared
 /// one-row `INSERT`, the events in one.
@@ -744,10 +739,10 @@ async fn new_rows_of_every_kind_and_events_go_in_together(backend: Backend) {
     let events: i64 = db
         .read(|conn| {
             chassis::per_backend!(conn, |conn| diesel::sql_query(
-                "SELECT count(*) AS rows FROM outbox"
+                "SELECT count(*) AS count FROM outbox"
             )
-            .get_result::<Rows>(conn))
-            .map(|count| count.rows)
+            .get_result::<Count>(conn))
+            .map(|events| events.count)
             .map_err(TestError::from)
         })
         .await

@@ -272,9 +272,9 @@ pub struct OutboxRelay {
     bus: Arc<dyn EventBus>,
     settings: RelaySettings,
     /// Where the claims after a wake-up start looking (`seq >=`): [`SCAN_SLACK`] below the
-    /// first row the last claim found. Below it lie published rows and rows other relays
-    /// hold — on PostgreSQL, until a vacuum, a trail of dead entries in the index of
-    /// pending rows that a claim from the start would walk every time (BENCHMARKS.md,
+    /// first row the last claim found. Below it lie published rows and rows in flight — on
+    /// PostgreSQL, until a vacuum, a trail of dead entries in the index of pending rows
+    /// that a claim from the start would walk every time (BENCHMARKS.md,
     /// "Orders on PostgreSQL"). The safety-net poll claims from the start, so a row below
     /// it (one that committed late, or one another relay left unpublished when its session
     /// ended) waits at most `poll_interval`.
@@ -451,7 +451,7 @@ impl OutboxRelay {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Gives the rows of a batch back: they may be claimed again.
+    /// Forgets the rows of a batch, marked sent or given back to be claimed again.
     fn settled(&self, seqs: &[i64]) {
         let mut in_flight = self.in_flight();
         for &seq in seqs {
