@@ -631,7 +631,8 @@ struct DeferredItem {
     n: i64,
 }
 
-chassis::deferred_row!(DeferredItem => common::items::table);
+use common::items;
+chassis::deferred_row!(DeferredItem => items { id, n });
 
 /// Six writes in one batch, the `n`-th leaving the item `ids[n]` to it: what each
 /// answered (whether its item went in, or its key was taken: the write's answer) and how
@@ -758,6 +759,81 @@ async fn new_rows_of_every_kind_and_events_go_in_together_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_rows_of_every_kind_and_events_go_in_together_on_postgres() {
     new_rows_of_every_kind_and_events_go_in_together(Backend::Postgres).await;
+}
+
+/// On PostgreSQL a batch's new rows are one statement whose text does not depend on how
+/// many rows there are (`chassis::db::InsertColumns`): batches of two, three and five
+/// items, with one, two and three events, all run the one statement the connection keeps
+/// prepared, and the outbox holds the events in the order they were raised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batchs_new_rows_run_one_statement_kept_prepared_whatever_their_number_on_postgres() {
+    let Some(test_db) = TestDatabase::new(Backend::Postgres) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    let mut raised = 0;
+    for (batch, items) in [2, 3, 5].into_iter().enumerate() {
+        let first_event = raised;
+        raised += batch + 1;
+        db.write_with_events(move |_conn, at_commit| {
+            for item in 0..items {
+                at_commit.insert_at_commit(DeferredItem {
+                    id: format!("b{batch}-{item}"),
+                    n: 1,
+                });
+            }
+            for n in first_event..first_event + batch + 1 {
+                at_commit.push(common::event("k", n));
+            }
+            Ok::<_, TestError>(())
+        })
+        .await
+        .expect("commits");
+    }
+    // The writer's session: the one that ran the inserts.
+    let kept: Vec<Kept> = db
+        .write(|conn| {
+            let query = "SELECT ((length(statement) - length(replace(statement, ' AS (', ''))) / 5)::bigint \
+                         AS parts, generic_plans + custom_plans AS runs \
+                         FROM pg_prepared_statements WHERE statement LIKE 'WITH part0 AS (INSERT %'";
+            chassis::per_backend!(conn, |conn| diesel::sql_query(query).load(conn))
+                .map_err(DbError::from)
+        })
+        .await
+        .expect("reads");
+    assert_eq!(
+        kept,
+        [Kept { parts: 2, runs: 3 }],
+        "one statement (the items and the events) for the three batches"
+    );
+    assert_eq!(count_items(&db).await, 10);
+    let payloads: Vec<String> = db
+        .read(|conn| outbox_envelopes_in_order(conn).map_err(TestError::from))
+        .await
+        .expect("reads");
+    let numbers: Vec<u64> = payloads
+        .iter()
+        .map(|envelope| {
+            let envelope: serde_json::Value = serde_json::from_str(envelope).expect("JSON");
+            envelope["payload"]["n"].as_u64().expect("a number")
+        })
+        .collect();
+    assert_eq!(
+        numbers,
+        (0..raised as u64).collect::<Vec<_>>(),
+        "in order raised"
+    );
+}
+
+fn outbox_envelopes_in_order(conn: &mut DbConnection) -> QueryResult<Vec<String>> {
+    #[derive(diesel::QueryableByName)]
+    struct Envelope {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        envelope: String,
+    }
+    let query = diesel::sql_query("SELECT envelope FROM outbox ORDER BY seq");
+    let rows: Vec<Envelope> = chassis::per_backend!(conn, |conn| query.load(conn))?;
+    Ok(rows.into_iter().map(|row| row.envelope).collect())
 }
 
 /// Two writes of a batch leave rows with one key: the batch's insert fails, and every

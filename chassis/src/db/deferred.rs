@@ -32,24 +32,21 @@ use std::any::{Any, TypeId};
 
 use super::{DbConnection, DbError};
 
-/// Most rows one deferred statement carries: far below either backend's limit on a
-/// statement's bound values at the widths of the rows deferred (≤ 30 columns).
+/// Most rows one call of a kind's `insert_all` or `update_all` takes (on PostgreSQL the
+/// batch's new rows go in as one statement of arrays, [`InsertColumns`], whatever their
+/// number): far below either backend's limit on a statement's bound values at the widths
+/// of the rows deferred (≤ 30 columns).
 const ROWS_PER_STATEMENT: usize = 100;
-
-/// Most parts one [`NewRows`] statement carries: each binds at most 5,000 values (a
-/// hundred rows of ≤ 30 columns, or a thousand outbox rows of 5), and PostgreSQL takes at
-/// most 65,535 in a statement.
-const PARTS_PER_STATEMENT: usize = 12;
 
 /// A row a write may leave to its batch (module docs): how to insert several at once.
 /// Implemented by [`deferred_row!`](crate::deferred_row), one line per kind of row.
 pub trait DeferredRow: Send + Sized + 'static {
     /// Inserts `rows` (at most a hundred): on SQLite, each through the one-row `INSERT`
-    /// the connection keeps prepared.
+    /// the connection keeps prepared; on PostgreSQL as [`InsertColumns`].
     fn insert_all(conn: &mut DbConnection, rows: &[Self]) -> diesel::QueryResult<()>;
 
-    /// The PostgreSQL `INSERT` of `rows` (at most a hundred), one part of the statement
-    /// that inserts the batch's new rows of every kind ([`NewRows`]).
+    /// The PostgreSQL `INSERT` of `rows`, one part of the statement that inserts the
+    /// batch's new rows of every kind ([`NewRows`]).
     fn insert_statement(rows: &[Self]) -> Box<dyn NewRowsPart + '_>;
 }
 
@@ -90,17 +87,20 @@ impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for NewRows<'_> {
 
 impl<Conn> diesel::RunQueryDsl<Conn> for NewRows<'_> {}
 
-/// Makes a row type a [`DeferredRow`] of a table: `deferred_row!(OrderRow => orders::table)`.
+/// Makes a row type a [`DeferredRow`] of a table, naming the table's module and the
+/// columns the row sets (each a field of the row of the same name):
+/// `deferred_row!(OrderRow => orders { id, status, total_amount })`.
 ///
-/// On PostgreSQL the rows go in one multi-row `INSERT`, a part of the one statement that
-/// inserts the batch's new rows of every kind ([`NewRows`]): one round trip for them all
-/// (diesel prepares a statement of a varying number of rows anew each time). On SQLite,
+/// On PostgreSQL the rows go in as one `INSERT … SELECT * FROM unnest(…)` binding each
+/// column as an array ([`InsertColumns`]), a part of the one statement that inserts the
+/// batch's new rows of every kind ([`NewRows`]): one round trip for them all, in a text that
+/// does not depend on the number of rows, so the connection keeps it prepared. On SQLite,
 /// where there is no round trip to save, each row goes in through the one-row `INSERT`
 /// the connection keeps prepared, cheaper there than parsing a multi-row statement every
 /// batch.
 #[macro_export]
 macro_rules! deferred_row {
-    ($row:ty => $table:path) => {
+    ($row:ty => $table:ident { $($column:ident),+ $(,)? }) => {
         impl $crate::db::DeferredRow for $row {
             fn insert_all(
                 conn: &mut $crate::db::DbConnection,
@@ -109,14 +109,14 @@ macro_rules! deferred_row {
                 use ::diesel::RunQueryDsl as _;
                 match (conn, rows) {
                     ($crate::db::DbConnection::Postgres(conn), [row]) => {
-                        ::diesel::insert_into($table).values(row).execute(conn)?;
+                        ::diesel::insert_into($table::table).values(row).execute(conn)?;
                     }
                     ($crate::db::DbConnection::Postgres(conn), rows) => {
-                        ::diesel::insert_into($table).values(rows).execute(conn)?;
+                        $crate::insert_columns!(rows => $table { $($column),+ }).execute(conn)?;
                     }
                     ($crate::db::DbConnection::Sqlite(conn), rows) => {
                         for row in rows {
-                            ::diesel::insert_into($table).values(row).execute(conn)?;
+                            ::diesel::insert_into($table::table).values(row).execute(conn)?;
                         }
                     }
                 }
@@ -124,14 +124,148 @@ macro_rules! deferred_row {
             }
 
             fn insert_statement(rows: &[Self]) -> Box<dyn $crate::db::NewRowsPart + '_> {
-                match rows {
-                    [row] => Box::new(::diesel::insert_into($table).values(row)),
-                    rows => Box::new(::diesel::insert_into($table).values(rows)),
-                }
+                Box::new($crate::insert_columns!(rows => $table { $($column),+ }))
             }
         }
     };
 }
+
+/// The [`InsertColumns`] of `rows` into `table`'s `columns` (each a field of the rows of
+/// the same name): `insert_columns!(rows => outbox { event_id, envelope })`.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! insert_columns {
+    ($rows:expr => $table:ident { $($column:ident),+ }) => {
+        $crate::db::InsertColumns::new(
+            $table::table,
+            ::std::vec![$(
+                $crate::db::insert_column::<<$table::$column as ::diesel::Expression>::SqlType, _>(
+                    <$table::$column as ::diesel::Column>::NAME,
+                    $rows.iter().map(|row| &row.$column).collect(),
+                )
+            ),+],
+        )
+    };
+}
+
+/// New rows of one table as one PostgreSQL statement whose text does not depend on how
+/// many there are: `INSERT INTO t (a, b) SELECT * FROM unnest($1, $2)`, each column bound
+/// as one array. A multi-row `VALUES` list is a new text for every number of rows, which
+/// the server parses and plans on every execution (most of the planning an order cost,
+/// BENCHMARKS.md, fourteenth session); this text the connection keeps prepared, and its
+/// plan (a function scan feeding the insert, no table read) is right whatever the tables
+/// hold. Built by [`deferred_row!`](crate::deferred_row).
+pub struct InsertColumns<'a, T> {
+    table: T,
+    columns: Vec<(&'static str, Box<dyn ColumnArray + 'a>)>,
+}
+
+impl<'a, T> InsertColumns<'a, T> {
+    #[doc(hidden)]
+    pub fn new(table: T, columns: Vec<(&'static str, Box<dyn ColumnArray + 'a>)>) -> Self {
+        Self { table, columns }
+    }
+}
+
+impl<T> std::fmt::Debug for InsertColumns<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InsertColumns")
+            .field(
+                "columns",
+                &self
+                    .columns
+                    .iter()
+                    .map(|(name, _)| name)
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// One column of [`InsertColumns`], named `name`, of SQL type `ST`: its value in every row.
+#[doc(hidden)]
+pub fn insert_column<'a, ST, V>(
+    name: &'static str,
+    values: Vec<&'a V>,
+) -> (&'static str, Box<dyn ColumnArray + 'a>)
+where
+    ST: 'static,
+    diesel::pg::Pg: diesel::sql_types::HasSqlType<ST>,
+    V: diesel::serialize::ToSql<ST, diesel::pg::Pg> + std::fmt::Debug + 'a,
+{
+    (
+        name,
+        Box::new(Column::<ST, V> {
+            values,
+            sql_type: std::marker::PhantomData,
+        }),
+    )
+}
+
+/// A column of [`InsertColumns`]: its values bound as one array.
+#[doc(hidden)]
+pub trait ColumnArray {
+    fn push_bind<'b>(
+        &'b self,
+        out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()>;
+}
+
+struct Column<'a, ST, V> {
+    values: Vec<&'a V>,
+    sql_type: std::marker::PhantomData<ST>,
+}
+
+impl<ST, V> ColumnArray for Column<'_, ST, V>
+where
+    ST: 'static,
+    diesel::pg::Pg: diesel::sql_types::HasSqlType<ST>,
+    V: diesel::serialize::ToSql<ST, diesel::pg::Pg> + std::fmt::Debug,
+{
+    fn push_bind<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()> {
+        out.push_bind_param::<diesel::sql_types::Array<ST>, _>(&self.values)
+    }
+}
+
+impl<T> diesel::query_builder::QueryId for InsertColumns<'_, T> {
+    type QueryId = ();
+    // Keyed by the rendered SQL, never by type.
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<T> diesel::query_builder::QueryFragment<diesel::pg::Pg> for InsertColumns<'_, T>
+where
+    T: diesel::query_builder::QueryFragment<diesel::pg::Pg>,
+{
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()> {
+        out.push_sql("INSERT INTO ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(" (");
+        for (at, (name, _)) in self.columns.iter().enumerate() {
+            if at > 0 {
+                out.push_sql(", ");
+            }
+            out.push_identifier(name)?;
+        }
+        out.push_sql(") SELECT * FROM unnest(");
+        for (at, (_, values)) in self.columns.iter().enumerate() {
+            if at > 0 {
+                out.push_sql(", ");
+            }
+            values.push_bind(out.reborrow())?;
+        }
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
+impl<T, Conn> diesel::RunQueryDsl<Conn> for InsertColumns<'_, T> {}
 
 /// A change of a row a write may leave to its batch (module docs): how to apply several at
 /// once. Typically a delta or a conditional move keyed by the row's id; the kind merges
@@ -231,15 +365,15 @@ impl DeferredWrites {
         }
         match conn {
             DbConnection::Postgres(pg) => {
-                let mut parts: Vec<Box<dyn NewRowsPart + '_>> = inserts
+                // A part binds an array a column: however many rows and kinds, the
+                // statement stays far below PostgreSQL's 65,535 bound values.
+                let parts: Vec<Box<dyn NewRowsPart + '_>> = inserts
                     .iter()
-                    .flat_map(|group| group.insert_statements())
+                    .filter_map(|group| group.insert_statement())
+                    .chain(crate::events::outbox::insert_statement(outbox))
                     .collect();
-                parts.extend(crate::events::outbox::insert_statements(outbox));
-                while !parts.is_empty() {
-                    let rest = parts.split_off(parts.len().min(PARTS_PER_STATEMENT));
+                if !parts.is_empty() {
                     diesel::RunQueryDsl::execute(NewRows { parts }, pg)?;
-                    parts = rest;
                 }
             }
             DbConnection::Sqlite(_) => {
@@ -262,8 +396,8 @@ trait Group: Send {
     fn len(&self) -> usize;
     fn is_update(&self) -> bool;
     fn flush(&self, conn: &mut DbConnection) -> Result<(), DbError>;
-    /// A kind of rows' parts of [`NewRows`]; none for updates.
-    fn insert_statements(&self) -> Vec<Box<dyn NewRowsPart + '_>>;
+    /// A kind of rows' part of [`NewRows`]; none for updates.
+    fn insert_statement(&self) -> Option<Box<dyn NewRowsPart + '_>>;
 }
 
 struct Rows<R>(Vec<R>);
@@ -298,11 +432,8 @@ impl<R: DeferredRow> Group for Rows<R> {
         Ok(())
     }
 
-    fn insert_statements(&self) -> Vec<Box<dyn NewRowsPart + '_>> {
-        self.0
-            .chunks(ROWS_PER_STATEMENT)
-            .map(R::insert_statement)
-            .collect()
+    fn insert_statement(&self) -> Option<Box<dyn NewRowsPart + '_>> {
+        Some(R::insert_statement(&self.0))
     }
 }
 
@@ -341,8 +472,8 @@ impl<U: DeferredUpdate> Group for Updates<U> {
         Ok(())
     }
 
-    fn insert_statements(&self) -> Vec<Box<dyn NewRowsPart + '_>> {
-        Vec::new()
+    fn insert_statement(&self) -> Option<Box<dyn NewRowsPart + '_>> {
+        None
     }
 }
 

@@ -48,7 +48,10 @@ mod update;
 mod writer;
 
 pub(crate) use deferred::DeferredWrites;
-pub use deferred::{DeferredRow, DeferredUpdate, NewRowsPart, TransactionMemo, all_changed};
+pub use deferred::{
+    ColumnArray, DeferredRow, DeferredUpdate, InsertColumns, NewRowsPart, TransactionMemo,
+    all_changed, insert_column,
+};
 pub use update::{KEPT_TOGETHER, Together, Update, UpdateReturning, update, update_all};
 
 use writer::Writer;

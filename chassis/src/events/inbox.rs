@@ -111,4 +111,4 @@ struct InboxRecord {
     handled_at: chrono::NaiveDateTime,
 }
 
-crate::deferred_row!(InboxRecord => inbox::table);
+crate::deferred_row!(InboxRecord => inbox { consumer, event_id, handled_at });

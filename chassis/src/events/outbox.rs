@@ -164,7 +164,7 @@ const ROWS_PER_INSERT: usize = 1000;
 
 /// Writes the rows the writes of one batch raised, in their order, on `conn`, inside the
 /// batch's transaction: one multi-row `INSERT` for the batch, not one per write. (On
-/// PostgreSQL they go with the batch's new rows instead: [`insert_statements`].)
+/// PostgreSQL they go with the batch's new rows instead: [`insert_statement`].)
 pub(crate) fn append(conn: &mut DbConnection, rows: &[OutboxRow]) -> Result<(), DbError> {
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let values: Vec<_> = chunk
@@ -186,14 +186,15 @@ pub(crate) fn append(conn: &mut DbConnection, rows: &[OutboxRow]) -> Result<(), 
     Ok(())
 }
 
-/// The PostgreSQL `INSERT`s of the rows the writes of one batch raised, in their order:
-/// parts of the statement that inserts the batch's new rows (`chassis::db::deferred`).
-pub(crate) fn insert_statements(rows: &[OutboxRow]) -> Vec<Box<dyn crate::db::NewRowsPart + '_>> {
-    rows.chunks(ROWS_PER_INSERT)
-        .map(|chunk| -> Box<dyn crate::db::NewRowsPart + '_> {
-            Box::new(diesel::insert_into(outbox::table).values(chunk))
-        })
-        .collect()
+/// The PostgreSQL `INSERT` of the rows the writes of one batch raised, in their order (the
+/// sequence follows the arrays' order): a part of the statement that inserts the batch's
+/// new rows (`chassis::db::deferred`); none when they raised nothing.
+pub(crate) fn insert_statement(rows: &[OutboxRow]) -> Option<Box<dyn crate::db::NewRowsPart + '_>> {
+    (!rows.is_empty()).then(|| -> Box<dyn crate::db::NewRowsPart + '_> {
+        Box::new(crate::insert_columns!(rows => outbox {
+            event_id, event_type, event_key, occurred_at, envelope
+        }))
+    })
 }
 
 /// How often a relay deletes what the retention no longer keeps.

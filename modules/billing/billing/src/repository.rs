@@ -139,7 +139,10 @@ pub(crate) struct PendingPayment {
     updated_at: NaiveDateTime,
 }
 
-chassis::deferred_row!(PendingPayment => payments::table);
+chassis::deferred_row!(PendingPayment => payments {
+    id, order_id, amount, currency, customer_email, status, refunded_amount,
+    attempt_started_at, created_at, updated_at
+});
 
 impl PendingPayment {
     pub(crate) fn new(
@@ -192,7 +195,7 @@ pub(crate) struct ChargeDecision {
     decided_at: NaiveDateTime,
 }
 
-chassis::deferred_row!(ChargeDecision => charge_decisions::table);
+chassis::deferred_row!(ChargeDecision => charge_decisions { order_id, decision, decided_at });
 
 const CHARGE: &str = "charge";
 const VOID: &str = "void";
@@ -548,7 +551,9 @@ impl InvoiceRow {
     }
 }
 
-chassis::deferred_row!(InvoiceRow => invoices::table);
+chassis::deferred_row!(InvoiceRow => invoices {
+    id, number, payment_id, order_id, amount, currency, issued_at
+});
 
 pub(crate) fn find_invoice(conn: &mut DbConnection, id: Uuid) -> QueryResult<Option<InvoiceRow>> {
     per_backend!(conn, |conn| {

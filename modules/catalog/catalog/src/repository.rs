@@ -461,7 +461,9 @@ impl NewReservation {
 }
 
 // A new reservation may be inserted at its batch's commit, with the batch's others.
-chassis::deferred_row!(NewReservation => reservations::table);
+chassis::deferred_row!(NewReservation => reservations {
+    order_id, status, created_at, updated_at, lines
+});
 
 /// A reservation's move from one status to another, with the stock its lines move, left
 /// to the batch (`Events::update_at_commit`): on PostgreSQL the moves of a batch are one

@@ -185,7 +185,11 @@ impl NewDelivery {
 
 // A delivery may be left to its batch: one already there with its `dedup_key` then breaks
 // the key at the batch's end, and its event is recorded again with `insert_delivery`.
-chassis::deferred_row!(NewDelivery => deliveries::table);
+chassis::deferred_row!(NewDelivery => deliveries {
+    id, dedup_key, event_id, event_type, order_id, channel, recipient, template, webhook_id,
+    subject, text_body, html_body, payload, status, attempts, next_attempt_at, claimed_until,
+    created_at, updated_at
+});
 
 /// Records a delivery unless one with its `dedup_key` exists; answers whether it did.
 pub(crate) fn insert_delivery(conn: &mut DbConnection, new: &NewDelivery) -> QueryResult<bool> {

@@ -113,7 +113,11 @@ impl OrderRow {
 
 // A new order, its lines in its row (`order.lines`), is inserted at its batch's commit,
 // with the batch's other new orders.
-chassis::deferred_row!(OrderRow => orders::table);
+chassis::deferred_row!(OrderRow => orders {
+    id, status, customer_email, total_amount, currency, rejection_reason, payment_token,
+    saga_step, saga_attempts, saga_next_at, saga_deadline, saga_owner, saga_lease_until,
+    saga_error, created_at, updated_at, lines
+});
 
 /// An idempotency key stored with its order (inserted after the batch's new orders, which
 /// it refers to).
@@ -137,7 +141,9 @@ impl IdempotencyKeyRow {
     }
 }
 
-chassis::deferred_row!(IdempotencyKeyRow => idempotency_keys::table);
+chassis::deferred_row!(IdempotencyKeyRow => idempotency_keys {
+    idempotency_key, request_hash, order_id, created_at
+});
 
 /// The order and request fingerprint stored under an idempotency key.
 pub(crate) fn find_idempotency_key(
