@@ -6,7 +6,7 @@
 mod common;
 
 use chassis::config::DatabaseUrl;
-use chassis::db::{Backend, Database, DbConnection, DbError, PoolOptions};
+use chassis::db::{Backend, Database, DbConnection, DbError, PoolOptions, Riders};
 use chassis::events::Events;
 use chassis::testing::{TestDatabase, racing_instances};
 use common::{
@@ -878,7 +878,11 @@ struct AddToItem {
 }
 
 impl chassis::db::DeferredUpdate for AddToItem {
-    fn update_all(conn: &mut DbConnection, adds: &[Self]) -> QueryResult<()> {
+    fn update_all(
+        conn: &mut DbConnection,
+        adds: &[Self],
+        riders: &mut Riders<'_>,
+    ) -> QueryResult<()> {
         use common::items;
         let mut by_item = std::collections::BTreeMap::new();
         for add in adds {
@@ -891,7 +895,7 @@ impl chassis::db::DeferredUpdate for AddToItem {
                     .returning(items::id)
             })
             .collect();
-        let changed: Vec<String> = chassis::db::update_all(conn, statements)?;
+        let changed: Vec<String> = chassis::db::update_all(conn, statements, riders)?;
         chassis::db::all_changed(changed.len(), by_item.len())
     }
 }
@@ -987,6 +991,64 @@ struct Kept {
     parts: i64,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     runs: i64,
+}
+
+/// A transaction that both updates and inserts: on PostgreSQL its new rows and events ride
+/// with its last update (one statement for all three), on SQLite each goes its own way;
+/// on both every change is made once.
+async fn a_batchs_new_rows_ride_with_its_last_update(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    db.write(|conn| insert_item(conn, "old").map_err(TestError::from))
+        .await
+        .expect("inserts");
+    let before = db.work_counts();
+    db.write_with_events(|_conn, at_commit| {
+        at_commit.update_at_commit(AddToItem { id: "old", by: 4 });
+        at_commit.insert_at_commit(DeferredItem {
+            id: "new".to_owned(),
+            n: 1,
+        });
+        at_commit.push(common::event("k", 1));
+        Ok::<_, TestError>(())
+    })
+    .await
+    .expect("commits");
+    let after = db.work_counts();
+    let statements = match backend {
+        Backend::Postgres => 1,
+        // The update, the item, the event.
+        Backend::Sqlite => 3,
+    };
+    assert_eq!(after.statements - before.statements, statements + 2);
+    let items: Vec<(String, i64)> = db
+        .read(|conn| {
+            common::items::table
+                .order(common::items::id)
+                .select((common::items::id, common::items::n))
+                .load(conn)
+                .map_err(TestError::from)
+        })
+        .await
+        .expect("reads");
+    assert_eq!(items, [("new".to_owned(), 1), ("old".to_owned(), 5)]);
+    let events = db
+        .read(|conn| outbox_envelopes_in_order(conn).map_err(TestError::from))
+        .await
+        .expect("reads");
+    assert_eq!(events.len(), 1, "the event in the outbox");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batchs_new_rows_ride_with_its_last_update_on_sqlite() {
+    a_batchs_new_rows_ride_with_its_last_update(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batchs_new_rows_ride_with_its_last_update_on_postgres() {
+    a_batchs_new_rows_ride_with_its_last_update(Backend::Postgres).await;
 }
 
 /// On PostgreSQL a batch's updates of a kind are one statement the connection keeps

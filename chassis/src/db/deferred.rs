@@ -87,6 +87,44 @@ impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for NewRows<'_> {
 
 impl<Conn> diesel::RunQueryDsl<Conn> for NewRows<'_> {}
 
+/// A batch's new rows on PostgreSQL, handed to the last update statement of the batch
+/// ([`DeferredUpdate::update_all`]), which carries them as parts of its own
+/// ([`Together`](super::Together)): `WITH part0 AS (UPDATE …), part1 AS (INSERT …) SELECT *
+/// FROM part0`: the batch's updates and new rows in one round trip. PostgreSQL 15 runs the
+/// parts the final `SELECT` reads (the updates) as it reads them, and the others (the
+/// inserts) after it, so the rows still go in after the updates and the locks come in the
+/// documented order. Its manual promises no order among a statement's parts: were that to
+/// change, two instances' batches could meet in a deadlock, which fails one batch, whose
+/// writes then run alone — slower, never wrong. A batch whose updates ran no statement
+/// sends its new rows in a statement of their own.
+pub struct Riders<'a> {
+    parts: Vec<Box<dyn NewRowsPart + 'a>>,
+}
+
+impl<'a> Riders<'a> {
+    /// No new rows: for every statement of a batch but its last.
+    pub fn none() -> Self {
+        Self { parts: Vec::new() }
+    }
+
+    /// Whether it holds new rows still.
+    pub(crate) fn carries(&self) -> bool {
+        !self.parts.is_empty()
+    }
+
+    pub(crate) fn take(&mut self) -> Vec<Box<dyn NewRowsPart + 'a>> {
+        std::mem::take(&mut self.parts)
+    }
+}
+
+impl std::fmt::Debug for Riders<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Riders")
+            .field("parts", &self.parts.len())
+            .finish()
+    }
+}
+
 /// Makes a row type a [`DeferredRow`] of a table, naming the table's module and the
 /// columns the row sets (each a field of the row of the same name):
 /// `deferred_row!(OrderRow => orders { id, status, total_amount })`.
@@ -279,7 +317,16 @@ pub trait DeferredUpdate: Send + Sized + 'static {
     /// [`diesel::result::Error::NotFound`]: the batch is rolled back and its writes run
     /// alone, so that the write that left it is answered [`DbError::NotApplied`] (only
     /// that: a `NotFound` from anything else a write runs stays a query error).
-    fn update_all(conn: &mut DbConnection, updates: &[Self]) -> diesel::QueryResult<()>;
+    ///
+    /// `riders` are the batch's new rows on PostgreSQL: the kind hands them to the last
+    /// statement it runs ([`update_all`](super::update_all)), which carries them as parts
+    /// of its own (one round trip for the batch's updates and new rows), and
+    /// [`Riders::none`] to any statement before it.
+    fn update_all(
+        conn: &mut DbConnection,
+        updates: &[Self],
+        riders: &mut Riders<'_>,
+    ) -> diesel::QueryResult<()>;
 }
 
 /// `Ok` when a deferred kind's statement changed all the `expected` rows;
@@ -360,25 +407,40 @@ impl DeferredWrites {
     ) -> Result<(), DbError> {
         let (updates, inserts): (Vec<_>, Vec<_>) =
             self.groups.iter().partition(|group| group.is_update());
-        for group in updates {
-            group.flush(conn)?;
-        }
         match conn {
-            DbConnection::Postgres(pg) => {
+            DbConnection::Postgres(_) => {
                 // A part binds an array a column: however many rows and kinds, the
                 // statement stays far below PostgreSQL's 65,535 bound values.
-                let parts: Vec<Box<dyn NewRowsPart + '_>> = inserts
-                    .iter()
-                    .filter_map(|group| group.insert_statement())
-                    .chain(crate::events::outbox::insert_statement(outbox))
-                    .collect();
-                if !parts.is_empty() {
+                let mut riders = Riders {
+                    parts: inserts
+                        .iter()
+                        .filter_map(|group| group.insert_statement())
+                        .chain(crate::events::outbox::insert_statement(outbox))
+                        .collect(),
+                };
+                // The new rows ride with the last update statement, after every update
+                // of the batch, as they went in after them as a statement of their own.
+                let last = updates.len().checked_sub(1);
+                for (at, group) in updates.iter().enumerate() {
+                    if Some(at) == last {
+                        group.flush(conn, &mut riders)?;
+                    } else {
+                        group.flush(conn, &mut Riders::none())?;
+                    }
+                }
+                if let DbConnection::Postgres(pg) = conn
+                    && riders.carries()
+                {
+                    let parts = riders.take();
                     diesel::RunQueryDsl::execute(NewRows { parts }, pg)?;
                 }
             }
             DbConnection::Sqlite(_) => {
+                for group in updates {
+                    group.flush(conn, &mut Riders::none())?;
+                }
                 for group in inserts {
-                    group.flush(conn)?;
+                    group.flush(conn, &mut Riders::none())?;
                 }
                 crate::events::outbox::append(conn, outbox)?;
             }
@@ -395,7 +457,9 @@ trait Group: Send {
     fn absorb(&mut self, other: Box<dyn Group>);
     fn len(&self) -> usize;
     fn is_update(&self) -> bool;
-    fn flush(&self, conn: &mut DbConnection) -> Result<(), DbError>;
+    /// Writes the kind's rows (SQLite) or applies its updates, the last statement of
+    /// which carries `riders` on PostgreSQL (updates only).
+    fn flush(&self, conn: &mut DbConnection, riders: &mut Riders<'_>) -> Result<(), DbError>;
     /// A kind of rows' part of [`NewRows`]; none for updates.
     fn insert_statement(&self) -> Option<Box<dyn NewRowsPart + '_>>;
 }
@@ -425,7 +489,7 @@ impl<R: DeferredRow> Group for Rows<R> {
         false
     }
 
-    fn flush(&self, conn: &mut DbConnection) -> Result<(), DbError> {
+    fn flush(&self, conn: &mut DbConnection, _riders: &mut Riders<'_>) -> Result<(), DbError> {
         for chunk in self.0.chunks(ROWS_PER_STATEMENT) {
             R::insert_all(conn, chunk)?;
         }
@@ -462,9 +526,16 @@ impl<U: DeferredUpdate> Group for Updates<U> {
         true
     }
 
-    fn flush(&self, conn: &mut DbConnection) -> Result<(), DbError> {
-        for chunk in self.0.chunks(ROWS_PER_STATEMENT) {
-            U::update_all(conn, chunk).map_err(|error| match error {
+    fn flush(&self, conn: &mut DbConnection, riders: &mut Riders<'_>) -> Result<(), DbError> {
+        let chunks = self.0.chunks(ROWS_PER_STATEMENT);
+        let last = chunks.len().saturating_sub(1);
+        for (at, chunk) in chunks.enumerate() {
+            let riders = if at == last {
+                &mut *riders
+            } else {
+                &mut Riders::none()
+            };
+            U::update_all(conn, chunk, riders).map_err(|error| match error {
                 diesel::result::Error::NotFound => DbError::NotApplied,
                 error => DbError::from(error),
             })?;

@@ -49,7 +49,7 @@ mod writer;
 
 pub(crate) use deferred::DeferredWrites;
 pub use deferred::{
-    ColumnArray, DeferredRow, DeferredUpdate, InsertColumns, NewRowsPart, TransactionMemo,
+    ColumnArray, DeferredRow, DeferredUpdate, InsertColumns, NewRowsPart, Riders, TransactionMemo,
     all_changed, insert_column,
 };
 pub use update::{KEPT_TOGETHER, Together, Update, UpdateReturning, update, update_all};

@@ -137,14 +137,31 @@ pub const KEPT_TOGETHER: usize = 32;
 /// SQL, so that parts of several shapes (a changeset that leaves a column out) make one
 /// text a mix of shapes, not one an order. Each part sees the tables as the statement
 /// began: a row two parts would change is changed by one of them only, and the other
-/// returns nothing — a kind merges its changes of one row itself (`DeferredUpdate`).
-#[derive(Debug, Clone)]
-pub struct Together<Q> {
+/// returns nothing — a kind merges its changes of one row itself (`DeferredUpdate`). The
+/// last update statement of a batch also carries the batch's new rows as parts after the
+/// updates' (`Riders`), which the final `SELECT` does not read: the server runs them once
+/// it has run the updates.
+pub struct Together<'r, Q> {
     parts: Vec<Q>,
+    /// The batch's new rows, carried after the updates (`Riders`).
+    riders: Vec<Box<dyn super::NewRowsPart + 'r>>,
 }
 
-impl<Q: QueryFragment<diesel::pg::Pg>> Together<Q> {
-    pub fn new(parts: Vec<Q>) -> QueryResult<Self> {
+impl<Q> std::fmt::Debug for Together<'_, Q> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Together")
+            .field("parts", &self.parts.len())
+            .field("riders", &self.riders.len())
+            .finish()
+    }
+}
+
+impl<'r, Q: QueryFragment<diesel::pg::Pg>> Together<'r, Q> {
+    /// The parts, carrying `riders` (`Riders`) after them.
+    pub(crate) fn new(
+        parts: Vec<Q>,
+        riders: Vec<Box<dyn super::NewRowsPart + 'r>>,
+    ) -> QueryResult<Self> {
         let mut shaped = parts
             .into_iter()
             .map(|part| {
@@ -156,22 +173,30 @@ impl<Q: QueryFragment<diesel::pg::Pg>> Together<Q> {
         shaped.sort_by(|(one, _), (other, _)| one.cmp(other));
         Ok(Self {
             parts: shaped.into_iter().map(|(_, part)| part).collect(),
+            riders,
         })
     }
 }
 
-impl<Q> QueryId for Together<Q> {
+impl<Q> QueryId for Together<'_, Q> {
     type QueryId = ();
     // Keyed by the rendered SQL, never by type: see the module documentation.
     const HAS_STATIC_QUERY_ID: bool = false;
 }
 
-impl<Q: QueryFragment<diesel::pg::Pg>> QueryFragment<diesel::pg::Pg> for Together<Q> {
+impl<Q: QueryFragment<diesel::pg::Pg>> QueryFragment<diesel::pg::Pg> for Together<'_, Q> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, diesel::pg::Pg>) -> QueryResult<()> {
         if self.parts.len() > KEPT_TOGETHER {
             out.unsafe_to_cache_prepared();
         }
         push_parts(out.reborrow(), self.parts.iter())?;
+        // Read by nobody, so the server runs them after the final `SELECT` has run the
+        // updates: the new rows go in last, as a statement of their own did.
+        for (at, rider) in self.riders.iter().enumerate() {
+            out.push_sql(&format!(", part{} AS (", self.parts.len() + at));
+            rider.walk_ast(out.reborrow())?;
+            out.push_sql(")");
+        }
         for at in 0..self.parts.len() {
             out.push_sql(if at == 0 {
                 " SELECT * FROM "
@@ -205,29 +230,33 @@ where
     Ok(())
 }
 
-impl<Q: diesel::query_builder::Query> diesel::query_builder::Query for Together<Q> {
+impl<Q: diesel::query_builder::Query> diesel::query_builder::Query for Together<'_, Q> {
     type SqlType = Q::SqlType;
 }
 
-impl<Q, Conn> RunQueryDsl<Conn> for Together<Q> {}
+impl<Q, Conn> RunQueryDsl<Conn> for Together<'_, Q> {}
 
 /// Runs `statements`, one-row `UPDATE … RETURNING`s of one kind (each built with
 /// [`update`]), and answers the rows they returned, in no given order: on PostgreSQL
-/// several as one statement ([`Together`]), on SQLite one after the other, each the
-/// one-row statement the connection keeps prepared (no round trip to save there).
-pub fn update_all<'q, Q, U>(
+/// several as one statement ([`Together`]), which also carries `riders`, the batch's new
+/// rows (`Riders`: the kind hands them to its last statement), on SQLite one after the
+/// other, each the one-row statement the connection keeps prepared (no round trip to save
+/// there; SQLite's batches have no riders).
+pub fn update_all<'q, 'r, Q, U>(
     conn: &mut super::DbConnection,
     statements: Vec<Q>,
+    riders: &mut super::Riders<'r>,
 ) -> QueryResult<Vec<U>>
 where
     Q: QueryFragment<diesel::pg::Pg> + diesel::query_builder::Query,
     Q: diesel::query_dsl::LoadQuery<'q, diesel::PgConnection, U>,
     Q: diesel::query_dsl::LoadQuery<'q, diesel::SqliteConnection, U>,
-    Together<Q>: diesel::query_dsl::LoadQuery<'q, diesel::PgConnection, U>,
+    Together<'r, Q>: diesel::query_dsl::LoadQuery<'q, diesel::PgConnection, U>,
 {
     match conn {
-        super::DbConnection::Postgres(pg) if statements.len() > 1 => {
-            Together::new(statements)?.load(pg)
+        // With new rows to carry, even one update goes as a `Together`.
+        super::DbConnection::Postgres(pg) if statements.len() > 1 || riders.carries() => {
+            Together::new(statements, riders.take())?.load(pg)
         }
         super::DbConnection::Postgres(pg) => {
             let mut rows = Vec::with_capacity(statements.len());

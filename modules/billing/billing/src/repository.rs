@@ -5,7 +5,7 @@
 //! one does; the other reads what the winner wrote.
 
 use billing_contract::{Money, Payment, PaymentStatus};
-use chassis::db::{DbConnection, DeferredUpdate, all_changed, update, update_all};
+use chassis::db::{DbConnection, DeferredUpdate, Riders, all_changed, update, update_all};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -342,7 +342,11 @@ impl Settlement {
 }
 
 impl DeferredUpdate for Settlement {
-    fn update_all(conn: &mut DbConnection, settlements: &[Self]) -> QueryResult<()> {
+    fn update_all(
+        conn: &mut DbConnection,
+        settlements: &[Self],
+        riders: &mut Riders<'_>,
+    ) -> QueryResult<()> {
         let statements = settlements
             .iter()
             .map(|settlement| {
@@ -363,7 +367,7 @@ impl DeferredUpdate for Settlement {
                 .returning(payments::order_id)
             })
             .collect();
-        let settled: Vec<String> = update_all(conn, statements)?;
+        let settled: Vec<String> = update_all(conn, statements, riders)?;
         all_changed(settled.len(), settlements.len())
     }
 }
@@ -475,7 +479,11 @@ pub(crate) struct InvoiceCounterAdvance {
 }
 
 impl DeferredUpdate for InvoiceCounterAdvance {
-    fn update_all(conn: &mut DbConnection, advances: &[Self]) -> QueryResult<()> {
+    fn update_all(
+        conn: &mut DbConnection,
+        advances: &[Self],
+        riders: &mut Riders<'_>,
+    ) -> QueryResult<()> {
         let mut by_year: Vec<(i32, i64)> = Vec::new();
         for advance in advances {
             match by_year.iter_mut().find(|(year, _)| *year == advance.year) {
@@ -495,7 +503,7 @@ impl DeferredUpdate for InvoiceCounterAdvance {
                 .returning(invoice_counters::year)
             })
             .collect();
-        let advanced: Vec<i32> = update_all(conn, statements)?;
+        let advanced: Vec<i32> = update_all(conn, statements, riders)?;
         all_changed(advanced.len(), years)
     }
 }

@@ -10,7 +10,9 @@ use catalog_contract::{Money, Product, ReservationStatus, StockLevels, StockLine
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
-use chassis::db::{DbConnection, DeferredRow, DeferredUpdate, all_changed, update, update_all};
+use chassis::db::{
+    DbConnection, DeferredRow, DeferredUpdate, Riders, all_changed, update, update_all,
+};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -260,7 +262,11 @@ impl Hold {
 }
 
 impl DeferredUpdate for Hold {
-    fn update_all(conn: &mut DbConnection, holds: &[Self]) -> QueryResult<()> {
+    fn update_all(
+        conn: &mut DbConnection,
+        holds: &[Self],
+        riders: &mut Riders<'_>,
+    ) -> QueryResult<()> {
         let mut by_product: BTreeMap<Uuid, i64> = BTreeMap::new();
         for hold in holds {
             *by_product.entry(hold.product_id).or_default() += hold.quantity;
@@ -276,7 +282,7 @@ impl DeferredUpdate for Hold {
                 ))
             })
             .collect();
-        let held: Vec<(String, i64, i64)> = update_all(conn, statements)?;
+        let held: Vec<(String, i64, i64)> = update_all(conn, statements, riders)?;
         all_changed(held.len(), by_product.len())?;
         for (id, on_hand, reserved) in held {
             let id = Uuid::parse_str(&id)
@@ -337,7 +343,11 @@ impl StockMove {
 }
 
 impl DeferredUpdate for StockMove {
-    fn update_all(conn: &mut DbConnection, moves: &[Self]) -> QueryResult<()> {
+    fn update_all(
+        conn: &mut DbConnection,
+        moves: &[Self],
+        riders: &mut Riders<'_>,
+    ) -> QueryResult<()> {
         // One change a product, whatever the number of orders that moved its stock.
         let mut by_product: BTreeMap<Uuid, (i64, i64)> = BTreeMap::new();
         for stock_move in moves {
@@ -361,7 +371,7 @@ impl DeferredUpdate for StockMove {
                 .returning(products::id)
             })
             .collect();
-        let moved: Vec<String> = update_all(conn, statements)?;
+        let moved: Vec<String> = update_all(conn, statements, riders)?;
         all_changed(moved.len(), by_product.len())
     }
 }
@@ -506,7 +516,11 @@ impl ReservationMove {
 }
 
 impl DeferredUpdate for ReservationMove {
-    fn update_all(conn: &mut DbConnection, moves: &[Self]) -> QueryResult<()> {
+    fn update_all(
+        conn: &mut DbConnection,
+        moves: &[Self],
+        riders: &mut Riders<'_>,
+    ) -> QueryResult<()> {
         let statements = moves
             .iter()
             .map(|m| {
@@ -514,7 +528,8 @@ impl DeferredUpdate for ReservationMove {
                     .returning((reservations::order_id, reservations::lines))
             })
             .collect();
-        let moved: Vec<(String, String)> = update_all(conn, statements)?;
+        // The stock moves after it are the kind's last statement: they carry the riders.
+        let moved: Vec<(String, String)> = update_all(conn, statements, &mut Riders::none())?;
         let mut moved_lines: Vec<(usize, Vec<StockLine>)> = Vec::with_capacity(moved.len());
         for (order_id, lines) in moved {
             let order_id = Uuid::parse_str(&order_id)
@@ -537,8 +552,14 @@ impl DeferredUpdate for ReservationMove {
             // write runs again with a new one, so this one is read by nobody.
             let _ = reservation_move.moved.set(lines);
         }
-        for chunk in stock_moves.chunks(100) {
-            StockMove::update_all(conn, chunk)?;
+        let chunks = stock_moves.chunks(100);
+        let last = chunks.len().saturating_sub(1);
+        for (at, chunk) in chunks.enumerate() {
+            if at == last {
+                StockMove::update_all(conn, chunk, riders)?;
+            } else {
+                StockMove::update_all(conn, chunk, &mut Riders::none())?;
+            }
         }
         Ok(())
     }

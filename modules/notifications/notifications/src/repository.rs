@@ -6,7 +6,7 @@
 //! delivery still holds its own claim (`AttemptOutcome`), so an attempt that outlived its
 //! lease, and whose delivery another attempt claimed since, changes nothing.
 
-use chassis::db::{DbConnection, DeferredUpdate, all_changed, update, update_all};
+use chassis::db::{DbConnection, DeferredUpdate, Riders, all_changed, update, update_all};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -378,7 +378,11 @@ pub(crate) struct AttemptOutcome {
 }
 
 impl DeferredUpdate for AttemptOutcome {
-    fn update_all(conn: &mut DbConnection, outcomes: &[Self]) -> QueryResult<()> {
+    fn update_all(
+        conn: &mut DbConnection,
+        outcomes: &[Self],
+        riders: &mut Riders<'_>,
+    ) -> QueryResult<()> {
         let at = now();
         let statements = outcomes
             .iter()
@@ -401,7 +405,7 @@ impl DeferredUpdate for AttemptOutcome {
                 .returning(deliveries::id)
             })
             .collect();
-        let settled: Vec<String> = update_all(conn, statements)?;
+        let settled: Vec<String> = update_all(conn, statements, riders)?;
         all_changed(settled.len(), outcomes.len())
     }
 }

@@ -1,6 +1,6 @@
 //! The orders module's queries, written once for both backends against `DbConnection`.
 
-use chassis::db::{DbConnection, DeferredUpdate, all_changed, update, update_all, utc_now};
+use chassis::db::{DbConnection, DeferredUpdate, Riders, all_changed, update, update_all, utc_now};
 use chassis::per_backend;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -346,7 +346,11 @@ impl SagaEnd {
 }
 
 impl DeferredUpdate for SagaEnd {
-    fn update_all(conn: &mut DbConnection, ends: &[Self]) -> QueryResult<()> {
+    fn update_all(
+        conn: &mut DbConnection,
+        ends: &[Self],
+        riders: &mut Riders<'_>,
+    ) -> QueryResult<()> {
         let statements = ends
             .iter()
             .map(|end| {
@@ -371,7 +375,7 @@ impl DeferredUpdate for SagaEnd {
                 .returning(orders::id)
             })
             .collect();
-        let ended: Vec<String> = update_all(conn, statements)?;
+        let ended: Vec<String> = update_all(conn, statements, riders)?;
         all_changed(ended.len(), ends.len())
     }
 }
