@@ -1,7 +1,8 @@
 //! Writes a write leaves to its batch: rows of one kind inserted, or rows of one kind
 //! updated, from every write of a batch, together just before the batch commits — on
 //! PostgreSQL the updates in one statement a kind, the new rows of every kind and the
-//! outbox's in one ([`Events::insert_at_commit`](crate::events::Events::insert_at_commit),
+//! outbox's as parts of the last of them ([`Riders`]), or in one of their own
+//! ([`Events::insert_at_commit`](crate::events::Events::insert_at_commit),
 //! [`Events::update_at_commit`](crate::events::Events::update_at_commit)) — in every
 //! transaction the writer runs, a write's alone too.
 //!
