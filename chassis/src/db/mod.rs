@@ -718,9 +718,20 @@ struct Manager {
 /// first, without that handler, rules it out.
 pub(crate) fn establish_postgres(url: &str) -> diesel::ConnectionResult<diesel::PgConnection> {
     openssl_sys::init();
-    let ssl_mode_set = |var| std::env::var_os(var).is_some_and(|value| !value.is_empty());
-    let environment_decides = ssl_mode_set("PGSSLMODE") || ssl_mode_set("PGSERVICE");
-    diesel::PgConnection::establish(&plaintext_first_on_loopback(url, environment_decides))
+    let set = |var| std::env::var_os(var).is_some_and(|value| !value.is_empty());
+    let environment = Decided {
+        tls: set("PGSSLMODE") || set("PGSERVICE"),
+        gss: set("PGGSSENCMODE") || set("PGSERVICE"),
+    };
+    diesel::PgConnection::establish(&plaintext_first_on_loopback(url, environment))
+}
+
+/// What the environment decides of a connection's encryption, so that the URL is left as
+/// it is there (`PGSSLMODE`, `PGGSSENCMODE`, `PGSERVICE`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Decided {
+    tls: bool,
+    gss: bool,
 }
 
 /// The URL libpq is given: on a loopback address with nothing saying how to use TLS, asks
@@ -732,9 +743,15 @@ pub(crate) fn establish_postgres(url: &str) -> diesel::ConnectionResult<diesel::
 /// anyway, so it guarantees no more than `allow`. On PostgreSQL every statement is a round
 /// trip, and TLS on each cost 8 – 30 % of the orders a second (BENCHMARKS.md, "Orders on
 /// PostgreSQL"). An `sslmode` or a `service` in the URL, or `PGSSLMODE` or `PGSERVICE` in
-/// the environment (`environment_decides`), is left to decide; so is every other host.
-fn plaintext_first_on_loopback(url: &str, environment_decides: bool) -> Cow<'_, str> {
-    if environment_decides {
+/// the environment, is left to decide; so is every other host.
+///
+/// Likewise `gssencmode=disable`, unless a `gssencmode` or a `service` in the URL, or
+/// `PGGSSENCMODE` or `PGSERVICE`, decides: libpq's default looks for Kerberos credentials
+/// at every connect to offer GSSAPI encryption, which protects nothing on loopback either,
+/// and that look, racing the Kerberos library's teardown at process exit, aborted a test
+/// process here (`krb5int_getspecific: Assertion … failed`) after its test had passed.
+fn plaintext_first_on_loopback(url: &str, environment: Decided) -> Cow<'_, str> {
+    if environment.tls && environment.gss {
         return Cow::Borrowed(url);
     }
     let Ok(mut parsed) = url::Url::parse(url) else {
@@ -752,13 +769,24 @@ fn plaintext_first_on_loopback(url: &str, environment_decides: bool) -> Cow<'_, 
         }
         None => false,
     };
-    let decided = parsed
-        .query_pairs()
-        .any(|(key, _)| key == "sslmode" || key == "service");
-    if !loopback || decided {
+    let in_url = |wanted: &str| {
+        parsed
+            .query_pairs()
+            .any(|(key, _)| key == wanted || key == "service")
+    };
+    let tls = environment.tls || in_url("sslmode");
+    let gss = environment.gss || in_url("gssencmode");
+    if !loopback || (tls && gss) {
         return Cow::Borrowed(url);
     }
-    parsed.query_pairs_mut().append_pair("sslmode", "allow");
+    let mut query = parsed.query_pairs_mut();
+    if !tls {
+        query.append_pair("sslmode", "allow");
+    }
+    if !gss {
+        query.append_pair("gssencmode", "disable");
+    }
+    drop(query);
     Cow::Owned(parsed.into())
 }
 
@@ -836,46 +864,71 @@ pub fn is_unique_violation(error: &diesel::result::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::plaintext_first_on_loopback as url_for_libpq;
+    use super::{Decided, plaintext_first_on_loopback as url_for_libpq};
 
     #[test]
     fn a_loopback_server_is_asked_for_plaintext_first() {
         for (given, expected) in [
             (
                 "postgres://u@127.0.0.1:5432/db",
-                "postgres://u@127.0.0.1:5432/db?sslmode=allow",
+                "postgres://u@127.0.0.1:5432/db?sslmode=allow&gssencmode=disable",
             ),
             (
                 "postgres://u@localhost/db?connect_timeout=5",
-                "postgres://u@localhost/db?connect_timeout=5&sslmode=allow",
+                "postgres://u@localhost/db?connect_timeout=5&sslmode=allow&gssencmode=disable",
             ),
             (
                 "postgres://u@[::1]/db",
-                "postgres://u@[::1]/db?sslmode=allow",
+                "postgres://u@[::1]/db?sslmode=allow&gssencmode=disable",
             ),
             (
                 "postgresql://u@127.0.0.2/db",
-                "postgresql://u@127.0.0.2/db?sslmode=allow",
+                "postgresql://u@127.0.0.2/db?sslmode=allow&gssencmode=disable",
+            ),
+            // Each is left to what says how to use it.
+            (
+                "postgres://u@127.0.0.1/db?sslmode=require",
+                "postgres://u@127.0.0.1/db?sslmode=require&gssencmode=disable",
+            ),
+            (
+                "postgres://u@127.0.0.1/db?gssencmode=require",
+                "postgres://u@127.0.0.1/db?gssencmode=require&sslmode=allow",
             ),
         ] {
-            assert_eq!(url_for_libpq(given, false), expected, "{given}");
+            assert_eq!(
+                url_for_libpq(given, Decided::default()),
+                expected,
+                "{given}"
+            );
         }
     }
 
     #[test]
-    fn tls_is_left_to_libpq_when_anything_says_how_to_use_it_or_the_server_is_elsewhere() {
+    fn encryption_is_left_to_libpq_when_anything_says_how_to_use_it_or_the_server_is_elsewhere() {
         for given in [
-            "postgres://u@127.0.0.1/db?sslmode=require",
+            "postgres://u@127.0.0.1/db?sslmode=require&gssencmode=prefer",
             "postgres://u@127.0.0.1/db?service=bazaar",
             "postgres://u@db.internal:5432/db",
             "postgres://u@10.0.0.5/db",
-            // A Unix socket: libpq never uses TLS on one.
+            // A Unix socket: libpq never encrypts one.
             "postgres://u@%2Fvar%2Frun%2Fpostgresql/db",
         ] {
-            assert_eq!(url_for_libpq(given, false), given);
+            assert_eq!(url_for_libpq(given, Decided::default()), given);
         }
-        // `PGSSLMODE` or `PGSERVICE` in the environment.
+        // `PGSERVICE`, or both `PGSSLMODE` and `PGGSSENCMODE`, in the environment.
         let loopback = "postgres://u@127.0.0.1/db";
-        assert_eq!(url_for_libpq(loopback, true), loopback);
+        let both = Decided {
+            tls: true,
+            gss: true,
+        };
+        assert_eq!(url_for_libpq(loopback, both), loopback);
+        let tls_only = Decided {
+            tls: true,
+            gss: false,
+        };
+        assert_eq!(
+            url_for_libpq(loopback, tls_only),
+            "postgres://u@127.0.0.1/db?gssencmode=disable"
+        );
     }
 }
