@@ -790,17 +790,7 @@ async fn a_batchs_new_rows_run_one_statement_kept_prepared_whatever_their_number
         .await
         .expect("commits");
     }
-    // The writer's session: the one that ran the inserts.
-    let kept: Vec<Kept> = db
-        .write(|conn| {
-            let query = "SELECT ((length(statement) - length(replace(statement, ' AS (', ''))) / 5)::bigint \
-                         AS parts, generic_plans + custom_plans AS runs \
-                         FROM pg_prepared_statements WHERE statement LIKE 'WITH part0 AS (INSERT %'";
-            chassis::per_backend!(conn, |conn| diesel::sql_query(query).load(conn))
-                .map_err(DbError::from)
-        })
-        .await
-        .expect("reads");
+    let kept = kept_statements(&db, "WITH part0 AS (INSERT %").await;
     assert_eq!(
         kept,
         [Kept { parts: 2, runs: 3 }],
@@ -993,6 +983,23 @@ struct Kept {
     runs: i64,
 }
 
+/// The statements the writer's session (the one that runs the batches) keeps prepared
+/// whose text is `LIKE` `pattern`: each one's number of parts and how often it ran, by
+/// parts.
+async fn kept_statements(db: &Database, pattern: &'static str) -> Vec<Kept> {
+    db.write(move |conn| {
+        let query = diesel::sql_query(
+            "SELECT ((length(statement) - length(replace(statement, ' AS (', ''))) / 5)::bigint \
+             AS parts, generic_plans + custom_plans AS runs \
+             FROM pg_prepared_statements WHERE statement LIKE $1 ORDER BY parts",
+        )
+        .bind::<diesel::sql_types::Text, _>(pattern);
+        chassis::per_backend!(conn, |conn| query.clone().load(conn)).map_err(DbError::from)
+    })
+    .await
+    .expect("reads")
+}
+
 /// A transaction that both updates and inserts: on PostgreSQL its new rows and events ride
 /// with its last update (one statement for all three), on SQLite each goes its own way;
 /// on both every change is made once.
@@ -1085,18 +1092,7 @@ async fn a_batchs_updates_of_a_kind_are_one_statement_kept_prepared_on_postgres(
         .await
         .expect("commits");
     }
-    // The writer's session: the one that ran the updates.
-    let kept: Vec<Kept> = db
-        .write(|conn| {
-            let query = "SELECT ((length(statement) - length(replace(statement, ' AS (', ''))) / 5)::bigint \
-                         AS parts, generic_plans + custom_plans AS runs \
-                         FROM pg_prepared_statements WHERE statement LIKE 'WITH part0 AS (%' \
-                         ORDER BY parts";
-            chassis::per_backend!(conn, |conn| diesel::sql_query(query).load(conn))
-                .map_err(DbError::from)
-        })
-        .await
-        .expect("reads");
+    let kept = kept_statements(&db, "WITH part0 AS (%").await;
     assert_eq!(
         kept,
         [Kept { parts: 2, runs: 2 }, Kept { parts: 3, runs: 1 }],

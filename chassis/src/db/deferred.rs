@@ -163,6 +163,12 @@ macro_rules! deferred_row {
             }
 
             fn insert_statement(rows: &[Self]) -> Box<dyn $crate::db::NewRowsPart + '_> {
+                // The columns named are the row's fields, every one: a field left out
+                // would go in on SQLite (whose insert takes the whole row) and not on
+                // PostgreSQL. This pattern names them all, so it does not compile then.
+                let _every_field = |row: &Self| {
+                    let Self { $($column: _),+ } = row;
+                };
                 Box::new($crate::insert_columns!(rows => $table { $($column),+ }))
             }
         }
