@@ -108,6 +108,24 @@ impl<'a> Riders<'a> {
         Self { parts: Vec::new() }
     }
 
+    /// Runs `run` on each of `items` in turn (the statements of a kind, the kinds of a
+    /// batch), handing these riders to the last and none to the others.
+    pub fn to_the_last<T, E>(
+        &mut self,
+        items: impl ExactSizeIterator<Item = T>,
+        mut run: impl FnMut(T, &mut Riders<'a>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let last = items.len().saturating_sub(1);
+        for (at, item) in items.enumerate() {
+            if at == last {
+                run(item, self)?;
+            } else {
+                run(item, &mut Riders::none())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether it holds new rows still.
     pub(crate) fn carries(&self) -> bool {
         !self.parts.is_empty()
@@ -427,14 +445,7 @@ impl DeferredWrites {
                 };
                 // The new rows ride with the last update statement, after every update
                 // of the batch, as they went in after them as a statement of their own.
-                let last = updates.len().checked_sub(1);
-                for (at, group) in updates.iter().enumerate() {
-                    if Some(at) == last {
-                        group.flush(conn, &mut riders)?;
-                    } else {
-                        group.flush(conn, &mut Riders::none())?;
-                    }
-                }
+                riders.to_the_last(updates.iter(), |group, riders| group.flush(conn, riders))?;
                 if let DbConnection::Postgres(pg) = conn
                     && riders.carries()
                 {
@@ -534,20 +545,12 @@ impl<U: DeferredUpdate> Group for Updates<U> {
     }
 
     fn flush(&self, conn: &mut DbConnection, riders: &mut Riders<'_>) -> Result<(), DbError> {
-        let chunks = self.0.chunks(ROWS_PER_STATEMENT);
-        let last = chunks.len().saturating_sub(1);
-        for (at, chunk) in chunks.enumerate() {
-            let riders = if at == last {
-                &mut *riders
-            } else {
-                &mut Riders::none()
-            };
+        riders.to_the_last(self.0.chunks(ROWS_PER_STATEMENT), |chunk, riders| {
             U::update_all(conn, chunk, riders).map_err(|error| match error {
                 diesel::result::Error::NotFound => DbError::NotApplied,
                 error => DbError::from(error),
-            })?;
-        }
-        Ok(())
+            })
+        })
     }
 
     fn insert_statement(&self) -> Option<Box<dyn NewRowsPart + '_>> {

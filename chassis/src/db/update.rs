@@ -189,14 +189,18 @@ impl<Q: QueryFragment<diesel::pg::Pg>> QueryFragment<diesel::pg::Pg> for Togethe
         if self.parts.len() > KEPT_TOGETHER {
             out.unsafe_to_cache_prepared();
         }
-        push_parts(out.reborrow(), self.parts.iter())?;
-        // Read by nobody, so the server runs them after the final `SELECT` has run the
-        // updates: the new rows go in last, as a statement of their own did.
-        for (at, rider) in self.riders.iter().enumerate() {
-            out.push_sql(&format!(", part{} AS (", self.parts.len() + at));
-            rider.walk_ast(out.reborrow())?;
-            out.push_sql(")");
-        }
+        // The riders come after the updates and the final `SELECT` reads none of them, so
+        // the server runs them once it has run the updates: the new rows go in last, as
+        // a statement of their own did.
+        let updates = self
+            .parts
+            .iter()
+            .map(|part| part as &dyn QueryFragment<diesel::pg::Pg>);
+        let riders = self
+            .riders
+            .iter()
+            .map(|rider| &**rider as &dyn QueryFragment<diesel::pg::Pg>);
+        push_parts(out.reborrow(), updates.chain(riders))?;
         for at in 0..self.parts.len() {
             out.push_sql(if at == 0 {
                 " SELECT * FROM "

@@ -552,16 +552,9 @@ impl DeferredUpdate for ReservationMove {
             // write runs again with a new one, so this one is read by nobody.
             let _ = reservation_move.moved.set(lines);
         }
-        let chunks = stock_moves.chunks(100);
-        let last = chunks.len().saturating_sub(1);
-        for (at, chunk) in chunks.enumerate() {
-            if at == last {
-                StockMove::update_all(conn, chunk, riders)?;
-            } else {
-                StockMove::update_all(conn, chunk, &mut Riders::none())?;
-            }
-        }
-        Ok(())
+        riders.to_the_last(stock_moves.chunks(100), |chunk, riders| {
+            StockMove::update_all(conn, chunk, riders)
+        })
     }
 }
 
