@@ -446,6 +446,87 @@ async fn a_poison_event_does_not_hold_up_other_keys() {
     publishing.abort();
 }
 
+/// Takes its time over each event, and notes how many it held at once, in all and per key.
+#[derive(Default)]
+struct Unhurried {
+    in_flight: std::sync::Mutex<Vec<String>>,
+    most_at_once: std::sync::atomic::AtomicUsize,
+    key_twice_at_once: std::sync::atomic::AtomicBool,
+    seen: std::sync::Mutex<Vec<Envelope>>,
+}
+
+#[async_trait]
+impl EventHandler for Unhurried {
+    async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
+        {
+            let mut in_flight = self.in_flight.lock().expect("lock");
+            if in_flight.contains(&event.key) {
+                self.key_twice_at_once.store(true, Ordering::SeqCst);
+            }
+            in_flight.push(event.key.clone());
+            self.most_at_once
+                .fetch_max(in_flight.len(), Ordering::SeqCst);
+        }
+        // Long enough that every key's first event has begun before the first one ends.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.seen.lock().expect("lock").push(event.clone());
+        let mut in_flight = self.in_flight.lock().expect("lock");
+        if let Some(at) = in_flight.iter().position(|key| *key == event.key) {
+            in_flight.remove(at);
+        }
+        Ok(())
+    }
+}
+
+/// A consumer spreads keys over four lanes; a handler that waits (for its database's
+/// commit, say) held up every later event of its lane. Now the keys of one batch are
+/// handled at once, and each key's events still one after the other, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batchs_keys_are_handled_at_once_and_each_keys_events_in_order() {
+    let test_db = TestDatabase::sqlite();
+    let db = test_db.open(MIGRATIONS).await;
+    let bus = InProcessBus::new();
+    let handler = Arc::new(Unhurried::default());
+    bus.subscribe(Subscription {
+        consumer: "unhurried".into(),
+        event_types: vec![EVENT.into()],
+        handler: handler.clone(),
+        dead_letters: Arc::new(DeadLetters::new(db.clone())),
+        retry: quick_retry(),
+    })
+    .await
+    .expect("subscribes");
+    let keys = 16;
+    let events: Vec<Envelope> = (0..4 * keys)
+        .map(|n| event(&format!("key-{}", n % keys), n))
+        .collect();
+    let mut published: HashMap<String, Vec<uuid::Uuid>> = HashMap::new();
+    for event in &events {
+        published
+            .entry(event.key.clone())
+            .or_default()
+            .push(event.id);
+    }
+    tokio::time::timeout(Duration::from_secs(10), bus.publish(events))
+        .await
+        .expect("the batch settles")
+        .expect("publishes");
+    let mut handled: HashMap<String, Vec<uuid::Uuid>> = HashMap::new();
+    for event in handler.seen.lock().expect("lock").iter() {
+        handled.entry(event.key.clone()).or_default().push(event.id);
+    }
+    assert_eq!(handled, published, "every event once, each key's in order");
+    assert!(
+        !handler.key_twice_at_once.load(Ordering::SeqCst),
+        "a key's events one after the other"
+    );
+    let most = handler.most_at_once.load(Ordering::SeqCst);
+    assert!(
+        most > 4,
+        "more events at once than the consumer has lanes: {most} of the {keys} keys"
+    );
+}
+
 /// Panics on one event for its first `panics` attempts (`usize::MAX`: always), and records
 /// the events it handles.
 struct Panicky {

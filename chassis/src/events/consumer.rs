@@ -1,8 +1,10 @@
 //! The consumer runtime every bus implementation feeds: one subscription's events, in order
 //! per key, with retries and dead letters.
 //!
-//! Events are spread over a few lanes by key; a lane handles its events one after the
-//! other, so order per key holds. When an event fails, its key leaves the lane: a retry
+//! Events are spread over a few lanes by key. A lane takes the events a bus hands it
+//! together (an outbox relay's batch), handles the different keys among them at once and
+//! each key's events one after the other, and takes the next batch only when this one is
+//! done, so order per key holds. When an event fails, its key leaves the lane: a retry
 //! task takes that event and every later event of the same key (retrying with exponential
 //! backoff and jitter, then parking in the consumer's dead letters), while the lane goes on
 //! with every other key. A poison event therefore delays its own key only. A handler that
@@ -16,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use futures::FutureExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
@@ -27,6 +29,10 @@ use super::{BusError, Envelope, EventHandler, HandlerError, Subscription};
 const LANES: usize = 4;
 /// Batches waiting per lane before `deliver` waits (back-pressure on the relay).
 const LANE_CAPACITY: usize = 256;
+/// Keys a lane hands to the handler at once, each key's events still one after the other.
+/// A relay's batch is at most a few hundred events, so this bounds what one lane asks of
+/// its module's writer at a moment.
+const KEYS_AT_ONCE: usize = 64;
 
 /// Counts down the deliveries of one published batch; fires when all are settled.
 pub(crate) struct Settle {
@@ -211,26 +217,57 @@ fn lane_of(key: &str, lanes: usize) -> usize {
 
 async fn run_lane(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Vec<Delivery>>) {
     while let Some(batch) = receiver.recv().await {
-        for delivery in batch {
-            let delivery = {
-                let mut blocked = shared.blocked();
-                match blocked.get_mut(&delivery.event.key) {
-                    // An earlier event of this key is being retried: queue behind it.
-                    Some(queue) => {
-                        queue.push_back(delivery);
-                        continue;
-                    }
-                    None => delivery,
+        // A key's events one after the other, different keys' at once: a handler that
+        // waits for its database's commit then holds up only its own key, and the
+        // handlers waiting together share one of the writer's batches (an event of a
+        // lane used to wait for every event before it). The whole batch is settled or
+        // taken over by a retry before the next is taken, so order per key holds across
+        // batches too.
+        futures::stream::iter(by_key(batch))
+            .for_each_concurrent(KEYS_AT_ONCE, |deliveries| {
+                deliver_in_order(&shared, deliveries)
+            })
+            .await;
+    }
+}
+
+/// A batch's deliveries grouped by key, each group in the batch's order.
+fn by_key(batch: Vec<Delivery>) -> Vec<Vec<Delivery>> {
+    let mut groups: Vec<Vec<Delivery>> = Vec::new();
+    let mut group_of: HashMap<String, usize> = HashMap::new();
+    for delivery in batch {
+        let next = groups.len();
+        let group = *group_of.entry(delivery.event.key.clone()).or_insert(next);
+        if group == next {
+            groups.push(Vec::new());
+        }
+        groups[group].push(delivery);
+    }
+    groups
+}
+
+/// Hands one key's deliveries to the handler in order. After a failure the key belongs
+/// to its retry task, and the rest queue behind the failed event there.
+async fn deliver_in_order(shared: &Arc<Shared>, deliveries: Vec<Delivery>) {
+    for delivery in deliveries {
+        let delivery = {
+            let mut blocked = shared.blocked();
+            match blocked.get_mut(&delivery.event.key) {
+                // An earlier event of this key is being retried: queue behind it.
+                Some(queue) => {
+                    queue.push_back(delivery);
+                    continue;
                 }
-            };
-            match shared.attempt(&delivery.event).await {
-                Ok(()) => delivery.settle.one_done(),
-                Err(error) => {
-                    shared
-                        .blocked()
-                        .insert(delivery.event.key.clone(), VecDeque::new());
-                    tokio::spawn(retry_key(Arc::clone(&shared), delivery, error));
-                }
+                None => delivery,
+            }
+        };
+        match shared.attempt(&delivery.event).await {
+            Ok(()) => delivery.settle.one_done(),
+            Err(error) => {
+                shared
+                    .blocked()
+                    .insert(delivery.event.key.clone(), VecDeque::new());
+                tokio::spawn(retry_key(Arc::clone(shared), delivery, error));
             }
         }
     }
