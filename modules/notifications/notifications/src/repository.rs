@@ -323,7 +323,9 @@ pub(crate) fn due(
     })
 }
 
-/// Claims those of `ids` still open and unheld at `at`, until `until`; answers them.
+/// Claims those of `ids` still open and unheld at `at`, until `until`; answers them. One
+/// statement for them all (a round trip on PostgreSQL), each row claimed only if it still
+/// matches, as a statement a row would claim it.
 pub(crate) fn claim(
     conn: &mut DbConnection,
     ids: &[String],
@@ -331,28 +333,28 @@ pub(crate) fn claim(
     until: NaiveDateTime,
 ) -> QueryResult<Vec<DeliveryRow>> {
     per_backend!(conn, |conn| {
-        let mut claimed = Vec::with_capacity(ids.len());
-        for id in ids {
-            let won = update(
-                deliveries::table,
-                deliveries::id.eq(id).and(deliveries::status.eq(OPEN)).and(
-                    deliveries::claimed_until
-                        .is_null()
-                        .or(deliveries::claimed_until.lt(at)),
-                ),
-                deliveries::claimed_until.eq(Some(until)),
-            )
-            .execute(conn)?;
-            if won == 1 {
-                claimed.push(
-                    deliveries::table
-                        .find(id)
-                        .select(DeliveryRow::as_select())
-                        .get_result(conn)?,
-                );
-            }
-        }
-        Ok(claimed)
+        // `diesel::update`, not the chassis' kept one: an `IN` list is a text of its own
+        // for every number of ids on SQLite.
+        diesel::update(
+            deliveries::table.filter(
+                deliveries::id
+                    .eq_any(ids)
+                    .and(deliveries::status.eq(OPEN))
+                    .and(
+                        deliveries::claimed_until
+                            .is_null()
+                            .or(deliveries::claimed_until.lt(at)),
+                    ),
+            ),
+        )
+        .set(deliveries::claimed_until.eq(Some(until)))
+        .returning(DeliveryRow::as_returning())
+        .get_results(conn)
+    })
+    .map(|mut claimed: Vec<DeliveryRow>| {
+        // In the order asked for (oldest due first): `RETURNING` promises none.
+        claimed.sort_by_key(|row| ids.iter().position(|id| *id == row.id));
+        claimed
     })
 }
 
@@ -407,5 +409,104 @@ impl DeferredUpdate for AttemptOutcome {
             .collect();
         let settled: Vec<String> = update_all(conn, statements, riders)?;
         all_changed(settled.len(), outcomes.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chassis::db::{Backend, DbError};
+    use chassis::testing::TestDatabase;
+    use chrono::TimeDelta;
+
+    use super::*;
+
+    fn delivery(n: usize, at: NaiveDateTime) -> NewDelivery {
+        NewDelivery {
+            id: format!("delivery-{n}"),
+            dedup_key: format!("key-{n}"),
+            event_id: format!("event-{n}"),
+            event_type: "order.confirmed".into(),
+            order_id: None,
+            channel: Channel::File.as_str().into(),
+            recipient: "ada@example.com".into(),
+            template: "order_confirmed".into(),
+            webhook_id: None,
+            subject: None,
+            text_body: None,
+            html_body: None,
+            payload: None,
+            status: OPEN.into(),
+            attempts: 0,
+            next_attempt_at: at,
+            claimed_until: None,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
+    /// The worker claims what is due in one statement, whatever its number, and only the
+    /// rows still open and unheld: not one another attempt holds, nor one already sent.
+    async fn a_claim_is_one_statement_and_takes_only_open_unheld_rows(backend: Backend) {
+        let Some(test_db) = TestDatabase::new(backend) else {
+            return;
+        };
+        let db = test_db.open(crate::MIGRATIONS).await;
+        let at = now();
+        let (held_until, until) = (at + TimeDelta::minutes(5), at + TimeDelta::minutes(1));
+        db.write(move |conn| {
+            for n in 0..6 {
+                let mut new = delivery(n, at);
+                match n {
+                    4 => new.claimed_until = Some(held_until),
+                    5 => new.status = DeliveryStatus::Sent.as_str().into(),
+                    _ => {}
+                }
+                insert_delivery(conn, &new)?;
+            }
+            Ok::<_, DbError>(())
+        })
+        .await
+        .expect("recorded");
+        let claim_of = |ids: Vec<String>| {
+            let db = db.clone();
+            async move {
+                let before = db.work_counts().statements;
+                let claimed = db
+                    .write(move |conn| claim(conn, &ids, at, until).map_err(DbError::from))
+                    .await
+                    .expect("claims");
+                (claimed, db.work_counts().statements - before)
+            }
+        };
+        let ids = |ns: &[usize]| ns.iter().map(|n| format!("delivery-{n}")).collect();
+        let (one, alone) = claim_of(ids(&[0])).await;
+        let (several, together) = claim_of(ids(&[3, 1, 2, 4, 5, 0])).await;
+        assert_eq!(
+            one.iter().map(|row| row.id.as_str()).collect::<Vec<_>>(),
+            ["delivery-0"]
+        );
+        assert_eq!(
+            several
+                .iter()
+                .map(|row| (row.id.as_str(), row.claimed_until))
+                .collect::<Vec<_>>(),
+            [
+                ("delivery-3", Some(until)),
+                ("delivery-1", Some(until)),
+                ("delivery-2", Some(until)),
+            ],
+            "the open, unheld rows (0 is held by the first claim now), in the order asked"
+        );
+        assert_eq!(together, alone, "six ids cost what one did");
+    }
+
+    #[tokio::test]
+    async fn a_claim_is_one_statement_and_takes_only_open_unheld_rows_sqlite() {
+        a_claim_is_one_statement_and_takes_only_open_unheld_rows(Backend::Sqlite).await;
+    }
+
+    #[tokio::test]
+    async fn a_claim_is_one_statement_and_takes_only_open_unheld_rows_postgres() {
+        a_claim_is_one_statement_and_takes_only_open_unheld_rows(Backend::Postgres).await;
     }
 }

@@ -55,9 +55,9 @@ const MAX_DELIVERIES_PER_ORDER: i64 = 1000;
 /// inbox record it records one delivery per e-mail and per matching webhook, each under a
 /// unique `dedup_key` (an e-mail's: template, order and recipient), so that a redelivered
 /// event — or a second event about the same outcome — records nothing new. Every attempt
-/// holds a lease on its delivery (`claimed_until`) and a slot — one of
-/// `notifications.concurrency` for an e-mail, one of `notifications.webhook_concurrency` for
-/// a webhook call — and runs in a task of its own, so a slow or dead endpoint holds one slot
+/// holds a lease on its delivery (`claimed_until`) until its outcome is recorded, and a
+/// slot while it sends — one of `notifications.concurrency` for an e-mail, one of
+/// `notifications.webhook_concurrency` for a webhook call — and runs in a task of its own, so a slow or dead endpoint holds one slot
 /// and delays nothing else; and webhooks that never answer, however many, take no slot an
 /// e-mail needs. The handler records the e-mails it has free slots for already leased, and
 /// attempts them once committed; the workers ([`NotificationsService::spawn_workers`], one
@@ -117,6 +117,12 @@ impl Lane {
             self.wake.notify_one();
         }
     }
+}
+
+/// One attempt at a delivery, made, to be recorded.
+struct Attempted {
+    row: DeliveryRow,
+    outcome: repo::AttemptOutcome,
 }
 
 #[derive(Debug, Clone)]
@@ -530,9 +536,14 @@ impl NotificationsService {
         tokio::spawn(
             async move {
                 let kind = Kind::of(&row);
-                service.attempt(row).await;
+                let attempted = service.send_once(row).await;
+                // The slot bounds the sends at once; recording the outcome waits for the
+                // database's commit, and the delivery's lease keeps it meanwhile.
                 drop(slot);
                 service.lane(kind).slot_freed();
+                if let Some(attempted) = attempted {
+                    service.record_attempt(attempted).await;
+                }
             }
             .in_current_span(),
         );
@@ -706,10 +717,18 @@ impl NotificationsService {
     /// Makes one attempt at a claimed delivery and records its outcome, unless the
     /// delivery was claimed again meanwhile (this attempt outlived its lease).
     async fn attempt(&self, row: DeliveryRow) {
+        if let Some(attempted) = self.send_once(row).await {
+            self.record_attempt(attempted).await;
+        }
+    }
+
+    /// Sends a claimed delivery once; answers what to record of it (none for a row that
+    /// was not claimed).
+    async fn send_once(&self, row: DeliveryRow) -> Option<Attempted> {
         let Some(claim) = row.claimed_until else {
             // Every row handed here was claimed; one that was not could be sent twice.
             tracing::warn!(delivery = %row.id, "an unclaimed delivery is not attempted");
-            return;
+            return None;
         };
         let span = tracing::info_span!(
             "delivery attempt",
@@ -736,14 +755,25 @@ impl NotificationsService {
                 }
             }
         };
-        let outcome = repo::AttemptOutcome {
-            id: row.id.clone(),
-            claimed_until: claim,
-            status,
-            attempts,
-            last_error: last_error.clone(),
-            next_attempt_at: next,
-        };
+        Some(Attempted {
+            outcome: repo::AttemptOutcome {
+                id: row.id.clone(),
+                claimed_until: claim,
+                status,
+                attempts,
+                last_error,
+                next_attempt_at: next,
+            },
+            row,
+        })
+    }
+
+    /// Records an attempt's outcome, unless the delivery was claimed again meanwhile (the
+    /// attempt outlived its lease).
+    async fn record_attempt(&self, attempted: Attempted) {
+        let Attempted { outcome, row } = attempted;
+        let (status, attempts, last_error) =
+            (outcome.status, outcome.attempts, outcome.last_error.clone());
         let settled = self
             .db
             .write_with_events(move |_conn, at_commit| {
