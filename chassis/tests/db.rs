@@ -6,7 +6,7 @@
 mod common;
 
 use chassis::config::DatabaseUrl;
-use chassis::db::{Backend, Database, DbConnection, DbError, PoolOptions, Riders};
+use chassis::db::{Backend, Database, DbConnection, DbError, PoolOptions, Riders, SharedLookup};
 use chassis::events::Events;
 use chassis::testing::{TestDatabase, racing_instances};
 use common::{
@@ -1330,4 +1330,87 @@ fn unavailable_within_the_timeout<T: std::fmt::Debug>(
         "{what} answered within the timeout, not left waiting: {:?}",
         started.elapsed()
     );
+}
+
+/// The items of `ids` found, with their `n`; refuses any lookup that asks for "poison".
+fn items_by_id(conn: &mut DbConnection, ids: &[String]) -> QueryResult<Vec<(String, i64)>> {
+    if ids.iter().any(|id| id == "poison") {
+        return Err(diesel::result::Error::NotFound);
+    }
+    common::items::table
+        .filter(common::items::id.eq_any(ids))
+        .select((common::items::id, common::items::n))
+        .load(conn)
+}
+
+/// Twenty lookups asked for together are one statement on PostgreSQL (one each on SQLite,
+/// where a read is no round trip), and each caller gets the rows of its own keys only,
+/// none for a key with no row. A failed read answers its callers with the error, and the
+/// next lookup reads again. A current-thread runtime: every lookup has asked before the
+/// read's task runs, so what is shared does not depend on timing.
+async fn concurrent_lookups_share_one_read(backend: Backend) {
+    let Some(test_db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let db = test_db.open(MIGRATIONS).await;
+    db.write(|conn| {
+        for n in 0..20 {
+            insert_item(conn, &format!("item-{n}"))?;
+        }
+        Ok::<_, TestError>(())
+    })
+    .await
+    .expect("stored");
+    let lookup = SharedLookup::new(db.clone(), items_by_id);
+    let before = db.work_counts().statements;
+    let answers = futures::future::join_all((0..20).map(|n| {
+        let lookup = lookup.clone();
+        async move {
+            let keys = [format!("item-{n}"), format!("missing-{n}")];
+            lookup.get(&keys).await.expect("looked up")
+        }
+    }))
+    .await;
+    let statements = db.work_counts().statements - before;
+    for (n, answer) in answers.iter().enumerate() {
+        let expected: std::collections::HashMap<String, i64> =
+            [(format!("item-{n}"), 1)].into_iter().collect();
+        assert_eq!(
+            answer, &expected,
+            "lookup {n}: its own row, none for the missing key"
+        );
+    }
+    let expected = match backend {
+        Backend::Postgres => 1,
+        Backend::Sqlite => 20,
+    };
+    assert_eq!(statements, expected, "statements for twenty lookups");
+
+    let poisoned = futures::future::join_all([
+        lookup.get(&["item-1".to_owned()]),
+        lookup.get(&["poison".to_owned()]),
+    ])
+    .await;
+    let failed = poisoned.iter().filter(|answer| answer.is_err()).count();
+    let expected_failures = match backend {
+        // Read together: the failure is both callers'.
+        Backend::Postgres => 2,
+        Backend::Sqlite => 1,
+    };
+    assert_eq!(failed, expected_failures, "{poisoned:?}");
+    let again = lookup
+        .get(&["item-2".to_owned()])
+        .await
+        .expect("reads again");
+    assert_eq!(again.get("item-2"), Some(&1));
+}
+
+#[tokio::test]
+async fn concurrent_lookups_share_one_read_on_sqlite() {
+    concurrent_lookups_share_one_read(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn concurrent_lookups_share_one_read_on_postgres() {
+    concurrent_lookups_share_one_read(Backend::Postgres).await;
 }

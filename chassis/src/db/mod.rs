@@ -44,6 +44,7 @@ use diesel::r2d2::R2D2Connection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 
 mod deferred;
+mod lookup;
 mod update;
 mod writer;
 
@@ -52,6 +53,7 @@ pub use deferred::{
     ColumnArray, DeferredRow, DeferredUpdate, InsertColumns, NewRowsPart, Riders, TransactionMemo,
     all_changed, insert_column,
 };
+pub use lookup::{LoadByKeys, SharedLookup};
 pub use update::{KEPT_TOGETHER, Together, Update, UpdateReturning, update, update_all};
 
 use writer::Writer;
@@ -688,6 +690,15 @@ fn check_out(
 /// unavailable (503, try again), whatever the statement's own error said.
 fn lost(url: &DatabaseUrl) -> DbError {
     DbError::Unavailable(format!("{url}: the connection to the server was lost"))
+}
+
+/// The error each of the callers a shared statement served gets for its failure: an
+/// unavailable database as such (a 503: try again), anything else as `what` failed.
+fn shared_failure(error: &DbError, what: &str) -> DbError {
+    match error {
+        DbError::Unavailable(reason) => DbError::Unavailable(reason.clone()),
+        error => DbError::Task(format!("{what}: {error}")),
+    }
 }
 
 async fn spawn_blocking<T, E, F>(work: F) -> Result<T, E>

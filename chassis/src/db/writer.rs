@@ -648,8 +648,5 @@ fn run_writes<'a>(
 
 /// The error a batch's failure gives each write in it.
 fn passed_on(error: &DbError) -> DbError {
-    match error {
-        DbError::Unavailable(reason) => DbError::Unavailable(reason.clone()),
-        error => DbError::Task(format!("the batch did not commit: {error}")),
-    }
+    super::shared_failure(error, "the batch did not commit")
 }

@@ -109,18 +109,36 @@ pub(crate) fn find_product(conn: &mut DbConnection, id: Uuid) -> QueryResult<Opt
     })
 }
 
-/// The products of `ids` that exist, each once. One prepared lookup per id rather than one
-/// `IN` list: SQLite would parse and plan an `IN` list afresh on every order, and an order
-/// names few products.
-pub(crate) fn find_products(conn: &mut DbConnection, ids: &[Uuid]) -> QueryResult<Vec<ProductRow>> {
+/// The products of `ids` that exist, each once, by id. One id is the kept lookup of
+/// [`find_product`] (an order names few products, and SQLite would parse and plan an `IN`
+/// list afresh each time); several are one statement, which on PostgreSQL binds them as
+/// one array (`= ANY($1)`): the lookups shared by concurrent orders (`SharedLookup`).
+pub(crate) fn find_products(
+    conn: &mut DbConnection,
+    ids: &[Uuid],
+) -> QueryResult<Vec<(Uuid, ProductRow)>> {
     let mut unique = ids.to_vec();
     unique.sort_unstable();
     unique.dedup();
-    let mut found = Vec::with_capacity(unique.len());
-    for id in unique {
-        found.extend(find_product(conn, id)?);
+    if let [id] = unique[..] {
+        return Ok(find_product(conn, id)?
+            .map(|row| (id, row))
+            .into_iter()
+            .collect());
     }
-    Ok(found)
+    let wanted: std::collections::HashMap<String, Uuid> =
+        unique.iter().map(|id| (id.to_string(), *id)).collect();
+    let rows: Vec<ProductRow> = per_backend!(conn, |conn| {
+        products::table
+            .filter(products::id.eq_any(wanted.keys()))
+            .select(ProductRow::as_select())
+            .load(conn)
+    })?;
+    // Every row found is one of `wanted`: the statement asked for no other.
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| Some((*wanted.get(&row.id)?, row)))
+        .collect())
 }
 
 /// Up to `limit` products in id order (UUIDv7: creation order), after `after`, whose name

@@ -3,7 +3,7 @@ use catalog_contract::{
     Catalog, CatalogError, CatalogSettings, MAX_LOOKUP_IDS, PriceChanged, Product, ProductCreated,
     Reservation, ReservationStatus, StockLine, StockLow, event_types,
 };
-use chassis::db::{Database, DbError, is_unique_violation};
+use chassis::db::{Database, DbConnection, DbError, SharedLookup, is_unique_violation};
 use chassis::events::{Envelope, Events};
 use chassis::page::{Page, PageRequest};
 use uuid::Uuid;
@@ -17,8 +17,21 @@ use crate::repository::{self as repo, ProductChanges, ProductRow, StoredReservat
 #[derive(Debug, Clone)]
 pub struct CatalogService {
     db: Database,
+    /// The products orders price their lines with, read for concurrent orders together.
+    products: SharedLookup<Uuid, Product>,
     currency: String,
     low_stock_threshold: i64,
+}
+
+/// The products of `ids` found, for [`CatalogService::products`]' shared lookup.
+fn products_by_id(
+    conn: &mut DbConnection,
+    ids: &[Uuid],
+) -> diesel::QueryResult<Vec<(Uuid, Product)>> {
+    Ok(repo::find_products(conn, ids)?
+        .into_iter()
+        .map(|(id, row)| (id, row.into_product()))
+        .collect())
 }
 
 /// Adds an event about `product_id` to the transaction's outbox.
@@ -38,6 +51,7 @@ impl CatalogService {
     /// `currency` is the shop's one currency (`shop.currency`).
     pub fn new(db: Database, currency: impl Into<String>, settings: &CatalogSettings) -> Self {
         Self {
+            products: SharedLookup::new(db.clone(), products_by_id),
             db,
             currency: currency.into(),
             low_stock_threshold: settings.low_stock_threshold,
@@ -392,25 +406,13 @@ impl Catalog for CatalogService {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let wanted = ids.to_vec();
-        self.db
-            .read(move |conn| {
-                let rows = repo::find_products(conn, &wanted)?;
-                let found: std::collections::HashMap<Uuid, Product> = rows
-                    .into_iter()
-                    .map(ProductRow::into_product)
-                    .map(|product| (product.id, product))
-                    .collect();
-                wanted
-                    .iter()
-                    .map(|id| match found.get(id) {
-                        Some(product) => Ok(product.clone()),
-                        None => Err(Error::ProductNotFound(*id)),
-                    })
-                    .collect::<Result<Vec<_>, Error>>()
+        let found = self.products.get(ids).await.map_err(Error::from)?;
+        ids.iter()
+            .map(|id| match found.get(id) {
+                Some(product) => Ok(product.clone()),
+                None => Err(CatalogError::from(Error::ProductNotFound(*id))),
             })
-            .await
-            .map_err(CatalogError::from)
+            .collect()
     }
 
     async fn reserve(
