@@ -419,3 +419,56 @@ async fn a_commit_racing_a_release_moves_stock_for_the_winner_only_on_sqlite() {
 async fn a_commit_racing_a_release_moves_stock_for_the_winner_only_on_postgres() {
     commit_racing_release_moves_stock_for_the_winner_only(Backend::Postgres).await;
 }
+
+/// The products concurrent orders price their lines with are read together: twenty
+/// lookups asked at once are one statement on PostgreSQL (a current-thread runtime, so
+/// that all have asked before the read's task runs), one each on SQLite, where a read is
+/// no round trip; each answers its own products, and an unknown one as not found.
+async fn product_lookups_of_concurrent_orders_share_a_read(backend: Backend) {
+    let Some(catalog) = support::local(backend).await else {
+        return;
+    };
+    let module = &catalog.module;
+    let mut products = Vec::new();
+    for n in 0..20 {
+        products.push(product(module, &format!("Looked up {n}"), 5).await);
+    }
+    let port = module.port();
+    let db = module.database().clone();
+    let before = db.work_counts().statements;
+    let answers = join_all(products.iter().map(|product| {
+        let port = port.clone();
+        let id = product.id;
+        async move { port.products(&[id]).await }
+    }))
+    .await;
+    let statements = db.work_counts().statements - before;
+    for (product, answer) in products.iter().zip(&answers) {
+        let found = answer.as_ref().expect("found");
+        assert_eq!(
+            found.iter().map(|p| (p.id, &p.name)).collect::<Vec<_>>(),
+            [(product.id, &product.name)]
+        );
+    }
+    let expected = match backend {
+        Backend::Postgres => 1,
+        Backend::Sqlite => 20,
+    };
+    assert_eq!(statements, expected, "statements for twenty lookups");
+    let unknown = Uuid::new_v4();
+    let missing = port.products(&[products[0].id, unknown]).await;
+    assert!(
+        matches!(missing, Err(CatalogError::ProductNotFound(id)) if id == unknown),
+        "{missing:?}"
+    );
+}
+
+#[tokio::test]
+async fn product_lookups_of_concurrent_orders_share_a_read_on_sqlite() {
+    product_lookups_of_concurrent_orders_share_a_read(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn product_lookups_of_concurrent_orders_share_a_read_on_postgres() {
+    product_lookups_of_concurrent_orders_share_a_read(Backend::Postgres).await;
+}
