@@ -57,9 +57,9 @@ const MAX_DELIVERIES_PER_ORDER: i64 = 1000;
 /// event — or a second event about the same outcome — records nothing new. Every attempt
 /// holds a lease on its delivery (`claimed_until`) until its outcome is recorded, and a
 /// slot while it sends — one of `notifications.concurrency` for an e-mail, one of
-/// `notifications.webhook_concurrency` for a webhook call — and runs in a task of its own, so a slow or dead endpoint holds one slot
-/// and delays nothing else; and webhooks that never answer, however many, take no slot an
-/// e-mail needs. The handler records the e-mails it has free slots for already leased, and
+/// `notifications.webhook_concurrency` for a webhook call — and runs in a task of its own,
+/// so a slow or dead endpoint holds one slot and delays nothing else; and webhooks that
+/// never answer, however many, take no slot an e-mail needs. The handler records the e-mails it has free slots for already leased, and
 /// attempts them once committed; the workers ([`NotificationsService::spawn_workers`], one
 /// per kind of delivery) claim everything else that is due — webhooks, e-mails beyond the
 /// free slots, retries, leases that lapsed with a stopped process. A
