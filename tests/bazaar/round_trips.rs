@@ -129,13 +129,11 @@ fn assert_costs(costs: &[Work], expected: &[(&str, u64, u64)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_costs_each_sqlite_database_a_pinned_number_of_statements_and_transactions() {
     let costs = cost_of_orders(&[], 4).await;
-    // SQLite: the same statements as PostgreSQL's below, but for the relay's look at the
-    // outbox's lock before each of its two claims (a SQLite file has one serving process,
-    // whose relay publishes its outbox), and for a transaction's new rows, which SQLite
-    // inserts kind by kind (billing's payment and decision, invoice and outbox row;
-    // notifications' delivery and inbox record) where PostgreSQL sends one statement. Each write here is alone, so a transaction of its
-    // own; under load the writes waiting for a database's writer share one `BEGIN` and
-    // `COMMIT`.
+    // SQLite: the same statements as PostgreSQL's below, but for a transaction's new rows,
+    // which SQLite inserts kind by kind (billing's payment and decision, invoice and outbox
+    // row; notifications' delivery and inbox record) where PostgreSQL sends one statement.
+    // Each write here is alone, so a transaction of its own; under load the writes waiting
+    // for a database's writer share one `BEGIN` and `COMMIT`.
     assert_costs(
         &costs,
         &[
@@ -161,17 +159,17 @@ async fn an_order_costs_each_postgres_database_a_pinned_number_of_round_trips_an
     // - catalog 8: the products' lookup; reserve: BEGIN, UPDATE product … RETURNING with
     //   the INSERT of the reservation (its lines in its row) as one statement, COMMIT;
     //   commit: BEGIN, UPDATE reservation … RETURNING its lines, UPDATE product, COMMIT.
-    // - billing 18: the pending payment: BEGIN, INSERT payment and the charge's decision
+    // - billing 16: the pending payment: BEGIN, INSERT payment and the charge's decision
     //   (which a void meets; left to the end of the transaction: one statement for the
     //   new rows of every kind), COMMIT; the capture: BEGIN, UPDATE counter … RETURNING,
     //   UPDATE payment … RETURNING with the INSERT of the invoice and the outbox row (one
-    //   statement), COMMIT; the relay: BEGIN, SELECT the outbox's advisory lock (held
-    //   already: the relay publishes the outbox), SELECT rows, COMMIT; BEGIN, UPDATE
-    //   published, COMMIT; and a look for rows that waited behind the batch (BEGIN,
-    //   SELECT the lock, SELECT rows, COMMIT). (A claim from the floor, once the outbox
+    //   statement), COMMIT; the relay: BEGIN, SELECT rows (the statement takes the
+    //   outbox's advisory lock first, held already: the relay publishes the outbox),
+    //   COMMIT; BEGIN, UPDATE published, COMMIT; and a look for rows that waited behind
+    //   the batch (BEGIN, SELECT rows, COMMIT). (A claim from the floor, once the outbox
     //   has a thousand rows, also looks for pending rows of its keys below it: not here.)
-    // - orders 17: BEGIN, INSERT order (its lines in its row), COMMIT; BEGIN, UPDATE
-    //   order … RETURNING with the INSERT of the outbox row, COMMIT; the relay's 11.
+    // - orders 15: BEGIN, INSERT order (its lines in its row), COMMIT; BEGIN, UPDATE
+    //   order … RETURNING with the INSERT of the outbox row, COMMIT; the relay's 9.
     // - notifications 8: the webhooks, read for each of the two events; BEGIN, INSERT
     //   delivery and inbox record (left to the end of the transaction, one statement; a
     //   key already there rolls it back), COMMIT; BEGIN, the delivery's
@@ -180,10 +178,10 @@ async fn an_order_costs_each_postgres_database_a_pinned_number_of_round_trips_an
     assert_costs(
         &costs,
         &[
-            ("billing", 18, 5),
+            ("billing", 16, 5),
             ("catalog", 8, 2),
             ("notifications", 8, 2),
-            ("orders", 17, 5),
+            ("orders", 15, 5),
         ],
     );
 }

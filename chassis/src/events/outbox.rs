@@ -591,7 +591,7 @@ type KeyedClaim = (Claimed, String);
 /// or not: its key may be held). A key is claimed only together with every earlier
 /// pending row of it, so not while one of its rows is in flight (`keys_in_flight`), nor
 /// while one lies below `from`. Nothing, unless this relay's session publishes the
-/// outbox ([`lead`]).
+/// outbox ([`lead_condition`]).
 fn claim(
     conn: &mut DbConnection,
     batch: i64,
@@ -599,14 +599,17 @@ fn claim(
     runs: &[(i64, i64)],
     keys_in_flight: &HashSet<String>,
 ) -> Result<(Vec<KeyedClaim>, Option<i64>), DbError> {
-    if !lead(conn)? {
-        return Ok((Vec::new(), None));
-    }
+    // Whether this session publishes the outbox is asked in the same statement (a
+    // condition on no row, evaluated once before the scan): no round trip of its own.
+    let lead = lead_condition(conn);
     let candidates: Vec<(i64, String, String)> = crate::per_backend!(conn, |conn| {
         let mut candidates = outbox::table
             .filter(outbox::published_at.is_null())
             .filter(outbox::seq.ge(from))
             .into_boxed();
+        if let Some(lead) = lead {
+            candidates = candidates.filter(diesel::dsl::sql::<diesel::sql_types::Bool>(lead));
+        }
         for &(first, last) in runs {
             candidates = candidates.filter(diesel::dsl::not(outbox::seq.between(first, last)));
         }
@@ -645,25 +648,20 @@ fn claim(
     Ok((claimed, first))
 }
 
-/// Whether this session publishes the outbox. On PostgreSQL, whether it holds the
-/// outbox's advisory lock — a session-level lock keyed by the `outbox` table's oid, so
-/// one per module's database or schema — taken here if nobody holds it: it is held until
-/// the session ends, and passes to another instance's relay at its next claim. Taking it
-/// again while held only counts it once more. A SQLite file has one serving process
-/// (`Database::serve_exclusively`): it always does.
-fn lead(conn: &mut DbConnection) -> Result<bool, DbError> {
-    #[derive(QueryableByName)]
-    struct Lock {
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        held: bool,
-    }
+/// The condition that this session publishes the outbox, for the claim's statement; none
+/// where it always does. On PostgreSQL, whether it holds the outbox's advisory lock — a
+/// session-level lock keyed by the `outbox` table's oid, so one per module's database or
+/// schema — taken if nobody holds it: it is held until the session ends, and passes to
+/// another instance's relay at its next claim. Taking it again while held only counts it
+/// once more. As an uncorrelated subquery it is evaluated once, before any row is read,
+/// and a session that does not hold the lock claims nothing. A SQLite file has one
+/// serving process (`Database::serve_exclusively`): it always does.
+fn lead_condition(conn: &DbConnection) -> Option<&'static str> {
     match conn {
-        DbConnection::Postgres(pg) => Ok(diesel::sql_query(
-            "SELECT pg_try_advisory_lock('outbox'::regclass::oid::bigint) AS held",
-        )
-        .get_result::<Lock>(pg)?
-        .held),
-        DbConnection::Sqlite(_) => Ok(true),
+        DbConnection::Postgres(_) => {
+            Some("(SELECT pg_try_advisory_lock('outbox'::regclass::oid::bigint))")
+        }
+        DbConnection::Sqlite(_) => None,
     }
 }
 
