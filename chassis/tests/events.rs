@@ -478,9 +478,9 @@ impl EventHandler for Unhurried {
     }
 }
 
-/// A consumer spreads keys over four lanes; a handler that waits (for its database's
-/// commit, say) held up every later event of its lane. Now the keys of one batch are
-/// handled at once, and each key's events still one after the other, in order.
+/// A handler that waits (for its database's commit, say) holds up its own key only: the
+/// keys of one batch are handled at once, more of them than the consumer has lanes (four),
+/// and each key's events one after the other, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batchs_keys_are_handled_at_once_and_each_keys_events_in_order() {
     let test_db = TestDatabase::sqlite();
