@@ -64,8 +64,8 @@ struct Waiter<K, V> {
 
 impl<K, V> SharedLookup<K, V>
 where
-    K: Eq + Hash + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
+    K: Eq + Hash + Clone + Send + 'static,
+    V: Clone + Send + 'static,
 {
     /// A lookup of `db`'s rows through `load`, which must read only.
     pub fn new(db: Database, load: LoadByKeys<K, V>) -> Self {
@@ -109,8 +109,8 @@ where
 
 impl<K, V> Inner<K, V>
 where
-    K: Eq + Hash + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
+    K: Eq + Hash + Clone + Send + 'static,
+    V: Clone + Send + 'static,
 {
     fn state(&self) -> MutexGuard<'_, State<K, V>> {
         // Each change to the state is one call on it: consistent after any panic.

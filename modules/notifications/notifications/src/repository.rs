@@ -500,6 +500,55 @@ mod tests {
         assert_eq!(together, alone, "six ids cost what one did");
     }
 
+    /// Workers of several instances claiming the same deliveries at once (each instance's
+    /// claim one statement for all of them): every delivery is claimed by exactly one.
+    async fn racing_claims_take_each_delivery_once(backend: Backend) {
+        let Some(test_db) = TestDatabase::new(backend) else {
+            return;
+        };
+        let mut instances = Vec::new();
+        for _ in 0..chassis::testing::racing_instances(backend) {
+            instances.push(test_db.open(crate::MIGRATIONS).await);
+        }
+        let at = now();
+        let until = at + TimeDelta::minutes(1);
+        instances[0]
+            .write(move |conn| {
+                for n in 0..40 {
+                    insert_delivery(conn, &delivery(n, at))?;
+                }
+                Ok::<_, DbError>(())
+            })
+            .await
+            .expect("recorded");
+        let ids: Vec<String> = (0..40).map(|n| format!("delivery-{n}")).collect();
+        // Each instance claims every delivery, twice over, all at once.
+        let claims = futures::future::join_all(instances.iter().cycle().take(8).map(|db| {
+            let ids = ids.clone();
+            async move {
+                db.write(move |conn| claim(conn, &ids, at, until).map_err(DbError::from))
+                    .await
+                    .expect("claims")
+            }
+        }))
+        .await;
+        let mut claimed: Vec<String> = claims.into_iter().flatten().map(|row| row.id).collect();
+        claimed.sort_unstable();
+        let mut expected = ids;
+        expected.sort_unstable();
+        assert_eq!(claimed, expected, "every delivery claimed once");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_claims_take_each_delivery_once_sqlite() {
+        racing_claims_take_each_delivery_once(Backend::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_claims_take_each_delivery_once_postgres() {
+        racing_claims_take_each_delivery_once(Backend::Postgres).await;
+    }
+
     #[tokio::test]
     async fn a_claim_is_one_statement_and_takes_only_open_unheld_rows_sqlite() {
         a_claim_is_one_statement_and_takes_only_open_unheld_rows(Backend::Sqlite).await;
